@@ -1,0 +1,194 @@
+//! The inode table: kernel inode numbers <-> (parent, name), with the kernel's lookup counts so
+//! that `forget` can free entries. Paths are derived by walking parents, so a rename moves a
+//! whole subtree by changing one entry.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::write::InodeWrites;
+
+pub const ROOT: u64 = 1;
+
+struct Node {
+    parent: u64,
+    name: Bytes,
+    lookups: u64,
+    /// False once the name was unlinked or renamed over: the node lives on for open files only.
+    linked: bool,
+    writes: Arc<InodeWrites>,
+}
+
+pub struct InodeTable {
+    root_path: Bytes,
+    nodes: HashMap<u64, Node>,
+    children: HashMap<(u64, Bytes), u64>,
+    next_ino: u64,
+}
+
+impl InodeTable {
+    pub fn new(root_path: Bytes) -> Self {
+        let mut nodes = HashMap::new();
+        nodes.insert(
+            ROOT,
+            Node {
+                parent: ROOT,
+                name: Bytes::new(),
+                lookups: 1,
+                linked: true,
+                writes: Arc::default(),
+            },
+        );
+        InodeTable {
+            root_path,
+            nodes,
+            children: HashMap::new(),
+            next_ino: ROOT + 1,
+        }
+    }
+
+    /// The remote path of `ino`, or `None` if the kernel asked about an inode we forgot.
+    pub fn path(&self, ino: u64) -> Option<Vec<u8>> {
+        let mut names = Vec::new();
+        let mut cur = ino;
+        while cur != ROOT {
+            let node = self.nodes.get(&cur)?;
+            names.push(&node.name);
+            cur = node.parent;
+            if names.len() > 4096 {
+                return None;
+            }
+        }
+        let mut path = self.root_path.to_vec();
+        for name in names.iter().rev() {
+            if path.last() != Some(&b'/') {
+                path.push(b'/');
+            }
+            path.extend_from_slice(name);
+        }
+        Some(path)
+    }
+
+    pub fn child_path(&self, parent: u64, name: &[u8]) -> Option<Vec<u8>> {
+        let mut path = self.path(parent)?;
+        if path.last() != Some(&b'/') {
+            path.push(b'/');
+        }
+        path.extend_from_slice(name);
+        Some(path)
+    }
+
+    /// Records one more kernel reference to `parent/name`, creating the inode if needed.
+    pub fn remember(&mut self, parent: u64, name: &[u8]) -> u64 {
+        let key = (parent, Bytes::copy_from_slice(name));
+        if let Some(&ino) = self.children.get(&key) {
+            if let Some(node) = self.nodes.get_mut(&ino) {
+                node.lookups += 1;
+                return ino;
+            }
+        }
+        let ino = self.next_ino;
+        self.next_ino += 1;
+        self.nodes.insert(
+            ino,
+            Node {
+                parent,
+                name: key.1.clone(),
+                lookups: 1,
+                linked: true,
+                writes: Arc::default(),
+            },
+        );
+        self.children.insert(key, ino);
+        ino
+    }
+
+    pub fn forget(&mut self, ino: u64, count: u64) {
+        if ino == ROOT {
+            return;
+        }
+        let Some(node) = self.nodes.get_mut(&ino) else {
+            return;
+        };
+        node.lookups = node.lookups.saturating_sub(count);
+        if node.lookups == 0 {
+            let node = self.nodes.remove(&ino).expect("present");
+            if node.linked {
+                self.children.remove(&(node.parent, node.name));
+            }
+        }
+    }
+
+    pub fn writes(&self, ino: u64) -> Option<Arc<InodeWrites>> {
+        self.nodes.get(&ino).map(|n| n.writes.clone())
+    }
+
+    /// The name is gone on the server; the inode stays for whoever still holds it open.
+    pub fn unlink(&mut self, parent: u64, name: &[u8]) {
+        if let Some(ino) = self.children.remove(&(parent, Bytes::copy_from_slice(name))) {
+            if let Some(node) = self.nodes.get_mut(&ino) {
+                node.linked = false;
+            }
+        }
+    }
+
+    pub fn rename(&mut self, parent: u64, name: &[u8], new_parent: u64, new_name: &[u8]) {
+        self.unlink(new_parent, new_name);
+        let new_key = (new_parent, Bytes::copy_from_slice(new_name));
+        if let Some(ino) = self.children.remove(&(parent, Bytes::copy_from_slice(name))) {
+            if let Some(node) = self.nodes.get_mut(&ino) {
+                node.parent = new_parent;
+                node.name = new_key.1.clone();
+            }
+            self.children.insert(new_key, ino);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_follow_renames_of_ancestors() {
+        let mut t = InodeTable::new(Bytes::from_static(b"/srv"));
+        let dir = t.remember(ROOT, b"a");
+        let file = t.remember(dir, b"f");
+        assert_eq!(t.path(file).unwrap(), b"/srv/a/f");
+        t.rename(ROOT, b"a", ROOT, b"b");
+        assert_eq!(t.path(file).unwrap(), b"/srv/b/f");
+        assert_eq!(t.remember(ROOT, b"b"), dir);
+    }
+
+    #[test]
+    fn root_slash_and_forget() {
+        let mut t = InodeTable::new(Bytes::from_static(b"/"));
+        let f = t.remember(ROOT, b"x\xff");
+        assert_eq!(t.path(f).unwrap(), b"/x\xff");
+        assert_eq!(t.remember(ROOT, b"x\xff"), f);
+        t.forget(f, 2);
+        assert!(t.path(f).is_none());
+        assert_eq!(t.len(), 1);
+        assert_ne!(t.remember(ROOT, b"x\xff"), f);
+    }
+
+    #[test]
+    fn rename_over_detaches_the_old_target() {
+        let mut t = InodeTable::new(Bytes::from_static(b"/r"));
+        let a = t.remember(ROOT, b"a");
+        let b = t.remember(ROOT, b"b");
+        t.rename(ROOT, b"a", ROOT, b"b");
+        assert_eq!(t.remember(ROOT, b"b"), a);
+        t.forget(b, 1);
+        assert_eq!(t.path(a).unwrap(), b"/r/b");
+    }
+}

@@ -1,0 +1,764 @@
+//! The filesystem core: POSIX operations on inodes and open files, carried out with SFTP
+//! requests. It knows nothing of the kernel protocol (the `fuse` adapter does that); it owns the
+//! inode table, the open-file and directory handles, attribute conversion and errno mapping.
+
+pub mod inode;
+pub mod write;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use fuser::{FileAttr, FileType, INodeNo};
+use tracing::debug;
+
+use crate::sftp::proto::{Attrs, open_flags};
+use crate::sftp::{Session, SftpError, StatVfs, StatusCode};
+use inode::{InodeTable, ROOT};
+use write::{FileWriter, InodeWrites, WriteLimits};
+
+/// Errors are plain errno values: that is all the kernel can carry.
+pub type Errno = i32;
+pub type FsResult<T> = Result<T, Errno>;
+
+fn errno(e: SftpError) -> Errno {
+    e.errno()
+}
+
+/// How remote owners and modes are shown locally.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IdMapping {
+    /// Show every file as owned by this uid / gid.
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// idmap=user: the remote user's uid/gid shown as the local user's.
+    pub remote_to_local: Option<((u32, u32), (u32, u32))>,
+    pub umask: u32,
+}
+
+impl IdMapping {
+    fn local(&self, uid: u32, gid: u32) -> (u32, u32) {
+        let (mut uid, mut gid) = (uid, gid);
+        if let Some(((ruid, rgid), (luid, lgid))) = self.remote_to_local {
+            if uid == ruid {
+                uid = luid;
+            }
+            if gid == rgid {
+                gid = lgid;
+            }
+        }
+        (self.uid.unwrap_or(uid), self.gid.unwrap_or(gid))
+    }
+
+    fn remote(&self, uid: u32, gid: u32) -> (u32, u32) {
+        let (mut uid, mut gid) = (uid, gid);
+        if let Some(((ruid, rgid), (luid, lgid))) = self.remote_to_local {
+            if uid == luid {
+                uid = ruid;
+            }
+            if gid == lgid {
+                gid = rgid;
+            }
+        }
+        (uid, gid)
+    }
+}
+
+pub struct CoreConfig {
+    pub ids: IdMapping,
+    pub write_buffer: usize,
+}
+
+/// An entry the kernel is told about: the inode and its attributes.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub attr: FileAttr,
+}
+
+/// A directory entry for readdir(plus). For readdirplus, `attr` is set and the kernel's lookup
+/// count of `ino` has been raised: an entry the adapter cannot send must be forgotten again.
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    pub ino: u64,
+    pub offset: u64,
+    pub kind: FileType,
+    pub name: Bytes,
+    pub attr: Option<FileAttr>,
+}
+
+struct OpenFile {
+    ino: u64,
+    handle: Bytes,
+    writer: Option<Arc<FileWriter>>,
+    inode_writes: Arc<InodeWrites>,
+}
+
+struct DirHandle {
+    ino: u64,
+    parent: u64,
+    entries: Vec<(Bytes, Attrs)>,
+}
+
+/// Changes asked of setattr; `None` leaves a field alone.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<SystemTime>,
+    pub mtime: Option<SystemTime>,
+}
+
+/// Attributes of a new file or directory, as the kernel asked for them.
+#[derive(Debug, Clone, Copy)]
+pub struct CreateMode {
+    pub mode: u32,
+    pub umask: u32,
+}
+
+pub struct Core {
+    session: Arc<Session>,
+    root: Bytes,
+    inodes: Mutex<InodeTable>,
+    files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    dirs: Mutex<HashMap<u64, Arc<DirHandle>>>,
+    next_handle: AtomicU64,
+    config: CoreConfig,
+}
+
+impl Core {
+    pub fn new(session: Arc<Session>, root: Bytes, config: CoreConfig) -> Self {
+        Core {
+            session,
+            inodes: Mutex::new(InodeTable::new(root.clone())),
+            root,
+            files: Mutex::default(),
+            dirs: Mutex::default(),
+            next_handle: AtomicU64::new(1),
+            config,
+        }
+    }
+
+    pub fn session(&self) -> &Arc<Session> {
+        &self.session
+    }
+
+    fn path(&self, ino: u64) -> FsResult<Vec<u8>> {
+        self.inodes.lock().unwrap().path(ino).ok_or(libc::ESTALE)
+    }
+
+    fn child_path(&self, parent: u64, name: &[u8]) -> FsResult<Vec<u8>> {
+        if name.contains(&b'/') {
+            return Err(libc::EINVAL);
+        }
+        self.inodes
+            .lock()
+            .unwrap()
+            .child_path(parent, name)
+            .ok_or(libc::ESTALE)
+    }
+
+    fn file(&self, fh: u64) -> FsResult<Arc<OpenFile>> {
+        self.files
+            .lock()
+            .unwrap()
+            .get(&fh)
+            .cloned()
+            .ok_or(libc::EBADF)
+    }
+
+    fn inode_writes(&self, ino: u64) -> Option<Arc<InodeWrites>> {
+        self.inodes.lock().unwrap().writes(ino)
+    }
+
+    fn to_attr(&self, ino: u64, a: &Attrs) -> FileAttr {
+        let mode = a.permissions.unwrap_or(0o100644);
+        let kind = match mode & libc::S_IFMT {
+            libc::S_IFDIR => FileType::Directory,
+            libc::S_IFLNK => FileType::Symlink,
+            libc::S_IFIFO => FileType::NamedPipe,
+            libc::S_IFSOCK => FileType::Socket,
+            libc::S_IFCHR => FileType::CharDevice,
+            libc::S_IFBLK => FileType::BlockDevice,
+            _ => FileType::RegularFile,
+        };
+        let (uid, gid) = a.uid_gid.unwrap_or((0, 0));
+        let (uid, gid) = self.config.ids.local(uid, gid);
+        let (atime, mtime) = a.atime_mtime.unwrap_or((0, 0));
+        let time = |s: u32| UNIX_EPOCH + Duration::from_secs(s as u64);
+        let size = a.size.unwrap_or(0);
+        FileAttr {
+            ino: INodeNo(ino),
+            size,
+            blocks: size.div_ceil(512),
+            atime: time(atime),
+            mtime: time(mtime),
+            // SFTP v3 carries no ctime; mtime is the closest the server tells.
+            ctime: time(mtime),
+            crtime: time(mtime),
+            kind,
+            perm: (mode & 0o7777 & !self.config.ids.umask) as u16,
+            nlink: 1,
+            uid,
+            gid,
+            rdev: 0,
+            blksize: 128 * 1024,
+            flags: 0,
+        }
+    }
+
+    /// Attributes with the size of writes the server has not acked yet.
+    fn with_pending_size(&self, ino: u64, mut attr: FileAttr) -> FileAttr {
+        if let Some(w) = self.inode_writes(ino) {
+            let floor = w.size_floor();
+            if floor > attr.size {
+                attr.size = floor;
+                attr.blocks = floor.div_ceil(512);
+            }
+        }
+        attr
+    }
+
+    /// Stats `parent/name` and records the kernel's new reference to it.
+    async fn entry(&self, parent: u64, name: &[u8], path: &[u8]) -> FsResult<Entry> {
+        let attrs = self.session.lstat(path).await.map_err(errno)?;
+        let ino = self.inodes.lock().unwrap().remember(parent, name);
+        let attr = self.with_pending_size(ino, self.to_attr(ino, &attrs));
+        Ok(Entry { attr })
+    }
+
+    pub async fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Entry> {
+        let path = self.child_path(parent, name)?;
+        self.entry(parent, name, &path).await
+    }
+
+    pub fn forget(&self, ino: u64, count: u64) {
+        self.inodes.lock().unwrap().forget(ino, count);
+    }
+
+    pub async fn getattr(&self, ino: u64, fh: Option<u64>) -> FsResult<FileAttr> {
+        let open = fh.and_then(|fh| self.file(fh).ok());
+        let attrs = match open {
+            // An open file may have been unlinked; its handle still reaches it.
+            Some(file) => self.session.fstat(file.handle.clone()).await,
+            None => self.session.lstat(&self.path(ino)?).await,
+        }
+        .map_err(errno)?;
+        Ok(self.with_pending_size(ino, self.to_attr(ino, &attrs)))
+    }
+
+    pub async fn setattr(&self, ino: u64, fh: Option<u64>, set: SetAttr) -> FsResult<FileAttr> {
+        let path = self.path(ino)?;
+        let open = fh.and_then(|fh| self.file(fh).ok());
+        let mut attrs = Attrs::default();
+        if let Some(size) = set.size {
+            // Writes already accepted must land before the size changes under them.
+            if let Some(w) = self.inode_writes(ino) {
+                w.settle().await;
+            }
+            attrs.size = Some(size);
+        }
+        if let Some(mode) = set.mode {
+            attrs.permissions = Some(mode & 0o7777);
+        }
+        let needs_current = (set.uid.is_some() != set.gid.is_some())
+            || (set.atime.is_some() != set.mtime.is_some());
+        let current = if needs_current {
+            Some(self.session.lstat(&path).await.map_err(errno)?)
+        } else {
+            None
+        };
+        if set.uid.is_some() || set.gid.is_some() {
+            let (cur_uid, cur_gid) = current
+                .as_ref()
+                .and_then(|c| c.uid_gid)
+                .map(|(u, g)| self.config.ids.local(u, g))
+                .unwrap_or((0, 0));
+            let (uid, gid) = (set.uid.unwrap_or(cur_uid), set.gid.unwrap_or(cur_gid));
+            attrs.uid_gid = Some(self.config.ids.remote(uid, gid));
+        }
+        if set.atime.is_some() || set.mtime.is_some() {
+            let (cur_a, cur_m) = current
+                .as_ref()
+                .and_then(|c| c.atime_mtime)
+                .unwrap_or((0, 0));
+            let secs = |t: SystemTime| {
+                t.duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_secs().min(u32::MAX as u64) as u32)
+                    .unwrap_or(0)
+            };
+            attrs.atime_mtime = Some((
+                set.atime.map(secs).unwrap_or(cur_a),
+                set.mtime.map(secs).unwrap_or(cur_m),
+            ));
+        }
+        let result = match &open {
+            Some(file) => self.session.fsetstat(file.handle.clone(), attrs).await,
+            None => self.session.setstat(&path, attrs).await,
+        };
+        result.map_err(errno)?;
+        self.getattr(ino, fh).await
+    }
+
+    pub async fn readlink(&self, ino: u64) -> FsResult<Bytes> {
+        let path = self.path(ino)?;
+        self.session.readlink(&path).await.map_err(errno)
+    }
+
+    pub async fn mkdir(&self, parent: u64, name: &[u8], mode: CreateMode) -> FsResult<Entry> {
+        let path = self.child_path(parent, name)?;
+        let attrs = Attrs {
+            permissions: Some(mode.mode & !mode.umask & 0o7777),
+            ..Default::default()
+        };
+        if let Err(e) = self.session.mkdir(&path, attrs).await {
+            return Err(self.refine_exists(e, &path).await);
+        }
+        self.entry(parent, name, &path).await
+    }
+
+    /// OpenSSH turns EEXIST into a bare FAILURE; a stat of the target says whether that was it.
+    async fn refine_exists(&self, e: SftpError, path: &[u8]) -> Errno {
+        if e.status() == Some(StatusCode::FAILURE) && self.session.lstat(path).await.is_ok() {
+            return libc::EEXIST;
+        }
+        errno(e)
+    }
+
+    pub async fn unlink(&self, parent: u64, name: &[u8]) -> FsResult<()> {
+        let path = self.child_path(parent, name)?;
+        if let Err(e) = self.session.remove(&path).await {
+            if e.status() == Some(StatusCode::FAILURE) {
+                if let Ok(a) = self.session.lstat(&path).await {
+                    if a.permissions.unwrap_or(0) & libc::S_IFMT == libc::S_IFDIR {
+                        return Err(libc::EISDIR);
+                    }
+                }
+            }
+            return Err(errno(e));
+        }
+        self.inodes.lock().unwrap().unlink(parent, name);
+        Ok(())
+    }
+
+    pub async fn rmdir(&self, parent: u64, name: &[u8]) -> FsResult<()> {
+        let path = self.child_path(parent, name)?;
+        if let Err(e) = self.session.rmdir(&path).await {
+            // The common FAILURE of rmdir is a directory that is not empty.
+            if e.status() == Some(StatusCode::FAILURE) && self.session.lstat(&path).await.is_ok()
+            {
+                return Err(libc::ENOTEMPTY);
+            }
+            return Err(errno(e));
+        }
+        self.inodes.lock().unwrap().unlink(parent, name);
+        Ok(())
+    }
+
+    pub async fn symlink(&self, parent: u64, name: &[u8], target: &[u8]) -> FsResult<Entry> {
+        let path = self.child_path(parent, name)?;
+        if let Err(e) = self.session.symlink(&path, target).await {
+            return Err(self.refine_exists(e, &path).await);
+        }
+        self.entry(parent, name, &path).await
+    }
+
+    pub async fn rename(
+        &self,
+        parent: u64,
+        name: &[u8],
+        new_parent: u64,
+        new_name: &[u8],
+        no_replace: bool,
+    ) -> FsResult<()> {
+        let from = self.child_path(parent, name)?;
+        let to = self.child_path(new_parent, new_name)?;
+        let result = if no_replace {
+            // The plain v3 RENAME never replaces (OpenSSH does link + unlink), which is
+            // exactly RENAME_NOREPLACE.
+            if self.session.lstat(&to).await.is_ok() {
+                return Err(libc::EEXIST);
+            }
+            let req = crate::sftp::proto::Request::Rename {
+                from: Bytes::copy_from_slice(&from),
+                to: Bytes::copy_from_slice(&to),
+            };
+            crate::sftp::client::expect_ok(self.session.call(&req).await, "rename")
+        } else {
+            self.session.rename(&from, &to).await
+        };
+        if let Err(e) = result {
+            if no_replace {
+                return Err(self.refine_exists(e, &to).await);
+            }
+            return Err(errno(e));
+        }
+        self.inodes
+            .lock()
+            .unwrap()
+            .rename(parent, name, new_parent, new_name);
+        Ok(())
+    }
+
+    pub async fn link(&self, ino: u64, new_parent: u64, new_name: &[u8]) -> FsResult<Entry> {
+        let existing = self.path(ino)?;
+        let path = self.child_path(new_parent, new_name)?;
+        if let Err(e) = self.session.hardlink(&existing, &path).await {
+            return Err(self.refine_exists(e, &path).await);
+        }
+        // Each name gets its own inode: our inodes are names, and either may be unlinked.
+        self.entry(new_parent, new_name, &path).await
+    }
+
+    pub async fn statfs(&self) -> FsResult<StatVfs> {
+        match self.session.statvfs(&self.root).await {
+            Ok(s) => Ok(s),
+            Err(e) if e.status() == Some(StatusCode::OP_UNSUPPORTED) => Ok(StatVfs {
+                bsize: 4096,
+                frsize: 4096,
+                blocks: 1 << 30,
+                bfree: 1 << 30,
+                bavail: 1 << 30,
+                files: 1 << 20,
+                ffree: 1 << 20,
+                favail: 1 << 20,
+                namemax: 255,
+                ..Default::default()
+            }),
+            Err(e) => Err(errno(e)),
+        }
+    }
+
+    fn sftp_open_flags(flags: i32) -> u32 {
+        let mut pflags = match flags & libc::O_ACCMODE {
+            libc::O_WRONLY => open_flags::WRITE,
+            libc::O_RDWR => open_flags::READ | open_flags::WRITE,
+            _ => open_flags::READ,
+        };
+        if flags & libc::O_APPEND != 0 {
+            pflags |= open_flags::APPEND;
+        }
+        if flags & libc::O_TRUNC != 0 {
+            pflags |= open_flags::TRUNC;
+        }
+        if flags & libc::O_CREAT != 0 {
+            pflags |= open_flags::CREAT;
+        }
+        if flags & libc::O_EXCL != 0 {
+            pflags |= open_flags::EXCL;
+        }
+        pflags
+    }
+
+    fn register_open(&self, ino: u64, handle: Bytes, flags: i32) -> FsResult<u64> {
+        let inode_writes = self.inode_writes(ino).ok_or(libc::ESTALE)?;
+        let writer = (flags & libc::O_ACCMODE != libc::O_RDONLY).then(|| {
+            FileWriter::new(
+                self.session.clone(),
+                handle.clone(),
+                WriteLimits {
+                    per_file: self.config.write_buffer,
+                    max_write: self.session.features().max_write as usize,
+                },
+                inode_writes.clone(),
+                self.root.clone(),
+            )
+        });
+        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        self.files.lock().unwrap().insert(
+            fh,
+            Arc::new(OpenFile {
+                ino,
+                handle,
+                writer,
+                inode_writes,
+            }),
+        );
+        Ok(fh)
+    }
+
+    pub async fn open(&self, ino: u64, flags: i32) -> FsResult<u64> {
+        let path = self.path(ino)?;
+        let pflags = Self::sftp_open_flags(flags & !(libc::O_CREAT | libc::O_EXCL));
+        if pflags & open_flags::TRUNC != 0 {
+            if let Some(w) = self.inode_writes(ino) {
+                w.settle().await;
+            }
+        }
+        let handle = self
+            .session
+            .open(&path, pflags, Attrs::default())
+            .await
+            .map_err(errno)?;
+        self.register_open(ino, handle, flags)
+    }
+
+    pub async fn create(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: CreateMode,
+        flags: i32,
+    ) -> FsResult<(Entry, u64)> {
+        let path = self.child_path(parent, name)?;
+        let attrs = Attrs {
+            permissions: Some(mode.mode & !mode.umask & 0o7777),
+            ..Default::default()
+        };
+        let pflags = Self::sftp_open_flags(flags | libc::O_CREAT);
+        let handle = match self.session.open(&path, pflags, attrs).await {
+            Ok(h) => h,
+            Err(e) if flags & libc::O_EXCL != 0 => return Err(self.refine_exists(e, &path).await),
+            Err(e) => return Err(errno(e)),
+        };
+        let attrs = match self.session.fstat(handle.clone()).await {
+            Ok(a) => a,
+            Err(e) => {
+                let _ = self.session.close(handle).await;
+                return Err(errno(e));
+            }
+        };
+        let ino = self.inodes.lock().unwrap().remember(parent, name);
+        let fh = self.register_open(ino, handle, flags)?;
+        Ok((
+            Entry {
+                attr: self.to_attr(ino, &attrs),
+            },
+            fh,
+        ))
+    }
+
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
+        let file = self.file(fh)?;
+        // A read sees every earlier write through the mount.
+        file.inode_writes.settle().await;
+        let max = self.session.features().max_read;
+        let mut chunks = Vec::new();
+        let mut pos = 0u32;
+        while pos < size {
+            let len = (size - pos).min(max);
+            chunks.push((
+                pos,
+                len,
+                self.session.submit(&crate::sftp::proto::Request::Read {
+                    handle: file.handle.clone(),
+                    offset: offset + pos as u64,
+                    len,
+                }),
+            ));
+            pos += len;
+        }
+        let mut out = bytes::BytesMut::with_capacity(size as usize);
+        for (chunk_pos, len, pending) in chunks {
+            if out.len() < chunk_pos as usize {
+                // An earlier chunk came back short: fill the gap in order before going on.
+                let gap = chunk_pos as usize - out.len();
+                let got = self.read_exact(&file.handle, offset + out.len() as u64, gap).await?;
+                let short = got.len() < gap;
+                out.extend_from_slice(&got);
+                if short {
+                    return Ok(out.freeze());
+                }
+            }
+            let data = match pending.response().await.map_err(errno)? {
+                crate::sftp::proto::Response::Data(d) => d,
+                crate::sftp::proto::Response::Status { code, .. } if code == StatusCode::EOF => {
+                    Bytes::new()
+                }
+                crate::sftp::proto::Response::Status { code, .. } => return Err(code.errno()),
+                _ => return Err(libc::EPROTO),
+            };
+            if data.is_empty() {
+                return Ok(out.freeze());
+            }
+            out.extend_from_slice(&data[..data.len().min(len as usize)]);
+        }
+        let want = size as usize;
+        if out.len() < want {
+            let got = self
+                .read_exact(&file.handle, offset + out.len() as u64, want - out.len())
+                .await?;
+            out.extend_from_slice(&got);
+        }
+        Ok(out.freeze())
+    }
+
+    /// Reads `len` bytes one request after another, stopping early only at end of file.
+    async fn read_exact(&self, handle: &Bytes, offset: u64, len: usize) -> FsResult<Bytes> {
+        let max = self.session.features().max_read as usize;
+        let mut out = bytes::BytesMut::with_capacity(len);
+        while out.len() < len {
+            let want = (len - out.len()).min(max) as u32;
+            let data = self
+                .session
+                .read(handle.clone(), offset + out.len() as u64, want)
+                .await
+                .map_err(errno)?;
+            if data.is_empty() {
+                break;
+            }
+            out.extend_from_slice(&data[..data.len().min(want as usize)]);
+        }
+        Ok(out.freeze())
+    }
+
+    pub async fn write(&self, fh: u64, offset: u64, data: Bytes) -> FsResult<u32> {
+        let file = self.file(fh)?;
+        let writer = file.writer.as_ref().ok_or(libc::EBADF)?;
+        writer.write(offset, data).await
+    }
+
+    /// close(2) of one descriptor: every write accepted so far is on the server, or its error
+    /// is returned here.
+    pub async fn flush(&self, fh: u64) -> FsResult<()> {
+        let file = self.file(fh)?;
+        match &file.writer {
+            Some(writer) => writer.settle().await,
+            None => Ok(()),
+        }
+    }
+
+    pub async fn fsync(&self, fh: u64) -> FsResult<()> {
+        let file = self.file(fh)?;
+        if let Some(writer) = &file.writer {
+            writer.settle().await?;
+            self.session
+                .fsync(writer.handle())
+                .await
+                .map_err(errno)?;
+        }
+        Ok(())
+    }
+
+    pub async fn release(&self, fh: u64) -> FsResult<()> {
+        let Some(file) = self.files.lock().unwrap().remove(&fh) else {
+            return Err(libc::EBADF);
+        };
+        let settled = match &file.writer {
+            Some(writer) => writer.settle().await,
+            None => Ok(()),
+        };
+        debug!(ino = file.ino, "closing remote handle");
+        let closed = self.session.close(file.handle.clone()).await.map_err(errno);
+        settled.and(closed)
+    }
+
+    pub async fn opendir(&self, ino: u64) -> FsResult<u64> {
+        let path = self.path(ino)?;
+        let handle = self.session.opendir(&path).await.map_err(errno)?;
+        let mut entries = Vec::new();
+        let listed = loop {
+            match self.session.readdir(handle.clone()).await {
+                Ok(Some(batch)) => entries.extend(
+                    batch
+                        .into_iter()
+                        .filter(|e| &e.filename[..] != b"." && &e.filename[..] != b"..")
+                        .map(|e| (e.filename, e.attrs)),
+                ),
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(errno(e)),
+            }
+        };
+        let _ = self.session.close(handle).await;
+        listed?;
+        let parent = if ino == ROOT {
+            ROOT
+        } else {
+            // ".." only needs an inode number; the kernel looks it up itself when it matters.
+            ROOT
+        };
+        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        self.dirs.lock().unwrap().insert(
+            fh,
+            Arc::new(DirHandle {
+                ino,
+                parent,
+                entries,
+            }),
+        );
+        Ok(fh)
+    }
+
+    /// Entries from `offset` on; with `plus`, each carries attributes and a kernel reference.
+    pub fn readdir(&self, fh: u64, offset: u64, plus: bool) -> FsResult<Vec<DirEntry>> {
+        let dir = self
+            .dirs
+            .lock()
+            .unwrap()
+            .get(&fh)
+            .cloned()
+            .ok_or(libc::EBADF)?;
+        let mut out = Vec::new();
+        let dots = [(&b"."[..], dir.ino), (&b".."[..], dir.parent)];
+        for (i, (name, ino)) in dots.iter().enumerate() {
+            if offset <= i as u64 {
+                out.push(DirEntry {
+                    ino: *ino,
+                    offset: i as u64 + 1,
+                    kind: FileType::Directory,
+                    name: Bytes::copy_from_slice(name),
+                    attr: None,
+                });
+            }
+        }
+        let start = offset.saturating_sub(2) as usize;
+        for (i, (name, attrs)) in dir.entries.iter().enumerate().skip(start) {
+            let offset = i as u64 + 3;
+            if plus {
+                let ino = self.inodes.lock().unwrap().remember(dir.ino, name);
+                let attr = self.with_pending_size(ino, self.to_attr(ino, attrs));
+                out.push(DirEntry {
+                    ino,
+                    offset,
+                    kind: attr.kind,
+                    name: name.clone(),
+                    attr: Some(attr),
+                });
+            } else {
+                // readdir needs only a number; an unknown entry gets a placeholder the kernel
+                // replaces through lookup.
+                let attr = self.to_attr(0, attrs);
+                out.push(DirEntry {
+                    ino: u64::MAX,
+                    offset,
+                    kind: attr.kind,
+                    name: name.clone(),
+                    attr: None,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.dirs.lock().unwrap().remove(&fh);
+    }
+
+    /// Waits until every open file's accepted writes are acked: before unmounting.
+    pub async fn settle_all(&self) -> FsResult<()> {
+        let files: Vec<Arc<OpenFile>> = self.files.lock().unwrap().values().cloned().collect();
+        let mut result = Ok(());
+        for file in files {
+            if let Some(writer) = &file.writer {
+                if let Err(e) = writer.settle().await {
+                    result = Err(e);
+                }
+            }
+        }
+        result
+    }
+
+    /// Closes every remote handle still open (the kernel released none of them).
+    pub async fn close_all(&self) {
+        let files: Vec<Arc<OpenFile>> = self.files.lock().unwrap().drain().map(|(_, f)| f).collect();
+        for file in files {
+            if let Some(writer) = &file.writer {
+                let _ = writer.settle().await;
+            }
+            let _ = self.session.close(file.handle.clone()).await;
+        }
+    }
+}

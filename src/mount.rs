@@ -1,0 +1,308 @@
+//! Bringing a mount up and down: checks of the mount point, the SSH and SFTP connection, the
+//! FUSE session with its dispatch threads, going to the background only once the mount is live,
+//! and a clean unmount on umount, SIGTERM or SIGINT that writes everything in flight first.
+
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use bytes::Bytes;
+use fuser::{MountOption, SessionACL};
+use tracing::{info, warn};
+
+use crate::fs::{Core, CoreConfig, IdMapping};
+use crate::fuse::FuseAdapter;
+use crate::options::{IdMap, Options};
+use crate::sftp::Session;
+use crate::ssh::{self, Target};
+
+/// FUSE dispatch threads: replies come from tokio tasks, so few are needed.
+const DISPATCH_THREADS: usize = 4;
+/// How long the kernel trusts attributes and names.
+const KERNEL_TTL: Duration = Duration::from_secs(1);
+/// Unacked bytes per open file.
+const WRITE_BUFFER: usize = 8 * 1024 * 1024;
+
+/// Refuses a mount point that cannot work, before any network traffic.
+pub fn check_local(mountpoint: &Path) -> anyhow::Result<PathBuf> {
+    if !Path::new("/dev/fuse").exists() {
+        bail!("no /dev/fuse: install fuse3 and load the module (modprobe fuse)");
+    }
+    let meta = std::fs::metadata(mountpoint).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => anyhow!(
+            "mount point {} does not exist: create it first (mkdir -p {})",
+            mountpoint.display(),
+            mountpoint.display()
+        ),
+        _ => anyhow!("cannot use mount point {}: {e}", mountpoint.display()),
+    })?;
+    if !meta.is_dir() {
+        bail!("mount point {} is not a directory", mountpoint.display());
+    }
+    let canonical = std::fs::canonicalize(mountpoint)
+        .with_context(|| format!("cannot resolve mount point {}", mountpoint.display()))?;
+    if is_mount_point(&canonical) {
+        bail!(
+            "{} is already a mount point: unmount it first (umount {})",
+            canonical.display(),
+            canonical.display()
+        );
+    }
+    Ok(canonical)
+}
+
+fn is_mount_point(path: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let wanted = escape_mount_path(path);
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|mp| mp == wanted)
+}
+
+/// /proc/self/mountinfo escapes space, tab, newline and backslash as octal.
+fn escape_mount_path(path: &Path) -> String {
+    let mut out = String::new();
+    for &b in path.as_os_str().as_bytes() {
+        match b {
+            b' ' | b'\t' | b'\n' | b'\\' => out.push_str(&format!("\\{b:03o}")),
+            _ => out.push(b as char),
+        }
+    }
+    out
+}
+
+/// Tells the foreground process how the mount went, when we went to the background.
+pub struct ReadyPipe(OwnedFd);
+
+impl ReadyPipe {
+    fn send(self, message: &[u8]) {
+        let mut file = std::fs::File::from(self.0);
+        let _ = file.write_all(message);
+    }
+}
+
+/// Forks: the parent waits for the child's word and exits with it; the child returns its end
+/// of the pipe. Must run before any thread is started.
+pub fn daemonize() -> anyhow::Result<ReadyPipe> {
+    let mut fds = [0; 2];
+    // SAFETY: plain pipe(2)/fork(2); no other thread exists yet, so the child may go on.
+    unsafe {
+        if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
+            bail!("pipe: {}", std::io::Error::last_os_error());
+        }
+        let (read_end, write_end) = (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1]));
+        match libc::fork() {
+            -1 => bail!("fork: {}", std::io::Error::last_os_error()),
+            0 => {
+                drop(read_end);
+                Ok(ReadyPipe(write_end))
+            }
+            _ => {
+                drop(write_end);
+                let mut message = Vec::new();
+                let _ = std::fs::File::from(read_end).read_to_end(&mut message);
+                match message.first() {
+                    Some(0) => std::process::exit(0),
+                    Some(_) => {
+                        eprintln!("sftpmount: {}", String::from_utf8_lossy(&message).trim_end());
+                        std::process::exit(1)
+                    }
+                    None => {
+                        eprintln!("sftpmount: the mount process died before the mount was ready");
+                        std::process::exit(1)
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Detaches from the terminal once the foreground process has exited.
+fn detach() {
+    // SAFETY: setsid/open/dup2 on our own descriptors.
+    unsafe {
+        libc::setsid();
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if null >= 0 {
+            for fd in 0..3 {
+                libc::dup2(null, fd);
+            }
+            if null > 2 {
+                libc::close(null);
+            }
+        }
+    }
+    let _ = std::env::set_current_dir("/");
+}
+
+/// Runs the mount to its end. With `ready`, reports success or the first error through it.
+pub fn run(opts: Options, mountpoint: PathBuf, ready: Option<ReadyPipe>) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("sftpmount-io")
+        .build()
+        .context("cannot start the runtime")?;
+    let setup = runtime.block_on(connect(&opts));
+    let (ssh_handle, core) = match setup {
+        Ok(ok) => ok,
+        Err(e) => {
+            if let Some(ready) = ready {
+                ready.send(format!("{e:#}").as_bytes());
+                std::process::exit(1);
+            }
+            return Err(e);
+        }
+    };
+    let core = Arc::new(core);
+    let adapter = FuseAdapter::new(core.clone(), runtime.handle().clone(), KERNEL_TTL);
+    let mut config = fuser::Config::default();
+    config.mount_options = mount_options(&opts);
+    config.acl = if opts.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(DISPATCH_THREADS);
+    let session = fuser::Session::new(adapter, &mountpoint, &config);
+    let mut session = match session {
+        Ok(s) => s,
+        Err(e) => {
+            let msg = format!("cannot mount on {}: {e}", mountpoint.display());
+            if let Some(ready) = ready {
+                ready.send(msg.as_bytes());
+                std::process::exit(1);
+            }
+            bail!(msg);
+        }
+    };
+    info!("mounted {} on {}", source_name(&opts), mountpoint.display());
+    if let Some(ready) = ready {
+        ready.send(&[0]);
+        detach();
+    }
+
+    let mut unmounter = session.unmount_callable();
+    let signal_core = core.clone();
+    runtime.spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            warn!("cannot listen for signals");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        info!("signal received: writing data in flight, then unmounting");
+        if let Err(e) = signal_core.settle_all().await {
+            warn!("a write failed before unmount (errno {e})");
+        }
+        if let Err(e) = unmounter.unmount() {
+            warn!("unmount failed: {e}");
+        }
+    });
+    let result = session.run();
+    // The kernel may have released files without waiting for us: finish their writes.
+    runtime.block_on(core.close_all());
+    drop(ssh_handle);
+    result.context("FUSE session failed")?;
+    info!("unmounted {}", mountpoint.display());
+    Ok(())
+}
+
+fn source_name(opts: &Options) -> String {
+    match &opts.source.user {
+        Some(u) => format!("{u}@{}:{}", opts.source.host, opts.source.dir),
+        None => format!("{}:{}", opts.source.host, opts.source.dir),
+    }
+}
+
+fn mount_options(opts: &Options) -> Vec<MountOption> {
+    let mut options = vec![
+        MountOption::FSName(source_name(opts)),
+        // fuser drops Subtype when it mounts with mount(2) itself; as a raw option it reaches the kernel.
+        MountOption::CUSTOM("subtype=sftpmount".into()),
+        MountOption::NoDev,
+        MountOption::NoSuid,
+    ];
+    options.retain(|o| {
+        !opts.kernel_flags.iter().any(|k| {
+            matches!(
+                (o, k),
+                (MountOption::NoDev, MountOption::Dev) | (MountOption::NoSuid, MountOption::Suid)
+            )
+        })
+    });
+    for flag in &opts.kernel_flags {
+        if !options.contains(flag) {
+            options.push(flag.clone());
+        }
+    }
+    if opts.default_permissions {
+        options.push(MountOption::DefaultPermissions);
+    }
+    options.push(if opts.read_only {
+        MountOption::RO
+    } else {
+        MountOption::RW
+    });
+    options
+}
+
+async fn connect(opts: &Options) -> anyhow::Result<(russh::client::Handle<ssh::ClientHandler>, Core)> {
+    let target = Arc::new(Target::resolve(opts)?);
+    let handle = ssh::connect(target.clone()).await?;
+    let channel = handle
+        .channel_open_session()
+        .await
+        .context("the server refused a session channel")?;
+    let session = Arc::new(
+        Session::start(channel, opts.request_timeout)
+            .await
+            .context("cannot start SFTP")?,
+    );
+    let dir = if opts.source.dir.is_empty() {
+        "."
+    } else {
+        opts.source.dir.as_str()
+    };
+    let missing = |e: crate::sftp::SftpError| {
+        anyhow!(
+            "remote directory {dir} on {}: {}",
+            opts.source.host,
+            std::io::Error::from_raw_os_error(e.errno())
+        )
+    };
+    let root = session.realpath(dir.as_bytes()).await.map_err(missing)?;
+    let attrs = session.stat(&root).await.map_err(missing)?;
+    if attrs.permissions.unwrap_or(0) & libc::S_IFMT != libc::S_IFDIR {
+        bail!("remote path {dir} on {} is not a directory", opts.source.host);
+    }
+    let remote_ids = attrs.uid_gid.unwrap_or((0, 0));
+    // SAFETY: getuid/getgid cannot fail.
+    let local_ids = unsafe { (libc::getuid(), libc::getgid()) };
+    let ids = IdMapping {
+        uid: opts.uid,
+        gid: opts.gid,
+        remote_to_local: (opts.idmap == IdMap::User).then_some((remote_ids, local_ids)),
+        umask: opts.umask,
+    };
+    let core = Core::new(
+        session,
+        Bytes::copy_from_slice(&root),
+        CoreConfig {
+            ids,
+            write_buffer: WRITE_BUFFER,
+        },
+    );
+    Ok((handle, core))
+}

@@ -1,0 +1,406 @@
+//! The command line, as sshfs users type it: `[user@]host:[dir] MOUNTPOINT` plus `-o` options,
+//! the same line fstab produces through mount.fuse3. Every option is parsed here, once, into
+//! [`Options`]; an unknown option is an error that names it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OptionError {
+    #[error("unknown option '{0}' (see sftpmount --help for the options)")]
+    Unknown(String),
+    #[error("option '{name}' needs a value: -o {name}=VALUE")]
+    MissingValue { name: String },
+    #[error("bad value '{value}' for option '{name}': {why}")]
+    BadValue {
+        name: String,
+        value: String,
+        why: &'static str,
+    },
+    #[error("bad remote '{0}': expected [user@]host:[dir], e.g. alice@example.com:/srv/data")]
+    BadSource(String),
+}
+
+const OPTIONS_HELP: &str = "\
+Mount options (-o opt[,opt=value...], repeatable; also accepted from fstab):
+  port=N                    SSH port (same as -p)
+  User=NAME                 remote user (default: from ~/.ssh/config, else the local user)
+  IdentityFile=PATH         private key to try (repeatable; default ~/.ssh/id_ed25519,
+                            id_ecdsa, id_rsa)
+  UserKnownHostsFile=PATH   extra known_hosts file (repeatable; ~/.ssh/known_hosts is always read)
+  StrictHostKeyChecking=yes|accept-new|no
+                            unknown host key: refuse (yes, default), learn it (accept-new), or
+                            learn it (no); a changed host key is always refused
+  ConnectTimeout=SECONDS    give up connecting after this long (default 15)
+  ServerAliveInterval=SECONDS, ServerAliveCountMax=N
+                            keepalive probes (default 15 s, 3)
+  reconnect                 re-establish a lost connection
+  password_stdin            read the password from standard input
+  allow_other               let other users access the mount
+  default_permissions       let the kernel check permissions from the file modes
+  ro | rw                   read-only or read-write mount
+  uid=N, gid=N              show every file as owned by this user / group
+  umask=OCTAL               mask these permission bits from every file
+  idmap=none|user           user: show the remote user's files as the local user's
+  request_timeout=SECONDS   fail an SFTP request the server has not answered (default 60)
+  Accepted and passed on or ignored, as mount(8) sends them: dev, nodev, suid, nosuid, exec,
+  noexec, atime, noatime, auto, noauto, _netdev, user, users, nouser, nofail, defaults,
+  x-systemd.*, comment=*
+
+Unmount with `umount MOUNTPOINT` or `fusermount3 -u MOUNTPOINT`; data in flight is written
+first. fstab: `alice@host:/srv /mnt/srv fuse.sftpmount _netdev,IdentityFile=/root/.ssh/id 0 0`";
+
+/// sftpmount — mount a directory of a remote SFTP server.
+#[derive(Debug, Parser)]
+#[command(
+    name = "sftpmount",
+    version,
+    about = "Mount a directory of a remote SFTP server (OpenSSH) through FUSE",
+    after_help = OPTIONS_HELP
+)]
+struct Cli {
+    /// Remote directory: [user@]host:[dir] (dir relative to the remote home when not absolute)
+    source: String,
+    /// Local directory to mount on
+    mountpoint: PathBuf,
+    /// SSH port
+    #[arg(short = 'p', value_name = "PORT")]
+    port: Option<u16>,
+    /// ssh_config file to read instead of ~/.ssh/config
+    #[arg(short = 'F', value_name = "SSH_CONFIG")]
+    ssh_config: Option<PathBuf>,
+    /// Stay in the foreground
+    #[arg(short = 'f')]
+    foreground: bool,
+    /// Stay in the foreground and log debug messages
+    #[arg(short = 'd', long = "debug")]
+    debug: bool,
+    /// Mount options, see below
+    #[arg(short = 'o', value_name = "OPT[,OPT=VALUE...]")]
+    options: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StrictHostKeyChecking {
+    Yes,
+    AcceptNew,
+    No,
+}
+
+impl StrictHostKeyChecking {
+    pub fn parse(value: &str) -> Option<Self> {
+        match value.to_ascii_lowercase().as_str() {
+            "yes" | "ask" => Some(Self::Yes),
+            "accept-new" => Some(Self::AcceptNew),
+            "no" | "off" => Some(Self::No),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IdMap {
+    #[default]
+    None,
+    User,
+}
+
+/// Remote location as typed: `[user@]host:[dir]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    pub user: Option<String>,
+    pub host: String,
+    pub dir: String,
+}
+
+impl Source {
+    pub fn parse(text: &str) -> Result<Self, OptionError> {
+        let bad = || OptionError::BadSource(text.to_string());
+        let (user, rest) = match text.rfind('@') {
+            Some(at) if !text[..at].contains(':') => (Some(&text[..at]), &text[at + 1..]),
+            _ => (None, text),
+        };
+        let (host, dir) = if let Some(inner) = rest.strip_prefix('[') {
+            let (host, after) = inner.split_once(']').ok_or_else(bad)?;
+            (host, after.strip_prefix(':').ok_or_else(bad)?)
+        } else {
+            rest.split_once(':').ok_or_else(bad)?
+        };
+        if host.is_empty() || user.is_some_and(str::is_empty) {
+            return Err(bad());
+        }
+        Ok(Source {
+            user: user.map(str::to_string),
+            host: host.to_string(),
+            dir: dir.to_string(),
+        })
+    }
+}
+
+/// Everything the command line said.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub source: Source,
+    pub mountpoint: PathBuf,
+    pub foreground: bool,
+    pub debug: bool,
+    pub ssh_config: Option<PathBuf>,
+    pub port: Option<u16>,
+    pub user: Option<String>,
+    pub identity_files: Vec<PathBuf>,
+    pub user_known_hosts_files: Vec<PathBuf>,
+    pub strict_host_key_checking: Option<StrictHostKeyChecking>,
+    pub connect_timeout: Option<Duration>,
+    pub server_alive_interval: Option<Duration>,
+    pub server_alive_count_max: Option<u32>,
+    pub reconnect: bool,
+    pub password_stdin: bool,
+    pub allow_other: bool,
+    pub default_permissions: bool,
+    pub read_only: bool,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub umask: u32,
+    pub idmap: IdMap,
+    pub request_timeout: Duration,
+    /// Generic mount flags passed on to the kernel (nodev, noexec, ...).
+    pub kernel_flags: Vec<fuser::MountOption>,
+}
+
+/// What parsing the command line asks the program to do.
+pub enum Parsed {
+    Mount(Box<Options>),
+    /// --help or --version: print this on stdout and exit 0.
+    Print(String),
+}
+
+/// Parses the process arguments; errors are one line, meant for the user.
+pub fn parse<I, T>(args: I) -> Result<Parsed, String>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            return match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+                    Ok(Parsed::Print(e.render().to_string()))
+                }
+                _ => {
+                    let text = e.render().to_string();
+                    let first = text.lines().next().unwrap_or("bad arguments");
+                    let first = first.strip_prefix("error: ").unwrap_or(first);
+                    Err(format!("{first} (see sftpmount --help)"))
+                }
+            };
+        }
+    };
+    let mut options = Options {
+        source: Source::parse(&cli.source).map_err(|e| e.to_string())?,
+        mountpoint: cli.mountpoint,
+        foreground: cli.foreground || cli.debug,
+        debug: cli.debug,
+        ssh_config: cli.ssh_config,
+        port: cli.port,
+        user: None,
+        identity_files: Vec::new(),
+        user_known_hosts_files: Vec::new(),
+        strict_host_key_checking: None,
+        connect_timeout: None,
+        server_alive_interval: None,
+        server_alive_count_max: None,
+        reconnect: false,
+        password_stdin: false,
+        allow_other: false,
+        default_permissions: false,
+        read_only: false,
+        uid: None,
+        gid: None,
+        umask: 0,
+        idmap: IdMap::None,
+        request_timeout: Duration::from_secs(60),
+        kernel_flags: Vec::new(),
+    };
+    for group in &cli.options {
+        for opt in group.split(',').filter(|o| !o.is_empty()) {
+            options.apply(opt).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(Parsed::Mount(Box::new(options)))
+}
+
+impl Options {
+    fn apply(&mut self, opt: &str) -> Result<(), OptionError> {
+        use fuser::MountOption as M;
+        let (name, value) = match opt.split_once('=') {
+            Some((n, v)) => (n, Some(v)),
+            None => (opt, None),
+        };
+        let need = || {
+            value.ok_or_else(|| OptionError::MissingValue {
+                name: name.to_string(),
+            })
+        };
+        let bad = |why: &'static str| OptionError::BadValue {
+            name: name.to_string(),
+            value: value.unwrap_or("").to_string(),
+            why,
+        };
+        let number = |why| need()?.parse::<u32>().map_err(|_| bad(why));
+        let seconds = || -> Result<Duration, OptionError> {
+            let secs: u64 = need()?.parse().map_err(|_| bad("expected whole seconds"))?;
+            Ok(Duration::from_secs(secs))
+        };
+        match name.to_ascii_lowercase().as_str() {
+            "port" => self.port = Some(need()?.parse().map_err(|_| bad("expected a port"))?),
+            "user" if value.is_some() => self.user = Some(need()?.to_string()),
+            "identityfile" => self.identity_files.push(need()?.into()),
+            "userknownhostsfile" => self.user_known_hosts_files.push(need()?.into()),
+            "stricthostkeychecking" => {
+                self.strict_host_key_checking = Some(
+                    StrictHostKeyChecking::parse(need()?)
+                        .ok_or_else(|| bad("expected yes, accept-new or no"))?,
+                )
+            }
+            "connecttimeout" => self.connect_timeout = Some(seconds()?),
+            "serveraliveinterval" => self.server_alive_interval = Some(seconds()?),
+            "serveralivecountmax" => {
+                self.server_alive_count_max = Some(number("expected a count")?)
+            }
+            "request_timeout" => self.request_timeout = seconds()?,
+            "reconnect" => self.reconnect = true,
+            "password_stdin" => self.password_stdin = true,
+            "allow_other" => self.allow_other = true,
+            "default_permissions" => self.default_permissions = true,
+            "ro" => self.read_only = true,
+            "rw" => self.read_only = false,
+            "uid" => self.uid = Some(number("expected a numeric uid")?),
+            "gid" => self.gid = Some(number("expected a numeric gid")?),
+            "umask" => {
+                self.umask = u32::from_str_radix(need()?, 8)
+                    .ok()
+                    .filter(|m| *m <= 0o7777)
+                    .ok_or_else(|| bad("expected an octal mask such as 022"))?
+            }
+            "idmap" => {
+                self.idmap = match need()? {
+                    "none" => IdMap::None,
+                    "user" => IdMap::User,
+                    _ => return Err(bad("expected none or user")),
+                }
+            }
+            "dev" => self.kernel_flags.push(M::Dev),
+            "nodev" => self.kernel_flags.push(M::NoDev),
+            "suid" => self.kernel_flags.push(M::Suid),
+            "nosuid" => self.kernel_flags.push(M::NoSuid),
+            "exec" => self.kernel_flags.push(M::Exec),
+            "noexec" => self.kernel_flags.push(M::NoExec),
+            "atime" => self.kernel_flags.push(M::Atime),
+            "noatime" => self.kernel_flags.push(M::NoAtime),
+            "auto" | "noauto" | "_netdev" | "user" | "users" | "nouser" | "nofail"
+            | "defaults" | "comment" => {}
+            n if n.starts_with("x-systemd.") || n.starts_with("x-") => {}
+            _ => return Err(OptionError::Unknown(opt.to_string())),
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mount(args: &[&str]) -> Options {
+        match parse(std::iter::once("sftpmount").chain(args.iter().copied())) {
+            Ok(Parsed::Mount(o)) => *o,
+            Ok(Parsed::Print(_)) => panic!("printed"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn error(args: &[&str]) -> String {
+        match parse(std::iter::once("sftpmount").chain(args.iter().copied())) {
+            Err(e) => e,
+            Ok(_) => panic!("accepted {args:?}"),
+        }
+    }
+
+    #[test]
+    fn sources() {
+        let s = Source::parse("alice@host:/srv").unwrap();
+        assert_eq!(
+            (s.user.as_deref(), s.host.as_str(), s.dir.as_str()),
+            (Some("alice"), "host", "/srv")
+        );
+        let s = Source::parse("host:").unwrap();
+        assert_eq!((s.user, s.host.as_str(), s.dir.as_str()), (None, "host", ""));
+        let s = Source::parse("bob@[::1]:data").unwrap();
+        assert_eq!((s.host.as_str(), s.dir.as_str()), ("::1", "data"));
+        assert!(Source::parse("hostonly").is_err());
+        assert!(Source::parse(":/x").is_err());
+    }
+
+    #[test]
+    fn sshfs_style_options() {
+        let o = mount(&[
+            "u@h:d",
+            "/mnt",
+            "-p",
+            "2200",
+            "-o",
+            "IdentityFile=/a,IdentityFile=/b,StrictHostKeyChecking=accept-new",
+            "-o",
+            "ro,uid=5,umask=027,idmap=user,_netdev,x-systemd.automount,nodev,reconnect",
+        ]);
+        assert_eq!(o.port, Some(2200));
+        assert_eq!(o.identity_files.len(), 2);
+        assert_eq!(
+            o.strict_host_key_checking,
+            Some(StrictHostKeyChecking::AcceptNew)
+        );
+        assert!(o.read_only && o.reconnect);
+        assert_eq!((o.uid, o.umask, o.idmap), (Some(5), 0o27, IdMap::User));
+        assert_eq!(o.kernel_flags, vec![fuser::MountOption::NoDev]);
+        assert!(!o.foreground);
+        assert!(mount(&["h:", "/m", "-d"]).foreground);
+    }
+
+    #[test]
+    fn bad_options_are_named_in_one_line() {
+        let e = error(&["h:", "/m", "-o", "frobnicate"]);
+        assert!(e.contains("'frobnicate'"), "{e}");
+        assert!(!e.contains('\n'));
+        let e = error(&["h:", "/m", "-o", "umask=9z"]);
+        assert!(e.contains("umask"), "{e}");
+        let e = error(&["h:", "/m", "-o", "StrictHostKeyChecking=maybe"]);
+        assert!(e.contains("accept-new"), "{e}");
+        let e = error(&["h:"]);
+        assert!(!e.contains('\n'), "{e}");
+        let e = error(&["nohost", "/m"]);
+        assert!(e.contains("[user@]host:[dir]"), "{e}");
+    }
+
+    #[test]
+    fn help_documents_every_option() {
+        let Ok(Parsed::Print(help)) = parse(["sftpmount", "--help"]) else {
+            panic!("no help")
+        };
+        for opt in [
+            "IdentityFile",
+            "UserKnownHostsFile",
+            "StrictHostKeyChecking",
+            "ConnectTimeout",
+            "password_stdin",
+            "allow_other",
+            "idmap",
+            "-p <PORT>",
+            "-F",
+        ] {
+            assert!(help.contains(opt), "help lacks {opt}");
+        }
+    }
+}

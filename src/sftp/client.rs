@@ -1,0 +1,553 @@
+//! One SFTP session over one SSH channel: request ids, the table of requests in flight, a
+//! timeout per request counted from when it was sent, extension discovery, and typed calls.
+//!
+//! `submit` encodes and queues a request synchronously, so requests reach the server in the
+//! order they were submitted (OpenSSH's sftp-server executes them in that order); the reply is a
+//! future the caller may await later, which is what lets many requests be in flight at once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use russh::ChannelMsg;
+use russh::client::Msg;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, warn};
+
+use super::proto::{
+    self, Attrs, DecodeError, Limits, NameEntry, Request, Response, StatVfs, StatusCode,
+};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SftpError {
+    #[error("{message} (SFTP status {code})", code = .code.0)]
+    Status { code: StatusCode, message: String },
+    #[error("connection to the server lost")]
+    ConnectionLost,
+    #[error("server did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("SFTP protocol error: {0}")]
+    Protocol(String),
+    #[error("unexpected SFTP reply to {0}")]
+    UnexpectedReply(&'static str),
+}
+
+impl SftpError {
+    pub fn errno(&self) -> i32 {
+        match self {
+            SftpError::Status { code, .. } => code.errno(),
+            SftpError::ConnectionLost => libc::ENOTCONN,
+            SftpError::Timeout(_) => libc::ETIMEDOUT,
+            SftpError::Protocol(_) | SftpError::UnexpectedReply(_) => libc::EPROTO,
+        }
+    }
+
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            SftpError::Status { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    fn from_status(code: StatusCode, message: &[u8]) -> Self {
+        SftpError::Status {
+            code,
+            message: String::from_utf8_lossy(message).into_owned(),
+        }
+    }
+}
+
+impl From<DecodeError> for SftpError {
+    fn from(e: DecodeError) -> Self {
+        SftpError::Protocol(e.to_string())
+    }
+}
+
+pub type Result<T> = std::result::Result<T, SftpError>;
+
+/// What the server told us it supports.
+#[derive(Debug, Clone, Default)]
+pub struct ServerFeatures {
+    pub posix_rename: bool,
+    pub statvfs: bool,
+    pub fsync: bool,
+    pub hardlink: bool,
+    pub lsetstat: bool,
+    /// Largest READ and WRITE payloads the server takes.
+    pub max_read: u32,
+    pub max_write: u32,
+}
+
+/// Payload size every v3 server must take (draft-02 section 3).
+const DEFAULT_IO_LEN: u32 = 32 * 1024;
+/// Room left in a packet for the WRITE header under a server's max-packet-length.
+const WRITE_HEADER_ROOM: u64 = 1024;
+
+struct InFlight {
+    reply: oneshot::Sender<Result<Response>>,
+    sent_at: Option<Instant>,
+}
+
+#[derive(Default)]
+struct Table {
+    next_id: u32,
+    in_flight: HashMap<u32, InFlight>,
+    /// Set once the session is unusable; every later request fails with it.
+    dead: Option<SftpError>,
+}
+
+struct Shared {
+    table: Mutex<Table>,
+    timeout: Duration,
+}
+
+impl Shared {
+    fn kill(&self, why: SftpError) {
+        let mut table = self.table.lock().unwrap();
+        if table.dead.is_none() {
+            warn!("SFTP session ended: {why}");
+            table.dead = Some(why.clone());
+        }
+        for (_, entry) in table.in_flight.drain() {
+            let _ = entry.reply.send(Err(why.clone()));
+        }
+    }
+}
+
+/// A reply that has not arrived yet.
+pub struct Pending {
+    rx: oneshot::Receiver<Result<Response>>,
+}
+
+impl Pending {
+    pub async fn response(self) -> Result<Response> {
+        self.rx.await.unwrap_or(Err(SftpError::ConnectionLost))
+    }
+}
+
+/// An SFTP session; cheap to share behind an `Arc`.
+pub struct Session {
+    shared: Arc<Shared>,
+    queue: mpsc::UnboundedSender<Bytes>,
+    features: ServerFeatures,
+}
+
+impl Session {
+    /// Starts the sftp subsystem on `channel`, exchanges versions and discovers extensions.
+    pub async fn start(channel: russh::Channel<Msg>, timeout: Duration) -> Result<Session> {
+        channel
+            .request_subsystem(true, "sftp")
+            .await
+            .map_err(|e| SftpError::Protocol(format!("cannot start the sftp subsystem: {e}")))?;
+        let (mut read_half, write_half) = channel.split();
+        let mut init = BytesMut::new();
+        proto::encode_init(&mut init);
+        write_half
+            .data_bytes(init.freeze())
+            .await
+            .map_err(|_| SftpError::ConnectionLost)?;
+
+        let mut inbox = BytesMut::new();
+        let version = tokio::time::timeout(timeout, async {
+            loop {
+                if let Some(packet) = proto::split_packet(&mut inbox)? {
+                    return Ok(proto::decode_version(packet)?);
+                }
+                match read_half.wait().await {
+                    Some(ChannelMsg::Data { data }) => inbox.extend_from_slice(&data),
+                    Some(ChannelMsg::ExtendedData { .. }) => {}
+                    Some(ChannelMsg::Eof | ChannelMsg::Close) | None => {
+                        return Err(SftpError::Protocol(
+                            "the server closed the sftp subsystem (is SFTP enabled?)".into(),
+                        ));
+                    }
+                    Some(_) => {}
+                }
+            }
+        })
+        .await
+        .map_err(|_| SftpError::Timeout(timeout))??;
+        if version.version != proto::VERSION {
+            return Err(SftpError::Protocol(format!(
+                "server speaks SFTP version {}, we need 3",
+                version.version
+            )));
+        }
+        let mut features = ServerFeatures {
+            max_read: DEFAULT_IO_LEN,
+            max_write: DEFAULT_IO_LEN,
+            ..Default::default()
+        };
+        let mut has_limits = false;
+        for (name, _) in &version.extensions {
+            match std::str::from_utf8(name).unwrap_or("") {
+                proto::ext::POSIX_RENAME => features.posix_rename = true,
+                proto::ext::STATVFS => features.statvfs = true,
+                proto::ext::FSYNC => features.fsync = true,
+                proto::ext::HARDLINK => features.hardlink = true,
+                proto::ext::LSETSTAT => features.lsetstat = true,
+                proto::ext::LIMITS => has_limits = true,
+                _ => {}
+            }
+        }
+        debug!(?features, has_limits, "SFTP server extensions");
+
+        let shared = Arc::new(Shared {
+            table: Mutex::new(Table::default()),
+            timeout,
+        });
+        let (queue, queue_rx) = mpsc::unbounded_channel();
+        tokio::spawn(write_loop(write_half, queue_rx, shared.clone()));
+        tokio::spawn(read_loop(read_half, inbox, shared.clone()));
+        tokio::spawn(timeout_sweeper(Arc::downgrade(&shared)));
+
+        let mut session = Session {
+            shared,
+            queue,
+            features,
+        };
+        if has_limits {
+            let reply = session.submit(&Request::limits()).response().await?;
+            let Response::ExtendedReply(data) = reply else {
+                return Err(SftpError::UnexpectedReply("limits"));
+            };
+            let limits = Limits::decode(data)?;
+            session.features.max_read = io_len(limits.max_read_len, limits.max_packet_len);
+            session.features.max_write = io_len(limits.max_write_len, limits.max_packet_len);
+        }
+        Ok(session)
+    }
+
+    pub fn features(&self) -> &ServerFeatures {
+        &self.features
+    }
+
+    /// Queues `request` for sending; requests leave in the order they were submitted.
+    pub fn submit(&self, request: &Request) -> Pending {
+        let (tx, rx) = oneshot::channel();
+        let mut table = self.shared.table.lock().unwrap();
+        if let Some(why) = &table.dead {
+            let _ = tx.send(Err(why.clone()));
+            return Pending { rx };
+        }
+        let id = table.next_id;
+        table.next_id = table.next_id.wrapping_add(1);
+        let mut packet = BytesMut::with_capacity(request.wire_len());
+        request.encode(id, &mut packet);
+        // Queue under the table lock so that queue order is id order.
+        if self.queue.send(packet.freeze()).is_err() {
+            let _ = tx.send(Err(SftpError::ConnectionLost));
+            return Pending { rx };
+        }
+        table.in_flight.insert(
+            id,
+            InFlight {
+                reply: tx,
+                sent_at: None,
+            },
+        );
+        Pending { rx }
+    }
+
+    pub async fn call(&self, request: &Request) -> Result<Response> {
+        self.submit(request).response().await
+    }
+
+    pub fn is_dead(&self) -> bool {
+        self.shared.table.lock().unwrap().dead.is_some()
+    }
+
+    pub async fn open(&self, path: &[u8], pflags: u32, attrs: Attrs) -> Result<Bytes> {
+        let req = Request::Open {
+            path: Bytes::copy_from_slice(path),
+            pflags,
+            attrs,
+        };
+        expect_handle(self.call(&req).await, "open")
+    }
+
+    pub async fn opendir(&self, path: &[u8]) -> Result<Bytes> {
+        let req = Request::Opendir {
+            path: Bytes::copy_from_slice(path),
+        };
+        expect_handle(self.call(&req).await, "opendir")
+    }
+
+    pub async fn close(&self, handle: Bytes) -> Result<()> {
+        expect_ok(self.call(&Request::Close { handle }).await, "close")
+    }
+
+    /// Reads up to `len` bytes; an empty result means end of file.
+    pub async fn read(&self, handle: Bytes, offset: u64, len: u32) -> Result<Bytes> {
+        let req = Request::Read {
+            handle,
+            offset,
+            len,
+        };
+        match self.call(&req).await? {
+            Response::Data(data) => Ok(data),
+            Response::Status { code, .. } if code == StatusCode::EOF => Ok(Bytes::new()),
+            other => Err(unexpected(other, "read")),
+        }
+    }
+
+    /// Returns the next batch of directory entries, or `None` at the end.
+    pub async fn readdir(&self, handle: Bytes) -> Result<Option<Vec<NameEntry>>> {
+        match self.call(&Request::Readdir { handle }).await? {
+            Response::Name(entries) => Ok(Some(entries)),
+            Response::Status { code, .. } if code == StatusCode::EOF => Ok(None),
+            other => Err(unexpected(other, "readdir")),
+        }
+    }
+
+    pub async fn lstat(&self, path: &[u8]) -> Result<Attrs> {
+        let req = Request::Lstat {
+            path: Bytes::copy_from_slice(path),
+        };
+        expect_attrs(self.call(&req).await, "lstat")
+    }
+
+    pub async fn stat(&self, path: &[u8]) -> Result<Attrs> {
+        let req = Request::Stat {
+            path: Bytes::copy_from_slice(path),
+        };
+        expect_attrs(self.call(&req).await, "stat")
+    }
+
+    pub async fn fstat(&self, handle: Bytes) -> Result<Attrs> {
+        expect_attrs(self.call(&Request::Fstat { handle }).await, "fstat")
+    }
+
+    pub async fn setstat(&self, path: &[u8], attrs: Attrs) -> Result<()> {
+        let req = Request::Setstat {
+            path: Bytes::copy_from_slice(path),
+            attrs,
+        };
+        expect_ok(self.call(&req).await, "setstat")
+    }
+
+    pub async fn fsetstat(&self, handle: Bytes, attrs: Attrs) -> Result<()> {
+        expect_ok(
+            self.call(&Request::Fsetstat { handle, attrs }).await,
+            "fsetstat",
+        )
+    }
+
+    pub async fn remove(&self, path: &[u8]) -> Result<()> {
+        let req = Request::Remove {
+            path: Bytes::copy_from_slice(path),
+        };
+        expect_ok(self.call(&req).await, "remove")
+    }
+
+    pub async fn mkdir(&self, path: &[u8], attrs: Attrs) -> Result<()> {
+        let req = Request::Mkdir {
+            path: Bytes::copy_from_slice(path),
+            attrs,
+        };
+        expect_ok(self.call(&req).await, "mkdir")
+    }
+
+    pub async fn rmdir(&self, path: &[u8]) -> Result<()> {
+        let req = Request::Rmdir {
+            path: Bytes::copy_from_slice(path),
+        };
+        expect_ok(self.call(&req).await, "rmdir")
+    }
+
+    pub async fn realpath(&self, path: &[u8]) -> Result<Bytes> {
+        let req = Request::Realpath {
+            path: Bytes::copy_from_slice(path),
+        };
+        match self.call(&req).await? {
+            Response::Name(mut entries) if !entries.is_empty() => {
+                Ok(entries.swap_remove(0).filename)
+            }
+            other => Err(unexpected(other, "realpath")),
+        }
+    }
+
+    pub async fn readlink(&self, path: &[u8]) -> Result<Bytes> {
+        let req = Request::Readlink {
+            path: Bytes::copy_from_slice(path),
+        };
+        match self.call(&req).await? {
+            Response::Name(mut entries) if !entries.is_empty() => {
+                Ok(entries.swap_remove(0).filename)
+            }
+            other => Err(unexpected(other, "readlink")),
+        }
+    }
+
+    pub async fn symlink(&self, link: &[u8], target: &[u8]) -> Result<()> {
+        let req = Request::Symlink {
+            link: Bytes::copy_from_slice(link),
+            target: Bytes::copy_from_slice(target),
+        };
+        expect_ok(self.call(&req).await, "symlink")
+    }
+
+    /// Renames, replacing an existing `to` atomically when the server has posix-rename.
+    pub async fn rename(&self, from: &[u8], to: &[u8]) -> Result<()> {
+        let req = if self.features.posix_rename {
+            Request::posix_rename(from, to)
+        } else {
+            Request::Rename {
+                from: Bytes::copy_from_slice(from),
+                to: Bytes::copy_from_slice(to),
+            }
+        };
+        expect_ok(self.call(&req).await, "rename")
+    }
+
+    pub async fn hardlink(&self, existing: &[u8], new: &[u8]) -> Result<()> {
+        if !self.features.hardlink {
+            return Err(SftpError::from_status(StatusCode::OP_UNSUPPORTED, b""));
+        }
+        expect_ok(
+            self.call(&Request::hardlink(existing, new)).await,
+            "hardlink",
+        )
+    }
+
+    pub async fn statvfs(&self, path: &[u8]) -> Result<StatVfs> {
+        if !self.features.statvfs {
+            return Err(SftpError::from_status(StatusCode::OP_UNSUPPORTED, b""));
+        }
+        match self.call(&Request::statvfs(path)).await? {
+            Response::ExtendedReply(data) => Ok(StatVfs::decode(data)?),
+            other => Err(unexpected(other, "statvfs")),
+        }
+    }
+
+    /// Asks the server to fsync the file; a no-op when it cannot.
+    pub async fn fsync(&self, handle: &[u8]) -> Result<()> {
+        if !self.features.fsync {
+            return Ok(());
+        }
+        expect_ok(self.call(&Request::fsync(handle)).await, "fsync")
+    }
+
+    /// Queues a WRITE; the caller awaits the ack when it needs it.
+    pub fn write(&self, handle: Bytes, offset: u64, data: Bytes) -> Pending {
+        self.submit(&Request::Write {
+            handle,
+            offset,
+            data,
+        })
+    }
+}
+
+/// Checks the status reply of a request that answers with a bare status.
+pub fn expect_ok(reply: Result<Response>, what: &'static str) -> Result<()> {
+    match reply? {
+        Response::Status { code, .. } if code == StatusCode::OK => Ok(()),
+        other => Err(unexpected(other, what)),
+    }
+}
+
+fn expect_handle(reply: Result<Response>, what: &'static str) -> Result<Bytes> {
+    match reply? {
+        Response::Handle(handle) => Ok(handle),
+        other => Err(unexpected(other, what)),
+    }
+}
+
+fn expect_attrs(reply: Result<Response>, what: &'static str) -> Result<Attrs> {
+    match reply? {
+        Response::Attrs(attrs) => Ok(attrs),
+        other => Err(unexpected(other, what)),
+    }
+}
+
+fn unexpected(reply: Response, what: &'static str) -> SftpError {
+    match reply {
+        Response::Status { code, message } => SftpError::from_status(code, &message),
+        _ => SftpError::UnexpectedReply(what),
+    }
+}
+
+fn io_len(stated: u64, max_packet: u64) -> u32 {
+    let mut len = if stated == 0 {
+        DEFAULT_IO_LEN as u64
+    } else {
+        stated
+    };
+    if max_packet > WRITE_HEADER_ROOM {
+        len = len.min(max_packet - WRITE_HEADER_ROOM);
+    }
+    len.clamp(1024, 16 * 1024 * 1024) as u32
+}
+
+async fn write_loop(
+    writer: russh::ChannelWriteHalf<Msg>,
+    mut queue: mpsc::UnboundedReceiver<Bytes>,
+    shared: Arc<Shared>,
+) {
+    while let Some(packet) = queue.recv().await {
+        let id = u32::from_be_bytes([packet[5], packet[6], packet[7], packet[8]]);
+        if writer.data_bytes(packet).await.is_err() {
+            shared.kill(SftpError::ConnectionLost);
+            return;
+        }
+        if let Some(entry) = shared.table.lock().unwrap().in_flight.get_mut(&id) {
+            entry.sent_at = Some(Instant::now());
+        }
+    }
+}
+
+async fn read_loop(mut reader: russh::ChannelReadHalf, mut inbox: BytesMut, shared: Arc<Shared>) {
+    loop {
+        loop {
+            let packet = match proto::split_packet(&mut inbox) {
+                Ok(Some(packet)) => packet,
+                Ok(None) => break,
+                Err(e) => return shared.kill(e.into()),
+            };
+            let (id, response) = match proto::decode_response(packet) {
+                Ok(decoded) => decoded,
+                Err(e) => return shared.kill(e.into()),
+            };
+            let entry = shared.table.lock().unwrap().in_flight.remove(&id);
+            match entry {
+                Some(entry) => {
+                    let _ = entry.reply.send(Ok(response));
+                }
+                None => debug!(id, "reply to a request that is no longer waited for"),
+            }
+        }
+        match reader.wait().await {
+            Some(ChannelMsg::Data { data }) => inbox.extend_from_slice(&data),
+            Some(ChannelMsg::Eof | ChannelMsg::Close) | None => {
+                return shared.kill(SftpError::ConnectionLost);
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+async fn timeout_sweeper(shared: std::sync::Weak<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let now = Instant::now();
+        let mut table = shared.table.lock().unwrap();
+        let expired: Vec<u32> = table
+            .in_flight
+            .iter()
+            .filter(|(_, e)| e.sent_at.is_some_and(|t| now - t > shared.timeout))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some(entry) = table.in_flight.remove(&id) {
+                warn!(id, "SFTP request timed out");
+                let _ = entry.reply.send(Err(SftpError::Timeout(shared.timeout)));
+            }
+        }
+    }
+}

@@ -1,0 +1,851 @@
+//! Sans-IO codec for SFTP version 3 (draft-ietf-secsh-filexfer-02) plus the OpenSSH extensions
+//! we use: typed requests become length-prefixed packets, packets become typed responses.
+//!
+//! Handles and file names stay raw bytes end to end: OpenSSH's handles are binary and Unix file
+//! names need not be UTF-8. Decoding never panics: every malformed input is a [`DecodeError`].
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+pub const VERSION: u32 = 3;
+
+/// Largest packet we accept from the server; OpenSSH's own limit is 256 KiB of payload.
+pub const MAX_PACKET_LEN: usize = 1024 * 1024 + 1024;
+
+mod packet_type {
+    pub const INIT: u8 = 1;
+    pub const VERSION: u8 = 2;
+    pub const OPEN: u8 = 3;
+    pub const CLOSE: u8 = 4;
+    pub const READ: u8 = 5;
+    pub const WRITE: u8 = 6;
+    pub const LSTAT: u8 = 7;
+    pub const FSTAT: u8 = 8;
+    pub const SETSTAT: u8 = 9;
+    pub const FSETSTAT: u8 = 10;
+    pub const OPENDIR: u8 = 11;
+    pub const READDIR: u8 = 12;
+    pub const REMOVE: u8 = 13;
+    pub const MKDIR: u8 = 14;
+    pub const RMDIR: u8 = 15;
+    pub const REALPATH: u8 = 16;
+    pub const STAT: u8 = 17;
+    pub const RENAME: u8 = 18;
+    pub const READLINK: u8 = 19;
+    pub const SYMLINK: u8 = 20;
+    pub const STATUS: u8 = 101;
+    pub const HANDLE: u8 = 102;
+    pub const DATA: u8 = 103;
+    pub const NAME: u8 = 104;
+    pub const ATTRS: u8 = 105;
+    pub const EXTENDED: u8 = 200;
+    pub const EXTENDED_REPLY: u8 = 201;
+}
+
+/// SSH_FXF_* open flags.
+pub mod open_flags {
+    pub const READ: u32 = 0x01;
+    pub const WRITE: u32 = 0x02;
+    pub const APPEND: u32 = 0x04;
+    pub const CREAT: u32 = 0x08;
+    pub const TRUNC: u32 = 0x10;
+    pub const EXCL: u32 = 0x20;
+}
+
+mod attr_flags {
+    pub const SIZE: u32 = 0x01;
+    pub const UIDGID: u32 = 0x02;
+    pub const PERMISSIONS: u32 = 0x04;
+    pub const ACMODTIME: u32 = 0x08;
+    pub const EXTENDED: u32 = 0x8000_0000;
+}
+
+/// Names of the OpenSSH extensions we speak (OpenSSH's PROTOCOL file).
+pub mod ext {
+    pub const POSIX_RENAME: &str = "posix-rename@openssh.com";
+    pub const STATVFS: &str = "statvfs@openssh.com";
+    pub const FSYNC: &str = "fsync@openssh.com";
+    pub const HARDLINK: &str = "hardlink@openssh.com";
+    pub const LIMITS: &str = "limits@openssh.com";
+    pub const LSETSTAT: &str = "lsetstat@openssh.com";
+}
+
+/// File attributes; every field is optional on the wire.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Attrs {
+    pub size: Option<u64>,
+    pub uid_gid: Option<(u32, u32)>,
+    /// Full st_mode, file type bits included.
+    pub permissions: Option<u32>,
+    pub atime_mtime: Option<(u32, u32)>,
+    pub extended: Vec<(Bytes, Bytes)>,
+}
+
+impl Attrs {
+    fn flags(&self) -> u32 {
+        let mut flags = 0;
+        if self.size.is_some() {
+            flags |= attr_flags::SIZE;
+        }
+        if self.uid_gid.is_some() {
+            flags |= attr_flags::UIDGID;
+        }
+        if self.permissions.is_some() {
+            flags |= attr_flags::PERMISSIONS;
+        }
+        if self.atime_mtime.is_some() {
+            flags |= attr_flags::ACMODTIME;
+        }
+        if !self.extended.is_empty() {
+            flags |= attr_flags::EXTENDED;
+        }
+        flags
+    }
+
+    fn encode(&self, buf: &mut BytesMut) {
+        buf.put_u32(self.flags());
+        if let Some(size) = self.size {
+            buf.put_u64(size);
+        }
+        if let Some((uid, gid)) = self.uid_gid {
+            buf.put_u32(uid);
+            buf.put_u32(gid);
+        }
+        if let Some(perm) = self.permissions {
+            buf.put_u32(perm);
+        }
+        if let Some((atime, mtime)) = self.atime_mtime {
+            buf.put_u32(atime);
+            buf.put_u32(mtime);
+        }
+        if !self.extended.is_empty() {
+            buf.put_u32(self.extended.len() as u32);
+            for (name, value) in &self.extended {
+                put_string(buf, name);
+                put_string(buf, value);
+            }
+        }
+    }
+
+    fn decode(buf: &mut Bytes) -> Result<Self, DecodeError> {
+        let flags = get_u32(buf)?;
+        let mut attrs = Attrs::default();
+        if flags & attr_flags::SIZE != 0 {
+            attrs.size = Some(get_u64(buf)?);
+        }
+        if flags & attr_flags::UIDGID != 0 {
+            attrs.uid_gid = Some((get_u32(buf)?, get_u32(buf)?));
+        }
+        if flags & attr_flags::PERMISSIONS != 0 {
+            attrs.permissions = Some(get_u32(buf)?);
+        }
+        if flags & attr_flags::ACMODTIME != 0 {
+            attrs.atime_mtime = Some((get_u32(buf)?, get_u32(buf)?));
+        }
+        if flags & attr_flags::EXTENDED != 0 {
+            let count = get_u32(buf)?;
+            for _ in 0..count {
+                let name = get_string(buf)?;
+                let value = get_string(buf)?;
+                attrs.extended.push((name, value));
+            }
+        }
+        Ok(attrs)
+    }
+}
+
+/// A client request. Paths and handles are raw bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Open {
+        path: Bytes,
+        pflags: u32,
+        attrs: Attrs,
+    },
+    Close {
+        handle: Bytes,
+    },
+    Read {
+        handle: Bytes,
+        offset: u64,
+        len: u32,
+    },
+    Write {
+        handle: Bytes,
+        offset: u64,
+        data: Bytes,
+    },
+    Lstat {
+        path: Bytes,
+    },
+    Fstat {
+        handle: Bytes,
+    },
+    Setstat {
+        path: Bytes,
+        attrs: Attrs,
+    },
+    Fsetstat {
+        handle: Bytes,
+        attrs: Attrs,
+    },
+    Opendir {
+        path: Bytes,
+    },
+    Readdir {
+        handle: Bytes,
+    },
+    Remove {
+        path: Bytes,
+    },
+    Mkdir {
+        path: Bytes,
+        attrs: Attrs,
+    },
+    Rmdir {
+        path: Bytes,
+    },
+    Realpath {
+        path: Bytes,
+    },
+    Stat {
+        path: Bytes,
+    },
+    Rename {
+        from: Bytes,
+        to: Bytes,
+    },
+    Readlink {
+        path: Bytes,
+    },
+    /// `link` is the new symlink, `target` what it points to.
+    Symlink {
+        link: Bytes,
+        target: Bytes,
+    },
+    /// An extension request; `data` is its already-encoded body.
+    Extended {
+        name: &'static str,
+        data: Bytes,
+    },
+}
+
+impl Request {
+    pub fn posix_rename(from: &[u8], to: &[u8]) -> Self {
+        Self::extended_with(ext::POSIX_RENAME, |buf| {
+            put_string(buf, from);
+            put_string(buf, to);
+        })
+    }
+
+    pub fn hardlink(existing: &[u8], new: &[u8]) -> Self {
+        Self::extended_with(ext::HARDLINK, |buf| {
+            put_string(buf, existing);
+            put_string(buf, new);
+        })
+    }
+
+    pub fn statvfs(path: &[u8]) -> Self {
+        Self::extended_with(ext::STATVFS, |buf| put_string(buf, path))
+    }
+
+    pub fn fsync(handle: &[u8]) -> Self {
+        Self::extended_with(ext::FSYNC, |buf| put_string(buf, handle))
+    }
+
+    pub fn limits() -> Self {
+        Self::extended_with(ext::LIMITS, |_| {})
+    }
+
+    pub fn lsetstat(path: &[u8], attrs: &Attrs) -> Self {
+        Self::extended_with(ext::LSETSTAT, |buf| {
+            put_string(buf, path);
+            attrs.encode(buf);
+        })
+    }
+
+    fn extended_with(name: &'static str, body: impl FnOnce(&mut BytesMut)) -> Self {
+        let mut buf = BytesMut::new();
+        body(&mut buf);
+        Request::Extended {
+            name,
+            data: buf.freeze(),
+        }
+    }
+
+    /// Appends the whole packet (length prefix included) for request `id` to `buf`.
+    pub fn encode(&self, id: u32, buf: &mut BytesMut) {
+        let start = buf.len();
+        buf.put_u32(0);
+        match self {
+            Request::Open {
+                path,
+                pflags,
+                attrs,
+            } => {
+                put_header(buf, packet_type::OPEN, id);
+                put_string(buf, path);
+                buf.put_u32(*pflags);
+                attrs.encode(buf);
+            }
+            Request::Close { handle } => put_one(buf, packet_type::CLOSE, id, handle),
+            Request::Read {
+                handle,
+                offset,
+                len,
+            } => {
+                put_header(buf, packet_type::READ, id);
+                put_string(buf, handle);
+                buf.put_u64(*offset);
+                buf.put_u32(*len);
+            }
+            Request::Write {
+                handle,
+                offset,
+                data,
+            } => {
+                put_header(buf, packet_type::WRITE, id);
+                put_string(buf, handle);
+                buf.put_u64(*offset);
+                put_string(buf, data);
+            }
+            Request::Lstat { path } => put_one(buf, packet_type::LSTAT, id, path),
+            Request::Fstat { handle } => put_one(buf, packet_type::FSTAT, id, handle),
+            Request::Setstat { path, attrs } => {
+                put_one(buf, packet_type::SETSTAT, id, path);
+                attrs.encode(buf);
+            }
+            Request::Fsetstat { handle, attrs } => {
+                put_one(buf, packet_type::FSETSTAT, id, handle);
+                attrs.encode(buf);
+            }
+            Request::Opendir { path } => put_one(buf, packet_type::OPENDIR, id, path),
+            Request::Readdir { handle } => put_one(buf, packet_type::READDIR, id, handle),
+            Request::Remove { path } => put_one(buf, packet_type::REMOVE, id, path),
+            Request::Mkdir { path, attrs } => {
+                put_one(buf, packet_type::MKDIR, id, path);
+                attrs.encode(buf);
+            }
+            Request::Rmdir { path } => put_one(buf, packet_type::RMDIR, id, path),
+            Request::Realpath { path } => put_one(buf, packet_type::REALPATH, id, path),
+            Request::Stat { path } => put_one(buf, packet_type::STAT, id, path),
+            Request::Rename { from, to } => {
+                put_one(buf, packet_type::RENAME, id, from);
+                put_string(buf, to);
+            }
+            Request::Readlink { path } => put_one(buf, packet_type::READLINK, id, path),
+            Request::Symlink { link, target } => {
+                // OpenSSH's sftp-server takes the two paths in the reverse of the draft's order
+                // (PROTOCOL, section 4.1); every deployed client follows OpenSSH.
+                put_one(buf, packet_type::SYMLINK, id, target);
+                put_string(buf, link);
+            }
+            Request::Extended { name, data } => {
+                put_one(buf, packet_type::EXTENDED, id, name.as_bytes());
+                buf.put_slice(data);
+            }
+        }
+        let len = (buf.len() - start - 4) as u32;
+        buf[start..start + 4].copy_from_slice(&len.to_be_bytes());
+    }
+
+    /// Bytes this request occupies on the wire, for flow-control accounting.
+    pub fn wire_len(&self) -> usize {
+        match self {
+            Request::Write { handle, data, .. } => 4 + 1 + 4 + 4 + handle.len() + 8 + 4 + data.len(),
+            _ => 256,
+        }
+    }
+}
+
+/// The INIT packet that opens a session.
+pub fn encode_init(buf: &mut BytesMut) {
+    buf.put_u32(5);
+    buf.put_u8(packet_type::INIT);
+    buf.put_u32(VERSION);
+}
+
+/// SSH_FX_* status codes, v3 and the later drafts' (some servers send those too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusCode(pub u32);
+
+impl StatusCode {
+    pub const OK: Self = Self(0);
+    pub const EOF: Self = Self(1);
+    pub const NO_SUCH_FILE: Self = Self(2);
+    pub const PERMISSION_DENIED: Self = Self(3);
+    pub const FAILURE: Self = Self(4);
+    pub const BAD_MESSAGE: Self = Self(5);
+    pub const NO_CONNECTION: Self = Self(6);
+    pub const CONNECTION_LOST: Self = Self(7);
+    pub const OP_UNSUPPORTED: Self = Self(8);
+
+    /// The errno a status means when nothing more specific is known. FAILURE is OpenSSH's
+    /// catch-all (ENOSPC, EEXIST, ENOTEMPTY... all become it), so callers refine it by context.
+    pub fn errno(self) -> i32 {
+        match self.0 {
+            0 => 0,
+            1 => libc::EIO,
+            2 | 10 => libc::ENOENT,
+            3 | 22 => libc::EACCES,
+            4 => libc::EIO,
+            5 | 20 | 23 => libc::EINVAL,
+            6 => libc::ENOTCONN,
+            7 => libc::ECONNABORTED,
+            8 => libc::EOPNOTSUPP,
+            9 => libc::EBADF,
+            11 => libc::EEXIST,
+            12 => libc::EROFS,
+            13 => libc::ENODEV,
+            14 => libc::ENOSPC,
+            15 => libc::EDQUOT,
+            17 | 25 | 26 | 31 => libc::EAGAIN,
+            18 => libc::ENOTEMPTY,
+            19 => libc::ENOTDIR,
+            21 => libc::ELOOP,
+            24 => libc::EISDIR,
+            _ => libc::EIO,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameEntry {
+    pub filename: Bytes,
+    pub longname: Bytes,
+    pub attrs: Attrs,
+}
+
+/// A server response to one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    Status { code: StatusCode, message: Bytes },
+    Handle(Bytes),
+    Data(Bytes),
+    Name(Vec<NameEntry>),
+    Attrs(Attrs),
+    ExtendedReply(Bytes),
+}
+
+/// The server's answer to INIT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerVersion {
+    pub version: u32,
+    pub extensions: Vec<(Bytes, Bytes)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("SFTP packet truncated")]
+    Truncated,
+    #[error("SFTP packet of {0} bytes exceeds the limit")]
+    TooLong(usize),
+    #[error("unexpected SFTP packet type {0}")]
+    UnexpectedType(u8),
+    #[error("trailing bytes after SFTP packet body")]
+    Trailing,
+}
+
+/// Splits one whole packet off the front of `buf`, if one has fully arrived.
+pub fn split_packet(buf: &mut BytesMut) -> Result<Option<Bytes>, DecodeError> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if len > MAX_PACKET_LEN {
+        return Err(DecodeError::TooLong(len));
+    }
+    if len == 0 {
+        return Err(DecodeError::Truncated);
+    }
+    if buf.len() < 4 + len {
+        buf.reserve(4 + len - buf.len());
+        return Ok(None);
+    }
+    buf.advance(4);
+    Ok(Some(buf.split_to(len).freeze()))
+}
+
+/// Decodes the VERSION packet (without its length prefix).
+pub fn decode_version(mut packet: Bytes) -> Result<ServerVersion, DecodeError> {
+    let kind = get_u8(&mut packet)?;
+    if kind != packet_type::VERSION {
+        return Err(DecodeError::UnexpectedType(kind));
+    }
+    let version = get_u32(&mut packet)?;
+    let mut extensions = Vec::new();
+    while packet.has_remaining() {
+        let name = get_string(&mut packet)?;
+        let data = get_string(&mut packet)?;
+        extensions.push((name, data));
+    }
+    Ok(ServerVersion {
+        version,
+        extensions,
+    })
+}
+
+/// Decodes a response packet (without its length prefix) into its request id and body.
+pub fn decode_response(mut packet: Bytes) -> Result<(u32, Response), DecodeError> {
+    let kind = get_u8(&mut packet)?;
+    let id = get_u32(&mut packet)?;
+    let response = match kind {
+        packet_type::STATUS => {
+            let code = StatusCode(get_u32(&mut packet)?);
+            // The message and language tag are optional in practice (v3 servers may omit them).
+            let message = if packet.has_remaining() {
+                get_string(&mut packet)?
+            } else {
+                Bytes::new()
+            };
+            if packet.has_remaining() {
+                let _language = get_string(&mut packet)?;
+            }
+            Response::Status { code, message }
+        }
+        packet_type::HANDLE => Response::Handle(get_string(&mut packet)?),
+        packet_type::DATA => Response::Data(get_string(&mut packet)?),
+        packet_type::NAME => {
+            let count = get_u32(&mut packet)? as usize;
+            // Each entry takes at least 12 bytes, which bounds the allocation by the packet.
+            let mut entries = Vec::with_capacity(count.min(packet.remaining() / 12));
+            for _ in 0..count {
+                let filename = get_string(&mut packet)?;
+                let longname = get_string(&mut packet)?;
+                let attrs = Attrs::decode(&mut packet)?;
+                entries.push(NameEntry {
+                    filename,
+                    longname,
+                    attrs,
+                });
+            }
+            Response::Name(entries)
+        }
+        packet_type::ATTRS => Response::Attrs(Attrs::decode(&mut packet)?),
+        packet_type::EXTENDED_REPLY => Response::ExtendedReply(packet.split_off(0)),
+        other => return Err(DecodeError::UnexpectedType(other)),
+    };
+    if packet.has_remaining() {
+        return Err(DecodeError::Trailing);
+    }
+    Ok((id, response))
+}
+
+/// The reply to statvfs@openssh.com.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatVfs {
+    pub bsize: u64,
+    pub frsize: u64,
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub favail: u64,
+    pub fsid: u64,
+    pub flag: u64,
+    pub namemax: u64,
+}
+
+impl StatVfs {
+    pub fn decode(mut data: Bytes) -> Result<Self, DecodeError> {
+        let mut next = || get_u64(&mut data);
+        Ok(Self {
+            bsize: next()?,
+            frsize: next()?,
+            blocks: next()?,
+            bfree: next()?,
+            bavail: next()?,
+            files: next()?,
+            ffree: next()?,
+            favail: next()?,
+            fsid: next()?,
+            flag: next()?,
+            namemax: next()?,
+        })
+    }
+}
+
+/// The reply to limits@openssh.com; zero means "no limit stated".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub max_packet_len: u64,
+    pub max_read_len: u64,
+    pub max_write_len: u64,
+    pub max_open_handles: u64,
+}
+
+impl Limits {
+    pub fn decode(mut data: Bytes) -> Result<Self, DecodeError> {
+        Ok(Self {
+            max_packet_len: get_u64(&mut data)?,
+            max_read_len: get_u64(&mut data)?,
+            max_write_len: get_u64(&mut data)?,
+            max_open_handles: get_u64(&mut data)?,
+        })
+    }
+}
+
+fn put_header(buf: &mut BytesMut, kind: u8, id: u32) {
+    buf.put_u8(kind);
+    buf.put_u32(id);
+}
+
+fn put_one(buf: &mut BytesMut, kind: u8, id: u32, first: &[u8]) {
+    put_header(buf, kind, id);
+    put_string(buf, first);
+}
+
+fn put_string(buf: &mut BytesMut, s: &[u8]) {
+    buf.put_u32(s.len() as u32);
+    buf.put_slice(s);
+}
+
+fn get_u8(buf: &mut Bytes) -> Result<u8, DecodeError> {
+    buf.try_get_u8().map_err(|_| DecodeError::Truncated)
+}
+
+fn get_u32(buf: &mut Bytes) -> Result<u32, DecodeError> {
+    buf.try_get_u32().map_err(|_| DecodeError::Truncated)
+}
+
+fn get_u64(buf: &mut Bytes) -> Result<u64, DecodeError> {
+    buf.try_get_u64().map_err(|_| DecodeError::Truncated)
+}
+
+fn get_string(buf: &mut Bytes) -> Result<Bytes, DecodeError> {
+    let len = get_u32(buf)? as usize;
+    if buf.remaining() < len {
+        return Err(DecodeError::Truncated);
+    }
+    Ok(buf.split_to(len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body_of(req: &Request, id: u32) -> Bytes {
+        let mut buf = BytesMut::new();
+        req.encode(id, &mut buf);
+        let mut whole = buf.clone();
+        let packet = split_packet(&mut whole).unwrap().unwrap();
+        assert!(whole.is_empty());
+        packet
+    }
+
+    fn response_packet(kind: u8, id: u32, body: impl FnOnce(&mut BytesMut)) -> Bytes {
+        let mut buf = BytesMut::new();
+        put_header(&mut buf, kind, id);
+        body(&mut buf);
+        buf.freeze()
+    }
+
+    #[test]
+    fn open_encodes_byte_exact_path_and_flags() {
+        let path = Bytes::from_static(b"/d/\xff\xfename");
+        let req = Request::Open {
+            path: path.clone(),
+            pflags: open_flags::WRITE | open_flags::CREAT,
+            attrs: Attrs {
+                permissions: Some(0o644),
+                ..Default::default()
+            },
+        };
+        let mut p = body_of(&req, 7);
+        assert_eq!(p.get_u8(), packet_type::OPEN);
+        assert_eq!(p.get_u32(), 7);
+        assert_eq!(get_string(&mut p).unwrap(), path);
+        assert_eq!(p.get_u32(), 0x0a);
+        assert_eq!(Attrs::decode(&mut p).unwrap().permissions, Some(0o644));
+        assert!(p.is_empty());
+    }
+
+    #[test]
+    fn write_carries_offset_and_data() {
+        let req = Request::Write {
+            handle: Bytes::from_static(&[0, 0, 0, 200]),
+            offset: 1 << 40,
+            data: Bytes::from(vec![9u8; 1000]),
+        };
+        let mut buf = BytesMut::new();
+        req.encode(1, &mut buf);
+        assert_eq!(buf.len(), req.wire_len());
+        let mut p = body_of(&req, 1);
+        assert_eq!(p.get_u8(), packet_type::WRITE);
+        assert_eq!(p.get_u32(), 1);
+        assert_eq!(&get_string(&mut p).unwrap()[..], &[0, 0, 0, 200]);
+        assert_eq!(p.get_u64(), 1 << 40);
+        assert_eq!(get_string(&mut p).unwrap().len(), 1000);
+    }
+
+    #[test]
+    fn symlink_uses_openssh_argument_order() {
+        let req = Request::Symlink {
+            link: Bytes::from_static(b"/l"),
+            target: Bytes::from_static(b"t"),
+        };
+        let mut p = body_of(&req, 3);
+        p.advance(5);
+        assert_eq!(&get_string(&mut p).unwrap()[..], b"t");
+        assert_eq!(&get_string(&mut p).unwrap()[..], b"/l");
+    }
+
+    #[test]
+    fn extended_requests_carry_their_name() {
+        let mut p = body_of(&Request::posix_rename(b"a", b"b"), 9);
+        assert_eq!(p.get_u8(), packet_type::EXTENDED);
+        assert_eq!(p.get_u32(), 9);
+        assert_eq!(&get_string(&mut p).unwrap()[..], ext::POSIX_RENAME.as_bytes());
+        assert_eq!(&get_string(&mut p).unwrap()[..], b"a");
+        assert_eq!(&get_string(&mut p).unwrap()[..], b"b");
+    }
+
+    #[test]
+    fn attrs_round_trip_all_fields() {
+        let attrs = Attrs {
+            size: Some(12345678901),
+            uid_gid: Some((1000, 100)),
+            permissions: Some(0o100755),
+            atime_mtime: Some((1, 2)),
+            extended: vec![(Bytes::from_static(b"k"), Bytes::from_static(b"v"))],
+        };
+        let mut buf = BytesMut::new();
+        attrs.encode(&mut buf);
+        let mut bytes = buf.freeze();
+        assert_eq!(Attrs::decode(&mut bytes).unwrap(), attrs);
+        assert!(bytes.is_empty());
+    }
+
+    #[test]
+    fn split_packet_waits_for_whole_packet() {
+        let mut buf = BytesMut::from(&[0u8, 0, 0, 5, 101][..]);
+        assert_eq!(split_packet(&mut buf).unwrap(), None);
+        buf.extend_from_slice(&[0, 0, 0, 1, 0xaa]);
+        assert_eq!(
+            split_packet(&mut buf).unwrap().unwrap(),
+            Bytes::from_static(&[101, 0, 0, 0, 1])
+        );
+        assert_eq!(&buf[..], &[0xaa]);
+        let mut huge = BytesMut::from(&[0x7fu8, 0, 0, 0][..]);
+        assert!(matches!(
+            split_packet(&mut huge),
+            Err(DecodeError::TooLong(_))
+        ));
+    }
+
+    #[test]
+    fn status_with_and_without_message() {
+        let full = response_packet(packet_type::STATUS, 4, |b| {
+            b.put_u32(2);
+            put_string(b, b"No such file");
+            put_string(b, b"en");
+        });
+        assert_eq!(
+            decode_response(full).unwrap(),
+            (
+                4,
+                Response::Status {
+                    code: StatusCode::NO_SUCH_FILE,
+                    message: Bytes::from_static(b"No such file")
+                }
+            )
+        );
+        let bare = response_packet(packet_type::STATUS, 5, |b| b.put_u32(99));
+        let (_, resp) = decode_response(bare).unwrap();
+        assert_eq!(
+            resp,
+            Response::Status {
+                code: StatusCode(99),
+                message: Bytes::new()
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_status_codes_are_eio_not_fatal() {
+        assert_eq!(StatusCode(77).errno(), libc::EIO);
+        assert_eq!(StatusCode(14).errno(), libc::ENOSPC);
+        assert_eq!(StatusCode(15).errno(), libc::EDQUOT);
+        assert_eq!(StatusCode::NO_SUCH_FILE.errno(), libc::ENOENT);
+        assert_eq!(StatusCode::PERMISSION_DENIED.errno(), libc::EACCES);
+    }
+
+    #[test]
+    fn name_with_non_utf8_entries() {
+        let pkt = response_packet(packet_type::NAME, 8, |b| {
+            b.put_u32(2);
+            for name in [&b"a\xff"[..], b"b"] {
+                put_string(b, name);
+                put_string(b, b"-rw-r--r-- long");
+                Attrs {
+                    size: Some(3),
+                    ..Default::default()
+                }
+                .encode(b);
+            }
+        });
+        let (id, resp) = decode_response(pkt).unwrap();
+        assert_eq!(id, 8);
+        let Response::Name(entries) = resp else {
+            panic!("not a name")
+        };
+        assert_eq!(&entries[0].filename[..], b"a\xff");
+        assert_eq!(entries[1].attrs.size, Some(3));
+    }
+
+    #[test]
+    fn handle_is_binary_exact() {
+        let pkt = response_packet(packet_type::HANDLE, 1, |b| put_string(b, &[0, 0, 1, 0x80]));
+        assert_eq!(
+            decode_response(pkt).unwrap().1,
+            Response::Handle(Bytes::from_static(&[0, 0, 1, 0x80]))
+        );
+    }
+
+    #[test]
+    fn version_with_extensions() {
+        let mut b = BytesMut::new();
+        b.put_u8(packet_type::VERSION);
+        b.put_u32(3);
+        put_string(&mut b, ext::POSIX_RENAME.as_bytes());
+        put_string(&mut b, b"1");
+        let v = decode_version(b.freeze()).unwrap();
+        assert_eq!(v.version, 3);
+        assert_eq!(&v.extensions[0].0[..], ext::POSIX_RENAME.as_bytes());
+    }
+
+    #[test]
+    fn truncated_and_trailing_inputs_are_errors() {
+        let pkt = response_packet(packet_type::HANDLE, 1, |b| b.put_u32(10));
+        assert_eq!(decode_response(pkt), Err(DecodeError::Truncated));
+        let pkt = response_packet(packet_type::ATTRS, 1, |b| {
+            b.put_u32(0);
+            b.put_u8(1);
+        });
+        assert_eq!(decode_response(pkt), Err(DecodeError::Trailing));
+        let pkt = response_packet(packet_type::NAME, 1, |b| b.put_u32(u32::MAX));
+        assert_eq!(decode_response(pkt), Err(DecodeError::Truncated));
+        assert!(decode_response(Bytes::new()).is_err());
+        assert_eq!(
+            decode_response(response_packet(42, 1, |_| {})),
+            Err(DecodeError::UnexpectedType(42))
+        );
+    }
+
+    #[test]
+    fn statvfs_and_limits_replies() {
+        let mut b = BytesMut::new();
+        for v in 1..=11u64 {
+            b.put_u64(v);
+        }
+        let s = StatVfs::decode(b.freeze()).unwrap();
+        assert_eq!((s.bsize, s.bavail, s.namemax), (1, 5, 11));
+        let mut b = BytesMut::new();
+        for v in [262144u64, 261120, 261120, 0] {
+            b.put_u64(v);
+        }
+        let l = Limits::decode(b.freeze()).unwrap();
+        assert_eq!(l.max_write_len, 261120);
+        assert!(Limits::decode(Bytes::from_static(&[0; 8])).is_err());
+    }
+}
