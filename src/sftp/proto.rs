@@ -832,6 +832,66 @@ mod tests {
         );
     }
 
+    /// The fuzz target's property, run briefly in every test run: random and mutated packets
+    /// never panic a decoder.
+    #[test]
+    fn random_and_mutated_input_never_panics() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let valid = [
+            response_packet(packet_type::NAME, 1, |b| {
+                b.put_u32(1);
+                put_string(b, b"n");
+                put_string(b, b"l");
+                Attrs {
+                    size: Some(1),
+                    uid_gid: Some((1, 2)),
+                    permissions: Some(3),
+                    atime_mtime: Some((4, 5)),
+                    extended: vec![(Bytes::from_static(b"a"), Bytes::from_static(b"b"))],
+                }
+                .encode(b);
+            }),
+            response_packet(packet_type::STATUS, 2, |b| {
+                b.put_u32(4);
+                put_string(b, b"Failure");
+                put_string(b, b"");
+            }),
+            response_packet(packet_type::DATA, 3, |b| put_string(b, &[7; 40])),
+        ];
+        for round in 0..20_000 {
+            let mut input = if round % 2 == 0 {
+                let len = (next() % 64) as usize;
+                (0..len).map(|_| next() as u8).collect::<Vec<u8>>()
+            } else {
+                valid[round % valid.len()].to_vec()
+            };
+            if !input.is_empty() {
+                for _ in 0..=(next() % 4) {
+                    let at = (next() as usize) % input.len();
+                    input[at] = next() as u8;
+                }
+                if next() % 3 == 0 {
+                    input.truncate((next() as usize) % input.len());
+                }
+            }
+            let bytes = Bytes::from(input);
+            let _ = decode_response(bytes.clone());
+            let _ = decode_version(bytes.clone());
+            let _ = StatVfs::decode(bytes.clone());
+            let _ = Limits::decode(bytes.clone());
+            let mut stream = BytesMut::from(&bytes[..]);
+            while let Ok(Some(p)) = split_packet(&mut stream) {
+                let _ = decode_response(p);
+            }
+        }
+    }
+
     #[test]
     fn statvfs_and_limits_replies() {
         let mut b = BytesMut::new();
