@@ -12,8 +12,8 @@ use bytes::Bytes;
 use fuser::{
     Errno, FileAttr, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, Request, TimeOrNow, WriteFlags,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    Request, TimeOrNow, WriteFlags,
 };
 use tracing::debug;
 
@@ -145,7 +145,10 @@ impl Filesystem for FuseAdapter {
         let name = bytes(name);
         let ttl = self.ttl;
         self.spawn(|core| async move {
-            match core.mkdir(parent.0, &name, CreateMode { mode, umask }).await {
+            match core
+                .mkdir(parent.0, &name, CreateMode { mode, umask })
+                .await
+            {
                 Ok(e) => reply.entry(&ttl, &e.attr, GENERATION),
                 Err(e) => reply.error(errno(e)),
             }
@@ -201,7 +204,9 @@ impl Filesystem for FuseAdapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        if flags.contains(RenameFlags::RENAME_EXCHANGE) || flags.contains(RenameFlags::RENAME_WHITEOUT) {
+        if flags.contains(RenameFlags::RENAME_EXCHANGE)
+            || flags.contains(RenameFlags::RENAME_WHITEOUT)
+        {
             reply.error(Errno::EINVAL);
             return;
         }

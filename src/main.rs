@@ -47,7 +47,11 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(debug: bool) {
-    let default = if debug { "sftpmount=debug,info" } else { "warn" };
+    let default = if debug {
+        "sftpmount=debug,info"
+    } else {
+        "warn"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("SFTPMOUNT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow, bail};
 use bytes::Bytes;
 use fuser::{MountOption, SessionACL};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::fs::{Core, CoreConfig, IdMapping};
 use crate::fuse::FuseAdapter;
@@ -110,7 +110,10 @@ pub fn daemonize() -> anyhow::Result<ReadyPipe> {
                 match message.first() {
                     Some(0) => std::process::exit(0),
                     Some(_) => {
-                        eprintln!("sftpmount: {}", String::from_utf8_lossy(&message).trim_end());
+                        eprintln!(
+                            "sftpmount: {}",
+                            String::from_utf8_lossy(&message).trim_end()
+                        );
                         std::process::exit(1)
                     }
                     None => {
@@ -170,7 +173,7 @@ pub fn run(opts: Options, mountpoint: PathBuf, ready: Option<ReadyPipe>) -> anyh
     };
     config.n_threads = Some(DISPATCH_THREADS);
     let session = fuser::Session::new(adapter, &mountpoint, &config);
-    let mut session = match session {
+    let session = match session {
         Ok(s) => s,
         Err(e) => {
             let msg = format!("cannot mount on {}: {e}", mountpoint.display());
@@ -187,8 +190,8 @@ pub fn run(opts: Options, mountpoint: PathBuf, ready: Option<ReadyPipe>) -> anyh
         detach();
     }
 
-    let mut unmounter = session.unmount_callable();
     let signal_core = core.clone();
+    let signal_mountpoint = mountpoint.clone();
     runtime.spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
         let (Ok(mut term), Ok(mut int)) = (
@@ -202,12 +205,24 @@ pub fn run(opts: Options, mountpoint: PathBuf, ready: Option<ReadyPipe>) -> anyh
             _ = term.recv() => {}
             _ = int.recv() => {}
         }
-        info!("signal received: writing data in flight, then unmounting");
-        if let Err(e) = signal_core.settle_all().await {
-            warn!("a write failed before unmount (errno {e})");
-        }
-        if let Err(e) = unmounter.unmount() {
+        // Detach first so no new file can be opened, then write out what was accepted,
+        // close every remote handle and leave: descriptors still open get ENOTCONN, never a
+        // silently dropped write.
+        info!("signal received: unmounting after writing data in flight");
+        if let Err(e) = detach_mount(&signal_mountpoint) {
             warn!("unmount failed: {e}");
+        }
+        let settled = signal_core.settle_all().await;
+        signal_core.close_all().await;
+        match settled {
+            Ok(()) => std::process::exit(0),
+            Err(e) => {
+                error!(
+                    "a write failed before unmount: {}",
+                    std::io::Error::from_raw_os_error(e)
+                );
+                std::process::exit(1)
+            }
         }
     });
     let result = session.run();
@@ -216,6 +231,16 @@ pub fn run(opts: Options, mountpoint: PathBuf, ready: Option<ReadyPipe>) -> anyh
     drop(ssh_handle);
     result.context("FUSE session failed")?;
     info!("unmounted {}", mountpoint.display());
+    Ok(())
+}
+
+/// A lazy unmount: busy files (a writer still holding one open) must not keep us mounted.
+fn detach_mount(mountpoint: &Path) -> std::io::Result<()> {
+    let path = std::ffi::CString::new(mountpoint.as_os_str().as_bytes())?;
+    // SAFETY: umount2 with a valid C string.
+    if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
     Ok(())
 }
 
@@ -258,7 +283,9 @@ fn mount_options(opts: &Options) -> Vec<MountOption> {
     options
 }
 
-async fn connect(opts: &Options) -> anyhow::Result<(russh::client::Handle<ssh::ClientHandler>, Core)> {
+async fn connect(
+    opts: &Options,
+) -> anyhow::Result<(russh::client::Handle<ssh::ClientHandler>, Core)> {
     let target = Arc::new(Target::resolve(opts)?);
     let handle = ssh::connect(target.clone()).await?;
     let channel = handle
@@ -285,7 +312,10 @@ async fn connect(opts: &Options) -> anyhow::Result<(russh::client::Handle<ssh::C
     let root = session.realpath(dir.as_bytes()).await.map_err(missing)?;
     let attrs = session.stat(&root).await.map_err(missing)?;
     if attrs.permissions.unwrap_or(0) & libc::S_IFMT != libc::S_IFDIR {
-        bail!("remote path {dir} on {} is not a directory", opts.source.host);
+        bail!(
+            "remote path {dir} on {} is not a directory",
+            opts.source.host
+        );
     }
     let remote_ids = attrs.uid_gid.unwrap_or((0, 0));
     // SAFETY: getuid/getgid cannot fail.

@@ -301,8 +301,8 @@ impl Options {
             "noexec" => self.kernel_flags.push(M::NoExec),
             "atime" => self.kernel_flags.push(M::Atime),
             "noatime" => self.kernel_flags.push(M::NoAtime),
-            "auto" | "noauto" | "_netdev" | "user" | "users" | "nouser" | "nofail"
-            | "defaults" | "comment" => {}
+            "auto" | "noauto" | "_netdev" | "user" | "users" | "nouser" | "nofail" | "defaults"
+            | "comment" => {}
             n if n.starts_with("x-systemd.") || n.starts_with("x-") => {}
             _ => return Err(OptionError::Unknown(opt.to_string())),
         }
@@ -337,7 +337,10 @@ mod tests {
             (Some("alice"), "host", "/srv")
         );
         let s = Source::parse("host:").unwrap();
-        assert_eq!((s.user, s.host.as_str(), s.dir.as_str()), (None, "host", ""));
+        assert_eq!(
+            (s.user, s.host.as_str(), s.dir.as_str()),
+            (None, "host", "")
+        );
         let s = Source::parse("bob@[::1]:data").unwrap();
         assert_eq!((s.host.as_str(), s.dir.as_str()), ("::1", "data"));
         assert!(Source::parse("hostonly").is_err());

@@ -46,7 +46,9 @@ fn create_write_read_and_stat() {
     let ino = meta.ino();
     assert_eq!(fs::metadata(m.join("hello.txt")).unwrap().ino(), ino);
     assert_eq!(
-        fs::metadata(m.join("missing")).map_err(errno_of).unwrap_err(),
+        fs::metadata(m.join("missing"))
+            .map_err(errno_of)
+            .unwrap_err(),
         libc::ENOENT
     );
 }
@@ -162,7 +164,11 @@ fn open_flags_excl_trunc_append_and_modes() {
     assert_eq!(fs::read(&remote).unwrap(), b"0123456789abc");
 
     // O_RDWR reads and writes in place.
-    let mut f = OpenOptions::new().read(true).write(true).open(&path).unwrap();
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
     f.seek(SeekFrom::Start(2)).unwrap();
     f.write_all(b"XY").unwrap();
     let mut head = [0u8; 4];
@@ -177,7 +183,10 @@ fn open_flags_excl_trunc_append_and_modes() {
     assert_eq!(ro.write(b"z").map_err(errno_of).unwrap_err(), libc::EBADF);
     let mut wo = OpenOptions::new().write(true).open(&path).unwrap();
     let mut buf = [0u8; 1];
-    assert_eq!(wo.read(&mut buf).map_err(errno_of).unwrap_err(), libc::EBADF);
+    assert_eq!(
+        wo.read(&mut buf).map_err(errno_of).unwrap_err(),
+        libc::EBADF
+    );
     drop((ro, wo));
 
     // O_TRUNC empties.
@@ -261,7 +270,10 @@ fn directories_links_and_renames() {
         )
     };
     assert_eq!(rc, -1);
-    assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EEXIST));
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EEXIST)
+    );
     assert_eq!(fs::read(r.join("b")).unwrap(), b"A");
     let to_new = cstr(&m.join("c2"));
     let rc = unsafe {
@@ -282,7 +294,10 @@ fn statfs_reports_the_server_filesystem() {
     let (sshd, m) = setup();
     let remote = nix_statvfs(&sshd.remote_root());
     let local = nix_statvfs(m.path());
-    assert_eq!(local.f_blocks * local.f_frsize, remote.f_blocks * remote.f_frsize);
+    assert_eq!(
+        local.f_blocks * local.f_frsize,
+        remote.f_blocks * remote.f_frsize
+    );
     assert!(local.f_bavail > 0);
 }
 
@@ -326,7 +341,10 @@ fn directory_of_5000_entries() {
     assert_eq!(names[4999], "entry-04999");
     let out = run("ls", &["-l", "many"], m.path());
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 5001);
-    assert_eq!(fs::read_to_string(m.join("many/entry-04321")).unwrap(), "4321");
+    assert_eq!(
+        fs::read_to_string(m.join("many/entry-04321")).unwrap(),
+        "4321"
+    );
 }
 
 #[test]
@@ -409,7 +427,9 @@ fn read_of_a_file_being_written() {
     assert_eq!(seen.len(), 64 * chunk.len());
     assert!(seen.chunks(chunk.len()).all(|c| c == chunk));
     assert_eq!(
-        fs::metadata(sshd.remote_root().join("growing")).unwrap().len(),
+        fs::metadata(sshd.remote_root().join("growing"))
+            .unwrap()
+            .len(),
         64 * chunk.len() as u64
     );
 }
@@ -426,7 +446,9 @@ fn fsync_and_close_are_barriers() {
     f.write_all(&data[..1000]).unwrap();
     drop(f);
     assert_eq!(
-        fs::metadata(sshd.remote_root().join("synced")).unwrap().len(),
+        fs::metadata(sshd.remote_root().join("synced"))
+            .unwrap()
+            .len(),
         data.len() as u64 + 1000
     );
 }
@@ -444,7 +466,10 @@ fn unlinked_open_file_stays_usable() {
         .unwrap();
     f.write_all(b"still here").unwrap();
     fs::remove_file(&path).unwrap();
-    assert_eq!(fs::metadata(&path).map_err(errno_of).unwrap_err(), libc::ENOENT);
+    assert_eq!(
+        fs::metadata(&path).map_err(errno_of).unwrap_err(),
+        libc::ENOENT
+    );
     f.seek(SeekFrom::Start(0)).unwrap();
     let mut s = String::new();
     f.read_to_string(&mut s).unwrap();
@@ -458,7 +483,9 @@ fn remote_errors_keep_their_errno() {
     let err = fs::read(m.join("nope")).map_err(errno_of).unwrap_err();
     assert_eq!(err, libc::ENOENT);
     fs::create_dir(sshd.remote_root().join("dir")).unwrap();
-    let err = fs::remove_file(m.join("dir")).map_err(errno_of).unwrap_err();
+    let err = fs::remove_file(m.join("dir"))
+        .map_err(errno_of)
+        .unwrap_err();
     assert!(err == libc::EISDIR || err == libc::EPERM, "errno {err}");
     let err = fs::write(m.join("missing-dir/file"), b"x")
         .map_err(errno_of)
@@ -479,7 +506,11 @@ fn changes_on_the_server_appear_after_the_timeout() {
         fs::read(m.join("s")).is_ok_and(|d| d == b"second")
     }));
     fs::write(sshd.remote_root().join("new"), b"n").unwrap();
-    assert!(wait_until(Duration::from_secs(5), || m.join("new").exists()));
+    assert!(wait_until(Duration::from_secs(5), || m
+        .join("new")
+        .exists()));
     fs::remove_file(sshd.remote_root().join("new")).unwrap();
-    assert!(wait_until(Duration::from_secs(5), || !m.join("new").exists()));
+    assert!(wait_until(Duration::from_secs(5), || !m
+        .join("new")
+        .exists()));
 }

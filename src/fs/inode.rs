@@ -15,6 +15,8 @@ struct Node {
     parent: u64,
     name: Bytes,
     lookups: u64,
+    /// Symlinks need the non-following lsetstat: setstat would change their target.
+    symlink: bool,
     /// False once the name was unlinked or renamed over: the node lives on for open files only.
     linked: bool,
     writes: Arc<InodeWrites>,
@@ -36,6 +38,7 @@ impl InodeTable {
                 parent: ROOT,
                 name: Bytes::new(),
                 lookups: 1,
+                symlink: false,
                 linked: true,
                 writes: Arc::default(),
             },
@@ -80,11 +83,12 @@ impl InodeTable {
     }
 
     /// Records one more kernel reference to `parent/name`, creating the inode if needed.
-    pub fn remember(&mut self, parent: u64, name: &[u8]) -> u64 {
+    pub fn remember(&mut self, parent: u64, name: &[u8], symlink: bool) -> u64 {
         let key = (parent, Bytes::copy_from_slice(name));
         if let Some(&ino) = self.children.get(&key) {
             if let Some(node) = self.nodes.get_mut(&ino) {
                 node.lookups += 1;
+                node.symlink = symlink;
                 return ino;
             }
         }
@@ -96,6 +100,7 @@ impl InodeTable {
                 parent,
                 name: key.1.clone(),
                 lookups: 1,
+                symlink,
                 linked: true,
                 writes: Arc::default(),
             },
@@ -120,13 +125,20 @@ impl InodeTable {
         }
     }
 
+    pub fn is_symlink(&self, ino: u64) -> bool {
+        self.nodes.get(&ino).is_some_and(|n| n.symlink)
+    }
+
     pub fn writes(&self, ino: u64) -> Option<Arc<InodeWrites>> {
         self.nodes.get(&ino).map(|n| n.writes.clone())
     }
 
     /// The name is gone on the server; the inode stays for whoever still holds it open.
     pub fn unlink(&mut self, parent: u64, name: &[u8]) {
-        if let Some(ino) = self.children.remove(&(parent, Bytes::copy_from_slice(name))) {
+        if let Some(ino) = self
+            .children
+            .remove(&(parent, Bytes::copy_from_slice(name)))
+        {
             if let Some(node) = self.nodes.get_mut(&ino) {
                 node.linked = false;
             }
@@ -136,7 +148,10 @@ impl InodeTable {
     pub fn rename(&mut self, parent: u64, name: &[u8], new_parent: u64, new_name: &[u8]) {
         self.unlink(new_parent, new_name);
         let new_key = (new_parent, Bytes::copy_from_slice(new_name));
-        if let Some(ino) = self.children.remove(&(parent, Bytes::copy_from_slice(name))) {
+        if let Some(ino) = self
+            .children
+            .remove(&(parent, Bytes::copy_from_slice(name)))
+        {
             if let Some(node) = self.nodes.get_mut(&ino) {
                 node.parent = new_parent;
                 node.name = new_key.1.clone();
@@ -161,33 +176,33 @@ mod tests {
     #[test]
     fn paths_follow_renames_of_ancestors() {
         let mut t = InodeTable::new(Bytes::from_static(b"/srv"));
-        let dir = t.remember(ROOT, b"a");
-        let file = t.remember(dir, b"f");
+        let dir = t.remember(ROOT, b"a", false);
+        let file = t.remember(dir, b"f", false);
         assert_eq!(t.path(file).unwrap(), b"/srv/a/f");
         t.rename(ROOT, b"a", ROOT, b"b");
         assert_eq!(t.path(file).unwrap(), b"/srv/b/f");
-        assert_eq!(t.remember(ROOT, b"b"), dir);
+        assert_eq!(t.remember(ROOT, b"b", false), dir);
     }
 
     #[test]
     fn root_slash_and_forget() {
         let mut t = InodeTable::new(Bytes::from_static(b"/"));
-        let f = t.remember(ROOT, b"x\xff");
+        let f = t.remember(ROOT, b"x\xff", false);
         assert_eq!(t.path(f).unwrap(), b"/x\xff");
-        assert_eq!(t.remember(ROOT, b"x\xff"), f);
+        assert_eq!(t.remember(ROOT, b"x\xff", false), f);
         t.forget(f, 2);
         assert!(t.path(f).is_none());
         assert_eq!(t.len(), 1);
-        assert_ne!(t.remember(ROOT, b"x\xff"), f);
+        assert_ne!(t.remember(ROOT, b"x\xff", false), f);
     }
 
     #[test]
     fn rename_over_detaches_the_old_target() {
         let mut t = InodeTable::new(Bytes::from_static(b"/r"));
-        let a = t.remember(ROOT, b"a");
-        let b = t.remember(ROOT, b"b");
+        let a = t.remember(ROOT, b"a", false);
+        let b = t.remember(ROOT, b"b", false);
         t.rename(ROOT, b"a", ROOT, b"b");
-        assert_eq!(t.remember(ROOT, b"b"), a);
+        assert_eq!(t.remember(ROOT, b"b", false), a);
         t.forget(b, 1);
         assert_eq!(t.path(a).unwrap(), b"/r/b");
     }

@@ -27,6 +27,10 @@ fn errno(e: SftpError) -> Errno {
     e.errno()
 }
 
+fn is_symlink(attrs: &Attrs) -> bool {
+    attrs.permissions.unwrap_or(0) & libc::S_IFMT == libc::S_IFLNK
+}
+
 /// How remote owners and modes are shown locally.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct IdMapping {
@@ -225,7 +229,11 @@ impl Core {
     /// Stats `parent/name` and records the kernel's new reference to it.
     async fn entry(&self, parent: u64, name: &[u8], path: &[u8]) -> FsResult<Entry> {
         let attrs = self.session.lstat(path).await.map_err(errno)?;
-        let ino = self.inodes.lock().unwrap().remember(parent, name);
+        let ino = self
+            .inodes
+            .lock()
+            .unwrap()
+            .remember(parent, name, is_symlink(&attrs));
         let attr = self.with_pending_size(ino, self.to_attr(ino, &attrs));
         Ok(Entry { attr })
     }
@@ -295,8 +303,10 @@ impl Core {
                 set.mtime.map(secs).unwrap_or(cur_m),
             ));
         }
+        let symlink = self.inodes.lock().unwrap().is_symlink(ino);
         let result = match &open {
             Some(file) => self.session.fsetstat(file.handle.clone(), attrs).await,
+            None if symlink => self.session.lsetstat(&path, attrs).await,
             None => self.session.setstat(&path, attrs).await,
         };
         result.map_err(errno)?;
@@ -348,8 +358,7 @@ impl Core {
         let path = self.child_path(parent, name)?;
         if let Err(e) = self.session.rmdir(&path).await {
             // The common FAILURE of rmdir is a directory that is not empty.
-            if e.status() == Some(StatusCode::FAILURE) && self.session.lstat(&path).await.is_ok()
-            {
+            if e.status() == Some(StatusCode::FAILURE) && self.session.lstat(&path).await.is_ok() {
                 return Err(libc::ENOTEMPTY);
             }
             return Err(errno(e));
@@ -521,7 +530,7 @@ impl Core {
                 return Err(errno(e));
             }
         };
-        let ino = self.inodes.lock().unwrap().remember(parent, name);
+        let ino = self.inodes.lock().unwrap().remember(parent, name, false);
         let fh = self.register_open(ino, handle, flags)?;
         Ok((
             Entry {
@@ -556,7 +565,9 @@ impl Core {
             if out.len() < chunk_pos as usize {
                 // An earlier chunk came back short: fill the gap in order before going on.
                 let gap = chunk_pos as usize - out.len();
-                let got = self.read_exact(&file.handle, offset + out.len() as u64, gap).await?;
+                let got = self
+                    .read_exact(&file.handle, offset + out.len() as u64, gap)
+                    .await?;
                 let short = got.len() < gap;
                 out.extend_from_slice(&got);
                 if short {
@@ -625,10 +636,7 @@ impl Core {
         let file = self.file(fh)?;
         if let Some(writer) = &file.writer {
             writer.settle().await?;
-            self.session
-                .fsync(writer.handle())
-                .await
-                .map_err(errno)?;
+            self.session.fsync(writer.handle()).await.map_err(errno)?;
         }
         Ok(())
     }
@@ -708,7 +716,11 @@ impl Core {
         for (i, (name, attrs)) in dir.entries.iter().enumerate().skip(start) {
             let offset = i as u64 + 3;
             if plus {
-                let ino = self.inodes.lock().unwrap().remember(dir.ino, name);
+                let ino = self
+                    .inodes
+                    .lock()
+                    .unwrap()
+                    .remember(dir.ino, name, is_symlink(attrs));
                 let attr = self.with_pending_size(ino, self.to_attr(ino, attrs));
                 out.push(DirEntry {
                     ino,
@@ -753,7 +765,8 @@ impl Core {
 
     /// Closes every remote handle still open (the kernel released none of them).
     pub async fn close_all(&self) {
-        let files: Vec<Arc<OpenFile>> = self.files.lock().unwrap().drain().map(|(_, f)| f).collect();
+        let files: Vec<Arc<OpenFile>> =
+            self.files.lock().unwrap().drain().map(|(_, f)| f).collect();
         for file in files {
             if let Some(writer) = &file.writer {
                 let _ = writer.settle().await;

@@ -183,7 +183,10 @@ impl FileWriter {
             return e.errno();
         }
         match self.session.statvfs(&self.statvfs_path).await {
-            Ok(vfs) if vfs.bavail.saturating_mul(vfs.frsize.max(1)) < self.limits.max_write as u64 * 2 => {
+            Ok(vfs)
+                if vfs.bavail.saturating_mul(vfs.frsize.max(1))
+                    < self.limits.max_write as u64 * 2 =>
+            {
                 libc::ENOSPC
             }
             _ => libc::EIO,

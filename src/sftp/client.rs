@@ -14,7 +14,7 @@ use bytes::{Bytes, BytesMut};
 use russh::ChannelMsg;
 use russh::client::Msg;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::proto::{
     self, Attrs, DecodeError, Limits, NameEntry, Request, Response, StatVfs, StatusCode,
@@ -107,7 +107,8 @@ impl Shared {
     fn kill(&self, why: SftpError) {
         let mut table = self.table.lock().unwrap();
         if table.dead.is_none() {
-            warn!("SFTP session ended: {why}");
+            // Callers report what failed; this is context for the debug log.
+            info!("SFTP session ended: {why}");
             table.dead = Some(why.clone());
         }
         for (_, entry) in table.in_flight.drain() {
@@ -332,6 +333,17 @@ impl Session {
         expect_ok(
             self.call(&Request::Fsetstat { handle, attrs }).await,
             "fsetstat",
+        )
+    }
+
+    /// setstat that does not follow a final symlink (lsetstat@openssh.com).
+    pub async fn lsetstat(&self, path: &[u8], attrs: Attrs) -> Result<()> {
+        if !self.features.lsetstat {
+            return Err(SftpError::from_status(StatusCode::OP_UNSUPPORTED, b""));
+        }
+        expect_ok(
+            self.call(&Request::lsetstat(path, &attrs)).await,
+            "lsetstat",
         )
     }
 

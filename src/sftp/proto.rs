@@ -351,7 +351,9 @@ impl Request {
     /// Bytes this request occupies on the wire, for flow-control accounting.
     pub fn wire_len(&self) -> usize {
         match self {
-            Request::Write { handle, data, .. } => 4 + 1 + 4 + 4 + handle.len() + 8 + 4 + data.len(),
+            Request::Write { handle, data, .. } => {
+                4 + 1 + 4 + 4 + handle.len() + 8 + 4 + data.len()
+            }
             _ => 256,
         }
     }
@@ -695,7 +697,10 @@ mod tests {
         let mut p = body_of(&Request::posix_rename(b"a", b"b"), 9);
         assert_eq!(p.get_u8(), packet_type::EXTENDED);
         assert_eq!(p.get_u32(), 9);
-        assert_eq!(&get_string(&mut p).unwrap()[..], ext::POSIX_RENAME.as_bytes());
+        assert_eq!(
+            &get_string(&mut p).unwrap()[..],
+            ext::POSIX_RENAME.as_bytes()
+        );
         assert_eq!(&get_string(&mut p).unwrap()[..], b"a");
         assert_eq!(&get_string(&mut p).unwrap()[..], b"b");
     }

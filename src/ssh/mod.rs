@@ -108,7 +108,12 @@ impl Target {
             )
         };
         let mut identity_files = opts.identity_files.clone();
-        identity_files.extend(host_config.get_all("identityfile").iter().map(|p| expand(p)));
+        identity_files.extend(
+            host_config
+                .get_all("identityfile")
+                .iter()
+                .map(|p| expand(p)),
+        );
         let identity_files_explicit = !identity_files.is_empty();
         if !identity_files_explicit {
             identity_files = ["id_ed25519", "id_ecdsa", "id_rsa"]
@@ -196,9 +201,18 @@ fn local_user_name() -> String {
 #[derive(Debug, Clone)]
 enum HostKeyVerdict {
     Known,
-    Unknown { fingerprint: String },
-    Changed { fingerprint: String, file: PathBuf, line: usize },
-    LearnFailed { file: PathBuf, why: String },
+    Unknown {
+        fingerprint: String,
+    },
+    Changed {
+        fingerprint: String,
+        file: PathBuf,
+        line: usize,
+    },
+    LearnFailed {
+        file: PathBuf,
+        why: String,
+    },
 }
 
 pub struct ClientHandler {
@@ -253,8 +267,12 @@ fn check_host_key(target: &Target, key: &PublicKey) -> HostKeyVerdict {
     if target.strict == StrictHostKeyChecking::Yes {
         return HostKeyVerdict::Unknown { fingerprint };
     }
-    match russh::keys::known_hosts::learn_known_hosts_path(&target.host, target.port, key, &target.learn_into)
-    {
+    match russh::keys::known_hosts::learn_known_hosts_path(
+        &target.host,
+        target.port,
+        key,
+        &target.learn_into,
+    ) {
         Ok(()) => {
             info!(
                 "learned host key for {} ({fingerprint}) into {}",
@@ -405,10 +423,7 @@ fn ask_terminal(prompt: &str) -> Option<String> {
     rpassword::prompt_password(prompt).ok()
 }
 
-async fn authenticate(
-    handle: &mut Handle<ClientHandler>,
-    target: &Target,
-) -> Result<(), SshError> {
+async fn authenticate(handle: &mut Handle<ClientHandler>, target: &Target) -> Result<(), SshError> {
     let user = target.user.as_str();
     let mut tried: Vec<&str> = Vec::new();
     let rsa_hash = handle

@@ -1,0 +1,435 @@
+//! The command line as users meet it: help, version, what /proc/mounts shows, the fstab helper
+//! path, every bad input (exit code and one clear line, nothing left mounted), and clean
+//! unmounts by umount, fusermount3 -u, SIGTERM and SIGINT with data still in flight.
+
+mod common;
+
+use std::ffi::OsStr;
+use std::fs::{self, File};
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn stderr_line(out: &Output) -> String {
+    let text = String::from_utf8_lossy(&out.stderr).to_string();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "expected exactly one line on stderr, got: {text:?}"
+    );
+    assert!(
+        lines[0].starts_with("sftpmount: "),
+        "message should name the program: {text:?}"
+    );
+    lines[0].to_string()
+}
+
+/// Runs a mount that must fail: exit code 1, one line containing every `needles`, and nothing
+/// mounted afterwards.
+fn assert_refused<S: AsRef<OsStr>>(sshd: &Sshd, source: &str, args: &[S], needles: &[&str]) {
+    match Mount::try_with(sshd, source, args, None) {
+        Ok(m) => panic!("mount unexpectedly succeeded at {}", m.path().display()),
+        Err(out) => {
+            assert_eq!(out.status.code(), Some(1), "{out:?}");
+            let line = stderr_line(&out);
+            for n in needles {
+                assert!(line.contains(n), "{line:?} lacks {n:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn help_and_version() {
+    let out = run_sftpmount(&["--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "[user@]host:[dir]",
+        "-p <PORT>",
+        "-F <SSH_CONFIG>",
+        "-f",
+        "--debug",
+        "StrictHostKeyChecking",
+        "password_stdin",
+        "idmap",
+        "umask",
+        "fstab",
+    ] {
+        assert!(help.contains(needle), "help lacks {needle}");
+    }
+    let out = run_sftpmount(&["-V"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn proc_mounts_shows_type_and_source() {
+    let sshd = Sshd::start();
+    let m = Mount::new(&sshd, &[]);
+    let info = m.info().expect("mounted");
+    assert_eq!(info.fs_type, "fuse.sftpmount");
+    assert_eq!(info.source, sshd.source());
+}
+
+#[test]
+fn command_line_errors_are_one_line() {
+    let sshd = Sshd::start();
+    let opts = sshd.ssh_opts();
+    let with = |extra: &[&str]| {
+        let mut v: Vec<String> = opts.clone();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    assert_refused(
+        &sshd,
+        &sshd.source(),
+        &with(&["-o", "frobnicate=1"]),
+        &["unknown option", "frobnicate"],
+    );
+    assert_refused(
+        &sshd,
+        &sshd.source(),
+        &with(&["-o", "umask=xyz"]),
+        &["umask"],
+    );
+    assert_refused(&sshd, "no-colon-here", &opts, &["[user@]host:[dir]"]);
+    // Missing arguments.
+    let out = run_sftpmount(&["host:dir"]);
+    assert_eq!(out.status.code(), Some(1));
+    stderr_line(&out);
+}
+
+#[test]
+fn bad_mount_points_are_refused_before_connecting() {
+    let sshd = Sshd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing");
+    let file = dir.path().join("file");
+    fs::write(&file, b"").unwrap();
+    for (mp, needle) in [(&missing, "does not exist"), (&file, "not a directory")] {
+        let mut args: Vec<String> = vec![sshd.source(), mp.display().to_string()];
+        args.extend(sshd.ssh_opts());
+        let out = run_sftpmount(&args);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(stderr_line(&out).contains(needle));
+    }
+    // Already mounted.
+    let m = Mount::new(&sshd, &[]);
+    let mut args: Vec<String> = vec![sshd.source(), m.path().display().to_string()];
+    args.extend(sshd.ssh_opts());
+    let out = run_sftpmount(&args);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr_line(&out).contains("already a mount point"));
+    assert_eq!(mount_info(m.path()).unwrap().fs_type, "fuse.sftpmount");
+}
+
+#[test]
+fn unreachable_host_and_silent_server() {
+    let sshd = Sshd::start();
+    // Nothing listens on this port.
+    let port = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut args = sshd.ssh_opts();
+    args[1] = port.to_string();
+    assert_refused(
+        &sshd,
+        &sshd.source(),
+        &args,
+        &["cannot connect", &port.to_string()],
+    );
+
+    // A server that accepts and never speaks: refused within ConnectTimeout.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let holder = std::thread::spawn(move || {
+        let conn = silent.accept();
+        std::thread::sleep(Duration::from_secs(8));
+        drop(conn);
+    });
+    let mut args = sshd.ssh_opts();
+    args[1] = silent_port.to_string();
+    args.extend(["-o".to_string(), "ConnectTimeout=2".to_string()]);
+    let started = Instant::now();
+    assert_refused(
+        &sshd,
+        &sshd.source(),
+        &args,
+        &["timed out", "ConnectTimeout"],
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(7),
+        "took {:?}",
+        started.elapsed()
+    );
+    holder.join().unwrap();
+}
+
+#[test]
+fn authentication_refused() {
+    let sshd = Sshd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other_key");
+    keygen(&other, "not authorized");
+    let args: Vec<String> = vec![
+        "-p".into(),
+        sshd.port().to_string(),
+        "-o".into(),
+        format!("IdentityFile={}", other.display()),
+        "-o".into(),
+        format!("UserKnownHostsFile={}", sshd.known_hosts_path().display()),
+    ];
+    assert_refused(
+        &sshd,
+        &sshd.source(),
+        &args,
+        &["authentication refused", "root@"],
+    );
+    // A key file that does not exist is named.
+    let args: Vec<String> = vec![
+        "-p".into(),
+        sshd.port().to_string(),
+        "-o".into(),
+        "IdentityFile=/nonexistent/key".into(),
+        "-o".into(),
+        format!("UserKnownHostsFile={}", sshd.known_hosts_path().display()),
+    ];
+    assert_refused(&sshd, &sshd.source(), &args, &["/nonexistent/key"]);
+}
+
+#[test]
+fn missing_remote_directory() {
+    let sshd = Sshd::start();
+    let source = sshd.source_as("root", &sshd.remote_root().join("no/such/dir"));
+    assert_refused(
+        &sshd,
+        &source,
+        &sshd.ssh_opts(),
+        &["remote directory", "No such file"],
+    );
+    fs::write(sshd.remote_root().join("plainfile"), b"x").unwrap();
+    let source = sshd.source_as("root", &sshd.remote_root().join("plainfile"));
+    assert_refused(&sshd, &source, &sshd.ssh_opts(), &["not a directory"]);
+}
+
+#[test]
+fn relative_and_empty_dirs_are_relative_to_the_remote_home() {
+    let sshd = Sshd::start();
+    // root's home on the server is /root (or whatever getpwnam says): mount it and compare.
+    let home = std::env::var("HOME").ok();
+    let m = Mount::with_source(&sshd, "root@127.0.0.1:", &[]);
+    let passwd_home = fs::read_to_string("/etc/passwd")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("root:"))
+        .map(|l| l.split(':').nth(5).unwrap().to_string())
+        .unwrap();
+    let names = |p: &Path| {
+        let mut v: Vec<_> = fs::read_dir(p)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        names(m.path()),
+        names(Path::new(&passwd_home)),
+        "HOME={home:?}"
+    );
+}
+
+#[test]
+fn no_dev_fuse() {
+    let sshd = Sshd::start();
+    let mp = tempfile::tempdir().unwrap();
+    // In a private mount namespace whose /dev is an empty tmpfs.
+    let script = format!(
+        "mount -t tmpfs none /dev && exec {} {} {} {}",
+        BIN,
+        sshd.source(),
+        mp.path().display(),
+        sshd.ssh_opts().join(" ")
+    );
+    let out = output_with_timeout(
+        Command::new("unshare").args(["--mount", "--propagation", "private", "sh", "-c", &script]),
+        None,
+        BIN_TIMEOUT,
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(stderr_line(&out).contains("no /dev/fuse"));
+}
+
+#[test]
+fn fstab_helper_mode_through_mount_fuse3() {
+    let sshd = Sshd::start();
+    let mp = tempfile::tempdir().unwrap();
+    let opts = format!(
+        "port={},IdentityFile={},UserKnownHostsFile={},_netdev,noatime,x-systemd.automount",
+        sshd.port(),
+        sshd.user_key_path().display(),
+        sshd.known_hosts_path().display()
+    );
+    // mount(8) -> mount.fuse3 -> `sftpmount SOURCE MOUNTPOINT -o OPTIONS`, and mount(8) waits
+    // for it: when it returns, the mount must be live.
+    let source = format!("{BIN}#{}", sshd.source());
+    let out = output_with_timeout(
+        Command::new("mount")
+            .env("HOME", sshd.client_home())
+            .args(["-t", "fuse", &source])
+            .arg(mp.path())
+            .args(["-o", &opts]),
+        None,
+        BIN_TIMEOUT,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let info = mount_info(mp.path()).expect("mounted when mount(8) returned");
+    assert_eq!(info.fs_type, "fuse.sftpmount");
+    fs::write(mp.path().join("via-fstab"), b"ok").unwrap();
+    assert_eq!(
+        fs::read(sshd.remote_root().join("via-fstab")).unwrap(),
+        b"ok"
+    );
+    let pid = find_daemon_pid(mp.path());
+    let out = output_with_timeout(Command::new("umount").arg(mp.path()), None, BIN_TIMEOUT);
+    assert!(out.status.success(), "{out:?}");
+    if let Some(pid) = pid {
+        assert!(wait_until(Duration::from_secs(10), || !Path::new(
+            &format!("/proc/{pid}/cmdline")
+        )
+        .exists()
+            || fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.is_empty())));
+    }
+}
+
+/// Writes `len` bytes into the mount and keeps the file open, so the data may still be in
+/// flight; returns the writer process.
+fn writer_holding_file_open(path: &Path, seed: u64, len: usize) -> std::process::Child {
+    let data_file = tempfile::NamedTempFile::new().unwrap();
+    fs::write(data_file.path(), random_bytes(len, seed)).unwrap();
+    let (_, keep) = data_file.keep().unwrap();
+    // cat copies, then sleeps with the descriptor open; the test ends it by its pid.
+    let script = format!(
+        "exec 3>'{}'; cat '{}' >&3; echo written; sleep 30",
+        path.display(),
+        keep.display()
+    );
+    let mut child = Command::new("sh")
+        .args(["-c", &script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    use std::io::BufRead;
+    std::io::BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "written");
+    fs::remove_file(keep).unwrap();
+    child
+}
+
+#[test]
+fn sigterm_and_sigint_write_data_in_flight_then_unmount() {
+    for (sig, name) in [(libc::SIGTERM, "term"), (libc::SIGINT, "int")] {
+        let sshd = Sshd::start();
+        let m = Mount::new(&sshd, &[]);
+        let len = 24 * 1024 * 1024;
+        let mut writer = writer_holding_file_open(&m.join(name), 11, len);
+        assert!(m.signal_daemon(sig));
+        assert!(
+            m.wait_daemon_exit(Duration::from_secs(60)),
+            "daemon did not exit on {name}"
+        );
+        let _ = writer.kill();
+        let _ = writer.wait();
+        assert!(
+            files_equal_bytes(&sshd.remote_root().join(name), &random_bytes(len, 11)),
+            "data written before SIG{name} did not all reach the server"
+        );
+        assert!(
+            mount_info(m.path()).is_none(),
+            "still mounted after SIG{name}"
+        );
+    }
+}
+
+fn files_equal_bytes(path: &Path, expected: &[u8]) -> bool {
+    fs::read(path).is_ok_and(|d| d == expected)
+}
+
+#[test]
+fn foreground_mode_exits_zero_on_sigterm() {
+    let sshd = Sshd::start();
+    let mp = tempfile::tempdir().unwrap();
+    let mut child = sftpmount_command()
+        .env("HOME", sshd.client_home())
+        .arg(sshd.source())
+        .arg(mp.path())
+        .arg("-f")
+        .args(sshd.ssh_opts())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let live = wait_until(Duration::from_secs(20), || {
+        mount_info(mp.path()).is_some_and(|i| i.fs_type == "fuse.sftpmount")
+    });
+    if !live {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("foreground mount never came up");
+    }
+    let mut f = File::create(mp.path().join("fg")).unwrap();
+    f.write_all(&random_bytes(4 << 20, 1)).unwrap();
+    drop(f);
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("foreground daemon did not exit on SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0));
+    assert!(mount_info(mp.path()).is_none());
+    assert_eq!(
+        fs::read(sshd.remote_root().join("fg")).unwrap(),
+        random_bytes(4 << 20, 1)
+    );
+}
+
+#[test]
+fn umount_and_fusermount_unmount_cleanly() {
+    for tool in ["umount", "fusermount3"] {
+        let sshd = Sshd::start();
+        let m = Mount::new(&sshd, &[]);
+        let data = random_bytes(8 << 20, 2);
+        fs::write(m.join("f"), &data).unwrap();
+        let args: Vec<&OsStr> = if tool == "umount" {
+            vec![m.path().as_os_str()]
+        } else {
+            vec![OsStr::new("-u"), m.path().as_os_str()]
+        };
+        let out = output_with_timeout(Command::new(tool).args(&args), None, BIN_TIMEOUT);
+        assert!(out.status.success(), "{tool}: {out:?}");
+        assert!(
+            m.wait_daemon_exit(Duration::from_secs(20)),
+            "{tool}: daemon lingers"
+        );
+        assert_eq!(fs::read(sshd.remote_root().join("f")).unwrap(), data);
+    }
+}
