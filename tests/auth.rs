@@ -1,0 +1,326 @@
+//! Authentication and host keys against a real sshd: ssh-agent, key files, an encrypted key,
+//! a password; unknown host keys refused, accept-new learning, changed keys refused, hashed
+//! known_hosts entries, and ~/.ssh/config host aliases.
+
+mod common;
+
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+fn assert_works(sshd: &Sshd, m: &Mount) {
+    fs::write(m.join("probe"), b"through the mount").unwrap();
+    assert_eq!(
+        fs::read(sshd.remote_root().join("probe")).unwrap(),
+        b"through the mount"
+    );
+}
+
+fn refusal(out: std::process::Output) -> String {
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert_eq!(text.lines().count(), 1, "{text}");
+    text
+}
+
+/// An ssh-agent of our own, holding the user key; killed by its pid on drop.
+struct Agent {
+    pid: u32,
+    socket: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Agent {
+    fn start(key: &std::path::Path) -> Agent {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("agent.sock");
+        let out = run(
+            "ssh-agent",
+            &[OsStr::new("-a"), socket.as_os_str(), OsStr::new("-s")],
+            "/",
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let pid = text
+            .split("SSH_AGENT_PID=")
+            .nth(1)
+            .and_then(|s| s.split(';').next())
+            .and_then(|s| s.parse().ok())
+            .expect("agent pid");
+        let agent = Agent {
+            pid,
+            socket,
+            _dir: dir,
+        };
+        let out = output_with_timeout(
+            Command::new("ssh-add")
+                .env("SSH_AUTH_SOCK", &agent.socket)
+                .arg(key),
+            None,
+            Duration::from_secs(10),
+        );
+        assert!(out.status.success(), "ssh-add: {out:?}");
+        agent
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.pid as i32, libc::SIGTERM) };
+    }
+}
+
+#[test]
+fn agent_key() {
+    let sshd = Sshd::start();
+    let agent = Agent::start(&sshd.user_key_path());
+    let m = Mount::try_with_env(
+        &sshd,
+        &sshd.source(),
+        &sshd.ssh_opts_without_key(),
+        None,
+        &[("SSH_AUTH_SOCK", agent.socket.as_os_str())],
+    )
+    .expect("mount with the agent's key");
+    assert_works(&sshd, &m);
+    // Without the agent and without a key, nothing works.
+    let out =
+        Mount::try_with(&sshd, &sshd.source(), &sshd.ssh_opts_without_key(), None).unwrap_err();
+    assert!(refusal(out).contains("authentication refused"));
+}
+
+#[test]
+fn key_file_and_default_key_location() {
+    let sshd = Sshd::start();
+    let m = Mount::new(&sshd, &[]);
+    assert_works(&sshd, &m);
+    drop(m);
+    // ~/.ssh/id_ed25519 is tried when no IdentityFile is given.
+    let ssh_dir = sshd.client_home().join(".ssh");
+    fs::create_dir_all(&ssh_dir).unwrap();
+    fs::copy(sshd.user_key_path(), ssh_dir.join("id_ed25519")).unwrap();
+    fs::set_permissions(
+        ssh_dir.join("id_ed25519"),
+        fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let m = Mount::try_with(&sshd, &sshd.source(), &sshd.ssh_opts_without_key(), None)
+        .expect("mount with the default key");
+    assert_works(&sshd, &m);
+    fs::remove_file(ssh_dir.join("id_ed25519")).unwrap();
+}
+
+#[test]
+fn encrypted_key_asks_for_its_passphrase() {
+    let sshd = Sshd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("enc_key");
+    fs::copy(sshd.user_key_path(), &key).unwrap();
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
+    run(
+        "ssh-keygen",
+        &[
+            OsStr::new("-p"),
+            OsStr::new("-q"),
+            OsStr::new("-N"),
+            OsStr::new("s3cret phrase"),
+            OsStr::new("-f"),
+            key.as_os_str(),
+        ],
+        "/",
+    );
+    // The passphrase comes from SSH_ASKPASS, as OpenSSH asks it without a terminal.
+    let askpass = dir.path().join("askpass");
+    fs::write(&askpass, "#!/bin/sh\necho 's3cret phrase'\n").unwrap();
+    fs::set_permissions(&askpass, fs::Permissions::from_mode(0o755)).unwrap();
+    let mut args = sshd.ssh_opts_without_key();
+    args.extend(["-o".into(), format!("IdentityFile={}", key.display())]);
+    let envs = [
+        ("SSH_ASKPASS", askpass.as_os_str()),
+        ("SSH_ASKPASS_REQUIRE", OsStr::new("force")),
+    ];
+    let m = Mount::try_with_env(&sshd, &sshd.source(), &args, None, &envs).expect("mount");
+    assert_works(&sshd, &m);
+    drop(m);
+    // A wrong passphrase is refused with the key named.
+    fs::write(&askpass, "#!/bin/sh\necho wrong\n").unwrap();
+    let out = Mount::try_with_env(&sshd, &sshd.source(), &args, None, &envs).unwrap_err();
+    let line = refusal(out);
+    assert!(
+        line.contains("enc_key") && line.contains("passphrase"),
+        "{line}"
+    );
+}
+
+#[test]
+fn password_from_stdin() {
+    let sshd = Sshd::start_with_password_auth();
+    let password = "pw-Zz9!long enough";
+    ensure_password_user(PASSWORD_USER, password);
+    sshd.chown_remote_root(PASSWORD_USER);
+    let source = sshd.source_as(PASSWORD_USER, &sshd.remote_root());
+    let mut args = sshd.ssh_opts_without_key();
+    args.extend(["-o".into(), "password_stdin".into()]);
+    let m = Mount::try_with(
+        &sshd,
+        &source,
+        &args,
+        Some(format!("{password}\n").as_bytes()),
+    )
+    .expect("mount with a password");
+    fs::write(m.join("by-password"), b"x").unwrap();
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(sshd.remote_root().join("by-password")).unwrap();
+    let uid = String::from_utf8(run("id", &["-u", PASSWORD_USER], "/").stdout).unwrap();
+    assert_eq!(
+        meta.uid().to_string(),
+        uid.trim(),
+        "file is owned by the password user"
+    );
+    drop(m);
+    let out = Mount::try_with(&sshd, &source, &args, Some(b"wrong password\n")).unwrap_err();
+    let line = refusal(out);
+    assert!(
+        line.contains("authentication refused") && line.contains("password"),
+        "{line}"
+    );
+    assert!(
+        !line.contains("wrong password"),
+        "the password must never be printed"
+    );
+}
+
+#[test]
+fn unknown_host_key_is_refused_then_learned_with_accept_new() {
+    let sshd = Sshd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let known = dir.path().join("known_hosts");
+    let args = |strict: &str| -> Vec<String> {
+        vec![
+            "-p".into(),
+            sshd.port().to_string(),
+            "-o".into(),
+            format!("IdentityFile={}", sshd.user_key_path().display()),
+            "-o".into(),
+            format!("UserKnownHostsFile={}", known.display()),
+            "-o".into(),
+            format!("StrictHostKeyChecking={strict}"),
+        ]
+    };
+    let out = Mount::try_with(&sshd, &sshd.source(), &args("yes"), None).unwrap_err();
+    let line = refusal(out);
+    assert!(line.contains("not known"), "{line}");
+    assert!(line.contains("SHA256:"), "fingerprint shown: {line}");
+    assert!(line.contains("accept-new"), "says how to accept: {line}");
+    assert!(!known.exists() || fs::read_to_string(&known).unwrap().is_empty());
+
+    let m = Mount::try_with(&sshd, &sshd.source(), &args("accept-new"), None).expect("accept-new");
+    assert_works(&sshd, &m);
+    drop(m);
+    let learned = fs::read_to_string(&known).unwrap();
+    let host_key_body = sshd
+        .host_key_pub()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string();
+    assert!(
+        learned.contains(&format!("[127.0.0.1]:{}", sshd.port()))
+            && learned.contains(&host_key_body),
+        "{learned}"
+    );
+    // Now known: strict checking passes.
+    let m = Mount::try_with(&sshd, &sshd.source(), &args("yes"), None).expect("learned key");
+    drop(m);
+}
+
+#[test]
+fn changed_host_key_is_always_refused() {
+    let sshd = Sshd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other_host_key");
+    keygen(&other, "impostor");
+    let other_pub = fs::read_to_string(other.with_extension("pub")).unwrap();
+    let known = dir.path().join("known_hosts");
+    fs::write(&known, format!("[127.0.0.1]:{} {}", sshd.port(), other_pub)).unwrap();
+    for strict in ["yes", "accept-new", "no"] {
+        let args: Vec<String> = vec![
+            "-p".into(),
+            sshd.port().to_string(),
+            "-o".into(),
+            format!("IdentityFile={}", sshd.user_key_path().display()),
+            "-o".into(),
+            format!("UserKnownHostsFile={}", known.display()),
+            "-o".into(),
+            format!("StrictHostKeyChecking={strict}"),
+        ];
+        let out = Mount::try_with(&sshd, &sshd.source(), &args, None).unwrap_err();
+        let line = refusal(out);
+        assert!(
+            line.contains("CHANGED") && line.contains("line 1"),
+            "{strict}: {line}"
+        );
+    }
+    assert_eq!(
+        fs::read_to_string(&known).unwrap().lines().count(),
+        1,
+        "nothing learned"
+    );
+}
+
+#[test]
+fn hashed_known_hosts_entries_match() {
+    let sshd = Sshd::start();
+    run(
+        "ssh-keygen",
+        &[
+            OsStr::new("-H"),
+            OsStr::new("-f"),
+            sshd.known_hosts_path().as_os_str(),
+        ],
+        "/",
+    );
+    let text = fs::read_to_string(sshd.known_hosts_path()).unwrap();
+    assert!(text.starts_with("|1|"), "{text}");
+    let m = Mount::new(&sshd, &[]);
+    assert_works(&sshd, &m);
+}
+
+#[test]
+fn ssh_config_host_alias() {
+    let sshd = Sshd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    fs::write(
+        &config,
+        format!(
+            "Host other\n  HostName 192.0.2.1\n\nHost myserver\n  HostName 127.0.0.1\n  Port {}\n  User root\n  \
+             IdentityFile {}\n  UserKnownHostsFile {}\n  StrictHostKeyChecking yes\n\nHost *\n  Port 1\n",
+            sshd.port(),
+            sshd.user_key_path().display(),
+            sshd.known_hosts_path().display()
+        ),
+    )
+    .unwrap();
+    let source = format!("myserver:{}", sshd.remote_root().display());
+    let m = Mount::try_with(
+        &sshd,
+        &source,
+        &[OsStr::new("-F"), config.as_os_str()],
+        None,
+    )
+    .expect("mount through the alias");
+    assert_works(&sshd, &m);
+    drop(m);
+    // ~/.ssh/config is read by default.
+    let ssh_dir = sshd.client_home().join(".ssh");
+    fs::create_dir_all(&ssh_dir).unwrap();
+    fs::copy(&config, ssh_dir.join("config")).unwrap();
+    let m = Mount::try_with(&sshd, &source, &[] as &[&str], None).expect("default config");
+    assert_works(&sshd, &m);
+    drop(m);
+    fs::remove_file(ssh_dir.join("config")).unwrap();
+}
