@@ -85,12 +85,12 @@ impl InodeTable {
     /// Records one more kernel reference to `parent/name`, creating the inode if needed.
     pub fn remember(&mut self, parent: u64, name: &[u8], symlink: bool) -> u64 {
         let key = (parent, Bytes::copy_from_slice(name));
-        if let Some(&ino) = self.children.get(&key) {
-            if let Some(node) = self.nodes.get_mut(&ino) {
-                node.lookups += 1;
-                node.symlink = symlink;
-                return ino;
-            }
+        if let Some(&ino) = self.children.get(&key)
+            && let Some(node) = self.nodes.get_mut(&ino)
+        {
+            node.lookups += 1;
+            node.symlink = symlink;
+            return ino;
         }
         let ino = self.next_ino;
         self.next_ino += 1;
@@ -138,10 +138,9 @@ impl InodeTable {
         if let Some(ino) = self
             .children
             .remove(&(parent, Bytes::copy_from_slice(name)))
+            && let Some(node) = self.nodes.get_mut(&ino)
         {
-            if let Some(node) = self.nodes.get_mut(&ino) {
-                node.linked = false;
-            }
+            node.linked = false;
         }
     }
 

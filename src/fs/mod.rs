@@ -341,12 +341,11 @@ impl Core {
     pub async fn unlink(&self, parent: u64, name: &[u8]) -> FsResult<()> {
         let path = self.child_path(parent, name)?;
         if let Err(e) = self.session.remove(&path).await {
-            if e.status() == Some(StatusCode::FAILURE) {
-                if let Ok(a) = self.session.lstat(&path).await {
-                    if a.permissions.unwrap_or(0) & libc::S_IFMT == libc::S_IFDIR {
-                        return Err(libc::EISDIR);
-                    }
-                }
+            if e.status() == Some(StatusCode::FAILURE)
+                && let Ok(a) = self.session.lstat(&path).await
+                && a.permissions.unwrap_or(0) & libc::S_IFMT == libc::S_IFDIR
+            {
+                return Err(libc::EISDIR);
             }
             return Err(errno(e));
         }
@@ -492,10 +491,10 @@ impl Core {
     pub async fn open(&self, ino: u64, flags: i32) -> FsResult<u64> {
         let path = self.path(ino)?;
         let pflags = Self::sftp_open_flags(flags & !(libc::O_CREAT | libc::O_EXCL));
-        if pflags & open_flags::TRUNC != 0 {
-            if let Some(w) = self.inode_writes(ino) {
-                w.settle().await;
-            }
+        if pflags & open_flags::TRUNC != 0
+            && let Some(w) = self.inode_writes(ino)
+        {
+            w.settle().await;
         }
         let handle = self
             .session
@@ -754,10 +753,10 @@ impl Core {
         let files: Vec<Arc<OpenFile>> = self.files.lock().unwrap().values().cloned().collect();
         let mut result = Ok(());
         for file in files {
-            if let Some(writer) = &file.writer {
-                if let Err(e) = writer.settle().await {
-                    result = Err(e);
-                }
+            if let Some(writer) = &file.writer
+                && let Err(e) = writer.settle().await
+            {
+                result = Err(e);
             }
         }
         result
