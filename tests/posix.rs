@@ -514,3 +514,34 @@ fn changes_on_the_server_appear_after_the_timeout() {
         .join("new")
         .exists()));
 }
+
+#[test]
+fn ro_uid_gid_umask_and_idmap_options() {
+    let sshd = Sshd::start();
+    fs::write(sshd.remote_root().join("f"), b"data").unwrap();
+    fs::set_permissions(sshd.remote_root().join("f"), fs::Permissions::from_mode(0o666)).unwrap();
+    std::os::unix::fs::chown(sshd.remote_root().join("f"), Some(4242), Some(4343)).unwrap();
+
+    let m = Mount::new(&sshd, &["-o", "ro"]);
+    assert_eq!(fs::read(m.join("f")).unwrap(), b"data");
+    let err = fs::write(m.join("f"), b"x").map_err(errno_of).unwrap_err();
+    assert_eq!(err, libc::EROFS);
+    assert_eq!(fs::read(sshd.remote_root().join("f")).unwrap(), b"data");
+    drop(m);
+
+    let m = Mount::new(&sshd, &["-o", "uid=1001,gid=1002,umask=027"]);
+    let meta = fs::metadata(m.join("f")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (1001, 1002));
+    assert_eq!(meta.mode() & 0o777, 0o640);
+    drop(m);
+
+    // idmap=user: the remote user's ids (those of the mounted directory's owner) show as ours.
+    std::os::unix::fs::chown(sshd.remote_root(), Some(4242), Some(4343)).unwrap();
+    let m = Mount::new(&sshd, &["-o", "idmap=user"]);
+    let meta = fs::metadata(m.join("f")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (0, 0));
+    fs::write(sshd.remote_root().join("g"), b"").unwrap();
+    std::os::unix::fs::chown(sshd.remote_root().join("g"), Some(77), Some(78)).unwrap();
+    let meta = fs::metadata(m.join("g")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (77, 78), "other owners are left alone");
+}
