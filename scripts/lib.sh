@@ -83,3 +83,58 @@ ensure_cargo_on_path() {
 is_mounted() {
     awk -v m="$1" '$5 == m { found = 1 } END { exit !found }' /proc/self/mountinfo
 }
+
+# start_throwaway_sshd DIR: makes host and user keys, authorized_keys, known_hosts and an
+# sshd_config in DIR, and starts OpenSSH's sshd on a free port of 127.0.0.1 (root login with the
+# key only). Sets SSHD_PID and SSHD_PORT. The caller stops it with `kill "$SSHD_PID"`.
+start_throwaway_sshd() {
+    local dir=$1 port pid
+    ssh-keygen -q -t ed25519 -N '' -C sftpmount-throwaway-host -f "$dir/host_ed25519"
+    ssh-keygen -q -t ed25519 -N '' -C sftpmount-throwaway-user -f "$dir/id_ed25519"
+    cp "$dir/id_ed25519.pub" "$dir/authorized_keys"
+    chmod 600 "$dir/authorized_keys"
+    SSHD_PID=
+    for _ in $(seq 20); do
+        port=$((20000 + RANDOM % 40000))
+        port_open "$port" && continue
+        cat >"$dir/sshd_config" <<CONFIG
+# Throwaway sshd of sftpmount's scripts
+ListenAddress 127.0.0.1
+Port $port
+HostKey $dir/host_ed25519
+AuthorizedKeysFile $dir/authorized_keys
+PidFile none
+UsePAM no
+StrictModes no
+PermitRootLogin yes
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PrintMotd no
+MaxSessions 64
+Subsystem sftp /usr/lib/openssh/sftp-server
+LogLevel ERROR
+CONFIG
+        nohup /usr/sbin/sshd -D -e -f "$dir/sshd_config" </dev/null >>"$dir/sshd.log" 2>&1 &
+        pid=$!
+        for _ in $(seq 100); do
+            kill -0 "$pid" 2>/dev/null || break
+            if port_open "$port"; then
+                SSHD_PID=$pid
+                break
+            fi
+            sleep 0.1
+        done
+        [[ -n $SSHD_PID ]] && break
+        # It died (port taken?) or never listened: stop it if it lives, try another port.
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    [[ -n $SSHD_PID ]] || die "sshd did not start; its log: $(cat "$dir/sshd.log")"
+    SSHD_PORT=$port
+    echo "[127.0.0.1]:$port $(cat "$dir/host_ed25519.pub")" >"$dir/known_hosts"
+}
+
+port_open() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}

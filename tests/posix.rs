@@ -519,7 +519,11 @@ fn changes_on_the_server_appear_after_the_timeout() {
 fn ro_uid_gid_umask_and_idmap_options() {
     let sshd = Sshd::start();
     fs::write(sshd.remote_root().join("f"), b"data").unwrap();
-    fs::set_permissions(sshd.remote_root().join("f"), fs::Permissions::from_mode(0o666)).unwrap();
+    fs::set_permissions(
+        sshd.remote_root().join("f"),
+        fs::Permissions::from_mode(0o666),
+    )
+    .unwrap();
     std::os::unix::fs::chown(sshd.remote_root().join("f"), Some(4242), Some(4343)).unwrap();
 
     let m = Mount::new(&sshd, &["-o", "ro"]);
@@ -543,5 +547,9 @@ fn ro_uid_gid_umask_and_idmap_options() {
     fs::write(sshd.remote_root().join("g"), b"").unwrap();
     std::os::unix::fs::chown(sshd.remote_root().join("g"), Some(77), Some(78)).unwrap();
     let meta = fs::metadata(m.join("g")).unwrap();
-    assert_eq!((meta.uid(), meta.gid()), (77, 78), "other owners are left alone");
+    assert_eq!(
+        (meta.uid(), meta.gid()),
+        (77, 78),
+        "other owners are left alone"
+    );
 }
