@@ -305,14 +305,16 @@ impl Filesystem for FuseAdapter {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         let data = Bytes::copy_from_slice(data);
+        // Page-cache writeback (shared mmap) ignores a short reply: that data must all be taken.
+        let whole = write_flags.contains(WriteFlags::FUSE_WRITE_CACHE);
         self.spawn(|core| async move {
-            match core.write(fh.0, offset, data).await {
+            match core.write(fh.0, offset, data, whole).await {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(errno(e)),
             }

@@ -24,8 +24,6 @@ use crate::ssh::{self, Target};
 const DISPATCH_THREADS: usize = 4;
 /// How long the kernel trusts attributes and names.
 const KERNEL_TTL: Duration = Duration::from_secs(1);
-/// Unacked bytes per open file.
-const WRITE_BUFFER: usize = 8 * 1024 * 1024;
 
 /// Refuses a mount point that cannot work, before any network traffic.
 pub fn check_local(mountpoint: &Path) -> anyhow::Result<PathBuf> {
@@ -285,9 +283,9 @@ fn mount_options(opts: &Options) -> Vec<MountOption> {
 
 async fn connect(
     opts: &Options,
-) -> anyhow::Result<(russh::client::Handle<ssh::ClientHandler>, Core)> {
+) -> anyhow::Result<(Arc<russh::client::Handle<ssh::ClientHandler>>, Core)> {
     let target = Arc::new(Target::resolve(opts)?);
-    let handle = ssh::connect(target.clone()).await?;
+    let handle = Arc::new(ssh::connect(target.clone()).await?);
     let channel = handle
         .channel_open_session()
         .await
@@ -297,6 +295,7 @@ async fn connect(
             .await
             .context("cannot start SFTP")?,
     );
+    let channels = open_more_channels(&handle, session, opts).await;
     let dir = if opts.source.dir.is_empty() {
         "."
     } else {
@@ -309,6 +308,7 @@ async fn connect(
             std::io::Error::from_raw_os_error(e.errno())
         )
     };
+    let session = &channels[0];
     let root = session.realpath(dir.as_bytes()).await.map_err(missing)?;
     let attrs = session.stat(&root).await.map_err(missing)?;
     if attrs.permissions.unwrap_or(0) & libc::S_IFMT != libc::S_IFDIR {
@@ -327,12 +327,46 @@ async fn connect(
         umask: opts.umask,
     };
     let core = Core::new(
-        session,
+        channels,
         Bytes::copy_from_slice(&root),
         CoreConfig {
             ids,
-            write_buffer: WRITE_BUFFER,
+            write_buffer: opts.write_buffer,
+            write_buffer_total: opts.write_buffer_total,
+            short_writes: opts.short_writes,
         },
     );
     Ok((handle, core))
+}
+
+/// Opens the other SFTP channels, all at once. A server that allows fewer sessions (sshd's
+/// MaxSessions) just gives us fewer: the mount works with any number.
+async fn open_more_channels(
+    handle: &Arc<russh::client::Handle<ssh::ClientHandler>>,
+    first: Arc<Session>,
+    opts: &Options,
+) -> Vec<Arc<Session>> {
+    let mut pending = tokio::task::JoinSet::new();
+    for _ in 1..opts.sftp_channels {
+        let handle = handle.clone();
+        let timeout = opts.request_timeout;
+        pending.spawn(async move {
+            let channel = handle.channel_open_session().await.ok()?;
+            Session::start(channel, timeout).await.ok()
+        });
+    }
+    let mut channels = vec![first];
+    while let Some(done) = pending.join_next().await {
+        if let Ok(Some(session)) = done {
+            channels.push(Arc::new(session));
+        }
+    }
+    if channels.len() < opts.sftp_channels {
+        warn!(
+            "the server granted {} of {} SFTP channels",
+            channels.len(),
+            opts.sftp_channels
+        );
+    }
+    channels
 }

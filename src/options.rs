@@ -45,6 +45,12 @@ Mount options (-o opt[,opt=value...], repeatable; also accepted from fstab):
   umask=OCTAL               mask these permission bits from every file
   idmap=none|user           user: show the remote user's files as the local user's
   request_timeout=SECONDS   fail an SFTP request the server has not answered (default 60)
+  sftp_channels=N           SFTP channels over the SSH connection; a large file's writes spread
+                            over all of them, since one channel's window caps a far link (default 8)
+  write_buffer=SIZE         unacked data one open file may hold (default 32M; K, M, G suffixes)
+  write_buffer_total=SIZE   unacked data all files together may hold (default 64M)
+  no_short_writes           make a write wait until all of it fits in the buffer instead of
+                            taking part of it (for programs that mishandle short writes)
   Accepted and passed on or ignored, as mount(8) sends them: dev, nodev, suid, nosuid, exec,
   noexec, atime, noatime, auto, noauto, _netdev, user, users, nouser, nofail, defaults,
   x-systemd.*, comment=*
@@ -165,6 +171,10 @@ pub struct Options {
     pub umask: u32,
     pub idmap: IdMap,
     pub request_timeout: Duration,
+    pub sftp_channels: usize,
+    pub write_buffer: usize,
+    pub write_buffer_total: usize,
+    pub short_writes: bool,
     /// Generic mount flags passed on to the kernel (nodev, noexec, ...).
     pub kernel_flags: Vec<fuser::MountOption>,
 }
@@ -223,6 +233,10 @@ where
         umask: 0,
         idmap: IdMap::None,
         request_timeout: Duration::from_secs(60),
+        sftp_channels: DEFAULT_SFTP_CHANNELS,
+        write_buffer: DEFAULT_WRITE_BUFFER,
+        write_buffer_total: DEFAULT_WRITE_BUFFER_TOTAL,
+        short_writes: true,
         kernel_flags: Vec::new(),
     };
     for group in &cli.options {
@@ -230,7 +244,31 @@ where
             options.apply(opt).map_err(|e| e.to_string())?;
         }
     }
+    if options.write_buffer_total < options.write_buffer {
+        return Err(format!(
+            "write_buffer_total ({}) must be at least write_buffer ({})",
+            options.write_buffer_total, options.write_buffer
+        ));
+    }
     Ok(Parsed::Mount(Box::new(options)))
+}
+
+/// Defaults chosen by measurement (scripts/bench; see README.md).
+pub const DEFAULT_SFTP_CHANNELS: usize = 8;
+pub const DEFAULT_WRITE_BUFFER: usize = 32 << 20;
+pub const DEFAULT_WRITE_BUFFER_TOTAL: usize = 64 << 20;
+/// A buffer must take the kernel's largest WRITE (1 MiB) whole.
+const MIN_WRITE_BUFFER: usize = 1 << 20;
+
+/// `123`, `64K`, `32M`, `1G` (powers of 1024).
+fn parse_size(text: &str) -> Option<usize> {
+    let (digits, shift) = match text.as_bytes().last()?.to_ascii_uppercase() {
+        b'K' => (&text[..text.len() - 1], 10),
+        b'M' => (&text[..text.len() - 1], 20),
+        b'G' => (&text[..text.len() - 1], 30),
+        _ => (text, 0),
+    };
+    digits.parse::<usize>().ok()?.checked_mul(1 << shift)
 }
 
 impl Options {
@@ -272,6 +310,24 @@ impl Options {
                 self.server_alive_count_max = Some(number("expected a count")?)
             }
             "request_timeout" => self.request_timeout = seconds()?,
+            "sftp_channels" => {
+                self.sftp_channels = need()?
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=64).contains(n))
+                    .ok_or_else(|| bad("expected a count from 1 to 64"))?
+            }
+            "write_buffer" | "write_buffer_total" => {
+                let size = parse_size(need()?)
+                    .filter(|&s| s >= MIN_WRITE_BUFFER)
+                    .ok_or_else(|| bad("expected a size of at least 1M, such as 32M"))?;
+                if name.eq_ignore_ascii_case("write_buffer") {
+                    self.write_buffer = size;
+                } else {
+                    self.write_buffer_total = size;
+                }
+            }
+            "no_short_writes" => self.short_writes = false,
             "reconnect" => self.reconnect = true,
             "password_stdin" => self.password_stdin = true,
             "allow_other" => self.allow_other = true,
@@ -370,6 +426,28 @@ mod tests {
         assert_eq!(o.kernel_flags, vec![fuser::MountOption::NoDev]);
         assert!(!o.foreground);
         assert!(mount(&["h:", "/m", "-d"]).foreground);
+    }
+
+    #[test]
+    fn write_engine_options() {
+        let o = mount(&[
+            "h:",
+            "/m",
+            "-o",
+            "sftp_channels=3,write_buffer=4M,write_buffer_total=1G,no_short_writes",
+        ]);
+        assert_eq!(o.sftp_channels, 3);
+        assert_eq!(o.write_buffer, 4 << 20);
+        assert_eq!(o.write_buffer_total, 1 << 30);
+        assert!(!o.short_writes);
+        assert!(error(&["h:", "/m", "-o", "write_buffer=10K"]).contains("at least 1M"));
+        assert!(error(&["h:", "/m", "-o", "sftp_channels=0"]).contains("sftp_channels"));
+        assert!(
+            error(&["h:", "/m", "-o", "write_buffer=64M,write_buffer_total=32M"])
+                .contains("write_buffer_total")
+        );
+        assert_eq!(parse_size("2048"), Some(2048));
+        assert_eq!(parse_size("x"), None);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use tracing::debug;
 use crate::sftp::proto::{Attrs, open_flags};
 use crate::sftp::{Session, SftpError, StatVfs, StatusCode};
 use inode::{InodeTable, ROOT};
-use write::{FileWriter, InodeWrites, WriteLimits};
+use write::{AckFuture, GlobalBudget, InodeWrites, WriteLane, WriteLimits, WritePipeline};
 
 /// Errors are plain errno values: that is all the kernel can carry.
 pub type Errno = i32;
@@ -72,7 +72,49 @@ impl IdMapping {
 
 pub struct CoreConfig {
     pub ids: IdMapping,
+    /// Unacked bytes per open file.
     pub write_buffer: usize,
+    /// Unacked bytes of all files together.
+    pub write_buffer_total: usize,
+    /// Answer a WRITE that only partly fits with a short count.
+    pub short_writes: bool,
+}
+
+/// A file gets lanes on the other channels once this much was written to it: a small file is
+/// done before a second handle would pay for its open and close.
+const SPREAD_AFTER_BYTES: u64 = 4 * 1024 * 1024;
+
+/// One handle on one SFTP channel, as a write pipeline lane.
+struct SftpLane {
+    session: Arc<Session>,
+    handle: Bytes,
+    /// Where the server's free space can be asked, to tell ENOSPC from other failures.
+    statvfs_path: Bytes,
+}
+
+impl WriteLane for SftpLane {
+    fn submit(&self, offset: u64, data: Bytes) -> AckFuture {
+        let pending = self.session.write(self.handle.clone(), offset, data);
+        let session = self.session.clone();
+        let statvfs_path = self.statvfs_path.clone();
+        Box::pin(async move {
+            match crate::sftp::client::expect_ok(pending.response().await, "write") {
+                Ok(()) => Ok(()),
+                Err(e) => Err(write_failure_errno(&session, &statvfs_path, e).await),
+            }
+        })
+    }
+}
+
+/// OpenSSH reports a full disk as a bare FAILURE; the server's free space tells them apart.
+async fn write_failure_errno(session: &Session, statvfs_path: &[u8], e: SftpError) -> Errno {
+    if e.status() != Some(StatusCode::FAILURE) {
+        return e.errno();
+    }
+    match session.statvfs(statvfs_path).await {
+        Ok(vfs) if vfs.bavail.saturating_mul(vfs.frsize.max(1)) < 2 * 1024 * 1024 => libc::ENOSPC,
+        _ => libc::EIO,
+    }
 }
 
 /// An entry the kernel is told about: the inode and its attributes.
@@ -95,8 +137,11 @@ pub struct DirEntry {
 struct OpenFile {
     ino: u64,
     handle: Bytes,
-    writer: Option<Arc<FileWriter>>,
+    writer: Option<Arc<WritePipeline>>,
     inode_writes: Arc<InodeWrites>,
+    /// Handles on the other channels, opened once the file proved large: closed on release.
+    lane_handles: Mutex<Vec<(Arc<Session>, Bytes)>>,
+    spreading: std::sync::atomic::AtomicBool,
 }
 
 struct DirHandle {
@@ -124,7 +169,11 @@ pub struct CreateMode {
 }
 
 pub struct Core {
+    /// The metadata channel; every file's first handle lives here too.
     session: Arc<Session>,
+    /// Every channel, `session` first: a large file's writes spread over all of them.
+    channels: Vec<Arc<Session>>,
+    budget: GlobalBudget,
     root: Bytes,
     inodes: Mutex<InodeTable>,
     files: Mutex<HashMap<u64, Arc<OpenFile>>>,
@@ -134,9 +183,11 @@ pub struct Core {
 }
 
 impl Core {
-    pub fn new(session: Arc<Session>, root: Bytes, config: CoreConfig) -> Self {
+    pub fn new(channels: Vec<Arc<Session>>, root: Bytes, config: CoreConfig) -> Self {
         Core {
-            session,
+            session: channels[0].clone(),
+            channels,
+            budget: GlobalBudget::new(config.write_buffer_total),
             inodes: Mutex::new(InodeTable::new(root.clone())),
             root,
             files: Mutex::default(),
@@ -464,15 +515,20 @@ impl Core {
     fn register_open(&self, ino: u64, handle: Bytes, flags: i32) -> FsResult<u64> {
         let inode_writes = self.inode_writes(ino).ok_or(libc::ESTALE)?;
         let writer = (flags & libc::O_ACCMODE != libc::O_RDONLY).then(|| {
-            FileWriter::new(
-                self.session.clone(),
-                handle.clone(),
+            WritePipeline::new(
+                Arc::new(SftpLane {
+                    session: self.session.clone(),
+                    handle: handle.clone(),
+                    statvfs_path: self.root.clone(),
+                }),
                 WriteLimits {
                     per_file: self.config.write_buffer,
                     max_write: self.session.features().max_write as usize,
+                    short_writes: self.config.short_writes,
                 },
+                self.budget.clone(),
                 inode_writes.clone(),
-                self.root.clone(),
+                flags & libc::O_APPEND != 0,
             )
         });
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
@@ -483,9 +539,62 @@ impl Core {
                 handle,
                 writer,
                 inode_writes,
+                lane_handles: Mutex::default(),
+                spreading: Default::default(),
             }),
         );
         Ok(fh)
+    }
+
+    /// Opens the file on every other channel, so its writes are not held to one channel's
+    /// window. Best effort: a channel that cannot open it is simply not used.
+    async fn spread(&self, file: Arc<OpenFile>, writer: Arc<WritePipeline>) {
+        let Ok(path) = self.path(file.ino) else {
+            return;
+        };
+        let Ok(primary) = self.session.fstat(file.handle.clone()).await else {
+            return;
+        };
+        for channel in self.channels.iter().skip(1) {
+            let Ok(handle) = channel
+                .open(&path, open_flags::WRITE, Attrs::default())
+                .await
+            else {
+                continue;
+            };
+            // The name could have been replaced on the server since our open: only the same
+            // file (type, owner and mode) may take our data.
+            let same = channel.fstat(handle.clone()).await.is_ok_and(|a| {
+                a.permissions == primary.permissions && a.uid_gid == primary.uid_gid
+            });
+            if !same {
+                let _ = channel.close(handle).await;
+                return;
+            }
+            file.lane_handles
+                .lock()
+                .unwrap()
+                .push((channel.clone(), handle.clone()));
+            writer.add_lane(Arc::new(SftpLane {
+                session: channel.clone(),
+                handle,
+                statvfs_path: self.root.clone(),
+            }));
+        }
+        debug!(
+            ino = file.ino,
+            lanes = writer.lane_count(),
+            "writes spread over channels"
+        );
+    }
+
+    /// Closes the file's handles on every channel, the first one last.
+    async fn close_handles(&self, file: &OpenFile) -> FsResult<()> {
+        let lanes: Vec<_> = file.lane_handles.lock().unwrap().drain(..).collect();
+        for (channel, handle) in lanes {
+            let _ = channel.close(handle).await;
+        }
+        self.session.close(file.handle.clone()).await.map_err(errno)
     }
 
     pub async fn open(&self, ino: u64, flags: i32) -> FsResult<u64> {
@@ -615,10 +724,27 @@ impl Core {
         Ok(out.freeze())
     }
 
-    pub async fn write(&self, fh: u64, offset: u64, data: Bytes) -> FsResult<u32> {
+    /// `whole`: the request must be taken entirely (pages written back from a shared mmap: the
+    /// kernel would drop the rest of a short reply).
+    pub async fn write(
+        self: &Arc<Self>,
+        fh: u64,
+        offset: u64,
+        data: Bytes,
+        whole: bool,
+    ) -> FsResult<u32> {
         let file = self.file(fh)?;
-        let writer = file.writer.as_ref().ok_or(libc::EBADF)?;
-        writer.write(offset, data).await
+        let writer = file.writer.clone().ok_or(libc::EBADF)?;
+        let written = writer.write(offset, data, whole).await?;
+        if self.channels.len() > 1
+            && !writer.is_append()
+            && writer.accepted_bytes() >= SPREAD_AFTER_BYTES
+            && !file.spreading.swap(true, Ordering::Relaxed)
+        {
+            let core = self.clone();
+            tokio::spawn(async move { core.spread(file, writer).await });
+        }
+        Ok(written)
     }
 
     /// close(2) of one descriptor: every write accepted so far is on the server, or its error
@@ -635,7 +761,7 @@ impl Core {
         let file = self.file(fh)?;
         if let Some(writer) = &file.writer {
             writer.settle().await?;
-            self.session.fsync(writer.handle()).await.map_err(errno)?;
+            self.session.fsync(&file.handle).await.map_err(errno)?;
         }
         Ok(())
     }
@@ -648,8 +774,8 @@ impl Core {
             Some(writer) => writer.settle().await,
             None => Ok(()),
         };
-        debug!(ino = file.ino, "closing remote handle");
-        let closed = self.session.close(file.handle.clone()).await.map_err(errno);
+        debug!(ino = file.ino, "closing remote handles");
+        let closed = self.close_handles(&file).await;
         settled.and(closed)
     }
 
@@ -770,7 +896,7 @@ impl Core {
             if let Some(writer) = &file.writer {
                 let _ = writer.settle().await;
             }
-            let _ = self.session.close(file.handle.clone()).await;
+            let _ = self.close_handles(&file).await;
         }
     }
 }
