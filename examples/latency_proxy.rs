@@ -2,16 +2,17 @@
 //! accepts on 127.0.0.1:LISTEN_PORT and forwards each connection to 127.0.0.1:TARGET_PORT, holding
 //! every chunk DELAY_MS in each direction (so the round trip gains twice that). Bandwidth is not
 //! limited: the far side's windows, not the proxy, decide how much is in flight. Only loopback.
+//!
+//! Plain threads and blocking sockets, two per direction: an async runtime busy with the data
+//! fires its timers late, which would add delay the benchmark did not ask for.
 
-use std::time::Duration;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio::time::Instant;
-
-#[tokio::main]
-async fn main() {
+fn main() {
     let args: Vec<String> = std::env::args().collect();
     let usage = "usage: latency_proxy LISTEN_PORT TARGET_PORT DELAY_MS";
     let [_, listen, target, delay] = &args[..] else {
@@ -27,59 +28,52 @@ async fn main() {
         std::process::exit(2);
     };
     let delay = Duration::from_millis(delay);
-    let listener = TcpListener::bind(("127.0.0.1", listen))
-        .await
-        .unwrap_or_else(|e| {
-            eprintln!("latency_proxy: cannot listen on 127.0.0.1:{listen}: {e}");
-            std::process::exit(1)
-        });
-    loop {
-        let Ok((client, _)) = listener.accept().await else {
+    let listener = TcpListener::bind(("127.0.0.1", listen)).unwrap_or_else(|e| {
+        eprintln!("latency_proxy: cannot listen on 127.0.0.1:{listen}: {e}");
+        std::process::exit(1)
+    });
+    for client in listener.incoming().flatten() {
+        let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
             continue;
         };
-        tokio::spawn(async move {
-            let Ok(server) = TcpStream::connect(("127.0.0.1", target)).await else {
-                return;
-            };
-            let _ = client.set_nodelay(true);
-            let _ = server.set_nodelay(true);
-            let (cr, cw) = client.into_split();
-            let (sr, sw) = server.into_split();
-            tokio::spawn(delay_line(cr, sw, delay));
-            tokio::spawn(delay_line(sr, cw, delay));
-        });
+        let _ = client.set_nodelay(true);
+        let _ = server.set_nodelay(true);
+        let (Ok(client2), Ok(server2)) = (client.try_clone(), server.try_clone()) else {
+            continue;
+        };
+        delay_line(client, server2, delay);
+        delay_line(server, client2, delay);
     }
 }
 
-async fn delay_line(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    delay: Duration,
-) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
-    let writer = tokio::spawn(async move {
-        while let Some((due, chunk)) = rx.recv().await {
-            tokio::time::sleep_until(due).await;
-            if to.write_all(&chunk).await.is_err() {
-                return;
-            }
-        }
-        let _ = to.shutdown().await;
-    });
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        match from.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if tx
-                    .send((Instant::now() + delay, buf[..n].to_vec()))
-                    .is_err()
-                {
-                    break;
+fn delay_line(mut from: TcpStream, mut to: TcpStream, delay: Duration) {
+    let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
+    thread::spawn(move || {
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if tx
+                        .send((Instant::now() + delay, buf[..n].to_vec()))
+                        .is_err()
+                    {
+                        break;
+                    }
                 }
             }
         }
-    }
-    drop(tx);
-    let _ = writer.await;
+    });
+    thread::spawn(move || {
+        while let Ok((due, chunk)) = rx.recv() {
+            let now = Instant::now();
+            if due > now {
+                thread::sleep(due - now);
+            }
+            if to.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(Shutdown::Write);
+    });
 }

@@ -82,7 +82,10 @@ pub struct CoreConfig {
 
 /// A file gets lanes on the other channels once this much was written to it: a small file is
 /// done before a second handle would pay for its open and close.
-const SPREAD_AFTER_BYTES: u64 = 4 * 1024 * 1024;
+const SPREAD_AFTER_BYTES: u64 = 2 * 1024 * 1024;
+
+/// OpenSSH's sshd grants each session channel a 2 MiB window (CHAN_SES_WINDOW_DEFAULT).
+const LANE_TARGET: usize = 2 * 1024 * 1024;
 
 /// One handle on one SFTP channel, as a write pipeline lane.
 struct SftpLane {
@@ -525,6 +528,7 @@ impl Core {
                     per_file: self.config.write_buffer,
                     max_write: self.session.features().max_write as usize,
                     short_writes: self.config.short_writes,
+                    lane_target: LANE_TARGET,
                 },
                 self.budget.clone(),
                 inode_writes.clone(),
@@ -546,41 +550,51 @@ impl Core {
         Ok(fh)
     }
 
-    /// Opens the file on every other channel, so its writes are not held to one channel's
-    /// window. Best effort: a channel that cannot open it is simply not used.
-    async fn spread(&self, file: Arc<OpenFile>, writer: Arc<WritePipeline>) {
+    /// Opens the file on every other channel at once, so its writes are not held to one
+    /// channel's window. Best effort: a channel that cannot open it is simply not used.
+    async fn spread(self: Arc<Self>, file: Arc<OpenFile>, writer: Arc<WritePipeline>) {
         let Ok(path) = self.path(file.ino) else {
             return;
         };
+        writer.expect_lanes(true);
         let Ok(primary) = self.session.fstat(file.handle.clone()).await else {
+            writer.expect_lanes(false);
             return;
         };
-        for channel in self.channels.iter().skip(1) {
-            let Ok(handle) = channel
-                .open(&path, open_flags::WRITE, Attrs::default())
-                .await
-            else {
-                continue;
-            };
-            // The name could have been replaced on the server since our open: only the same
-            // file (type, owner and mode) may take our data.
-            let same = channel.fstat(handle.clone()).await.is_ok_and(|a| {
-                a.permissions == primary.permissions && a.uid_gid == primary.uid_gid
+        let path = Bytes::from(path);
+        let mut opening = tokio::task::JoinSet::new();
+        for channel in self.channels.iter().skip(1).cloned() {
+            let (core, file, writer) = (self.clone(), file.clone(), writer.clone());
+            let (path, primary) = (path.clone(), primary.clone());
+            opening.spawn(async move {
+                let Ok(handle) = channel
+                    .open(&path, open_flags::WRITE, Attrs::default())
+                    .await
+                else {
+                    return;
+                };
+                // The name could have been replaced on the server since our open: only the
+                // same file (type, owner and mode) may take our data.
+                let same = channel.fstat(handle.clone()).await.is_ok_and(|a| {
+                    a.permissions == primary.permissions && a.uid_gid == primary.uid_gid
+                });
+                if !same {
+                    let _ = channel.close(handle).await;
+                    return;
+                }
+                file.lane_handles
+                    .lock()
+                    .unwrap()
+                    .push((channel.clone(), handle.clone()));
+                writer.add_lane(Arc::new(SftpLane {
+                    session: channel,
+                    handle,
+                    statvfs_path: core.root.clone(),
+                }));
             });
-            if !same {
-                let _ = channel.close(handle).await;
-                return;
-            }
-            file.lane_handles
-                .lock()
-                .unwrap()
-                .push((channel.clone(), handle.clone()));
-            writer.add_lane(Arc::new(SftpLane {
-                session: channel.clone(),
-                handle,
-                statvfs_path: self.root.clone(),
-            }));
         }
+        opening.join_all().await;
+        writer.expect_lanes(false);
         debug!(
             ino = file.ino,
             lanes = writer.lane_count(),
@@ -742,7 +756,7 @@ impl Core {
             && !file.spreading.swap(true, Ordering::Relaxed)
         {
             let core = self.clone();
-            tokio::spawn(async move { core.spread(file, writer).await });
+            tokio::spawn(core.spread(file, writer));
         }
         Ok(written)
     }

@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -107,6 +107,10 @@ pub struct WriteLimits {
     pub max_write: usize,
     /// Answer a WRITE that only partly fits with a short count (else wait until all of it fits).
     pub short_writes: bool,
+    /// Bytes in flight on one lane before the next lane is used: about what one channel's
+    /// window lets through per round trip. Filling lanes in order keeps a near server on one
+    /// channel (one server process, writes in order) and spreads only when the window binds.
+    pub lane_target: usize,
 }
 
 /// Unacked bytes all files together may hold; shared by every pipeline of a mount.
@@ -150,6 +154,9 @@ pub struct WritePipeline {
     changed: watch::Sender<()>,
     /// Total bytes ever accepted, to decide when the file is worth more lanes.
     accepted: AtomicU64,
+    /// More lanes are being opened: rather than pile data on the lanes there are (where it
+    /// would wait for that lane's window long after the new lanes are free), wait for them.
+    expecting_lanes: AtomicBool,
 }
 
 impl WritePipeline {
@@ -172,6 +179,7 @@ impl WritePipeline {
             }),
             changed: watch::channel(()).0,
             accepted: Default::default(),
+            expecting_lanes: AtomicBool::new(false),
         })
     }
 
@@ -182,6 +190,13 @@ impl WritePipeline {
         }
         self.lanes.lock().unwrap().push(lane);
         self.state.lock().unwrap().lane_load.push(0);
+        self.changed.send_replace(());
+    }
+
+    /// Lanes are being added (`true`) or all that will come have come (`false`).
+    pub fn expect_lanes(&self, expecting: bool) {
+        self.expecting_lanes.store(expecting, Ordering::Relaxed);
+        self.changed.send_replace(());
     }
 
     pub fn lane_count(&self) -> usize {
@@ -331,14 +346,25 @@ impl WritePipeline {
                     .map(|w| w.lane);
                 let first = overlap_lanes.next();
                 let same = first.is_none_or(|f| overlap_lanes.all(|l| l == f));
-                if same {
-                    let lane = match first {
-                        Some(lane) => lane,
-                        None if self.append => 0,
-                        None => (0..s.lane_load.len())
-                            .min_by_key(|&i| s.lane_load[i])
-                            .unwrap_or(0),
-                    };
+                let lane = if !same {
+                    None
+                } else if let Some(lane) = first {
+                    Some(lane)
+                } else if self.append {
+                    Some(0)
+                } else {
+                    let loads = &s.lane_load;
+                    (0..loads.len())
+                        .find(|&i| loads[i] + len as usize <= self.limits.lane_target)
+                        .or_else(|| {
+                            // Every lane is at its window: use the least loaded, unless more
+                            // lanes are on their way.
+                            (!self.expecting_lanes.load(Ordering::Relaxed))
+                                .then(|| (0..loads.len()).min_by_key(|&i| loads[i]))
+                                .flatten()
+                        })
+                };
+                if let Some(lane) = lane {
                     let id = s.next_id;
                     s.next_id += 1;
                     s.in_flight.insert(id, InFlight { offset, len, lane });
@@ -346,7 +372,7 @@ impl WritePipeline {
                     return (id, lane);
                 }
             }
-            // Overlaps writes in flight on different lanes: wait for them to land first.
+            // Overlaps writes in flight on different lanes, or waits for new lanes: wait.
             if rx.changed().await.is_err() {
                 return (u64::MAX, 0);
             }
@@ -468,6 +494,7 @@ mod tests {
             per_file,
             max_write,
             short_writes: true,
+            lane_target: 3 * max_write,
         }
     }
 
@@ -517,6 +544,47 @@ mod tests {
         server.ack_all_lanes_reversed(3);
         assert_eq!(settle_soon(&p).await, Ok(()));
         assert_eq!(*server.file.lock().unwrap(), data);
+    }
+
+    #[tokio::test]
+    async fn waits_for_lanes_being_opened_rather_than_piling_on_one() {
+        let server = Arc::new(FakeServer::default());
+        let p = pipeline(&server, limits(1 << 20, 100), 1 << 20, 1);
+        p.expect_lanes(true);
+        let writer = {
+            let p = p.clone();
+            tokio::spawn(async move { p.write(0, Bytes::from(vec![5u8; 600]), false).await })
+        };
+        yield_a_bit().await;
+        assert_eq!(
+            server.pending(),
+            3,
+            "lane 0 filled to its target, no further"
+        );
+        assert!(!writer.is_finished());
+        p.add_lane(server.lane(1));
+        p.expect_lanes(false);
+        assert_eq!(writer.await.unwrap(), Ok(600));
+        let lanes = server.lanes_used();
+        assert_eq!(lanes.iter().filter(|&&l| l == 1).count(), 3, "{lanes:?}");
+        server.ack_all_lanes_reversed(2);
+        assert_eq!(settle_soon(&p).await, Ok(()));
+    }
+
+    #[tokio::test]
+    async fn a_fast_server_keeps_one_lane() {
+        let server = Arc::new(FakeServer::default());
+        let p = pipeline(&server, limits(1 << 20, 100), 1 << 20, 3);
+        for i in 0..20u64 {
+            p.write(i * 100, Bytes::from(vec![i as u8; 100]), false)
+                .await
+                .unwrap();
+            // Acked before the next write: the first lane never fills.
+            server.ack_lane(0);
+            yield_a_bit().await;
+        }
+        assert_eq!(server.pending(), 0, "everything went to lane 0");
+        assert_eq!(settle_soon(&p).await, Ok(()));
     }
 
     #[tokio::test]

@@ -131,7 +131,8 @@ impl Pending {
 /// An SFTP session; cheap to share behind an `Arc`.
 pub struct Session {
     shared: Arc<Shared>,
-    queue: mpsc::UnboundedSender<Bytes>,
+    /// Packets in submission order: the encoded head, then a WRITE's data (not copied).
+    queue: mpsc::UnboundedSender<(Bytes, Bytes)>,
     features: ServerFeatures,
 }
 
@@ -235,10 +236,10 @@ impl Session {
         }
         let id = table.next_id;
         table.next_id = table.next_id.wrapping_add(1);
-        let mut packet = BytesMut::with_capacity(request.wire_len());
-        request.encode(id, &mut packet);
+        let mut head = BytesMut::with_capacity(256);
+        let tail = request.encode_head(id, &mut head);
         // Queue under the table lock so that queue order is id order.
-        if self.queue.send(packet.freeze()).is_err() {
+        if self.queue.send((head.freeze(), tail)).is_err() {
             let _ = tx.send(Err(SftpError::ConnectionLost));
             return Pending { rx };
         }
@@ -495,12 +496,16 @@ fn io_len(stated: u64, max_packet: u64) -> u32 {
 
 async fn write_loop(
     writer: russh::ChannelWriteHalf<Msg>,
-    mut queue: mpsc::UnboundedReceiver<Bytes>,
+    mut queue: mpsc::UnboundedReceiver<(Bytes, Bytes)>,
     shared: Arc<Shared>,
 ) {
-    while let Some(packet) = queue.recv().await {
-        let id = u32::from_be_bytes([packet[5], packet[6], packet[7], packet[8]]);
-        if writer.data_bytes(packet).await.is_err() {
+    while let Some((head, tail)) = queue.recv().await {
+        let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]);
+        let sent = match writer.data_bytes(head).await {
+            Ok(()) if !tail.is_empty() => writer.data_bytes(tail).await,
+            other => other,
+        };
+        if sent.is_err() {
             shared.kill(SftpError::ConnectionLost);
             return;
         }

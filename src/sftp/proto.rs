@@ -274,7 +274,15 @@ impl Request {
 
     /// Appends the whole packet (length prefix included) for request `id` to `buf`.
     pub fn encode(&self, id: u32, buf: &mut BytesMut) {
+        let tail = self.encode_head(id, buf);
+        buf.extend_from_slice(&tail);
+    }
+
+    /// Appends the packet for request `id` to `buf`, except a WRITE's data, which is returned to
+    /// be sent right after it: the data is not copied (the length prefix counts it).
+    pub fn encode_head(&self, id: u32, buf: &mut BytesMut) -> Bytes {
         let start = buf.len();
+        let mut tail = Bytes::new();
         buf.put_u32(0);
         match self {
             Request::Open {
@@ -306,7 +314,8 @@ impl Request {
                 put_header(buf, packet_type::WRITE, id);
                 put_string(buf, handle);
                 buf.put_u64(*offset);
-                put_string(buf, data);
+                buf.put_u32(data.len() as u32);
+                tail = data.clone();
             }
             Request::Lstat { path } => put_one(buf, packet_type::LSTAT, id, path),
             Request::Fstat { handle } => put_one(buf, packet_type::FSTAT, id, handle),
@@ -344,8 +353,9 @@ impl Request {
                 buf.put_slice(data);
             }
         }
-        let len = (buf.len() - start - 4) as u32;
+        let len = (buf.len() - start - 4 + tail.len()) as u32;
         buf[start..start + 4].copy_from_slice(&len.to_be_bytes());
+        tail
     }
 
     /// Bytes this request occupies on the wire, for flow-control accounting.
