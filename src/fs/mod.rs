@@ -517,12 +517,17 @@ impl Core {
 
     fn register_open(&self, ino: u64, handle: Bytes, flags: i32) -> FsResult<u64> {
         let inode_writes = self.inode_writes(ino).ok_or(libc::ESTALE)?;
+        // The file's own filesystem is the one that may be full (it may be a mount of its own).
+        let statvfs_path = self
+            .path(ino)
+            .map(Bytes::from)
+            .unwrap_or_else(|_| self.root.clone());
         let writer = (flags & libc::O_ACCMODE != libc::O_RDONLY).then(|| {
             WritePipeline::new(
                 Arc::new(SftpLane {
                     session: self.session.clone(),
                     handle: handle.clone(),
-                    statvfs_path: self.root.clone(),
+                    statvfs_path,
                 }),
                 WriteLimits {
                     per_file: self.config.write_buffer,
@@ -564,7 +569,7 @@ impl Core {
         let path = Bytes::from(path);
         let mut opening = tokio::task::JoinSet::new();
         for channel in self.channels.iter().skip(1).cloned() {
-            let (core, file, writer) = (self.clone(), file.clone(), writer.clone());
+            let (file, writer) = (file.clone(), writer.clone());
             let (path, primary) = (path.clone(), primary.clone());
             opening.spawn(async move {
                 let Ok(handle) = channel
@@ -589,7 +594,7 @@ impl Core {
                 writer.add_lane(Arc::new(SftpLane {
                     session: channel,
                     handle,
-                    statvfs_path: core.root.clone(),
+                    statvfs_path: path,
                 }));
             });
         }
