@@ -142,8 +142,9 @@ struct OpenFile {
     handle: Bytes,
     writer: Option<Arc<WritePipeline>>,
     inode_writes: Arc<InodeWrites>,
-    /// Handles on the other channels, opened once the file proved large: closed on release.
-    lane_handles: Mutex<Vec<(Arc<Session>, Bytes)>>,
+    /// Handles on the other channels, opened once the file proved large: closed on release,
+    /// which leaves `None` so that a handle opened after it is closed at once, not leaked.
+    lane_handles: Mutex<Option<Vec<(Arc<Session>, Bytes)>>>,
     spreading: std::sync::atomic::AtomicBool,
 }
 
@@ -548,7 +549,7 @@ impl Core {
                 handle,
                 writer,
                 inode_writes,
-                lane_handles: Mutex::default(),
+                lane_handles: Mutex::new(Some(Vec::new())),
                 spreading: Default::default(),
             }),
         );
@@ -587,10 +588,17 @@ impl Core {
                     let _ = channel.close(handle).await;
                     return;
                 }
-                file.lane_handles
-                    .lock()
-                    .unwrap()
-                    .push((channel.clone(), handle.clone()));
+                let registered = match file.lane_handles.lock().unwrap().as_mut() {
+                    Some(handles) => {
+                        handles.push((channel.clone(), handle.clone()));
+                        true
+                    }
+                    None => false,
+                };
+                if !registered {
+                    let _ = channel.close(handle).await;
+                    return;
+                }
                 writer.add_lane(Arc::new(SftpLane {
                     session: channel,
                     handle,
@@ -609,7 +617,7 @@ impl Core {
 
     /// Closes the file's handles on every channel, the first one last.
     async fn close_handles(&self, file: &OpenFile) -> FsResult<()> {
-        let lanes: Vec<_> = file.lane_handles.lock().unwrap().drain(..).collect();
+        let lanes = file.lane_handles.lock().unwrap().take().unwrap_or_default();
         for (channel, handle) in lanes {
             let _ = channel.close(handle).await;
         }
