@@ -3,6 +3,7 @@
 //! inode table, the open-file and directory handles, attribute conversion and errno mapping.
 
 pub mod inode;
+pub mod read;
 pub mod write;
 
 use std::collections::HashMap;
@@ -17,6 +18,7 @@ use tracing::debug;
 use crate::sftp::proto::{Attrs, open_flags};
 use crate::sftp::{Session, SftpError, StatVfs, StatusCode};
 use inode::{InodeTable, ROOT};
+use read::{Prefetcher, ReadFuture, ReadSource};
 use write::{AckFuture, GlobalBudget, InodeWrites, WriteLane, WriteLimits, WritePipeline};
 
 /// Errors are plain errno values: that is all the kernel can carry.
@@ -87,6 +89,35 @@ const SPREAD_AFTER_BYTES: u64 = 2 * 1024 * 1024;
 /// OpenSSH's sshd grants each session channel a 2 MiB window (CHAN_SES_WINDOW_DEFAULT).
 const LANE_TARGET: usize = 2 * 1024 * 1024;
 
+/// Read-ahead per open file, at most (a far link needs rate x round trip: 250 MB/s x 40 ms).
+const MAX_PREFETCH: usize = 16 * 1024 * 1024;
+
+/// An open handle as the prefetcher's source of bytes.
+struct SftpSource {
+    session: Arc<Session>,
+    handle: Bytes,
+}
+
+impl ReadSource for SftpSource {
+    fn read(&self, offset: u64, len: u32) -> ReadFuture {
+        let pending = self.session.submit(&crate::sftp::proto::Request::Read {
+            handle: self.handle.clone(),
+            offset,
+            len,
+        });
+        Box::pin(async move {
+            use crate::sftp::proto::Response;
+            match pending.response().await {
+                Ok(Response::Data(data)) => Ok(data),
+                Ok(Response::Status { code, .. }) if code == StatusCode::EOF => Ok(Bytes::new()),
+                Ok(Response::Status { code, .. }) => Err(code.errno()),
+                Ok(_) => Err(libc::EPROTO),
+                Err(e) => Err(e.errno()),
+            }
+        })
+    }
+}
+
 /// One handle on one SFTP channel, as a write pipeline lane.
 struct SftpLane {
     session: Arc<Session>,
@@ -137,14 +168,19 @@ pub struct DirEntry {
     pub attr: Option<FileAttr>,
 }
 
+/// A handle on another channel: which channel, and the handle.
+type LaneHandle = (Arc<Session>, Bytes);
+
 struct OpenFile {
     ino: u64,
     handle: Bytes,
     writer: Option<Arc<WritePipeline>>,
+    /// Read-ahead for sequential readers; none for write-only opens.
+    prefetch: Option<Prefetcher>,
     inode_writes: Arc<InodeWrites>,
     /// Handles on the other channels, opened once the file proved large: closed on release,
     /// which leaves `None` so that a handle opened after it is closed at once, not leaked.
-    lane_handles: Mutex<Option<Vec<(Arc<Session>, Bytes)>>>,
+    lane_handles: Mutex<Option<Vec<LaneHandle>>>,
     spreading: std::sync::atomic::AtomicBool,
 }
 
@@ -321,6 +357,8 @@ impl Core {
             // Writes already accepted must land before the size changes under them.
             if let Some(w) = self.inode_writes(ino) {
                 w.settle().await;
+                // Read-ahead past the new end would be stale.
+                w.touch();
             }
             attrs.size = Some(size);
         }
@@ -541,6 +579,16 @@ impl Core {
                 flags & libc::O_APPEND != 0,
             )
         });
+        let prefetch = (flags & libc::O_ACCMODE != libc::O_WRONLY).then(|| {
+            Prefetcher::new(
+                Arc::new(SftpSource {
+                    session: self.session.clone(),
+                    handle: handle.clone(),
+                }),
+                self.session.features().max_read,
+                MAX_PREFETCH,
+            )
+        });
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
         self.files.lock().unwrap().insert(
             fh,
@@ -548,6 +596,7 @@ impl Core {
                 ino,
                 handle,
                 writer,
+                prefetch,
                 inode_writes,
                 lane_handles: Mutex::new(Some(Vec::new())),
                 spreading: Default::default(),
@@ -679,6 +728,13 @@ impl Core {
         let file = self.file(fh)?;
         // A read sees every earlier write through the mount.
         file.inode_writes.settle().await;
+        if let Some(prefetch) = &file.prefetch
+            && let Some(data) = prefetch
+                .read(offset, size, file.inode_writes.generation())
+                .await
+        {
+            return Ok(data);
+        }
         let max = self.session.features().max_read;
         let mut chunks = Vec::new();
         let mut pos = 0u32;

@@ -68,6 +68,17 @@ impl InodeWrites {
         self.changed.send_replace(());
     }
 
+    /// Changes whenever the inode's contents change through the mount: read-ahead fetched under
+    /// another generation is stale.
+    pub fn generation(&self) -> u64 {
+        self.state.lock().unwrap().next_seq
+    }
+
+    /// Marks a change made other than by a write (a truncate).
+    pub fn touch(&self) {
+        self.state.lock().unwrap().next_seq += 1;
+    }
+
     /// The size to report while writes are in flight: the server's size does not know them yet.
     pub fn size_floor(&self) -> u64 {
         self.state.lock().unwrap().unacked_end

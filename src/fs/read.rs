@@ -1,0 +1,245 @@
+//! The per-open-file prefetcher. The kernel reads a FUSE file at most 128 KiB ahead, so on a far
+//! link only a couple of READs are ever in flight; this keeps a window of READs in flight ahead of
+//! a sequential reader, starting small and doubling while the reader keeps up. A read that is not
+//! where the last one ended (a seek) drops the window, so random reads fetch nothing extra. Chunks
+//! sit on a fixed grid of the server's largest READ; replies may arrive in any order.
+//!
+//! Prefetched data is only served while no write through the mount has touched the inode since
+//! it was fetched (the caller passes the inode's write generation).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::watch;
+
+use super::Errno;
+
+pub type ReadFuture = Pin<Box<dyn Future<Output = Result<Bytes, Errno>> + Send>>;
+
+/// Where a file's bytes come from: READ requests on one handle.
+pub trait ReadSource: Send + Sync {
+    /// Queues a READ now; the future gives the data (empty at end of file).
+    fn read(&self, offset: u64, len: u32) -> ReadFuture;
+}
+
+/// First window after a read continues the previous one.
+const INITIAL_WINDOW: usize = 512 * 1024;
+
+type ChunkResult = Option<Result<Bytes, Errno>>;
+
+#[derive(Default)]
+struct State {
+    /// Where the last read ended: a read starting there is sequential.
+    next: u64,
+    window: usize,
+    /// Write generation the chunks were fetched under.
+    generation: u64,
+    chunks: BTreeMap<u64, watch::Receiver<ChunkResult>>,
+    /// A chunk came back short: the file ends there, fetch nothing past it.
+    end: Option<u64>,
+}
+
+pub struct Prefetcher {
+    source: Arc<dyn ReadSource>,
+    chunk: u64,
+    max_window: usize,
+    state: Mutex<State>,
+}
+
+impl Prefetcher {
+    pub fn new(source: Arc<dyn ReadSource>, chunk: u32, max_window: usize) -> Self {
+        Prefetcher {
+            source,
+            chunk: chunk.max(4096) as u64,
+            max_window,
+            state: Mutex::default(),
+        }
+    }
+
+    /// Bytes fetched ahead and not yet read, for accounting.
+    pub fn window(&self) -> usize {
+        self.state.lock().unwrap().window
+    }
+
+    /// Serves `size` bytes at `offset` from the window when the read is sequential. `None`: the
+    /// caller reads directly (a random read, or the window could not answer it whole).
+    pub async fn read(&self, offset: u64, size: u32, generation: u64) -> Option<Bytes> {
+        let end = offset + size as u64;
+        let wanted: Vec<(u64, watch::Receiver<ChunkResult>)> = {
+            let mut s = self.state.lock().unwrap();
+            if s.generation != generation {
+                s.chunks.clear();
+                s.window = 0;
+                s.end = None;
+                s.generation = generation;
+            }
+            let in_window = s
+                .chunks
+                .range(..=offset)
+                .next_back()
+                .is_some_and(|(&start, _)| offset < start + self.chunk);
+            let sequential = offset == s.next || in_window;
+            s.next = end;
+            if !sequential {
+                s.chunks.clear();
+                s.window = 0;
+                s.end = None;
+                return None;
+            }
+            s.window = (s.window * 2).clamp(INITIAL_WINDOW, self.max_window);
+            let first = offset / self.chunk * self.chunk;
+            // Chunks wholly behind the reader are done with.
+            s.chunks = s.chunks.split_off(&first);
+            let horizon = end + s.window as u64;
+            let mut start = first;
+            while start < horizon && s.end.is_none_or(|e| start < e) {
+                if let std::collections::btree_map::Entry::Vacant(slot) = s.chunks.entry(start) {
+                    let (tx, rx) = watch::channel(None);
+                    let fetch = self.source.read(start, self.chunk as u32);
+                    tokio::spawn(async move {
+                        let _ = tx.send(Some(fetch.await));
+                    });
+                    slot.insert(rx);
+                }
+                start += self.chunk;
+            }
+            s.chunks
+                .range(first..end)
+                .map(|(&start, rx)| (start, rx.clone()))
+                .collect()
+        };
+        let mut out = BytesMut::with_capacity(size as usize);
+        for (start, mut rx) in wanted {
+            let data = match rx.wait_for(Option::is_some).await {
+                Ok(done) => done.clone().expect("waited for Some"),
+                Err(_) => return None,
+            };
+            let Ok(data) = data else {
+                // Let the direct read retry and report the error itself.
+                self.state.lock().unwrap().chunks.remove(&start);
+                return None;
+            };
+            let pos = offset + out.len() as u64;
+            if start > pos {
+                // A chunk in between was dropped (a failed fetch): read directly.
+                return None;
+            }
+            let short = (data.len() as u64) < self.chunk;
+            if short {
+                self.state.lock().unwrap().end = Some(start + data.len() as u64);
+            }
+            let from = (pos - start) as usize;
+            if from >= data.len() {
+                // The file ends before `pos`.
+                break;
+            }
+            let take = (data.len() - from).min(size as usize - out.len());
+            out.extend_from_slice(&data[from..from + take]);
+            if out.len() == size as usize || short {
+                break;
+            }
+        }
+        Some(out.freeze())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A file of `len` bytes whose byte at i is i % 251; counts the bytes it was asked for.
+    struct FakeFile {
+        len: u64,
+        asked: AtomicUsize,
+        reads: AtomicUsize,
+    }
+
+    impl ReadSource for FakeFile {
+        fn read(&self, offset: u64, len: u32) -> ReadFuture {
+            self.asked.fetch_add(len as usize, Ordering::Relaxed);
+            self.reads.fetch_add(1, Ordering::Relaxed);
+            let end = (offset + len as u64).min(self.len);
+            let data: Vec<u8> = (offset..end.max(offset)).map(|i| (i % 251) as u8).collect();
+            // Later chunks answer first: replies in any order.
+            let delay = std::time::Duration::from_micros(500 - (offset / 4096 % 500));
+            Box::pin(async move {
+                tokio::time::sleep(delay).await;
+                Ok(Bytes::from(data))
+            })
+        }
+    }
+
+    fn expected(offset: u64, len: usize, file_len: u64) -> Vec<u8> {
+        (offset..(offset + len as u64).min(file_len))
+            .map(|i| (i % 251) as u8)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn sequential_reads_are_served_from_a_growing_window() {
+        let file = Arc::new(FakeFile {
+            len: 10_000_000 + 123,
+            asked: AtomicUsize::new(0),
+            reads: AtomicUsize::new(0),
+        });
+        let p = Prefetcher::new(file.clone(), 64 * 1024, 4 << 20);
+        let mut offset = 0u64;
+        let mut windows = Vec::new();
+        while offset < file.len {
+            let size = 131072u32;
+            let got = match p.read(offset, size, 0).await {
+                Some(d) => d.to_vec(),
+                None => panic!("sequential read at {offset} not served"),
+            };
+            assert_eq!(
+                got,
+                expected(offset, size as usize, file.len),
+                "at {offset}"
+            );
+            offset += size as u64;
+            windows.push(p.window());
+        }
+        assert_eq!(*windows.last().unwrap(), 4 << 20, "window grew to its cap");
+        // Nothing far past the end was fetched.
+        assert!(file.asked.load(Ordering::Relaxed) < file.len as usize + (5 << 20));
+    }
+
+    #[tokio::test]
+    async fn random_reads_fetch_nothing_extra_and_writes_invalidate() {
+        let file = Arc::new(FakeFile {
+            len: 50_000_000,
+            asked: AtomicUsize::new(0),
+            reads: AtomicUsize::new(0),
+        });
+        let p = Prefetcher::new(file.clone(), 64 * 1024, 8 << 20);
+        p.read(0, 4096, 0).await;
+        let base = file.asked.load(Ordering::Relaxed);
+        for i in 1..200u64 {
+            let offset = (i * 7_919_993) % 49_000_000;
+            assert!(
+                p.read(offset, 4096, 0).await.is_none(),
+                "random read at {offset}"
+            );
+        }
+        assert_eq!(
+            file.asked.load(Ordering::Relaxed),
+            base,
+            "no prefetch for random reads"
+        );
+        // Sequential again, then a write (new generation) drops what was fetched.
+        p.read(1_000_000, 4096, 0).await;
+        let got = p.read(1_004_096, 4096, 0).await.expect("sequential");
+        assert_eq!(got.to_vec(), expected(1_004_096, 4096, file.len));
+        let before = file.reads.load(Ordering::Relaxed);
+        let got = p.read(1_008_192, 4096, 1).await.expect("sequential");
+        assert_eq!(got.to_vec(), expected(1_008_192, 4096, file.len));
+        assert!(
+            file.reads.load(Ordering::Relaxed) > before,
+            "refetched after a write"
+        );
+    }
+}
