@@ -27,6 +27,9 @@ pub trait ReadSource: Send + Sync {
 
 /// First window after a read continues the previous one.
 const INITIAL_WINDOW: usize = 512 * 1024;
+/// The kernel sends a sequential reader's READs concurrently and they may arrive out of order:
+/// a read this close to where the last one ended still counts as sequential.
+const SEQUENTIAL_SLACK: u64 = 1024 * 1024;
 
 type ChunkResult = Option<Result<Bytes, Errno>>;
 
@@ -81,8 +84,8 @@ impl Prefetcher {
                 .range(..=offset)
                 .next_back()
                 .is_some_and(|(&start, _)| offset < start + self.chunk);
-            let sequential = offset == s.next || in_window;
-            s.next = end;
+            let sequential = in_window || offset.abs_diff(s.next) <= SEQUENTIAL_SLACK;
+            s.next = if sequential { s.next.max(end) } else { end };
             if !sequential {
                 s.chunks.clear();
                 s.window = 0;
@@ -91,8 +94,10 @@ impl Prefetcher {
             }
             s.window = (s.window * 2).clamp(INITIAL_WINDOW, self.max_window);
             let first = offset / self.chunk * self.chunk;
-            // Chunks wholly behind the reader are done with.
-            s.chunks = s.chunks.split_off(&first);
+            // Chunks well behind the reader are done with (those just behind may still be
+            // asked for by a READ that arrives late).
+            let keep_from = first.saturating_sub(SEQUENTIAL_SLACK) / self.chunk * self.chunk;
+            s.chunks = s.chunks.split_off(&keep_from);
             let horizon = end + s.window as u64;
             let mut start = first;
             while start < horizon && s.end.is_none_or(|e| start < e) {
