@@ -4,24 +4,10 @@
 mod common;
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::fs::FileExt;
-use std::time::Duration;
 
 use common::*;
-
-fn far_mount(sshd: &Sshd, delay_ms: u64) -> Mount {
-    let port = proxy::start(0, sshd.port(), Duration::from_millis(delay_ms)).unwrap();
-    let mut known = OpenOptions::new()
-        .append(true)
-        .open(sshd.known_hosts_path())
-        .unwrap();
-    writeln!(known, "[127.0.0.1]:{port} {}", sshd.host_key_pub().trim()).unwrap();
-    let mut args = sshd.ssh_opts();
-    args[1] = port.to_string();
-    Mount::try_with(sshd, &sshd.source(), &args, None)
-        .unwrap_or_else(|out| panic!("far mount failed: {out:?}"))
-}
 
 #[test]
 fn sequential_and_random_reads_are_byte_identical() {
@@ -29,7 +15,7 @@ fn sequential_and_random_reads_are_byte_identical() {
     let len = 40 * 1024 * 1024 + 4321;
     random_file(sshd.remote_root().join("big"), len as u64, 31);
     let original = fs::read(sshd.remote_root().join("big")).unwrap();
-    let m = far_mount(&sshd, 5);
+    let m = Mount::far(&sshd, 5, &[]);
 
     for bufsize in [100_003usize, 1 << 20, 4096] {
         let mut f = File::open(m.join("big")).unwrap();
@@ -66,7 +52,7 @@ fn sequential_and_random_reads_are_byte_identical() {
 fn reads_see_writes_and_truncates_through_the_mount() {
     let sshd = Sshd::start();
     random_file(sshd.remote_root().join("f"), 8 << 20, 3);
-    let m = far_mount(&sshd, 2);
+    let m = Mount::far(&sshd, 2, &[]);
     let f = OpenOptions::new()
         .read(true)
         .write(true)

@@ -13,21 +13,6 @@ use std::time::Duration;
 
 use common::*;
 
-/// A mount that reaches sshd through the delay line: `delay_ms` each way.
-fn far_mount(sshd: &Sshd, delay_ms: u64, extra: &[&str]) -> Mount {
-    let port = proxy::start(0, sshd.port(), Duration::from_millis(delay_ms)).unwrap();
-    let mut known = OpenOptions::new()
-        .append(true)
-        .open(sshd.known_hosts_path())
-        .unwrap();
-    writeln!(known, "[127.0.0.1]:{port} {}", sshd.host_key_pub().trim()).unwrap();
-    let mut args = sshd.ssh_opts();
-    args[1] = port.to_string();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    Mount::try_with(sshd, &sshd.source(), &args, None)
-        .unwrap_or_else(|out| panic!("far mount failed: {out:?}"))
-}
-
 /// A small tmpfs as a directory of the server, unmounted (lazily) on drop.
 struct SmallDisk(std::path::PathBuf);
 
@@ -115,7 +100,7 @@ fn full_disk_reports_enospc_not_eio_and_the_mount_stays_usable() {
 fn memory_stays_bounded_for_a_writer_faster_than_the_link() {
     let sshd = Sshd::start();
     // 20 ms each way: far slower than a local writer.
-    let m = far_mount(&sshd, 20, &[]);
+    let m = Mount::far(&sshd, 20, &[]);
     let local = tempfile::tempdir().unwrap();
     let src = local.path().join("src");
     random_file(&src, 384 << 20, 8);
@@ -169,7 +154,7 @@ fn eight_writers_to_eight_files() {
 #[test]
 fn four_writers_to_ranges_of_one_file() {
     let sshd = Sshd::start();
-    let m = far_mount(&sshd, 5, &[]);
+    let m = Mount::far(&sshd, 5, &[]);
     let part = 16usize << 20;
     File::create(m.join("shared")).unwrap();
     let threads: Vec<_> = (0..4usize)
@@ -203,7 +188,7 @@ fn four_writers_to_ranges_of_one_file() {
 fn random_offset_overlapping_writes_end_identical() {
     let sshd = Sshd::start();
     // Far enough that writes are in flight on several channels at once.
-    let m = far_mount(&sshd, 10, &[]);
+    let m = Mount::far(&sshd, 10, &[]);
     let local = tempfile::tempdir().unwrap();
     let reference = File::create(local.path().join("ref")).unwrap();
     let mounted = File::create(m.join("random")).unwrap();
@@ -248,7 +233,7 @@ fn write_counting_short(f: &File, buf: &[u8]) -> usize {
 fn tiny_buffer_over_a_slow_link_gives_short_counts_unless_told_not_to() {
     let sshd = Sshd::start();
     let data = random_bytes(24 << 20, 9);
-    let m = far_mount(&sshd, 20, &["-o", "write_buffer=1M,write_buffer_total=1M"]);
+    let m = Mount::far(&sshd, 20, &["-o", "write_buffer=1M,write_buffer_total=1M"]);
     let f = File::create(m.join("short")).unwrap();
     let mut shorts = 0;
     for chunk in data.chunks(1 << 20) {
@@ -262,7 +247,7 @@ fn tiny_buffer_over_a_slow_link_gives_short_counts_unless_told_not_to() {
     assert_eq!(fs::read(sshd.remote_root().join("short")).unwrap(), data);
     drop(m);
 
-    let m = far_mount(
+    let m = Mount::far(
         &sshd,
         20,
         &[

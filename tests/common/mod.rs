@@ -630,6 +630,24 @@ impl Mount {
         Ok(mount)
     }
 
+    /// A mount that reaches `sshd` through the delay line of [`proxy`]: `delay_ms` each way
+    /// (the round trip gains twice that). `extra` are more options for the binary.
+    pub fn far(sshd: &Sshd, delay_ms: u64, extra: &[&str]) -> Mount {
+        let port = proxy::start(0, sshd.port(), Duration::from_millis(delay_ms))
+            .expect("start the delay line");
+        let mut known = fs::OpenOptions::new()
+            .append(true)
+            .open(sshd.known_hosts_path())
+            .expect("open known_hosts");
+        writeln!(known, "[127.0.0.1]:{port} {}", sshd.host_key_pub().trim())
+            .expect("write known_hosts");
+        let mut args = sshd.ssh_opts();
+        args[1] = port.to_string();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Mount::try_with(sshd, &sshd.source(), &args, None)
+            .unwrap_or_else(|out| panic!("far mount failed: {out:?}"))
+    }
+
     /// The mount point (absolute, canonical).
     pub fn path(&self) -> &Path {
         &self.mountpoint
