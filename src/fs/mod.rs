@@ -18,7 +18,7 @@ use tracing::debug;
 use crate::sftp::proto::{Attrs, open_flags};
 use crate::sftp::{Session, SftpError, StatVfs, StatusCode};
 use inode::{InodeTable, ROOT};
-use read::{Prefetcher, ReadFuture, ReadSource};
+use read::{Prefetcher, ReadBudget, ReadFuture, ReadSource};
 use write::{AckFuture, GlobalBudget, InodeWrites, WriteLane, WriteLimits, WritePipeline};
 
 /// Errors are plain errno values: that is all the kernel can carry.
@@ -91,6 +91,8 @@ const LANE_TARGET: usize = 2 * 1024 * 1024;
 
 /// Read-ahead per open file, at most (a far link needs rate x round trip: 250 MB/s x 40 ms).
 const MAX_PREFETCH: usize = 16 * 1024 * 1024;
+/// Read-ahead of all open files together, at most.
+const MAX_PREFETCH_TOTAL: usize = 64 * 1024 * 1024;
 
 /// An open handle as the prefetcher's source of bytes.
 struct SftpSource {
@@ -214,6 +216,7 @@ pub struct Core {
     /// Every channel, `session` first: a large file's writes spread over all of them.
     channels: Vec<Arc<Session>>,
     budget: GlobalBudget,
+    read_budget: ReadBudget,
     root: Bytes,
     inodes: Mutex<InodeTable>,
     files: Mutex<HashMap<u64, Arc<OpenFile>>>,
@@ -228,6 +231,7 @@ impl Core {
             session: channels[0].clone(),
             channels,
             budget: GlobalBudget::new(config.write_buffer_total),
+            read_budget: ReadBudget::new(MAX_PREFETCH_TOTAL),
             inodes: Mutex::new(InodeTable::new(root.clone())),
             root,
             files: Mutex::default(),
@@ -585,6 +589,7 @@ impl Core {
                     session: self.session.clone(),
                     handle: handle.clone(),
                 }),
+                self.read_budget.clone(),
                 self.session.features().max_read,
                 MAX_PREFETCH,
             )

@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use super::Errno;
 
@@ -33,6 +33,27 @@ const SEQUENTIAL_SLACK: u64 = 1024 * 1024;
 
 type ChunkResult = Option<Result<Bytes, Errno>>;
 
+/// A fetched or fetching chunk; its share of the mount's read-ahead budget is given back when
+/// it is dropped.
+struct Chunk {
+    result: watch::Receiver<ChunkResult>,
+    _budget: OwnedSemaphorePermit,
+}
+
+/// Read-ahead bytes all open files together may hold; shared by every prefetcher of a mount.
+#[derive(Clone)]
+pub struct ReadBudget(Arc<Semaphore>);
+
+impl ReadBudget {
+    pub fn new(bytes: usize) -> Self {
+        ReadBudget(Arc::new(Semaphore::new(bytes)))
+    }
+
+    pub fn available(&self) -> usize {
+        self.0.available_permits()
+    }
+}
+
 #[derive(Default)]
 struct State {
     /// Where the last read ended: a read starting there is sequential.
@@ -40,22 +61,29 @@ struct State {
     window: usize,
     /// Write generation the chunks were fetched under.
     generation: u64,
-    chunks: BTreeMap<u64, watch::Receiver<ChunkResult>>,
+    chunks: BTreeMap<u64, Chunk>,
     /// A chunk came back short: the file ends there, fetch nothing past it.
     end: Option<u64>,
 }
 
 pub struct Prefetcher {
     source: Arc<dyn ReadSource>,
+    budget: ReadBudget,
     chunk: u64,
     max_window: usize,
     state: Mutex<State>,
 }
 
 impl Prefetcher {
-    pub fn new(source: Arc<dyn ReadSource>, chunk: u32, max_window: usize) -> Self {
+    pub fn new(
+        source: Arc<dyn ReadSource>,
+        budget: ReadBudget,
+        chunk: u32,
+        max_window: usize,
+    ) -> Self {
         Prefetcher {
             source,
+            budget,
             chunk: chunk.max(4096) as u64,
             max_window,
             state: Mutex::default(),
@@ -102,18 +130,38 @@ impl Prefetcher {
             let mut start = first;
             while start < horizon && s.end.is_none_or(|e| start < e) {
                 if let std::collections::btree_map::Entry::Vacant(slot) = s.chunks.entry(start) {
+                    // Out of budget: read-ahead stops growing; the reader is served directly.
+                    let Ok(permit) = self
+                        .budget
+                        .0
+                        .clone()
+                        .try_acquire_many_owned(self.chunk as u32)
+                    else {
+                        break;
+                    };
                     let (tx, rx) = watch::channel(None);
                     let fetch = self.source.read(start, self.chunk as u32);
                     tokio::spawn(async move {
                         let _ = tx.send(Some(fetch.await));
                     });
-                    slot.insert(rx);
+                    slot.insert(Chunk {
+                        result: rx,
+                        _budget: permit,
+                    });
                 }
                 start += self.chunk;
             }
+            // Every chunk the read needs must be there (the budget may have run out first);
+            // otherwise the direct read answers it, never a gap taken for the end of the file.
+            let covered = (first..end)
+                .step_by(self.chunk as usize)
+                .all(|c| s.end.is_some_and(|e| c >= e) || s.chunks.contains_key(&c));
+            if !covered {
+                return None;
+            }
             s.chunks
                 .range(first..end)
-                .map(|(&start, rx)| (start, rx.clone()))
+                .map(|(&start, chunk)| (start, chunk.result.clone()))
                 .collect()
         };
         let mut out = BytesMut::with_capacity(size as usize);
@@ -191,7 +239,7 @@ mod tests {
             asked: AtomicUsize::new(0),
             reads: AtomicUsize::new(0),
         });
-        let p = Prefetcher::new(file.clone(), 64 * 1024, 4 << 20);
+        let p = Prefetcher::new(file.clone(), ReadBudget::new(64 << 20), 64 * 1024, 4 << 20);
         let mut offset = 0u64;
         let mut windows = Vec::new();
         while offset < file.len {
@@ -214,13 +262,43 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn readers_share_the_mount_budget() {
+        let budget = ReadBudget::new(1 << 20);
+        let file = Arc::new(FakeFile {
+            len: 64 << 20,
+            asked: AtomicUsize::new(0),
+            reads: AtomicUsize::new(0),
+        });
+        let readers: Vec<Prefetcher> = (0..3)
+            .map(|_| Prefetcher::new(file.clone(), budget.clone(), 64 * 1024, 8 << 20))
+            .collect();
+        for step in 0..40u64 {
+            for p in &readers {
+                let offset = step * 131072;
+                if let Some(d) = p.read(offset, 131072, 0).await {
+                    assert!(
+                        d.to_vec() == expected(offset, 131072, file.len),
+                        "wrong data at {offset}"
+                    );
+                }
+                // Never more than the budget fetched and held at once.
+                assert!(budget.available() <= 1 << 20);
+            }
+        }
+        let held: usize = (1 << 20) - budget.available();
+        assert!(held <= 1 << 20);
+        drop(readers);
+        assert_eq!(budget.available(), 1 << 20, "every byte given back");
+    }
+
+    #[tokio::test]
     async fn random_reads_fetch_nothing_extra_and_writes_invalidate() {
         let file = Arc::new(FakeFile {
             len: 50_000_000,
             asked: AtomicUsize::new(0),
             reads: AtomicUsize::new(0),
         });
-        let p = Prefetcher::new(file.clone(), 64 * 1024, 8 << 20);
+        let p = Prefetcher::new(file.clone(), ReadBudget::new(64 << 20), 64 * 1024, 8 << 20);
         p.read(0, 4096, 0).await;
         let base = file.asked.load(Ordering::Relaxed);
         for i in 1..200u64 {
