@@ -18,12 +18,27 @@ use tracing::debug;
 use crate::sftp::proto::{Attrs, open_flags};
 use crate::sftp::{Session, SftpError, StatVfs, StatusCode};
 use inode::{InodeTable, ROOT};
-use read::{Prefetcher, ReadBudget, ReadFuture, ReadSource};
-use write::{AckFuture, GlobalBudget, InodeWrites, WriteLane, WriteLimits, WritePipeline};
+use read::{Prefetcher, ReadFuture, ReadSource};
+use write::{AckFuture, InodeWrites, WriteLane, WriteLimits, WritePipeline};
 
 /// Errors are plain errno values: that is all the kernel can carry.
 pub type Errno = i32;
 pub type FsResult<T> = Result<T, Errno>;
+
+/// Bytes several open files may hold together (unacked writes, or read-ahead): a semaphore of
+/// bytes shared by every pipeline of a mount.
+#[derive(Debug, Clone)]
+pub struct ByteBudget(Arc<tokio::sync::Semaphore>);
+
+impl ByteBudget {
+    pub fn new(bytes: usize) -> Self {
+        ByteBudget(Arc::new(tokio::sync::Semaphore::new(bytes)))
+    }
+
+    pub fn available(&self) -> usize {
+        self.0.available_permits()
+    }
+}
 
 fn errno(e: SftpError) -> Errno {
     e.errno()
@@ -102,21 +117,8 @@ struct SftpSource {
 
 impl ReadSource for SftpSource {
     fn read(&self, offset: u64, len: u32) -> ReadFuture {
-        let pending = self.session.submit(&crate::sftp::proto::Request::Read {
-            handle: self.handle.clone(),
-            offset,
-            len,
-        });
-        Box::pin(async move {
-            use crate::sftp::proto::Response;
-            match pending.response().await {
-                Ok(Response::Data(data)) => Ok(data),
-                Ok(Response::Status { code, .. }) if code == StatusCode::EOF => Ok(Bytes::new()),
-                Ok(Response::Status { code, .. }) => Err(code.errno()),
-                Ok(_) => Err(libc::EPROTO),
-                Err(e) => Err(e.errno()),
-            }
-        })
+        let reply = self.session.submit_read(self.handle.clone(), offset, len);
+        Box::pin(async move { reply.await.map_err(errno) })
     }
 }
 
@@ -188,7 +190,6 @@ struct OpenFile {
 
 struct DirHandle {
     ino: u64,
-    parent: u64,
     entries: Vec<(Bytes, Attrs)>,
 }
 
@@ -215,8 +216,8 @@ pub struct Core {
     session: Arc<Session>,
     /// Every channel, `session` first: a large file's writes spread over all of them.
     channels: Vec<Arc<Session>>,
-    budget: GlobalBudget,
-    read_budget: ReadBudget,
+    budget: ByteBudget,
+    read_budget: ByteBudget,
     root: Bytes,
     inodes: Mutex<InodeTable>,
     files: Mutex<HashMap<u64, Arc<OpenFile>>>,
@@ -230,8 +231,8 @@ impl Core {
         Core {
             session: channels[0].clone(),
             channels,
-            budget: GlobalBudget::new(config.write_buffer_total),
-            read_budget: ReadBudget::new(MAX_PREFETCH_TOTAL),
+            budget: ByteBudget::new(config.write_buffer_total),
+            read_budget: ByteBudget::new(MAX_PREFETCH_TOTAL),
             inodes: Mutex::new(InodeTable::new(root.clone())),
             root,
             files: Mutex::default(),
@@ -748,11 +749,8 @@ impl Core {
             chunks.push((
                 pos,
                 len,
-                self.session.submit(&crate::sftp::proto::Request::Read {
-                    handle: file.handle.clone(),
-                    offset: offset + pos as u64,
-                    len,
-                }),
+                self.session
+                    .submit_read(file.handle.clone(), offset + pos as u64, len),
             ));
             pos += len;
         }
@@ -770,14 +768,7 @@ impl Core {
                     return Ok(out.freeze());
                 }
             }
-            let data = match pending.response().await.map_err(errno)? {
-                crate::sftp::proto::Response::Data(d) => d,
-                crate::sftp::proto::Response::Status { code, .. } if code == StatusCode::EOF => {
-                    Bytes::new()
-                }
-                crate::sftp::proto::Response::Status { code, .. } => return Err(code.errno()),
-                _ => return Err(libc::EPROTO),
-            };
+            let data = pending.await.map_err(errno)?;
             if data.is_empty() {
                 return Ok(out.freeze());
             }
@@ -885,21 +876,11 @@ impl Core {
         };
         let _ = self.session.close(handle).await;
         listed?;
-        let parent = if ino == ROOT {
-            ROOT
-        } else {
-            // ".." only needs an inode number; the kernel looks it up itself when it matters.
-            ROOT
-        };
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        self.dirs.lock().unwrap().insert(
-            fh,
-            Arc::new(DirHandle {
-                ino,
-                parent,
-                entries,
-            }),
-        );
+        self.dirs
+            .lock()
+            .unwrap()
+            .insert(fh, Arc::new(DirHandle { ino, entries }));
         Ok(fh)
     }
 
@@ -913,7 +894,8 @@ impl Core {
             .cloned()
             .ok_or(libc::EBADF)?;
         let mut out = Vec::new();
-        let dots = [(&b"."[..], dir.ino), (&b".."[..], dir.parent)];
+        // ".." only needs an inode number; the kernel looks the parent up itself.
+        let dots = [(&b"."[..], dir.ino), (&b".."[..], ROOT)];
         for (i, (name, ino)) in dots.iter().enumerate() {
             if offset <= i as u64 {
                 out.push(DirEntry {

@@ -13,9 +13,9 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, watch};
 
-use super::Errno;
+use super::{ByteBudget, Errno};
 
 pub type ReadFuture = Pin<Box<dyn Future<Output = Result<Bytes, Errno>> + Send>>;
 
@@ -40,20 +40,6 @@ struct Chunk {
     _budget: OwnedSemaphorePermit,
 }
 
-/// Read-ahead bytes all open files together may hold; shared by every prefetcher of a mount.
-#[derive(Clone)]
-pub struct ReadBudget(Arc<Semaphore>);
-
-impl ReadBudget {
-    pub fn new(bytes: usize) -> Self {
-        ReadBudget(Arc::new(Semaphore::new(bytes)))
-    }
-
-    pub fn available(&self) -> usize {
-        self.0.available_permits()
-    }
-}
-
 #[derive(Default)]
 struct State {
     /// Where the last read ended: a read starting there is sequential.
@@ -68,7 +54,7 @@ struct State {
 
 pub struct Prefetcher {
     source: Arc<dyn ReadSource>,
-    budget: ReadBudget,
+    budget: ByteBudget,
     chunk: u64,
     max_window: usize,
     state: Mutex<State>,
@@ -77,7 +63,7 @@ pub struct Prefetcher {
 impl Prefetcher {
     pub fn new(
         source: Arc<dyn ReadSource>,
-        budget: ReadBudget,
+        budget: ByteBudget,
         chunk: u32,
         max_window: usize,
     ) -> Self {
@@ -239,7 +225,7 @@ mod tests {
             asked: AtomicUsize::new(0),
             reads: AtomicUsize::new(0),
         });
-        let p = Prefetcher::new(file.clone(), ReadBudget::new(64 << 20), 64 * 1024, 4 << 20);
+        let p = Prefetcher::new(file.clone(), ByteBudget::new(64 << 20), 64 * 1024, 4 << 20);
         let mut offset = 0u64;
         let mut windows = Vec::new();
         while offset < file.len {
@@ -263,7 +249,7 @@ mod tests {
 
     #[tokio::test]
     async fn readers_share_the_mount_budget() {
-        let budget = ReadBudget::new(1 << 20);
+        let budget = ByteBudget::new(1 << 20);
         let file = Arc::new(FakeFile {
             len: 64 << 20,
             asked: AtomicUsize::new(0),
@@ -298,7 +284,7 @@ mod tests {
             asked: AtomicUsize::new(0),
             reads: AtomicUsize::new(0),
         });
-        let p = Prefetcher::new(file.clone(), ReadBudget::new(64 << 20), 64 * 1024, 8 << 20);
+        let p = Prefetcher::new(file.clone(), ByteBudget::new(64 << 20), 64 * 1024, 8 << 20);
         p.read(0, 4096, 0).await;
         let base = file.asked.load(Ordering::Relaxed);
         for i in 1..200u64 {

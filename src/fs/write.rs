@@ -19,10 +19,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, watch};
 use tracing::warn;
 
-use super::Errno;
+use super::{ByteBudget, Errno};
 
 /// Unacked writes of one inode, whichever open file issued them.
 #[derive(Debug)]
@@ -124,20 +124,6 @@ pub struct WriteLimits {
     pub lane_target: usize,
 }
 
-/// Unacked bytes all files together may hold; shared by every pipeline of a mount.
-#[derive(Debug, Clone)]
-pub struct GlobalBudget(Arc<Semaphore>);
-
-impl GlobalBudget {
-    pub fn new(bytes: usize) -> Self {
-        GlobalBudget(Arc::new(Semaphore::new(bytes)))
-    }
-
-    pub fn available(&self) -> usize {
-        self.0.available_permits()
-    }
-}
-
 struct InFlight {
     offset: u64,
     len: u64,
@@ -158,7 +144,7 @@ struct PipelineState {
 pub struct WritePipeline {
     lanes: Mutex<Vec<Arc<dyn WriteLane>>>,
     limits: WriteLimits,
-    budget: GlobalBudget,
+    budget: ByteBudget,
     inode: Arc<InodeWrites>,
     append: bool,
     state: Mutex<PipelineState>,
@@ -174,7 +160,7 @@ impl WritePipeline {
     pub fn new(
         first_lane: Arc<dyn WriteLane>,
         limits: WriteLimits,
-        budget: GlobalBudget,
+        budget: ByteBudget,
         inode: Arc<InodeWrites>,
         append: bool,
     ) -> Arc<Self> {
@@ -518,7 +504,7 @@ mod tests {
         let p = WritePipeline::new(
             server.lane(0),
             l,
-            GlobalBudget::new(budget),
+            ByteBudget::new(budget),
             Arc::default(),
             false,
         );
@@ -641,7 +627,7 @@ mod tests {
         let p = WritePipeline::new(
             server.lane(0),
             limits(1 << 20, 10),
-            GlobalBudget::new(1 << 20),
+            ByteBudget::new(1 << 20),
             Arc::default(),
             true,
         );
@@ -735,7 +721,7 @@ mod tests {
     async fn global_budget_is_shared_by_files() {
         let server_a = Arc::new(FakeServer::default());
         let server_b = Arc::new(FakeServer::default());
-        let budget = GlobalBudget::new(100);
+        let budget = ByteBudget::new(100);
         let a = WritePipeline::new(
             server_a.lane(0),
             limits(80, 1000),

@@ -257,10 +257,6 @@ impl Session {
         self.submit(request).response().await
     }
 
-    pub fn is_dead(&self) -> bool {
-        self.shared.table.lock().unwrap().dead.is_some()
-    }
-
     pub async fn open(&self, path: &[u8], pflags: u32, attrs: Attrs) -> Result<Bytes> {
         let req = Request::Open {
             path: Bytes::copy_from_slice(path),
@@ -283,15 +279,28 @@ impl Session {
 
     /// Reads up to `len` bytes; an empty result means end of file.
     pub async fn read(&self, handle: Bytes, offset: u64, len: u32) -> Result<Bytes> {
-        let req = Request::Read {
+        self.submit_read(handle, offset, len).await
+    }
+
+    /// Queues a READ now (so several can be in flight); the future gives its data, empty at
+    /// end of file.
+    pub fn submit_read(
+        &self,
+        handle: Bytes,
+        offset: u64,
+        len: u32,
+    ) -> impl Future<Output = Result<Bytes>> + Send + 'static {
+        let pending = self.submit(&Request::Read {
             handle,
             offset,
             len,
-        };
-        match self.call(&req).await? {
-            Response::Data(data) => Ok(data),
-            Response::Status { code, .. } if code == StatusCode::EOF => Ok(Bytes::new()),
-            other => Err(unexpected(other, "read")),
+        });
+        async move {
+            match pending.response().await? {
+                Response::Data(data) => Ok(data),
+                Response::Status { code, .. } if code == StatusCode::EOF => Ok(Bytes::new()),
+                other => Err(unexpected(other, "read")),
+            }
         }
     }
 
