@@ -193,23 +193,26 @@ fn password_from_stdin() {
     );
 }
 
+/// Options for a mount with the user key, `known` as the only known_hosts and `strict` checking.
+fn host_key_args(sshd: &Sshd, known: &std::path::Path, strict: &str) -> Vec<String> {
+    vec![
+        "-p".into(),
+        sshd.port().to_string(),
+        "-o".into(),
+        format!("IdentityFile={}", sshd.user_key_path().display()),
+        "-o".into(),
+        format!("UserKnownHostsFile={}", known.display()),
+        "-o".into(),
+        format!("StrictHostKeyChecking={strict}"),
+    ]
+}
+
 #[test]
 fn unknown_host_key_is_refused_then_learned_with_accept_new() {
     let sshd = Sshd::start();
     let dir = tempfile::tempdir().unwrap();
     let known = dir.path().join("known_hosts");
-    let args = |strict: &str| -> Vec<String> {
-        vec![
-            "-p".into(),
-            sshd.port().to_string(),
-            "-o".into(),
-            format!("IdentityFile={}", sshd.user_key_path().display()),
-            "-o".into(),
-            format!("UserKnownHostsFile={}", known.display()),
-            "-o".into(),
-            format!("StrictHostKeyChecking={strict}"),
-        ]
-    };
+    let args = |strict: &str| host_key_args(&sshd, &known, strict);
     let out = Mount::try_with(&sshd, &sshd.source(), &args("yes"), None).unwrap_err();
     let line = refusal(out);
     assert!(line.contains("not known"), "{line}");
@@ -247,16 +250,7 @@ fn changed_host_key_is_always_refused() {
     let known = dir.path().join("known_hosts");
     fs::write(&known, format!("[127.0.0.1]:{} {}", sshd.port(), other_pub)).unwrap();
     for strict in ["yes", "accept-new", "no"] {
-        let args: Vec<String> = vec![
-            "-p".into(),
-            sshd.port().to_string(),
-            "-o".into(),
-            format!("IdentityFile={}", sshd.user_key_path().display()),
-            "-o".into(),
-            format!("UserKnownHostsFile={}", known.display()),
-            "-o".into(),
-            format!("StrictHostKeyChecking={strict}"),
-        ];
+        let args = host_key_args(&sshd, &known, strict);
         let out = Mount::try_with(&sshd, &sshd.source(), &args, None).unwrap_err();
         let line = refusal(out);
         assert!(
