@@ -19,15 +19,28 @@ use tracing::debug;
 
 use crate::fs::{Core, CreateMode, SetAttr};
 
+/// How long the kernel may trust what we tell it (`attr_timeout`, `entry_timeout`).
+#[derive(Debug, Clone, Copy)]
+pub struct KernelTtl {
+    pub attr: Duration,
+    pub entry: Duration,
+}
+
+impl KernelTtl {
+    /// For replies that carry one time for both.
+    fn both(&self) -> Duration {
+        self.attr.min(self.entry)
+    }
+}
+
 pub struct FuseAdapter {
     core: Arc<Core>,
     rt: tokio::runtime::Handle,
-    /// How long the kernel may trust attributes and names we give it.
-    ttl: Duration,
+    ttl: KernelTtl,
 }
 
 impl FuseAdapter {
-    pub fn new(core: Arc<Core>, rt: tokio::runtime::Handle, ttl: Duration) -> Self {
+    pub fn new(core: Arc<Core>, rt: tokio::runtime::Handle, ttl: KernelTtl) -> Self {
         FuseAdapter { core, rt, ttl }
     }
 
@@ -60,6 +73,8 @@ impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         // readdirplus makes `ls -l` one listing instead of a stat per entry.
         let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
+        // A file whose mtime or size changed (seen on a later getattr) loses its cached pages.
+        let _ = config.add_capabilities(InitFlags::FUSE_AUTO_INVAL_DATA);
         let _ = config.set_max_write(1024 * 1024);
         Ok(())
     }
@@ -69,7 +84,7 @@ impl Filesystem for FuseAdapter {
         let ttl = self.ttl;
         self.spawn(|core| async move {
             match core.lookup(parent.0, &name).await {
-                Ok(e) => reply.entry(&ttl, &e.attr, GENERATION),
+                Ok(e) => reply.entry_with_ttls(&ttl.attr, &ttl.entry, &e.attr, GENERATION),
                 Err(e) => reply.error(errno(e)),
             }
         });
@@ -83,7 +98,7 @@ impl Filesystem for FuseAdapter {
         let ttl = self.ttl;
         self.spawn(|core| async move {
             match core.getattr(ino.0, fh.map(|f| f.0)).await {
-                Ok(attr) => reply.attr(&ttl, &attr),
+                Ok(attr) => reply.attr(&ttl.attr, &attr),
                 Err(e) => reply.error(errno(e)),
             }
         });
@@ -118,7 +133,7 @@ impl Filesystem for FuseAdapter {
         let ttl = self.ttl;
         self.spawn(|core| async move {
             match core.setattr(ino.0, fh.map(|f| f.0), set).await {
-                Ok(attr) => reply.attr(&ttl, &attr),
+                Ok(attr) => reply.attr(&ttl.attr, &attr),
                 Err(e) => reply.error(errno(e)),
             }
         });
@@ -149,7 +164,7 @@ impl Filesystem for FuseAdapter {
                 .mkdir(parent.0, &name, CreateMode { mode, umask })
                 .await
             {
-                Ok(e) => reply.entry(&ttl, &e.attr, GENERATION),
+                Ok(e) => reply.entry_with_ttls(&ttl.attr, &ttl.entry, &e.attr, GENERATION),
                 Err(e) => reply.error(errno(e)),
             }
         });
@@ -188,7 +203,7 @@ impl Filesystem for FuseAdapter {
         let ttl = self.ttl;
         self.spawn(|core| async move {
             match core.symlink(parent.0, &name, &target).await {
-                Ok(e) => reply.entry(&ttl, &e.attr, GENERATION),
+                Ok(e) => reply.entry_with_ttls(&ttl.attr, &ttl.entry, &e.attr, GENERATION),
                 Err(e) => reply.error(errno(e)),
             }
         });
@@ -235,7 +250,7 @@ impl Filesystem for FuseAdapter {
         let ttl = self.ttl;
         self.spawn(|core| async move {
             match core.link(ino.0, newparent.0, &name).await {
-                Ok(e) => reply.entry(&ttl, &e.attr, GENERATION),
+                Ok(e) => reply.entry_with_ttls(&ttl.attr, &ttl.entry, &e.attr, GENERATION),
                 Err(e) => reply.error(errno(e)),
             }
         });
@@ -244,7 +259,14 @@ impl Filesystem for FuseAdapter {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         self.spawn(|core| async move {
             match core.open(ino.0, flags.0).await {
-                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Ok(opened) => reply.opened(
+                    FileHandle(opened.fh),
+                    if opened.keep_cache {
+                        FopenFlags::FOPEN_KEEP_CACHE
+                    } else {
+                        FopenFlags::empty()
+                    },
+                ),
                 Err(e) => reply.error(errno(e)),
             }
         });
@@ -268,7 +290,7 @@ impl Filesystem for FuseAdapter {
                 .await
             {
                 Ok((e, fh)) => reply.created(
-                    &ttl,
+                    &ttl.both(),
                     &e.attr,
                     GENERATION,
                     FileHandle(fh),
@@ -435,7 +457,7 @@ impl Filesystem for FuseAdapter {
                             INodeNo(e.ino),
                             e.offset,
                             OsStr::from_bytes(&e.name),
-                            &self.ttl,
+                            &self.ttl.both(),
                             &attr,
                             GENERATION,
                         );

@@ -7,7 +7,6 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use bytes::Bytes;
@@ -15,15 +14,13 @@ use fuser::{MountOption, SessionACL};
 use tracing::{error, info, warn};
 
 use crate::fs::{Core, CoreConfig, IdMapping};
-use crate::fuse::FuseAdapter;
+use crate::fuse::{FuseAdapter, KernelTtl};
 use crate::options::{IdMap, Options};
 use crate::sftp::Session;
 use crate::ssh::{self, Target};
 
 /// FUSE dispatch threads: replies come from tokio tasks, so few are needed.
 const DISPATCH_THREADS: usize = 4;
-/// How long the kernel trusts attributes and names.
-const KERNEL_TTL: Duration = Duration::from_secs(1);
 
 /// Refuses a mount point that cannot work, before any network traffic.
 pub fn check_local(mountpoint: &Path) -> anyhow::Result<PathBuf> {
@@ -161,7 +158,11 @@ pub fn run(opts: Options, mountpoint: PathBuf, ready: Option<ReadyPipe>) -> anyh
         }
     };
     let core = Arc::new(core);
-    let adapter = FuseAdapter::new(core.clone(), runtime.handle().clone(), KERNEL_TTL);
+    let ttl = KernelTtl {
+        attr: opts.attr_timeout,
+        entry: opts.entry_timeout,
+    };
+    let adapter = FuseAdapter::new(core.clone(), runtime.handle().clone(), ttl);
     let mut config = fuser::Config::default();
     config.mount_options = mount_options(&opts);
     config.acl = if opts.allow_other {
@@ -334,6 +335,8 @@ async fn connect(
             write_buffer: opts.write_buffer,
             write_buffer_total: opts.write_buffer_total,
             short_writes: opts.short_writes,
+            cache: opts.cache_config(),
+            always_keep_cache: opts.kernel_cache,
         },
     );
     Ok((handle, core))

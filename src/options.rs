@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::fs::cache::CacheConfig;
+
 #[derive(Debug, thiserror::Error)]
 pub enum OptionError {
     #[error("unknown option '{0}' (see sftpmount --help for the options)")]
@@ -51,6 +53,17 @@ Mount options (-o opt[,opt=value...], repeatable; also accepted from fstab):
   write_buffer_total=SIZE   unacked data all files together may hold (default 64M)
   no_short_writes           make a write wait until all of it fits in the buffer instead of
                             taking part of it (for programs that mishandle short writes)
+  dir_cache=yes|no          cache attributes, listings, symlink targets and missing names
+                            (default yes); changes made through the mount are seen at once,
+                            changes made on the server after the timeout
+  dcache_timeout=SECONDS    how long the cache trusts what the server said (default 20)
+  dcache_stat_timeout=, dcache_dir_timeout=, dcache_link_timeout=SECONDS
+                            the same for attributes, listings, symlink targets only
+  dcache_max_size=N         names kept at most (default 10000)
+  attr_timeout=, entry_timeout=SECONDS
+                            how long the kernel trusts attributes and names (default 1)
+  kernel_cache              keep the kernel's cached file pages at every open; by default they
+                            are kept only while the file's size and mtime are unchanged
   Accepted and passed on or ignored, as mount(8) sends them: dev, nodev, suid, nosuid, exec,
   noexec, atime, noatime, auto, noauto, _netdev, user, users, nouser, nofail, defaults,
   x-systemd.*, comment=*
@@ -175,6 +188,19 @@ pub struct Options {
     pub write_buffer: usize,
     pub write_buffer_total: usize,
     pub short_writes: bool,
+    /// `dir_cache=no` turns off the metadata cache.
+    pub dir_cache: bool,
+    /// `dcache_timeout`, and the per-kind timeouts that override it.
+    pub dcache_timeout: Duration,
+    pub dcache_stat_timeout: Option<Duration>,
+    pub dcache_dir_timeout: Option<Duration>,
+    pub dcache_link_timeout: Option<Duration>,
+    pub dcache_max_size: usize,
+    /// How long the kernel trusts attributes and names.
+    pub attr_timeout: Duration,
+    pub entry_timeout: Duration,
+    /// `kernel_cache`: keep cached pages at every open, even of a changed file.
+    pub kernel_cache: bool,
     /// Generic mount flags passed on to the kernel (nodev, noexec, ...).
     pub kernel_flags: Vec<fuser::MountOption>,
 }
@@ -237,6 +263,15 @@ where
         write_buffer: DEFAULT_WRITE_BUFFER,
         write_buffer_total: DEFAULT_WRITE_BUFFER_TOTAL,
         short_writes: true,
+        dir_cache: true,
+        dcache_timeout: DEFAULT_DCACHE_TIMEOUT,
+        dcache_stat_timeout: None,
+        dcache_dir_timeout: None,
+        dcache_link_timeout: None,
+        dcache_max_size: DEFAULT_DCACHE_MAX_SIZE,
+        attr_timeout: DEFAULT_KERNEL_TIMEOUT,
+        entry_timeout: DEFAULT_KERNEL_TIMEOUT,
+        kernel_cache: false,
         kernel_flags: Vec::new(),
     };
     for group in &cli.options {
@@ -257,6 +292,11 @@ where
 pub const DEFAULT_SFTP_CHANNELS: usize = 8;
 pub const DEFAULT_WRITE_BUFFER: usize = 32 << 20;
 pub const DEFAULT_WRITE_BUFFER_TOTAL: usize = 64 << 20;
+/// sshfs's defaults, so that a mount behaves as its users expect.
+pub const DEFAULT_DCACHE_TIMEOUT: Duration = Duration::from_secs(20);
+pub const DEFAULT_DCACHE_MAX_SIZE: usize = 10_000;
+/// libfuse's default for attr_timeout and entry_timeout.
+pub const DEFAULT_KERNEL_TIMEOUT: Duration = Duration::from_secs(1);
 /// A buffer must take the kernel's largest WRITE (1 MiB) whole.
 const MIN_WRITE_BUFFER: usize = 1 << 20;
 
@@ -272,6 +312,17 @@ fn parse_size(text: &str) -> Option<usize> {
 }
 
 impl Options {
+    /// The metadata cache's settings: each kind's own timeout, else `dcache_timeout`.
+    pub fn cache_config(&self) -> CacheConfig {
+        CacheConfig {
+            enabled: self.dir_cache,
+            stat_timeout: self.dcache_stat_timeout.unwrap_or(self.dcache_timeout),
+            dir_timeout: self.dcache_dir_timeout.unwrap_or(self.dcache_timeout),
+            link_timeout: self.dcache_link_timeout.unwrap_or(self.dcache_timeout),
+            max_entries: self.dcache_max_size,
+        }
+    }
+
     fn apply(&mut self, opt: &str) -> Result<(), OptionError> {
         use fuser::MountOption as M;
         let (name, value) = match opt.split_once('=') {
@@ -292,6 +343,19 @@ impl Options {
         let seconds = || -> Result<Duration, OptionError> {
             let secs: u64 = need()?.parse().map_err(|_| bad("expected whole seconds"))?;
             Ok(Duration::from_secs(secs))
+        };
+        let fraction = || -> Result<Duration, OptionError> {
+            need()?
+                .parse::<f64>()
+                .ok()
+                .and_then(|s| Duration::try_from_secs_f64(s).ok())
+                .filter(|d| d.as_secs() <= 1_000_000)
+                .ok_or_else(|| bad("expected seconds, such as 20 or 0.5"))
+        };
+        let yes_no = || match need()?.to_ascii_lowercase().as_str() {
+            "yes" | "1" | "true" => Ok(true),
+            "no" | "0" | "false" => Ok(false),
+            _ => Err(bad("expected yes or no")),
         };
         match name.to_ascii_lowercase().as_str() {
             "port" => self.port = Some(need()?.parse().map_err(|_| bad("expected a port"))?),
@@ -328,6 +392,36 @@ impl Options {
                 }
             }
             "no_short_writes" => self.short_writes = false,
+            // The cache_* spellings are sshfs's older names for the same options.
+            "dir_cache" | "cache" => self.dir_cache = yes_no()?,
+            "dcache_timeout" | "cache_timeout" => self.dcache_timeout = fraction()?,
+            "dcache_stat_timeout" | "cache_stat_timeout" => {
+                self.dcache_stat_timeout = Some(fraction()?)
+            }
+            "dcache_dir_timeout" | "cache_dir_timeout" => {
+                self.dcache_dir_timeout = Some(fraction()?)
+            }
+            "dcache_link_timeout" | "cache_link_timeout" => {
+                self.dcache_link_timeout = Some(fraction()?)
+            }
+            "dcache_max_size" | "cache_max_size" => {
+                self.dcache_max_size = need()?
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=10_000_000).contains(n))
+                    .ok_or_else(|| bad("expected a count from 1 to 10000000"))?
+            }
+            // Expired entries are dropped when met and the LRU bounds the rest: no sweeps.
+            "dcache_clean_interval"
+            | "dcache_min_clean_interval"
+            | "cache_clean_interval"
+            | "cache_min_clean_interval" => {
+                fraction()?;
+            }
+            "attr_timeout" => self.attr_timeout = fraction()?,
+            "entry_timeout" => self.entry_timeout = fraction()?,
+            "kernel_cache" => self.kernel_cache = true,
+            "auto_cache" => self.kernel_cache = false,
             "reconnect" => self.reconnect = true,
             "password_stdin" => self.password_stdin = true,
             "allow_other" => self.allow_other = true,
@@ -448,6 +542,46 @@ mod tests {
         );
         assert_eq!(parse_size("2048"), Some(2048));
         assert_eq!(parse_size("x"), None);
+    }
+
+    #[test]
+    fn cache_options_keep_sshfs_names() {
+        let d = mount(&["h:", "/m"]).cache_config();
+        assert_eq!(d, CacheConfig::default());
+        let o = mount(&[
+            "h:",
+            "/m",
+            "-o",
+            "dcache_link_timeout=7,dcache_timeout=3,cache_dir_timeout=0.5,dcache_max_size=99",
+            "-o",
+            "attr_timeout=2.5,entry_timeout=0,kernel_cache,dcache_clean_interval=60",
+        ]);
+        let c = o.cache_config();
+        assert!(c.enabled);
+        assert_eq!(c.stat_timeout, Duration::from_secs(3));
+        assert_eq!(c.dir_timeout, Duration::from_millis(500));
+        assert_eq!(
+            c.link_timeout,
+            Duration::from_secs(7),
+            "order does not matter"
+        );
+        assert_eq!(c.max_entries, 99);
+        assert_eq!(o.attr_timeout, Duration::from_millis(2500));
+        assert_eq!(o.entry_timeout, Duration::ZERO);
+        assert!(o.kernel_cache);
+        assert!(
+            !mount(&["h:", "/m", "-o", "dir_cache=no"])
+                .cache_config()
+                .enabled
+        );
+        assert!(
+            !mount(&["h:", "/m", "-o", "cache=no"])
+                .cache_config()
+                .enabled
+        );
+        assert!(error(&["h:", "/m", "-o", "dir_cache=maybe"]).contains("yes or no"));
+        assert!(error(&["h:", "/m", "-o", "attr_timeout=-1"]).contains("attr_timeout"));
+        assert!(error(&["h:", "/m", "-o", "dcache_max_size=0"]).contains("dcache_max_size"));
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::cache::NameKey;
 use super::write::InodeWrites;
 
 pub const ROOT: u64 = 1;
@@ -20,6 +21,9 @@ struct Node {
     /// False once the name was unlinked or renamed over: the node lives on for open files only.
     linked: bool,
     writes: Arc<InodeWrites>,
+    /// Size and mtime when the file was last opened: the kernel's cached pages are kept across
+    /// opens only while these stay the same.
+    contents_seen: Option<(u64, u32)>,
 }
 
 pub struct InodeTable {
@@ -41,6 +45,7 @@ impl InodeTable {
                 symlink: false,
                 linked: true,
                 writes: Arc::default(),
+                contents_seen: None,
             },
         );
         InodeTable {
@@ -103,6 +108,7 @@ impl InodeTable {
                 symlink,
                 linked: true,
                 writes: Arc::default(),
+                contents_seen: None,
             },
         );
         self.children.insert(key, ino);
@@ -123,6 +129,25 @@ impl InodeTable {
                 self.children.remove(&(node.parent, node.name));
             }
         }
+    }
+
+    /// The name `ino` is reached by, unless it was unlinked.
+    pub fn name_key(&self, ino: u64) -> Option<NameKey> {
+        let node = self.nodes.get(&ino)?;
+        node.linked.then(|| (node.parent, node.name.clone()))
+    }
+
+    /// The inode of `parent/name`, if the kernel holds one.
+    pub fn child(&self, parent: u64, name: &[u8]) -> Option<u64> {
+        self.children
+            .get(&(parent, Bytes::copy_from_slice(name)))
+            .copied()
+    }
+
+    /// Records the size and mtime seen at an open; returns those of the open before.
+    pub fn swap_contents_seen(&mut self, ino: u64, seen: Option<(u64, u32)>) -> Option<(u64, u32)> {
+        let node = self.nodes.get_mut(&ino)?;
+        std::mem::replace(&mut node.contents_seen, seen)
     }
 
     pub fn is_symlink(&self, ino: u64) -> bool {

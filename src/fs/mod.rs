@@ -2,11 +2,12 @@
 //! requests. It knows nothing of the kernel protocol (the `fuse` adapter does that); it owns the
 //! inode table, the open-file and directory handles, attribute conversion and errno mapping.
 
+pub mod cache;
 pub mod inode;
 pub mod read;
 pub mod write;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -17,6 +18,7 @@ use tracing::debug;
 
 use crate::sftp::proto::{Attrs, open_flags};
 use crate::sftp::{Session, SftpError, StatVfs, StatusCode};
+use cache::{CacheConfig, Known, MetaCache, NameKey};
 use inode::{InodeTable, ROOT};
 use read::{Prefetcher, ReadFuture, ReadSource};
 use write::{AckFuture, InodeWrites, WriteLane, WriteLimits, WritePipeline};
@@ -95,6 +97,18 @@ pub struct CoreConfig {
     pub write_buffer_total: usize,
     /// Answer a WRITE that only partly fits with a short count.
     pub short_writes: bool,
+    pub cache: CacheConfig,
+    /// Keep the kernel's cached pages at every open (`kernel_cache`), not only while the
+    /// file's size and mtime are unchanged.
+    pub always_keep_cache: bool,
+}
+
+/// An open file, as the kernel is told about it.
+#[derive(Debug, Clone, Copy)]
+pub struct Opened {
+    pub fh: u64,
+    /// The kernel may keep the pages it cached for this file: it did not change.
+    pub keep_cache: bool,
 }
 
 /// A file gets lanes on the other channels once this much was written to it: a small file is
@@ -223,6 +237,7 @@ pub struct Core {
     files: Mutex<HashMap<u64, Arc<OpenFile>>>,
     dirs: Mutex<HashMap<u64, Arc<DirHandle>>>,
     next_handle: AtomicU64,
+    cache: MetaCache,
     config: CoreConfig,
 }
 
@@ -238,6 +253,7 @@ impl Core {
             files: Mutex::default(),
             dirs: Mutex::default(),
             next_handle: AtomicU64::new(1),
+            cache: MetaCache::new(config.cache),
             config,
         }
     }
@@ -322,9 +338,88 @@ impl Core {
         attr
     }
 
+    /// True while writes through the mount to `parent/name` are in flight: the server's
+    /// attributes for it are about to change, so they are neither cached nor served from cache.
+    fn name_pending(&self, parent: u64, name: &[u8]) -> bool {
+        let inodes = self.inodes.lock().unwrap();
+        inodes
+            .child(parent, name)
+            .and_then(|ino| inodes.writes(ino))
+            .is_some_and(|w| w.pending())
+    }
+
+    /// Names in `dir` with writes in flight (only open files can have them).
+    fn pending_names(&self, dir: u64) -> HashSet<Bytes> {
+        let files: Vec<Arc<OpenFile>> = self.files.lock().unwrap().values().cloned().collect();
+        let inodes = self.inodes.lock().unwrap();
+        files
+            .iter()
+            .filter(|f| f.inode_writes.pending())
+            .filter_map(|f| inodes.name_key(f.ino))
+            .filter(|(parent, _)| *parent == dir)
+            .map(|(_, name)| name)
+            .collect()
+    }
+
+    fn name_key(&self, ino: u64) -> Option<NameKey> {
+        self.inodes.lock().unwrap().name_key(ino)
+    }
+
+    /// Something changed `parent/name` through the mount: what the cache knew of it, and of
+    /// its directory's listing, is gone. Called once the server has answered, so that no
+    /// listing or stat fetched before the change is stored after it.
+    fn changed_name(&self, parent: u64, name: &[u8]) {
+        self.cache
+            .invalidate(&(parent, Bytes::copy_from_slice(name)));
+        // The directory's own mtime changed with it.
+        self.changed_attrs(parent);
+    }
+
+    /// `parent/name` was removed through the mount: a lookup of it needs no round trip.
+    fn gone_name(&self, parent: u64, name: &[u8]) {
+        let ticket = self.cache.ticket();
+        self.cache.put_name(
+            ticket,
+            (parent, Bytes::copy_from_slice(name)),
+            Known::Missing,
+        );
+    }
+
+    /// The contents or attributes of `ino` changed through the mount.
+    fn changed_attrs(&self, ino: u64) {
+        if let Some(key) = self.name_key(ino) {
+            self.cache.invalidate_attrs(&key);
+        }
+    }
+
+    /// lstat of `parent/name` (at `path`), through the cache.
+    async fn stat_name(&self, parent: u64, name: &[u8], path: &[u8]) -> FsResult<Attrs> {
+        let key = (parent, Bytes::copy_from_slice(name));
+        let cacheable = !self.name_pending(parent, name);
+        if cacheable {
+            match self.cache.name(&key) {
+                Some(Known::Attrs(attrs)) => return Ok(attrs),
+                Some(Known::Missing) => return Err(libc::ENOENT),
+                None => {}
+            }
+        }
+        let ticket = self.cache.ticket();
+        let result = self.session.lstat(path).await.map_err(errno);
+        if cacheable && !self.name_pending(parent, name) {
+            match &result {
+                Ok(attrs) => self
+                    .cache
+                    .put_name(ticket, key, Known::Attrs(attrs.clone())),
+                Err(libc::ENOENT) => self.cache.put_name(ticket, key, Known::Missing),
+                Err(_) => {}
+            }
+        }
+        result
+    }
+
     /// Stats `parent/name` and records the kernel's new reference to it.
     async fn entry(&self, parent: u64, name: &[u8], path: &[u8]) -> FsResult<Entry> {
-        let attrs = self.session.lstat(path).await.map_err(errno)?;
+        let attrs = self.stat_name(parent, name, path).await?;
         let ino = self
             .inodes
             .lock()
@@ -345,12 +440,19 @@ impl Core {
 
     pub async fn getattr(&self, ino: u64, fh: Option<u64>) -> FsResult<FileAttr> {
         let open = fh.and_then(|fh| self.file(fh).ok());
-        let attrs = match open {
-            // An open file may have been unlinked; its handle still reaches it.
-            Some(file) => self.session.fstat(file.handle.clone()).await,
-            None => self.session.lstat(&self.path(ino)?).await,
-        }
-        .map_err(errno)?;
+        let attrs = match (self.name_key(ino), open) {
+            (Some((parent, name)), _) => {
+                let path = self.path(ino)?;
+                self.stat_name(parent, &name, &path).await?
+            }
+            // An unlinked open file: only its handle still reaches it.
+            (None, Some(file)) => self
+                .session
+                .fstat(file.handle.clone())
+                .await
+                .map_err(errno)?,
+            (None, None) => self.session.lstat(&self.path(ino)?).await.map_err(errno)?,
+        };
         Ok(self.with_pending_size(ino, self.to_attr(ino, &attrs)))
     }
 
@@ -407,13 +509,23 @@ impl Core {
             None if symlink => self.session.lsetstat(&path, attrs).await,
             None => self.session.setstat(&path, attrs).await,
         };
+        self.changed_attrs(ino);
         result.map_err(errno)?;
         self.getattr(ino, fh).await
     }
 
     pub async fn readlink(&self, ino: u64) -> FsResult<Bytes> {
         let path = self.path(ino)?;
-        self.session.readlink(&path).await.map_err(errno)
+        let key = self.name_key(ino);
+        if let Some(target) = key.as_ref().and_then(|k| self.cache.link(k)) {
+            return Ok(target);
+        }
+        let ticket = self.cache.ticket();
+        let target = self.session.readlink(&path).await.map_err(errno)?;
+        if let Some(key) = key {
+            self.cache.put_link(ticket, key, target.clone());
+        }
+        Ok(target)
     }
 
     pub async fn mkdir(&self, parent: u64, name: &[u8], mode: CreateMode) -> FsResult<Entry> {
@@ -422,7 +534,9 @@ impl Core {
             permissions: Some(mode.mode & !mode.umask & 0o7777),
             ..Default::default()
         };
-        if let Err(e) = self.session.mkdir(&path, attrs).await {
+        let made = self.session.mkdir(&path, attrs).await;
+        self.changed_name(parent, name);
+        if let Err(e) = made {
             return Err(self.refine_exists(e, &path).await);
         }
         self.entry(parent, name, &path).await
@@ -438,7 +552,9 @@ impl Core {
 
     pub async fn unlink(&self, parent: u64, name: &[u8]) -> FsResult<()> {
         let path = self.child_path(parent, name)?;
-        if let Err(e) = self.session.remove(&path).await {
+        let removed = self.session.remove(&path).await;
+        self.changed_name(parent, name);
+        if let Err(e) = removed {
             if e.status() == Some(StatusCode::FAILURE)
                 && let Ok(a) = self.session.lstat(&path).await
                 && a.permissions.unwrap_or(0) & libc::S_IFMT == libc::S_IFDIR
@@ -448,12 +564,15 @@ impl Core {
             return Err(errno(e));
         }
         self.inodes.lock().unwrap().unlink(parent, name);
+        self.gone_name(parent, name);
         Ok(())
     }
 
     pub async fn rmdir(&self, parent: u64, name: &[u8]) -> FsResult<()> {
         let path = self.child_path(parent, name)?;
-        if let Err(e) = self.session.rmdir(&path).await {
+        let removed = self.session.rmdir(&path).await;
+        self.changed_name(parent, name);
+        if let Err(e) = removed {
             // The common FAILURE of rmdir is a directory that is not empty.
             if e.status() == Some(StatusCode::FAILURE) && self.session.lstat(&path).await.is_ok() {
                 return Err(libc::ENOTEMPTY);
@@ -461,12 +580,15 @@ impl Core {
             return Err(errno(e));
         }
         self.inodes.lock().unwrap().unlink(parent, name);
+        self.gone_name(parent, name);
         Ok(())
     }
 
     pub async fn symlink(&self, parent: u64, name: &[u8], target: &[u8]) -> FsResult<Entry> {
         let path = self.child_path(parent, name)?;
-        if let Err(e) = self.session.symlink(&path, target).await {
+        let made = self.session.symlink(&path, target).await;
+        self.changed_name(parent, name);
+        if let Err(e) = made {
             return Err(self.refine_exists(e, &path).await);
         }
         self.entry(parent, name, &path).await
@@ -496,6 +618,8 @@ impl Core {
         } else {
             self.session.rename(&from, &to).await
         };
+        self.changed_name(parent, name);
+        self.changed_name(new_parent, new_name);
         if let Err(e) = result {
             if no_replace {
                 return Err(self.refine_exists(e, &to).await);
@@ -506,13 +630,16 @@ impl Core {
             .lock()
             .unwrap()
             .rename(parent, name, new_parent, new_name);
+        self.gone_name(parent, name);
         Ok(())
     }
 
     pub async fn link(&self, ino: u64, new_parent: u64, new_name: &[u8]) -> FsResult<Entry> {
         let existing = self.path(ino)?;
         let path = self.child_path(new_parent, new_name)?;
-        if let Err(e) = self.session.hardlink(&existing, &path).await {
+        let linked = self.session.hardlink(&existing, &path).await;
+        self.changed_name(new_parent, new_name);
+        if let Err(e) = linked {
             return Err(self.refine_exists(e, &path).await);
         }
         // Each name gets its own inode: our inodes are names, and either may be unlinked.
@@ -679,20 +806,36 @@ impl Core {
         self.session.close(file.handle.clone()).await.map_err(errno)
     }
 
-    pub async fn open(&self, ino: u64, flags: i32) -> FsResult<u64> {
+    pub async fn open(&self, ino: u64, flags: i32) -> FsResult<Opened> {
         let path = self.path(ino)?;
         let pflags = Self::sftp_open_flags(flags & !(libc::O_CREAT | libc::O_EXCL));
-        if pflags & open_flags::TRUNC != 0
-            && let Some(w) = self.inode_writes(ino)
-        {
+        let truncating = pflags & open_flags::TRUNC != 0;
+        if truncating && let Some(w) = self.inode_writes(ino) {
             w.settle().await;
         }
-        let handle = self
-            .session
-            .open(&path, pflags, Attrs::default())
-            .await
-            .map_err(errno)?;
-        self.register_open(ino, handle, flags)
+        // The attributes that decide whether the kernel's cached pages are still the file's
+        // travel alongside the OPEN, so they cost no round trip of their own.
+        let stat = async {
+            match self.name_key(ino) {
+                Some((parent, name)) if !truncating => {
+                    self.stat_name(parent, &name, &path).await.ok()
+                }
+                _ => None,
+            }
+        };
+        let (handle, attrs) =
+            tokio::join!(self.session.open(&path, pflags, Attrs::default()), stat);
+        if truncating {
+            self.changed_attrs(ino);
+        }
+        let handle = handle.map_err(errno)?;
+        let seen = attrs.and_then(|a| Some((a.size?, a.atime_mtime?.1)));
+        let before = self.inodes.lock().unwrap().swap_contents_seen(ino, seen);
+        let keep_cache = self.config.always_keep_cache || (seen.is_some() && before == seen);
+        Ok(Opened {
+            fh: self.register_open(ino, handle, flags)?,
+            keep_cache,
+        })
     }
 
     pub async fn create(
@@ -708,11 +851,14 @@ impl Core {
             ..Default::default()
         };
         let pflags = Self::sftp_open_flags(flags | libc::O_CREAT);
-        let handle = match self.session.open(&path, pflags, attrs).await {
+        let opened = self.session.open(&path, pflags, attrs).await;
+        self.changed_name(parent, name);
+        let handle = match opened {
             Ok(h) => h,
             Err(e) if flags & libc::O_EXCL != 0 => return Err(self.refine_exists(e, &path).await),
             Err(e) => return Err(errno(e)),
         };
+        let ticket = self.cache.ticket();
         let attrs = match self.session.fstat(handle.clone()).await {
             Ok(a) => a,
             Err(e) => {
@@ -720,6 +866,11 @@ impl Core {
                 return Err(errno(e));
             }
         };
+        self.cache.put_name(
+            ticket,
+            (parent, Bytes::copy_from_slice(name)),
+            Known::Attrs(attrs.clone()),
+        );
         let ino = self.inodes.lock().unwrap().remember(parent, name, false);
         let fh = self.register_open(ino, handle, flags)?;
         Ok((
@@ -815,6 +966,8 @@ impl Core {
         let file = self.file(fh)?;
         let writer = file.writer.clone().ok_or(libc::EBADF)?;
         let written = writer.write(offset, data, whole).await?;
+        // After the write is pending, so that no stat from before it is stored after it.
+        self.changed_attrs(file.ino);
         if self.channels.len() > 1
             && !writer.is_append()
             && writer.accepted_bytes() >= SPREAD_AFTER_BYTES
@@ -859,6 +1012,27 @@ impl Core {
     }
 
     pub async fn opendir(&self, ino: u64) -> FsResult<u64> {
+        let pending = self.pending_names(ino);
+        let usable = |name: &Bytes| !pending.contains(name);
+        let entries = match self.cache.listing(ino, usable) {
+            Some(entries) => entries,
+            None => {
+                let ticket = self.cache.ticket();
+                let entries = self.list_dir(ino).await?;
+                self.cache.put_listing(ticket, ino, &entries, usable);
+                entries
+            }
+        };
+        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        self.dirs
+            .lock()
+            .unwrap()
+            .insert(fh, Arc::new(DirHandle { ino, entries }));
+        Ok(fh)
+    }
+
+    /// The whole listing of a directory, from the server.
+    async fn list_dir(&self, ino: u64) -> FsResult<Vec<(Bytes, Attrs)>> {
         let path = self.path(ino)?;
         let handle = self.session.opendir(&path).await.map_err(errno)?;
         let mut entries = Vec::new();
@@ -875,13 +1049,7 @@ impl Core {
             }
         };
         let _ = self.session.close(handle).await;
-        listed?;
-        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        self.dirs
-            .lock()
-            .unwrap()
-            .insert(fh, Arc::new(DirHandle { ino, entries }));
-        Ok(fh)
+        listed.map(|()| entries)
     }
 
     /// Entries from `offset` on; with `plus`, each carries attributes and a kernel reference.

@@ -1,8 +1,9 @@
 //! The per-open-file prefetcher. The kernel reads a FUSE file at most 128 KiB ahead, so on a far
 //! link only a couple of READs are ever in flight; this keeps a window of READs in flight ahead of
-//! a sequential reader, starting small and doubling while the reader keeps up. A read that is not
-//! where the last one ended (a seek) drops the window, so random reads fetch nothing extra. Chunks
-//! sit on a fixed grid of the server's largest READ; replies may arrive in any order.
+//! a sequential reader, starting small and doubling while the reader keeps up. Nothing is fetched
+//! ahead until a run of sequential reads has read [`PREFETCH_AFTER`] bytes, and a read that is not
+//! near where the last one ended (a seek) drops the window, so random reads fetch nothing extra.
+//! Chunks sit on a fixed grid of the server's largest READ; replies may arrive in any order.
 //!
 //! Prefetched data is only served while no write through the mount has touched the inode since
 //! it was fetched (the caller passes the inode's write generation).
@@ -25,8 +26,12 @@ pub trait ReadSource: Send + Sync {
     fn read(&self, offset: u64, len: u32) -> ReadFuture;
 }
 
-/// First window after a read continues the previous one.
+/// First window, once the reader has shown it reads on.
 const INITIAL_WINDOW: usize = 512 * 1024;
+/// Bytes a reader must have read in one sequential run before anything is fetched ahead: two
+/// of the kernel's 128 KiB READs. Random reads that happen to land near each other never get
+/// this far, and a small file is read whole before it matters.
+const PREFETCH_AFTER: u64 = 256 * 1024;
 /// The kernel sends a sequential reader's READs concurrently and they may arrive out of order:
 /// a read this close to where the last one ended still counts as sequential.
 const SEQUENTIAL_SLACK: u64 = 1024 * 1024;
@@ -44,6 +49,11 @@ struct Chunk {
 struct State {
     /// Where the last read ended: a read starting there is sequential.
     next: u64,
+    /// Bytes read in the current sequential run.
+    run_bytes: u64,
+    /// The window doubles once a read ends past here: only while the reader moves on through
+    /// it, so reads that stay in one region do not grow it.
+    grow_at: u64,
     window: usize,
     /// Write generation the chunks were fetched under.
     generation: u64,
@@ -104,9 +114,17 @@ impl Prefetcher {
                 s.chunks.clear();
                 s.window = 0;
                 s.end = None;
+                s.run_bytes = size as u64;
                 return None;
             }
-            s.window = (s.window * 2).clamp(INITIAL_WINDOW, self.max_window);
+            s.run_bytes += size as u64;
+            if s.run_bytes < PREFETCH_AFTER {
+                return None;
+            }
+            if s.window == 0 || end >= s.grow_at {
+                s.window = (s.window * 2).clamp(INITIAL_WINDOW, self.max_window);
+                s.grow_at = end + s.window as u64 / 4;
+            }
             let first = offset / self.chunk * self.chunk;
             // Chunks well behind the reader are done with (those just behind may still be
             // asked for by a READ that arrives late).
@@ -232,6 +250,10 @@ mod tests {
             let size = 131072u32;
             let got = match p.read(offset, size, 0).await {
                 Some(d) => d.to_vec(),
+                // The first reads are the caller's, until the run is long enough.
+                None if offset + (size as u64) < PREFETCH_AFTER => {
+                    expected(offset, size as usize, file.len)
+                }
                 None => panic!("sequential read at {offset} not served"),
             };
             assert_eq!(
@@ -245,6 +267,42 @@ mod tests {
         assert_eq!(*windows.last().unwrap(), 4 << 20, "window grew to its cap");
         // Nothing far past the end was fetched.
         assert!(file.asked.load(Ordering::Relaxed) < file.len as usize + (5 << 20));
+    }
+
+    #[tokio::test]
+    async fn reads_near_each_other_fetch_little_extra() {
+        let file = Arc::new(FakeFile {
+            len: 64 << 20,
+            asked: AtomicUsize::new(0),
+            reads: AtomicUsize::new(0),
+        });
+        let p = Prefetcher::new(file.clone(), ByteBudget::new(64 << 20), 64 * 1024, 16 << 20);
+        // Uniform random 4 KiB reads: some land within the sequential slack of the last one.
+        let mut x = 12345u64;
+        for _ in 0..2000 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let offset = (x >> 16) % (64 << 20) / 4096 * 4096;
+            p.read(offset, 4096, 0).await;
+        }
+        assert_eq!(
+            file.asked.load(Ordering::Relaxed),
+            0,
+            "uniform random reads"
+        );
+        // Random reads confined to a 2 MiB region: the window opens but does not grow.
+        for _ in 0..2000 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let offset = (8 << 20) + (x >> 16) % (2 << 20) / 4096 * 4096;
+            if let Some(d) = p.read(offset, 4096, 0).await {
+                assert_eq!(d.to_vec(), expected(offset, 4096, file.len));
+            }
+        }
+        let asked = file.asked.load(Ordering::Relaxed);
+        assert!(asked <= 4 << 20, "hot region fetched {asked} bytes");
     }
 
     #[tokio::test]
@@ -300,12 +358,17 @@ mod tests {
             "no prefetch for random reads"
         );
         // Sequential again, then a write (new generation) drops what was fetched.
-        p.read(1_000_000, 4096, 0).await;
-        let got = p.read(1_004_096, 4096, 0).await.expect("sequential");
-        assert_eq!(got.to_vec(), expected(1_004_096, 4096, file.len));
+        let mut offset = 1_000_000;
+        while offset < 1_000_000 + PREFETCH_AFTER {
+            p.read(offset, 4096, 0).await;
+            offset += 4096;
+        }
+        let got = p.read(offset, 4096, 0).await.expect("sequential");
+        assert_eq!(got.to_vec(), expected(offset, 4096, file.len));
         let before = file.reads.load(Ordering::Relaxed);
-        let got = p.read(1_008_192, 4096, 1).await.expect("sequential");
-        assert_eq!(got.to_vec(), expected(1_008_192, 4096, file.len));
+        offset += 4096;
+        let got = p.read(offset, 4096, 1).await.expect("sequential");
+        assert_eq!(got.to_vec(), expected(offset, 4096, file.len));
         assert!(
             file.reads.load(Ordering::Relaxed) > before,
             "refetched after a write"

@@ -68,6 +68,11 @@ impl InodeWrites {
         self.changed.send_replace(());
     }
 
+    /// Writes accepted and not yet acked: the server's attributes are about to change.
+    pub fn pending(&self) -> bool {
+        !self.state.lock().unwrap().unacked.is_empty()
+    }
+
     /// Changes whenever the inode's contents change through the mount: read-ahead fetched under
     /// another generation is stale.
     pub fn generation(&self) -> u64 {

@@ -1199,3 +1199,158 @@ fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
     }
     Ok(n)
 }
+
+// ---------------------------------------------------------------------------------------------
+// What the server received
+// ---------------------------------------------------------------------------------------------
+
+/// Records every SFTP request the server receives: `Subsystem sftp` runs a wrapper that copies
+/// each session's incoming stream to a file (with `tee`) on its way to the real sftp-server.
+/// Counting there shows what a mount really costs, whatever the client believes it sent.
+pub struct SftpRecorder {
+    dir: TempDir,
+}
+
+/// SFTP requests by type, and the bytes READ requests asked for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SftpRequests {
+    pub by_type: HashMap<&'static str, u64>,
+    pub read_bytes: u64,
+}
+
+impl SftpRequests {
+    pub fn count(&self, kind: &str) -> u64 {
+        self.by_type.get(kind).copied().unwrap_or(0)
+    }
+
+    pub fn total(&self) -> u64 {
+        self.by_type.values().sum()
+    }
+
+    /// What was received after `earlier` was taken.
+    pub fn since(&self, earlier: &SftpRequests) -> SftpRequests {
+        let by_type = self
+            .by_type
+            .iter()
+            .map(|(k, v)| (*k, v - earlier.count(k)))
+            .filter(|(_, v)| *v > 0)
+            .collect();
+        SftpRequests {
+            by_type,
+            read_bytes: self.read_bytes - earlier.read_bytes,
+        }
+    }
+}
+
+fn sftp_request_name(kind: u8) -> &'static str {
+    match kind {
+        1 => "INIT",
+        3 => "OPEN",
+        4 => "CLOSE",
+        5 => "READ",
+        6 => "WRITE",
+        7 => "LSTAT",
+        8 => "FSTAT",
+        9 => "SETSTAT",
+        10 => "FSETSTAT",
+        11 => "OPENDIR",
+        12 => "READDIR",
+        13 => "REMOVE",
+        14 => "MKDIR",
+        15 => "RMDIR",
+        16 => "REALPATH",
+        17 => "STAT",
+        18 => "RENAME",
+        19 => "READLINK",
+        20 => "SYMLINK",
+        200 => "EXTENDED",
+        _ => "OTHER",
+    }
+}
+
+impl SftpRecorder {
+    pub fn new() -> SftpRecorder {
+        require(SFTP_SERVER, "OpenSSH's sftp-server");
+        let dir = tempfile::Builder::new()
+            .prefix("sftpmount-recorder-")
+            .tempdir()
+            .expect("recorder dir");
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+        let script = dir.path().join("sftp-server");
+        fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\ntee '{}/session.'$$ | {SFTP_SERVER}\n",
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+        SftpRecorder { dir }
+    }
+
+    /// The `Subsystem sftp` command for [`SshdOptions::sftp_server`].
+    pub fn subsystem(&self) -> String {
+        self.dir.path().join("sftp-server").display().to_string()
+    }
+
+    /// Every request received so far, all sessions together. A packet still arriving is left
+    /// for the next call.
+    pub fn requests(&self) -> SftpRequests {
+        let mut out = SftpRequests::default();
+        for entry in fs::read_dir(self.dir.path()).unwrap() {
+            let path = entry.unwrap().path();
+            if !path
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("session.")
+            {
+                continue;
+            }
+            let data = fs::read(&path).unwrap();
+            let mut pos = 0usize;
+            while pos + 5 <= data.len() {
+                let len = u32::from_be_bytes(data[pos..pos + 4].try_into().unwrap()) as usize;
+                if pos + 4 + len > data.len() {
+                    break;
+                }
+                let body = &data[pos + 4..pos + 4 + len];
+                let kind = sftp_request_name(body[0]);
+                *out.by_type.entry(kind).or_default() += 1;
+                if kind == "READ" {
+                    // id, handle (string), offset (u64), len (u32)
+                    let hlen = u32::from_be_bytes(body[5..9].try_into().unwrap()) as usize;
+                    let at = 9 + hlen + 8;
+                    out.read_bytes +=
+                        u32::from_be_bytes(body[at..at + 4].try_into().unwrap()) as u64;
+                }
+                pos += 4 + len;
+            }
+        }
+        out
+    }
+
+    /// Waits until the counts stop changing (requests still on their way have arrived).
+    pub fn settled(&self) -> SftpRequests {
+        let mut last = self.requests();
+        loop {
+            sleep(Duration::from_millis(300));
+            let now = self.requests();
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
+    }
+}
+
+impl Sshd {
+    /// An sshd whose sftp-server sessions are recorded by `recorder`.
+    pub fn start_recorded(recorder: &SftpRecorder) -> Sshd {
+        Sshd::start_with(SshdOptions {
+            sftp_server: Some(recorder.subsystem()),
+            ..SshdOptions::default()
+        })
+    }
+}

@@ -1,0 +1,299 @@
+//! The metadata cache and the kernel's page cache, through real mounts: our own changes are seen
+//! at once, the server's after the timeout and not before; `ls -l` of a large directory and
+//! a second look cost what the server's READDIR batches cost; random reads fetch no more than
+//! they read; cached pages survive a reopen until the file changes. Requests are counted where
+//! they arrive: at the server ([`SftpRecorder`]).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::fs::{self, File};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt, symlink};
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+use std::thread::sleep;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::*;
+
+fn errno_of(e: std::io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(0)
+}
+
+fn names(dir: &Path) -> BTreeSet<String> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+fn set_names(list: &[&str]) -> BTreeSet<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+/// Sets a server-side file's mtime (and atime) to `secs` since the epoch.
+fn set_mtime(path: &Path, secs: u64) {
+    File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(UNIX_EPOCH + Duration::from_secs(secs))
+        .unwrap();
+}
+
+/// Size, mtime and mode as seen through the mount and on the server must agree.
+fn assert_same_as_server(mounted: &Path, remote: &Path) {
+    let (m, r) = (
+        fs::metadata(mounted).unwrap(),
+        fs::metadata(remote).unwrap(),
+    );
+    assert_eq!(m.len(), r.len(), "size of {}", mounted.display());
+    assert_eq!(m.mtime(), r.mtime(), "mtime of {}", mounted.display());
+    assert_eq!(
+        m.mode() & 0o7777,
+        r.mode() & 0o7777,
+        "mode of {}",
+        mounted.display()
+    );
+}
+
+#[test]
+fn own_changes_are_seen_at_once() {
+    let sshd = Sshd::start();
+    let root = sshd.remote_root();
+    fs::write(root.join("f"), b"0123456789").unwrap();
+    fs::create_dir(root.join("d")).unwrap();
+    set_mtime(&root.join("f"), 1_000_000_000);
+    // The cache would keep what it saw for ten minutes: only our own invalidation helps.
+    let m = Mount::new(&sshd, &["-o", "dcache_timeout=600"]);
+
+    assert_eq!(fs::metadata(m.join("f")).unwrap().mtime(), 1_000_000_000);
+    assert!(names(&m.join("d")).is_empty());
+    assert_eq!(
+        fs::metadata(m.join("d/new")).map_err(errno_of).unwrap_err(),
+        libc::ENOENT
+    );
+
+    // Write and close: the server's own new size and mtime.
+    fs::OpenOptions::new()
+        .append(true)
+        .open(m.join("f"))
+        .unwrap()
+        .write_all_at(b"abc", 0)
+        .unwrap();
+    assert_same_as_server(&m.join("f"), &root.join("f"));
+    assert_eq!(fs::metadata(m.join("f")).unwrap().len(), 13);
+    assert_ne!(fs::metadata(m.join("f")).unwrap().mtime(), 1_000_000_000);
+
+    // Write and fsync with the file still open.
+    set_mtime(&root.join("f"), 1_000_000_000);
+    let f = File::options().write(true).open(m.join("f")).unwrap();
+    f.write_all_at(&[7u8; 5000], 13).unwrap();
+    f.sync_all().unwrap();
+    assert_eq!(fs::metadata(m.join("f")).unwrap().len(), 5013);
+    assert_same_as_server(&m.join("f"), &root.join("f"));
+
+    // chmod, truncate, utimes.
+    fs::set_permissions(m.join("f"), fs::Permissions::from_mode(0o600)).unwrap();
+    assert_same_as_server(&m.join("f"), &root.join("f"));
+    f.set_len(4).unwrap();
+    assert_eq!(fs::metadata(m.join("f")).unwrap().len(), 4);
+    assert_same_as_server(&m.join("f"), &root.join("f"));
+    f.set_modified(UNIX_EPOCH + Duration::from_secs(1_234_567_890))
+        .unwrap();
+    assert_eq!(fs::metadata(m.join("f")).unwrap().mtime(), 1_234_567_890);
+    drop(f);
+
+    // Names: create over a cached "no such name", mkdir, symlink replaced, rename, unlink.
+    fs::write(m.join("d/new"), b"x").unwrap();
+    assert_eq!(fs::metadata(m.join("d/new")).unwrap().len(), 1);
+    fs::create_dir(m.join("d/sub")).unwrap();
+    symlink("t1", m.join("d/l")).unwrap();
+    assert_eq!(names(&m.join("d")), set_names(&["new", "sub", "l"]));
+    assert_eq!(fs::read_link(m.join("d/l")).unwrap().to_str(), Some("t1"));
+    fs::remove_file(m.join("d/l")).unwrap();
+    symlink("t2", m.join("d/l")).unwrap();
+    assert_eq!(fs::read_link(m.join("d/l")).unwrap().to_str(), Some("t2"));
+    fs::rename(m.join("d/new"), m.join("d/renamed")).unwrap();
+    assert_eq!(names(&m.join("d")), set_names(&["renamed", "sub", "l"]));
+    assert_eq!(
+        fs::metadata(m.join("d/new")).map_err(errno_of).unwrap_err(),
+        libc::ENOENT
+    );
+    assert_same_as_server(&m.join("d/renamed"), &root.join("d/renamed"));
+    fs::remove_file(m.join("d/renamed")).unwrap();
+    fs::remove_dir(m.join("d/sub")).unwrap();
+    assert_eq!(names(&m.join("d")), set_names(&["l"]));
+    assert_eq!(names(&root.join("d")), set_names(&["l"]));
+    // The directory's own mtime is the server's too, after all that.
+    assert_eq!(
+        fs::metadata(m.join("d")).unwrap().mtime(),
+        fs::metadata(root.join("d")).unwrap().mtime()
+    );
+}
+
+#[test]
+fn server_changes_appear_after_the_timeout_and_not_before() {
+    let sshd = Sshd::start();
+    let root = sshd.remote_root();
+    fs::write(root.join("a"), b"one").unwrap();
+    symlink("x", root.join("s")).unwrap();
+    let cached = Mount::new(&sshd, &["-o", "dcache_timeout=6"]);
+    let uncached = Mount::new(&sshd, &["-o", "dir_cache=no"]);
+
+    for m in [&cached, &uncached] {
+        assert_eq!(fs::metadata(m.join("a")).unwrap().len(), 3);
+        assert_eq!(names(m.path()), set_names(&["a", "s"]));
+        assert_eq!(
+            fs::metadata(m.join("late")).map_err(errno_of).unwrap_err(),
+            libc::ENOENT
+        );
+        assert_eq!(fs::read_link(m.join("s")).unwrap().to_str(), Some("x"));
+    }
+    let filled = Instant::now();
+
+    // Changed behind the mounts' backs.
+    fs::write(root.join("a"), b"changed").unwrap();
+    fs::write(root.join("late"), b"l").unwrap();
+    fs::remove_file(root.join("s")).unwrap();
+    symlink("y", root.join("s")).unwrap();
+
+    // Past the kernel's own 1 s, well before the cache's 6 s.
+    sleep(Duration::from_millis(1600));
+    assert_eq!(fs::metadata(cached.join("a")).unwrap().len(), 3);
+    assert_eq!(names(cached.path()), set_names(&["a", "s"]));
+    assert_eq!(
+        fs::metadata(cached.join("late"))
+            .map_err(errno_of)
+            .unwrap_err(),
+        libc::ENOENT
+    );
+    assert_eq!(fs::read_link(cached.join("s")).unwrap().to_str(), Some("x"));
+    assert!(
+        filled.elapsed() < Duration::from_secs(5),
+        "the checks before the timeout ran late ({:?}); they prove nothing",
+        filled.elapsed()
+    );
+    // Without the cache, only the kernel's 1 s stood in the way.
+    assert_eq!(fs::metadata(uncached.join("a")).unwrap().len(), 7);
+    assert_eq!(names(uncached.path()), set_names(&["a", "s", "late"]));
+    assert_eq!(
+        fs::read_link(uncached.join("s")).unwrap().to_str(),
+        Some("y")
+    );
+
+    // After the cache's timeout plus the kernel's.
+    sleep((filled + Duration::from_millis(7500)).saturating_duration_since(Instant::now()));
+    assert_eq!(fs::metadata(cached.join("a")).unwrap().len(), 7);
+    assert_eq!(names(cached.path()), set_names(&["a", "s", "late"]));
+    assert_eq!(fs::metadata(cached.join("late")).unwrap().len(), 1);
+    assert_eq!(fs::read_link(cached.join("s")).unwrap().to_str(), Some("y"));
+}
+
+#[test]
+fn ls_l_of_5000_entries_costs_a_request_per_readdir_batch() {
+    let recorder = SftpRecorder::new();
+    let sshd = Sshd::start_recorded(&recorder);
+    let big = sshd.remote_root().join("big");
+    fs::create_dir(&big).unwrap();
+    for i in 0..5000 {
+        fs::write(big.join(format!("file-{i:05}")), b"").unwrap();
+    }
+    let m = Mount::new(&sshd, &[]);
+
+    let before = recorder.settled();
+    let out = run("ls", &["-l", "big"], m.path());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 5001);
+    let cost = recorder.settled().since(&before);
+    eprintln!("ls -l of 5000 entries: {cost:?}");
+    // OpenSSH's sftp-server answers a READDIR with up to 100 names.
+    let readdirs = cost.count("READDIR");
+    assert!((50..=52).contains(&readdirs), "{readdirs} READDIRs");
+    let stats = cost.count("LSTAT") + cost.count("STAT") + cost.count("FSTAT");
+    assert!(
+        stats <= 3,
+        "{stats} stats: one per entry is what must not happen"
+    );
+    assert!(cost.total() <= readdirs + 8, "{cost:?}");
+
+    // Again within the cache's timeout: nothing goes to the server.
+    let before = recorder.settled();
+    let again = run("ls", &["-l", "big"], m.path());
+    assert_eq!(again.stdout, out.stdout);
+    let cost = recorder.settled().since(&before);
+    assert_eq!(cost.total(), 0, "second ls -l: {cost:?}");
+}
+
+#[test]
+fn random_reads_fetch_what_they_read_and_no_more() {
+    let recorder = SftpRecorder::new();
+    let sshd = Sshd::start_recorded(&recorder);
+    let len: u64 = 64 << 20;
+    random_file(sshd.remote_root().join("big"), len, 77);
+    let original = fs::read(sshd.remote_root().join("big")).unwrap();
+    let m = Mount::new(&sshd, &[]);
+
+    let f = File::open(m.join("big")).unwrap();
+    // What fio and databases do: tell the kernel not to read ahead for them.
+    assert_eq!(
+        unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) },
+        0
+    );
+    let before = recorder.settled();
+    let mut rng = RandomBytes::new(9);
+    let mut pages = BTreeSet::new();
+    let mut buf = [0u8; 4096];
+    for _ in 0..2000 {
+        let offset = rng.next_u64() % (len / 4096) * 4096;
+        f.read_exact_at(&mut buf, offset).unwrap();
+        let at = offset as usize;
+        assert!(buf[..] == original[at..at + 4096], "data at {offset}");
+        pages.insert(offset);
+    }
+    let cost = recorder.settled().since(&before);
+    let needed = pages.len() as u64 * 4096;
+    let extra = cost.read_bytes.saturating_sub(needed);
+    eprintln!(
+        "2000 random 4 KiB reads: {} bytes asked of the server for {needed} bytes read \
+         ({extra} fetched and unused)",
+        cost.read_bytes
+    );
+    assert!(cost.read_bytes >= needed, "{cost:?}");
+    assert!(extra <= needed / 10, "{extra} bytes fetched and never read");
+}
+
+#[test]
+fn cached_pages_survive_a_reopen_until_the_file_changes() {
+    let recorder = SftpRecorder::new();
+    let sshd = Sshd::start_recorded(&recorder);
+    let remote = sshd.remote_root().join("f");
+    random_file(&remote, 8 << 20, 1);
+    set_mtime(&remote, 1_500_000_000);
+    let m = Mount::new(&sshd, &["-o", "dcache_timeout=2"]);
+
+    assert!(fs::read(m.join("f")).unwrap() == fs::read(&remote).unwrap());
+    let before = recorder.settled();
+    assert!(fs::read(m.join("f")).unwrap() == fs::read(&remote).unwrap());
+    let cost = recorder.settled().since(&before);
+    assert_eq!(
+        cost.count("READ"),
+        0,
+        "second read of an unchanged file: {cost:?}"
+    );
+
+    // Same size, new contents and mtime, on the server.
+    random_file(&remote, 8 << 20, 2);
+    set_mtime(&remote, 1_600_000_000);
+    let now = SystemTime::now();
+    assert!(wait_until(Duration::from_secs(10), || {
+        fs::read(m.join("f")).unwrap() == fs::read(&remote).unwrap()
+    }));
+    assert!(now.elapsed().unwrap() >= Duration::from_secs(1));
+    // And the new pages are kept in turn, once the kernel has the new attributes too (it
+    // drops pages itself when it first sees the new mtime).
+    sleep(Duration::from_millis(1500));
+    assert!(fs::read(m.join("f")).unwrap() == fs::read(&remote).unwrap());
+    let before = recorder.settled();
+    assert!(fs::read(m.join("f")).unwrap() == fs::read(&remote).unwrap());
+    assert_eq!(recorder.settled().since(&before).count("READ"), 0);
+}
