@@ -436,6 +436,7 @@ impl Filesystem for FuseAdapter {
             Err(e) => return reply.error(errno(e)),
         };
         let mut full = false;
+        let mut subdirs = Vec::new();
         for e in entries {
             match e.attr {
                 // The kernel takes no reference for "." and ".."; their attributes are unused.
@@ -461,6 +462,9 @@ impl Filesystem for FuseAdapter {
                             &attr,
                             GENERATION,
                         );
+                        if !full && attr.kind == fuser::FileType::Directory {
+                            subdirs.push(e.ino);
+                        }
                     }
                     if full {
                         // Not sent: give back the reference readdir took for it.
@@ -471,6 +475,9 @@ impl Filesystem for FuseAdapter {
             }
         }
         reply.ok();
+        if !subdirs.is_empty() {
+            self.spawn(|core| core.prefetch_listings(subdirs));
+        }
     }
 
     fn releasedir(

@@ -337,6 +337,7 @@ async fn connect(
             short_writes: opts.short_writes,
             cache: opts.cache_config(),
             always_keep_cache: opts.kernel_cache,
+            dir_prefetch: opts.dir_prefetch,
         },
     );
     Ok((handle, core))

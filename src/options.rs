@@ -60,6 +60,9 @@ Mount options (-o opt[,opt=value...], repeatable; also accepted from fstab):
   dcache_stat_timeout=, dcache_dir_timeout=, dcache_link_timeout=SECONDS
                             the same for attributes, listings, symlink targets only
   dcache_max_size=N         names kept at most (default 10000)
+  dir_prefetch=yes|no       while a directory is read, fetch its subdirectories' listings into
+                            the cache, 8 at a time, so a tree walk (ls -lR, find, du) does not
+                            wait a round trip per directory (default yes; needs dir_cache)
   attr_timeout=, entry_timeout=SECONDS
                             how long the kernel trusts attributes and names (default 1)
   kernel_cache              keep the kernel's cached file pages at every open; by default they
@@ -201,6 +204,8 @@ pub struct Options {
     pub entry_timeout: Duration,
     /// `kernel_cache`: keep cached pages at every open, even of a changed file.
     pub kernel_cache: bool,
+    /// `dir_prefetch=no` turns off fetching subdirectory listings ahead.
+    pub dir_prefetch: bool,
     /// Generic mount flags passed on to the kernel (nodev, noexec, ...).
     pub kernel_flags: Vec<fuser::MountOption>,
 }
@@ -272,6 +277,7 @@ where
         attr_timeout: DEFAULT_KERNEL_TIMEOUT,
         entry_timeout: DEFAULT_KERNEL_TIMEOUT,
         kernel_cache: false,
+        dir_prefetch: true,
         kernel_flags: Vec::new(),
     };
     for group in &cli.options {
@@ -421,6 +427,7 @@ impl Options {
             "attr_timeout" => self.attr_timeout = fraction()?,
             "entry_timeout" => self.entry_timeout = fraction()?,
             "kernel_cache" => self.kernel_cache = true,
+            "dir_prefetch" => self.dir_prefetch = yes_no()?,
             "auto_cache" => self.kernel_cache = false,
             "reconnect" => self.reconnect = true,
             "password_stdin" => self.password_stdin = true,

@@ -177,6 +177,18 @@ impl MetaCache {
         Some(out)
     }
 
+    /// Whether a fresh listing of `dir` is kept (its entries' attributes may not all be).
+    pub fn has_listing(&self, dir: u64) -> bool {
+        if !self.config.enabled {
+            return false;
+        }
+        let inner = self.inner.lock().unwrap();
+        inner
+            .dirs
+            .peek(&dir)
+            .is_some_and(|t| t.at.elapsed() < self.config.dir_timeout)
+    }
+
     /// Stores a listing and its entries' attributes, except entries `usable` refuses.
     pub fn put_listing(
         &self,

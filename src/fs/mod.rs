@@ -101,6 +101,8 @@ pub struct CoreConfig {
     /// Keep the kernel's cached pages at every open (`kernel_cache`), not only while the
     /// file's size and mtime are unchanged.
     pub always_keep_cache: bool,
+    /// Fetch the listings of subdirectories of a directory being read, into the cache.
+    pub dir_prefetch: bool,
 }
 
 /// An open file, as the kernel is told about it.
@@ -117,6 +119,13 @@ const SPREAD_AFTER_BYTES: u64 = 2 * 1024 * 1024;
 
 /// OpenSSH's sshd grants each session channel a 2 MiB window (CHAN_SES_WINDOW_DEFAULT).
 const LANE_TARGET: usize = 2 * 1024 * 1024;
+
+/// READDIRs in flight at most for one listing.
+const MAX_READDIRS_IN_FLIGHT: usize = 16;
+/// Subdirectory listings fetched ahead at once, and waiting to be, at most. A tree walk
+/// (`ls -lR`, `find`, `du`) otherwise pays two round trips per directory, one after another.
+const DIR_PREFETCH_CONCURRENCY: usize = 8;
+const DIR_PREFETCH_QUEUE: usize = 512;
 
 /// Read-ahead per open file, at most (a far link needs rate x round trip: 250 MB/s x 40 ms).
 const MAX_PREFETCH: usize = 16 * 1024 * 1024;
@@ -238,6 +247,8 @@ pub struct Core {
     dirs: Mutex<HashMap<u64, Arc<DirHandle>>>,
     next_handle: AtomicU64,
     cache: MetaCache,
+    dir_prefetch_permits: Arc<tokio::sync::Semaphore>,
+    dir_prefetch_queued: std::sync::atomic::AtomicUsize,
     config: CoreConfig,
 }
 
@@ -254,6 +265,8 @@ impl Core {
             dirs: Mutex::default(),
             next_handle: AtomicU64::new(1),
             cache: MetaCache::new(config.cache),
+            dir_prefetch_permits: Arc::new(tokio::sync::Semaphore::new(DIR_PREFETCH_CONCURRENCY)),
+            dir_prefetch_queued: Default::default(),
             config,
         }
     }
@@ -1013,15 +1026,12 @@ impl Core {
 
     pub async fn opendir(&self, ino: u64) -> FsResult<u64> {
         let pending = self.pending_names(ino);
-        let usable = |name: &Bytes| !pending.contains(name);
-        let entries = match self.cache.listing(ino, usable) {
+        let entries = match self
+            .cache
+            .listing(ino, |name: &Bytes| !pending.contains(name))
+        {
             Some(entries) => entries,
-            None => {
-                let ticket = self.cache.ticket();
-                let entries = self.list_dir(ino).await?;
-                self.cache.put_listing(ticket, ino, &entries, usable);
-                entries
-            }
+            None => self.fetch_listing(ino).await?,
         };
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
         self.dirs
@@ -1031,24 +1041,80 @@ impl Core {
         Ok(fh)
     }
 
-    /// The whole listing of a directory, from the server.
+    /// A listing from the server, kept in the cache.
+    async fn fetch_listing(&self, ino: u64) -> FsResult<Vec<(Bytes, Attrs)>> {
+        let ticket = self.cache.ticket();
+        let entries = self.list_dir(ino).await?;
+        let pending = self.pending_names(ino);
+        self.cache
+            .put_listing(ticket, ino, &entries, |name| !pending.contains(name));
+        Ok(entries)
+    }
+
+    /// Fetches the listings of `dirs` into the cache, a few at a time, while the reader of
+    /// their parent is busy with it: a tree walk finds them there. Only directories the
+    /// kernel was just told about are fetched, so the walk goes as deep as the reader does.
+    pub async fn prefetch_listings(self: Arc<Self>, dirs: Vec<u64>) {
+        if !self.config.dir_prefetch || !self.config.cache.enabled {
+            return;
+        }
+        let mut fetching = tokio::task::JoinSet::new();
+        for ino in dirs {
+            if self.cache.has_listing(ino) {
+                continue;
+            }
+            if self.dir_prefetch_queued.fetch_add(1, Ordering::Relaxed) >= DIR_PREFETCH_QUEUE {
+                self.dir_prefetch_queued.fetch_sub(1, Ordering::Relaxed);
+                break;
+            }
+            let core = self.clone();
+            fetching.spawn(async move {
+                if let Ok(_permit) = core.dir_prefetch_permits.acquire().await
+                    && !core.cache.has_listing(ino)
+                {
+                    let _ = core.fetch_listing(ino).await;
+                }
+                core.dir_prefetch_queued.fetch_sub(1, Ordering::Relaxed);
+            });
+        }
+        fetching.join_all().await;
+    }
+
+    /// The whole listing of a directory, from the server. READDIRs are pipelined (two at first,
+    /// so a small directory costs one round trip after the OPENDIR, more while batches keep
+    /// coming) and the CLOSE is not waited for: on a far link a listing costs two round trips
+    /// where one READDIR at a time would cost one per batch, plus one for the end, plus the CLOSE.
     async fn list_dir(&self, ino: u64) -> FsResult<Vec<(Bytes, Attrs)>> {
         let path = self.path(ino)?;
         let handle = self.session.opendir(&path).await.map_err(errno)?;
+        let mut in_flight = std::collections::VecDeque::new();
+        for _ in 0..2 {
+            in_flight.push_back(self.session.submit_readdir(handle.clone()));
+        }
         let mut entries = Vec::new();
         let listed = loop {
-            match self.session.readdir(handle.clone()).await {
-                Ok(Some(batch)) => entries.extend(
-                    batch
-                        .into_iter()
-                        .filter(|e| &e.filename[..] != b"." && &e.filename[..] != b"..")
-                        .map(|e| (e.filename, e.attrs)),
-                ),
+            let next = in_flight.pop_front().expect("a READDIR in flight");
+            match next.await {
+                Ok(Some(batch)) => {
+                    entries.extend(
+                        batch
+                            .into_iter()
+                            .filter(|e| &e.filename[..] != b"." && &e.filename[..] != b"..")
+                            .map(|e| (e.filename, e.attrs)),
+                    );
+                    // A large directory: keep more batches coming, up to a bound.
+                    let depth = (in_flight.len() + 2).min(MAX_READDIRS_IN_FLIGHT);
+                    while in_flight.len() < depth {
+                        in_flight.push_back(self.session.submit_readdir(handle.clone()));
+                    }
+                }
                 Ok(None) => break Ok(()),
                 Err(e) => break Err(errno(e)),
             }
         };
-        let _ = self.session.close(handle).await;
+        // The READDIRs still in flight answer "end of listing"; nobody waits for them.
+        drop(in_flight);
+        self.session.close_unawaited(handle);
         listed.map(|()| entries)
     }
 

@@ -306,11 +306,29 @@ impl Session {
 
     /// Returns the next batch of directory entries, or `None` at the end.
     pub async fn readdir(&self, handle: Bytes) -> Result<Option<Vec<NameEntry>>> {
-        match self.call(&Request::Readdir { handle }).await? {
-            Response::Name(entries) => Ok(Some(entries)),
-            Response::Status { code, .. } if code == StatusCode::EOF => Ok(None),
-            other => Err(unexpected(other, "readdir")),
+        self.submit_readdir(handle).await
+    }
+
+    /// Queues a READDIR now: the server answers READDIRs on one handle in order, so several
+    /// may be in flight, each giving the next batch (`None` once the listing is done).
+    pub fn submit_readdir(
+        &self,
+        handle: Bytes,
+    ) -> impl Future<Output = Result<Option<Vec<NameEntry>>>> + Send + 'static {
+        let pending = self.submit(&Request::Readdir { handle });
+        async move {
+            match pending.response().await? {
+                Response::Name(entries) => Ok(Some(entries)),
+                Response::Status { code, .. } if code == StatusCode::EOF => Ok(None),
+                other => Err(unexpected(other, "readdir")),
+            }
         }
+    }
+
+    /// Sends a CLOSE and does not wait for it: for handles whose close can fail no caller
+    /// (directory handles, read-only files).
+    pub fn close_unawaited(&self, handle: Bytes) {
+        drop(self.submit(&Request::Close { handle }));
     }
 
     pub async fn lstat(&self, path: &[u8]) -> Result<Attrs> {
