@@ -463,7 +463,7 @@ impl Filesystem for FuseAdapter {
                             GENERATION,
                         );
                         if !full && attr.kind == fuser::FileType::Directory {
-                            subdirs.push(e.ino);
+                            subdirs.push(e.name.clone());
                         }
                     }
                     if full {
@@ -476,7 +476,10 @@ impl Filesystem for FuseAdapter {
         }
         reply.ok();
         if !subdirs.is_empty() {
-            self.spawn(|core| core.prefetch_listings(subdirs));
+            let core = self.core.clone();
+            // Workers are tokio tasks: start them from inside the runtime.
+            self.rt
+                .spawn(async move { core.prefetch_listings(ino.0, subdirs) });
         }
     }
 

@@ -298,3 +298,56 @@ fn cached_pages_survive_a_reopen_until_the_file_changes() {
     assert!(fs::read(m.join("f")).unwrap() == fs::read(&remote).unwrap());
     assert_eq!(recorder.settled().since(&before).count("READ"), 0);
 }
+
+#[test]
+fn reading_a_directory_fetches_listings_three_levels_below_it_ahead() {
+    let recorder = SftpRecorder::new();
+    let sshd = Sshd::start_recorded(&recorder);
+    let top = sshd.remote_root().join("top");
+    fs::create_dir_all(top.join("a/b/c/d/e")).unwrap();
+    for i in 0..5 {
+        fs::create_dir(top.join(format!("x{i}"))).unwrap();
+        fs::write(top.join(format!("x{i}/file")), b"f").unwrap();
+    }
+    let with = Mount::new(&sshd, &[]);
+    let without = Mount::new(&sshd, &["-o", "dir_prefetch=no"]);
+
+    let before = recorder.settled();
+    assert_eq!(names(&without.join("top")).len(), 6);
+    assert_eq!(names(&without.join("top/a")), set_names(&["b"]));
+    let cost = recorder.settled().since(&before);
+    assert_eq!(cost.count("OPENDIR"), 2, "without prefetch: {cost:?}");
+
+    let before = recorder.settled();
+    assert_eq!(names(&with.join("top")).len(), 6);
+    let cost = recorder.settled().since(&before);
+    let opened = |cost: &SftpRequests| -> BTreeSet<String> {
+        let root = sshd.remote_root().join("top");
+        let root = root.to_str().unwrap();
+        cost.opened_dirs
+            .keys()
+            .map(|p| p.strip_prefix(root).unwrap_or(p).to_string())
+            .collect()
+    };
+    // top, its six subdirectories, a/b and a/b/c: not a/b/c/d, four levels down.
+    assert_eq!(
+        opened(&cost),
+        set_names(&[
+            "", "/a", "/x0", "/x1", "/x2", "/x3", "/x4", "/a/b", "/a/b/c"
+        ]),
+        "ls of top: {cost:?}"
+    );
+    let before = recorder.settled();
+    assert_eq!(names(&with.join("top/x3")), set_names(&["file"]));
+    assert_eq!(names(&with.join("top/a/b/c")), set_names(&["d"]));
+    // Those were fetched ahead; reading a/b/c moved the frontier on to what is below it.
+    let cost = recorder.settled().since(&before);
+    assert_eq!(
+        opened(&cost),
+        set_names(&["/a/b/c/d", "/a/b/c/d/e"]),
+        "{cost:?}"
+    );
+    let before = recorder.settled();
+    assert_eq!(names(&with.join("top/a/b/c/d/e")).len(), 0);
+    assert_eq!(recorder.settled().since(&before).total(), 0);
+}

@@ -3,10 +3,11 @@
 //! options) in bounded LRUs, so that `ls -l` twice or a build's thousands of stats do not each
 //! cost a round trip.
 //!
-//! Names are keyed by (parent inode, name): a rename of a directory moves its subtree's keys with
-//! it. The core invalidates what its own operations change; a fetch that raced with any
-//! invalidation is not stored (the epoch ticket), so the cache never holds a state older than
-//! one of our own changes.
+//! Everything is keyed by remote path, as the server names things, so that listings can be
+//! fetched ahead for directories the kernel has not heard of yet. The core invalidates what its
+//! own operations change (a renamed directory takes its subtree's keys with it); a fetch that
+//! raced with any invalidation is not stored (the epoch ticket), so the cache never holds a state
+//! older than one of our own changes.
 
 use std::num::NonZeroUsize;
 use std::sync::Mutex;
@@ -44,8 +45,28 @@ impl Default for CacheConfig {
     }
 }
 
-/// A name in a directory: (parent inode, name).
-pub type NameKey = (u64, Bytes);
+/// `dir/name`, as the inode table builds paths.
+pub fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut path = dir.to_vec();
+    if path.last() != Some(&b'/') {
+        path.push(b'/');
+    }
+    path.extend_from_slice(name);
+    path
+}
+
+/// The directory holding `path` ("/" for "/x"); `None` for "/" or a relative name.
+fn parent(path: &[u8]) -> Option<&[u8]> {
+    let slash = path.iter().rposition(|&b| b == b'/')?;
+    if slash + 1 == path.len() {
+        return None;
+    }
+    Some(if slash == 0 {
+        &path[..1]
+    } else {
+        &path[..slash]
+    })
+}
 
 /// What the cache knows about a name.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,9 +86,9 @@ struct Timed<T> {
 
 struct Inner {
     epoch: u64,
-    names: LruCache<NameKey, Timed<Known>>,
-    links: LruCache<NameKey, Timed<Bytes>>,
-    dirs: LruCache<u64, Timed<Vec<Bytes>>>,
+    names: LruCache<Vec<u8>, Timed<Known>>,
+    links: LruCache<Vec<u8>, Timed<Bytes>>,
+    dirs: LruCache<Vec<u8>, Timed<Vec<Bytes>>>,
     /// Names in `dirs`, all listings together.
     listed: usize,
 }
@@ -103,22 +124,22 @@ impl MetaCache {
             .map(|t| t.value.clone())
     }
 
-    pub fn name(&self, key: &NameKey) -> Option<Known> {
+    pub fn name(&self, path: &[u8]) -> Option<Known> {
         if !self.config.enabled {
             return None;
         }
         let mut inner = self.inner.lock().unwrap();
-        Self::fresh(inner.names.get(key), self.config.stat_timeout)
+        Self::fresh(inner.names.get(path), self.config.stat_timeout)
     }
 
-    pub fn put_name(&self, ticket: Ticket, key: NameKey, known: Known) {
+    pub fn put_name(&self, ticket: Ticket, path: Vec<u8>, known: Known) {
         if !self.config.enabled {
             return;
         }
         let mut inner = self.inner.lock().unwrap();
         if inner.epoch == ticket.0 {
             inner.names.put(
-                key,
+                path,
                 Timed {
                     value: known,
                     at: Instant::now(),
@@ -127,22 +148,22 @@ impl MetaCache {
         }
     }
 
-    pub fn link(&self, key: &NameKey) -> Option<Bytes> {
+    pub fn link(&self, path: &[u8]) -> Option<Bytes> {
         if !self.config.enabled {
             return None;
         }
         let mut inner = self.inner.lock().unwrap();
-        Self::fresh(inner.links.get(key), self.config.link_timeout)
+        Self::fresh(inner.links.get(path), self.config.link_timeout)
     }
 
-    pub fn put_link(&self, ticket: Ticket, key: NameKey, target: Bytes) {
+    pub fn put_link(&self, ticket: Ticket, path: Vec<u8>, target: Bytes) {
         if !self.config.enabled {
             return;
         }
         let mut inner = self.inner.lock().unwrap();
         if inner.epoch == ticket.0 {
             inner.links.put(
-                key,
+                path,
                 Timed {
                     value: target,
                     at: Instant::now(),
@@ -155,22 +176,22 @@ impl MetaCache {
     /// `usable(name)` may refuse an entry (its file has writes in flight).
     pub fn listing(
         &self,
-        dir: u64,
-        usable: impl Fn(&Bytes) -> bool,
+        dir: &[u8],
+        usable: impl Fn(&[u8]) -> bool,
     ) -> Option<Vec<(Bytes, Attrs)>> {
         if !self.config.enabled {
             return None;
         }
         let mut inner = self.inner.lock().unwrap();
-        let names = Self::fresh(inner.dirs.get(&dir), self.config.dir_timeout)?;
+        let names = Self::fresh(inner.dirs.get(dir), self.config.dir_timeout)?;
         let mut out = Vec::with_capacity(names.len());
         for name in names {
-            if !usable(&name) {
+            let path = join(dir, &name);
+            if !usable(&path) {
                 return None;
             }
-            let key = (dir, name);
-            match Self::fresh(inner.names.get(&key), self.config.stat_timeout)? {
-                Known::Attrs(attrs) => out.push((key.1, attrs)),
+            match Self::fresh(inner.names.get(&path), self.config.stat_timeout)? {
+                Known::Attrs(attrs) => out.push((name, attrs)),
                 Known::Missing => return None,
             }
         }
@@ -178,24 +199,43 @@ impl MetaCache {
     }
 
     /// Whether a fresh listing of `dir` is kept (its entries' attributes may not all be).
-    pub fn has_listing(&self, dir: u64) -> bool {
+    pub fn has_listing(&self, dir: &[u8]) -> bool {
         if !self.config.enabled {
             return false;
         }
         let inner = self.inner.lock().unwrap();
         inner
             .dirs
-            .peek(&dir)
+            .peek(dir)
             .is_some_and(|t| t.at.elapsed() < self.config.dir_timeout)
+    }
+
+    /// The subdirectories in a fresh cached listing of `dir`, as paths.
+    pub fn subdirs(&self, dir: &[u8]) -> Option<Vec<Vec<u8>>> {
+        if !self.config.enabled {
+            return None;
+        }
+        let mut inner = self.inner.lock().unwrap();
+        let names = Self::fresh(inner.dirs.get(dir), self.config.dir_timeout)?;
+        Some(
+            names
+                .iter()
+                .map(|name| join(dir, name))
+                .filter(|path| {
+                    matches!(inner.names.peek(path), Some(Timed { value: Known::Attrs(a), .. })
+                        if a.permissions.unwrap_or(0) & libc::S_IFMT == libc::S_IFDIR)
+                })
+                .collect(),
+        )
     }
 
     /// Stores a listing and its entries' attributes, except entries `usable` refuses.
     pub fn put_listing(
         &self,
         ticket: Ticket,
-        dir: u64,
+        dir: &[u8],
         entries: &[(Bytes, Attrs)],
-        usable: impl Fn(&Bytes) -> bool,
+        usable: impl Fn(&[u8]) -> bool,
     ) {
         if !self.config.enabled || entries.len() > self.config.max_entries {
             return;
@@ -206,18 +246,18 @@ impl MetaCache {
         }
         let now = Instant::now();
         for (name, attrs) in entries {
-            let key = (dir, name.clone());
-            if usable(name) {
+            let path = join(dir, name);
+            if usable(&path) {
                 let value = Known::Attrs(attrs.clone());
-                inner.names.put(key, Timed { value, at: now });
+                inner.names.put(path, Timed { value, at: now });
             } else {
-                inner.names.pop(&key);
+                inner.names.pop(&path);
             }
         }
         let names: Vec<Bytes> = entries.iter().map(|(n, _)| n.clone()).collect();
         inner.listed += names.len();
         if let Some(old) = inner.dirs.put(
-            dir,
+            dir.to_vec(),
             Timed {
                 value: names,
                 at: now,
@@ -233,23 +273,53 @@ impl MetaCache {
         }
     }
 
-    /// Forgets what is known of a name (its attributes, target) and of its directory's listing:
-    /// the name was created, changed, renamed or removed through the mount.
-    pub fn invalidate(&self, key: &NameKey) {
+    /// Forgets what is known of a name (its attributes, target, listing) and of its directory
+    /// (listing, attributes): the name was created, changed, renamed or removed through the
+    /// mount.
+    pub fn invalidate(&self, path: &[u8]) {
         let mut inner = self.inner.lock().unwrap();
         inner.epoch += 1;
-        inner.names.pop(key);
-        inner.links.pop(key);
-        if let Some(old) = inner.dirs.pop(&key.0) {
-            inner.listed -= old.value.len();
+        inner.names.pop(path);
+        inner.links.pop(path);
+        inner.pop_listing(path);
+        if let Some(dir) = parent(path) {
+            inner.names.pop(dir);
+            inner.pop_listing(dir);
+        }
+    }
+
+    /// [`MetaCache::invalidate`], and everything below `path`: a directory was renamed.
+    pub fn invalidate_tree(&self, path: &[u8]) {
+        self.invalidate(path);
+        let under = join(path, b"");
+        let mut inner = self.inner.lock().unwrap();
+        let below = |keys: &mut dyn Iterator<Item = &Vec<u8>>| -> Vec<Vec<u8>> {
+            keys.filter(|k| k.starts_with(&under)).cloned().collect()
+        };
+        for key in below(&mut inner.names.iter().map(|(k, _)| k)) {
+            inner.names.pop(&key);
+        }
+        for key in below(&mut inner.links.iter().map(|(k, _)| k)) {
+            inner.links.pop(&key);
+        }
+        for key in below(&mut inner.dirs.iter().map(|(k, _)| k)) {
+            inner.pop_listing(&key);
         }
     }
 
     /// Forgets a name's attributes only (its contents changed; the listing's names did not).
-    pub fn invalidate_attrs(&self, key: &NameKey) {
+    pub fn invalidate_attrs(&self, path: &[u8]) {
         let mut inner = self.inner.lock().unwrap();
         inner.epoch += 1;
-        inner.names.pop(key);
+        inner.names.pop(path);
+    }
+}
+
+impl Inner {
+    fn pop_listing(&mut self, dir: &[u8]) {
+        if let Some(old) = self.dirs.pop(dir) {
+            self.listed -= old.value.len();
+        }
     }
 }
 
@@ -265,10 +335,6 @@ mod tests {
         }
     }
 
-    fn key(parent: u64, name: &'static [u8]) -> NameKey {
-        (parent, Bytes::from_static(name))
-    }
-
     fn cache(timeout_ms: u64, max_entries: usize) -> MetaCache {
         let t = Duration::from_millis(timeout_ms);
         MetaCache::new(CacheConfig {
@@ -280,67 +346,98 @@ mod tests {
         })
     }
 
+    fn entries(names: &[&'static [u8]]) -> Vec<(Bytes, Attrs)> {
+        names
+            .iter()
+            .map(|n| (Bytes::from_static(n), attrs(n.len() as u64)))
+            .collect()
+    }
+
+    #[test]
+    fn paths_join_and_split() {
+        assert_eq!(join(b"/", b"a"), b"/a");
+        assert_eq!(join(b"/srv", b"a"), b"/srv/a");
+        assert_eq!(parent(b"/srv/a"), Some(&b"/srv"[..]));
+        assert_eq!(parent(b"/a"), Some(&b"/"[..]));
+        assert_eq!(parent(b"/"), None);
+    }
+
     #[test]
     fn entries_expire_after_their_timeout() {
         let c = cache(50, 100);
-        c.put_name(c.ticket(), key(1, b"a"), Known::Attrs(attrs(3)));
-        c.put_name(c.ticket(), key(1, b"gone"), Known::Missing);
-        assert_eq!(c.name(&key(1, b"a")), Some(Known::Attrs(attrs(3))));
-        assert_eq!(c.name(&key(1, b"gone")), Some(Known::Missing));
+        c.put_name(c.ticket(), b"/r/a".to_vec(), Known::Attrs(attrs(3)));
+        c.put_name(c.ticket(), b"/r/gone".to_vec(), Known::Missing);
+        assert_eq!(c.name(b"/r/a"), Some(Known::Attrs(attrs(3))));
+        assert_eq!(c.name(b"/r/gone"), Some(Known::Missing));
         std::thread::sleep(Duration::from_millis(60));
-        assert_eq!(c.name(&key(1, b"a")), None);
-        assert_eq!(c.name(&key(1, b"gone")), None);
+        assert_eq!(c.name(b"/r/a"), None);
+        assert_eq!(c.name(b"/r/gone"), None);
     }
 
     #[test]
     fn a_fetch_that_raced_an_invalidation_is_not_stored() {
         let c = cache(10_000, 100);
         let before = c.ticket();
-        c.invalidate_attrs(&key(1, b"other"));
-        c.put_name(before, key(1, b"a"), Known::Attrs(attrs(1)));
-        c.put_link(before, key(1, b"a"), Bytes::from_static(b"t"));
-        c.put_listing(before, 1, &[(Bytes::from_static(b"a"), attrs(1))], |_| true);
-        assert_eq!(c.name(&key(1, b"a")), None);
-        assert_eq!(c.link(&key(1, b"a")), None);
-        assert!(c.listing(1, |_| true).is_none());
+        c.invalidate_attrs(b"/r/other");
+        c.put_name(before, b"/r/a".to_vec(), Known::Attrs(attrs(1)));
+        c.put_link(before, b"/r/a".to_vec(), Bytes::from_static(b"t"));
+        c.put_listing(before, b"/r", &entries(&[b"a"]), |_| true);
+        assert_eq!(c.name(b"/r/a"), None);
+        assert_eq!(c.link(b"/r/a"), None);
+        assert!(c.listing(b"/r", |_| true).is_none());
     }
 
     #[test]
     fn listing_needs_every_entry_fresh_and_usable() {
         let c = cache(10_000, 100);
-        let entries = [
-            (Bytes::from_static(b"a"), attrs(1)),
-            (Bytes::from_static(b"b"), attrs(2)),
-        ];
-        c.put_listing(c.ticket(), 7, &entries, |_| true);
-        assert_eq!(c.listing(7, |_| true).unwrap(), entries.to_vec());
-        assert!(c.listing(7, |n| &n[..] != b"b").is_none());
-        c.invalidate_attrs(&key(7, b"b"));
-        assert!(c.listing(7, |_| true).is_none());
+        let listed = entries(&[b"a", b"bb"]);
+        c.put_listing(c.ticket(), b"/d", &listed, |_| true);
+        assert_eq!(c.name(b"/d/bb"), Some(Known::Attrs(attrs(2))));
+        assert_eq!(c.listing(b"/d", |_| true).unwrap(), listed);
+        assert!(c.listing(b"/d", |p| p != b"/d/bb").is_none());
+        c.invalidate_attrs(b"/d/bb");
+        assert!(c.listing(b"/d", |_| true).is_none());
         // An entry refused at store time is not cached, so the listing is not served.
-        c.put_listing(c.ticket(), 7, &entries, |n| &n[..] != b"a");
-        assert!(c.listing(7, |_| true).is_none());
-        c.put_listing(c.ticket(), 7, &entries, |_| true);
-        c.invalidate(&key(7, b"new"));
-        assert!(c.listing(7, |_| true).is_none());
+        c.put_listing(c.ticket(), b"/d", &listed, |p| p != b"/d/a");
+        assert!(c.listing(b"/d", |_| true).is_none());
+        // A name created or removed in it, and the directory's own attributes with it.
+        c.put_listing(c.ticket(), b"/d", &listed, |_| true);
+        c.put_name(c.ticket(), b"/d".to_vec(), Known::Attrs(attrs(0)));
+        c.invalidate(b"/d/new");
+        assert!(c.listing(b"/d", |_| true).is_none());
+        assert_eq!(c.name(b"/d"), None);
+        assert_eq!(c.name(b"/d/a"), Some(Known::Attrs(attrs(1))));
+    }
+
+    #[test]
+    fn a_renamed_directory_takes_its_subtree_along() {
+        let c = cache(10_000, 100);
+        c.put_listing(c.ticket(), b"/d", &entries(&[b"x"]), |_| true);
+        c.put_listing(c.ticket(), b"/d/x", &entries(&[b"y"]), |_| true);
+        c.put_listing(c.ticket(), b"/dd", &entries(&[b"z"]), |_| true);
+        c.put_link(c.ticket(), b"/d/x/l".to_vec(), Bytes::from_static(b"t"));
+        c.invalidate_tree(b"/d");
+        assert!(c.listing(b"/d", |_| true).is_none());
+        assert!(c.listing(b"/d/x", |_| true).is_none());
+        assert_eq!(c.name(b"/d/x/y"), None);
+        assert_eq!(c.link(b"/d/x/l"), None);
+        assert!(
+            c.listing(b"/dd", |_| true).is_some(),
+            "a sibling sharing a prefix stays"
+        );
     }
 
     #[test]
     fn listings_are_bounded_by_their_total_entries() {
         let c = cache(10_000, 5);
-        let three: Vec<_> = [b"a", b"b", b"c"]
-            .iter()
-            .map(|n| (Bytes::from_static(*n), attrs(0)))
-            .collect();
-        c.put_listing(c.ticket(), 1, &three, |_| true);
-        c.put_listing(c.ticket(), 2, &three, |_| true);
-        assert!(c.listing(1, |_| true).is_none(), "oldest listing evicted");
-        assert!(c.listing(2, |_| true).is_some());
-        let six: Vec<_> = (0..6u8)
-            .map(|i| (Bytes::from(vec![b'x', i]), attrs(0)))
-            .collect();
-        c.put_listing(c.ticket(), 3, &six, |_| true);
-        assert!(c.listing(3, |_| true).is_none(), "too large to cache");
+        let three = entries(&[b"a", b"b", b"c"]);
+        c.put_listing(c.ticket(), b"/1", &three, |_| true);
+        c.put_listing(c.ticket(), b"/2", &three, |_| true);
+        assert!(!c.has_listing(b"/1"), "oldest listing evicted");
+        assert!(c.has_listing(b"/2"));
+        let six = entries(&[b"a", b"b", b"c", b"d", b"e", b"f"]);
+        c.put_listing(c.ticket(), b"/3", &six, |_| true);
+        assert!(!c.has_listing(b"/3"), "too large to cache");
     }
 
     #[test]
@@ -349,7 +446,7 @@ mod tests {
             enabled: false,
             ..CacheConfig::default()
         });
-        c.put_name(c.ticket(), key(1, b"a"), Known::Attrs(attrs(1)));
-        assert_eq!(c.name(&key(1, b"a")), None);
+        c.put_name(c.ticket(), b"/a".to_vec(), Known::Attrs(attrs(1)));
+        assert_eq!(c.name(b"/a"), None);
     }
 }

@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::cache::NameKey;
 use super::write::InodeWrites;
 
 pub const ROOT: u64 = 1;
@@ -131,10 +130,10 @@ impl InodeTable {
         }
     }
 
-    /// The name `ino` is reached by, unless it was unlinked.
-    pub fn name_key(&self, ino: u64) -> Option<NameKey> {
-        let node = self.nodes.get(&ino)?;
-        node.linked.then(|| (node.parent, node.name.clone()))
+    /// The path of `ino`, unless it was unlinked (an open file's old path may name another).
+    pub fn linked_path(&self, ino: u64) -> Option<Vec<u8>> {
+        self.nodes.get(&ino).filter(|n| n.linked)?;
+        self.path(ino)
     }
 
     /// The inode of `parent/name`, if the kernel holds one.

@@ -18,7 +18,7 @@ use tracing::debug;
 
 use crate::sftp::proto::{Attrs, open_flags};
 use crate::sftp::{Session, SftpError, StatVfs, StatusCode};
-use cache::{CacheConfig, Known, MetaCache, NameKey};
+use cache::{CacheConfig, Known, MetaCache, join};
 use inode::{InodeTable, ROOT};
 use read::{Prefetcher, ReadFuture, ReadSource};
 use write::{AckFuture, InodeWrites, WriteLane, WriteLimits, WritePipeline};
@@ -48,6 +48,10 @@ fn errno(e: SftpError) -> Errno {
 
 fn is_symlink(attrs: &Attrs) -> bool {
     attrs.permissions.unwrap_or(0) & libc::S_IFMT == libc::S_IFLNK
+}
+
+fn is_dir(attrs: &Attrs) -> bool {
+    attrs.permissions.unwrap_or(0) & libc::S_IFMT == libc::S_IFDIR
 }
 
 /// How remote owners and modes are shown locally.
@@ -122,10 +126,12 @@ const LANE_TARGET: usize = 2 * 1024 * 1024;
 
 /// READDIRs in flight at most for one listing.
 const MAX_READDIRS_IN_FLIGHT: usize = 16;
-/// Subdirectory listings fetched ahead at once, and waiting to be, at most. A tree walk
-/// (`ls -lR`, `find`, `du`) otherwise pays two round trips per directory, one after another.
-const DIR_PREFETCH_CONCURRENCY: usize = 8;
-const DIR_PREFETCH_QUEUE: usize = 512;
+/// Listings fetched ahead at once for a tree walk; see [`Core::prefetch_listings`].
+const DIR_PREFETCH_CONCURRENCY: usize = 16;
+/// Directories waiting to be fetched ahead, at most.
+const DIR_PREFETCH_STACK: usize = 256;
+/// How far below a directory being read its subdirectories are fetched ahead.
+const DIR_PREFETCH_DEPTH: u32 = 3;
 
 /// Read-ahead per open file, at most (a far link needs rate x round trip: 250 MB/s x 40 ms).
 const MAX_PREFETCH: usize = 16 * 1024 * 1024;
@@ -195,6 +201,16 @@ pub struct DirEntry {
     pub attr: Option<FileAttr>,
 }
 
+/// Directories whose listings are to be fetched ahead (top = next), and the workers doing it.
+#[derive(Default)]
+struct DirPrefetch {
+    stack: std::collections::VecDeque<(Vec<u8>, u32)>,
+    workers: usize,
+}
+
+/// A listing being fetched, for others who want it too.
+type ListingWatch = tokio::sync::watch::Receiver<Option<FsResult<Vec<(Bytes, Attrs)>>>>;
+
 /// A handle on another channel: which channel, and the handle.
 type LaneHandle = (Arc<Session>, Bytes);
 
@@ -247,8 +263,8 @@ pub struct Core {
     dirs: Mutex<HashMap<u64, Arc<DirHandle>>>,
     next_handle: AtomicU64,
     cache: MetaCache,
-    dir_prefetch_permits: Arc<tokio::sync::Semaphore>,
-    dir_prefetch_queued: std::sync::atomic::AtomicUsize,
+    dir_prefetch: Mutex<DirPrefetch>,
+    listings_in_flight: Mutex<HashMap<Vec<u8>, ListingWatch>>,
     config: CoreConfig,
 }
 
@@ -265,8 +281,8 @@ impl Core {
             dirs: Mutex::default(),
             next_handle: AtomicU64::new(1),
             cache: MetaCache::new(config.cache),
-            dir_prefetch_permits: Arc::new(tokio::sync::Semaphore::new(DIR_PREFETCH_CONCURRENCY)),
-            dir_prefetch_queued: Default::default(),
+            dir_prefetch: Mutex::default(),
+            listings_in_flight: Mutex::default(),
             config,
         }
     }
@@ -351,66 +367,54 @@ impl Core {
         attr
     }
 
-    /// True while writes through the mount to `parent/name` are in flight: the server's
-    /// attributes for it are about to change, so they are neither cached nor served from cache.
-    fn name_pending(&self, parent: u64, name: &[u8]) -> bool {
-        let inodes = self.inodes.lock().unwrap();
-        inodes
-            .child(parent, name)
-            .and_then(|ino| inodes.writes(ino))
+    /// True while writes through the mount to `ino` are in flight: the server's attributes
+    /// for it are about to change, so they are neither cached nor served from cache.
+    fn writes_pending(&self, ino: Option<u64>) -> bool {
+        ino.and_then(|ino| self.inode_writes(ino))
             .is_some_and(|w| w.pending())
     }
 
-    /// Names in `dir` with writes in flight (only open files can have them).
-    fn pending_names(&self, dir: u64) -> HashSet<Bytes> {
+    /// Paths of the files with writes in flight (only open files can have them).
+    fn pending_paths(&self) -> HashSet<Vec<u8>> {
         let files: Vec<Arc<OpenFile>> = self.files.lock().unwrap().values().cloned().collect();
         let inodes = self.inodes.lock().unwrap();
         files
             .iter()
             .filter(|f| f.inode_writes.pending())
-            .filter_map(|f| inodes.name_key(f.ino))
-            .filter(|(parent, _)| *parent == dir)
-            .map(|(_, name)| name)
+            .filter_map(|f| inodes.linked_path(f.ino))
             .collect()
     }
 
-    fn name_key(&self, ino: u64) -> Option<NameKey> {
-        self.inodes.lock().unwrap().name_key(ino)
+    /// The path of `ino` while a name still reaches it (it was not unlinked): the cache's key.
+    fn linked_path(&self, ino: u64) -> Option<Vec<u8>> {
+        self.inodes.lock().unwrap().linked_path(ino)
     }
 
-    /// Something changed `parent/name` through the mount: what the cache knew of it, and of
-    /// its directory's listing, is gone. Called once the server has answered, so that no
+    /// `path` was created, changed, renamed or removed through the mount: what the cache knew
+    /// of it and of its directory is gone. Called once the server has answered, so that no
     /// listing or stat fetched before the change is stored after it.
-    fn changed_name(&self, parent: u64, name: &[u8]) {
-        self.cache
-            .invalidate(&(parent, Bytes::copy_from_slice(name)));
-        // The directory's own mtime changed with it.
-        self.changed_attrs(parent);
+    fn changed_path(&self, path: &[u8]) {
+        self.cache.invalidate(path);
     }
 
-    /// `parent/name` was removed through the mount: a lookup of it needs no round trip.
-    fn gone_name(&self, parent: u64, name: &[u8]) {
+    /// `path` was removed through the mount: a lookup of it needs no round trip.
+    fn gone_path(&self, path: &[u8]) {
         let ticket = self.cache.ticket();
-        self.cache.put_name(
-            ticket,
-            (parent, Bytes::copy_from_slice(name)),
-            Known::Missing,
-        );
+        self.cache.put_name(ticket, path.to_vec(), Known::Missing);
     }
 
     /// The contents or attributes of `ino` changed through the mount.
     fn changed_attrs(&self, ino: u64) {
-        if let Some(key) = self.name_key(ino) {
-            self.cache.invalidate_attrs(&key);
+        if let Some(path) = self.linked_path(ino) {
+            self.cache.invalidate_attrs(&path);
         }
     }
 
-    /// lstat of `parent/name` (at `path`), through the cache.
-    async fn stat_name(&self, parent: u64, name: &[u8], path: &[u8]) -> FsResult<Attrs> {
-        let key = (parent, Bytes::copy_from_slice(name));
-        let cacheable = !self.name_pending(parent, name);
+    /// lstat of `path` (the inode `ino`, if the kernel holds one), through the cache.
+    async fn stat_cached(&self, ino: Option<u64>, path: &[u8]) -> FsResult<Attrs> {
+        let cacheable = !self.writes_pending(ino);
         if cacheable {
-            match self.cache.name(&key) {
+            match self.cache.name(path) {
                 Some(Known::Attrs(attrs)) => return Ok(attrs),
                 Some(Known::Missing) => return Err(libc::ENOENT),
                 None => {}
@@ -418,13 +422,14 @@ impl Core {
         }
         let ticket = self.cache.ticket();
         let result = self.session.lstat(path).await.map_err(errno);
-        if cacheable && !self.name_pending(parent, name) {
-            match &result {
-                Ok(attrs) => self
-                    .cache
-                    .put_name(ticket, key, Known::Attrs(attrs.clone())),
-                Err(libc::ENOENT) => self.cache.put_name(ticket, key, Known::Missing),
-                Err(_) => {}
+        if cacheable && !self.writes_pending(ino) {
+            let known = match &result {
+                Ok(attrs) => Some(Known::Attrs(attrs.clone())),
+                Err(libc::ENOENT) => Some(Known::Missing),
+                Err(_) => None,
+            };
+            if let Some(known) = known {
+                self.cache.put_name(ticket, path.to_vec(), known);
             }
         }
         result
@@ -432,7 +437,8 @@ impl Core {
 
     /// Stats `parent/name` and records the kernel's new reference to it.
     async fn entry(&self, parent: u64, name: &[u8], path: &[u8]) -> FsResult<Entry> {
-        let attrs = self.stat_name(parent, name, path).await?;
+        let known = self.inodes.lock().unwrap().child(parent, name);
+        let attrs = self.stat_cached(known, path).await?;
         let ino = self
             .inodes
             .lock()
@@ -453,11 +459,8 @@ impl Core {
 
     pub async fn getattr(&self, ino: u64, fh: Option<u64>) -> FsResult<FileAttr> {
         let open = fh.and_then(|fh| self.file(fh).ok());
-        let attrs = match (self.name_key(ino), open) {
-            (Some((parent, name)), _) => {
-                let path = self.path(ino)?;
-                self.stat_name(parent, &name, &path).await?
-            }
+        let attrs = match (self.linked_path(ino), open) {
+            (Some(path), _) => self.stat_cached(Some(ino), &path).await?,
             // An unlinked open file: only its handle still reaches it.
             (None, Some(file)) => self
                 .session
@@ -529,14 +532,14 @@ impl Core {
 
     pub async fn readlink(&self, ino: u64) -> FsResult<Bytes> {
         let path = self.path(ino)?;
-        let key = self.name_key(ino);
-        if let Some(target) = key.as_ref().and_then(|k| self.cache.link(k)) {
+        let linked = self.linked_path(ino).is_some();
+        if linked && let Some(target) = self.cache.link(&path) {
             return Ok(target);
         }
         let ticket = self.cache.ticket();
         let target = self.session.readlink(&path).await.map_err(errno)?;
-        if let Some(key) = key {
-            self.cache.put_link(ticket, key, target.clone());
+        if linked {
+            self.cache.put_link(ticket, path, target.clone());
         }
         Ok(target)
     }
@@ -548,7 +551,7 @@ impl Core {
             ..Default::default()
         };
         let made = self.session.mkdir(&path, attrs).await;
-        self.changed_name(parent, name);
+        self.changed_path(&path);
         if let Err(e) = made {
             return Err(self.refine_exists(e, &path).await);
         }
@@ -566,7 +569,7 @@ impl Core {
     pub async fn unlink(&self, parent: u64, name: &[u8]) -> FsResult<()> {
         let path = self.child_path(parent, name)?;
         let removed = self.session.remove(&path).await;
-        self.changed_name(parent, name);
+        self.changed_path(&path);
         if let Err(e) = removed {
             if e.status() == Some(StatusCode::FAILURE)
                 && let Ok(a) = self.session.lstat(&path).await
@@ -577,14 +580,14 @@ impl Core {
             return Err(errno(e));
         }
         self.inodes.lock().unwrap().unlink(parent, name);
-        self.gone_name(parent, name);
+        self.gone_path(&path);
         Ok(())
     }
 
     pub async fn rmdir(&self, parent: u64, name: &[u8]) -> FsResult<()> {
         let path = self.child_path(parent, name)?;
         let removed = self.session.rmdir(&path).await;
-        self.changed_name(parent, name);
+        self.cache.invalidate_tree(&path);
         if let Err(e) = removed {
             // The common FAILURE of rmdir is a directory that is not empty.
             if e.status() == Some(StatusCode::FAILURE) && self.session.lstat(&path).await.is_ok() {
@@ -593,14 +596,14 @@ impl Core {
             return Err(errno(e));
         }
         self.inodes.lock().unwrap().unlink(parent, name);
-        self.gone_name(parent, name);
+        self.gone_path(&path);
         Ok(())
     }
 
     pub async fn symlink(&self, parent: u64, name: &[u8], target: &[u8]) -> FsResult<Entry> {
         let path = self.child_path(parent, name)?;
         let made = self.session.symlink(&path, target).await;
-        self.changed_name(parent, name);
+        self.changed_path(&path);
         if let Err(e) = made {
             return Err(self.refine_exists(e, &path).await);
         }
@@ -631,8 +634,16 @@ impl Core {
         } else {
             self.session.rename(&from, &to).await
         };
-        self.changed_name(parent, name);
-        self.changed_name(new_parent, new_name);
+        // A directory takes everything cached below it along; a file (known as one) only
+        // its own entries, which spares a scan of the cache for each of rsync's renames.
+        let known_file = matches!(self.cache.name(&from), Some(Known::Attrs(a)) if !is_dir(&a));
+        for path in [&from, &to] {
+            if known_file {
+                self.changed_path(path);
+            } else {
+                self.cache.invalidate_tree(path);
+            }
+        }
         if let Err(e) = result {
             if no_replace {
                 return Err(self.refine_exists(e, &to).await);
@@ -643,7 +654,7 @@ impl Core {
             .lock()
             .unwrap()
             .rename(parent, name, new_parent, new_name);
-        self.gone_name(parent, name);
+        self.gone_path(&from);
         Ok(())
     }
 
@@ -651,7 +662,7 @@ impl Core {
         let existing = self.path(ino)?;
         let path = self.child_path(new_parent, new_name)?;
         let linked = self.session.hardlink(&existing, &path).await;
-        self.changed_name(new_parent, new_name);
+        self.changed_path(&path);
         if let Err(e) = linked {
             return Err(self.refine_exists(e, &path).await);
         }
@@ -828,12 +839,12 @@ impl Core {
         }
         // The attributes that decide whether the kernel's cached pages are still the file's
         // travel alongside the OPEN, so they cost no round trip of their own.
+        let linked = self.linked_path(ino).is_some();
         let stat = async {
-            match self.name_key(ino) {
-                Some((parent, name)) if !truncating => {
-                    self.stat_name(parent, &name, &path).await.ok()
-                }
-                _ => None,
+            if linked && !truncating {
+                self.stat_cached(Some(ino), &path).await.ok()
+            } else {
+                None
             }
         };
         let (handle, attrs) =
@@ -865,7 +876,7 @@ impl Core {
         };
         let pflags = Self::sftp_open_flags(flags | libc::O_CREAT);
         let opened = self.session.open(&path, pflags, attrs).await;
-        self.changed_name(parent, name);
+        self.changed_path(&path);
         let handle = match opened {
             Ok(h) => h,
             Err(e) if flags & libc::O_EXCL != 0 => return Err(self.refine_exists(e, &path).await),
@@ -879,11 +890,8 @@ impl Core {
                 return Err(errno(e));
             }
         };
-        self.cache.put_name(
-            ticket,
-            (parent, Bytes::copy_from_slice(name)),
-            Known::Attrs(attrs.clone()),
-        );
+        self.cache
+            .put_name(ticket, path.clone(), Known::Attrs(attrs.clone()));
         let ino = self.inodes.lock().unwrap().remember(parent, name, false);
         let fh = self.register_open(ino, handle, flags)?;
         Ok((
@@ -1025,13 +1033,11 @@ impl Core {
     }
 
     pub async fn opendir(&self, ino: u64) -> FsResult<u64> {
-        let pending = self.pending_names(ino);
-        let entries = match self
-            .cache
-            .listing(ino, |name: &Bytes| !pending.contains(name))
-        {
+        let path = self.path(ino)?;
+        let pending = self.pending_paths();
+        let entries = match self.cache.listing(&path, |p| !pending.contains(p)) {
             Some(entries) => entries,
-            None => self.fetch_listing(ino).await?,
+            None => self.fetch_listing(&path).await?,
         };
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
         self.dirs
@@ -1041,52 +1047,122 @@ impl Core {
         Ok(fh)
     }
 
-    /// A listing from the server, kept in the cache.
-    async fn fetch_listing(&self, ino: u64) -> FsResult<Vec<(Bytes, Attrs)>> {
+    /// A listing from the server, kept in the cache. A listing already being fetched (ahead,
+    /// for a tree walk) is waited for rather than asked for twice.
+    async fn fetch_listing(&self, path: &[u8]) -> FsResult<Vec<(Bytes, Attrs)>> {
+        let (tx, waiting) = {
+            let mut in_flight = self.listings_in_flight.lock().unwrap();
+            match in_flight.get(path) {
+                Some(rx) => (None, Some(rx.clone())),
+                None => {
+                    let (tx, rx) = tokio::sync::watch::channel(None);
+                    in_flight.insert(path.to_vec(), rx);
+                    (Some(tx), None)
+                }
+            }
+        };
+        if let Some(mut rx) = waiting {
+            if let Ok(done) = rx.wait_for(Option::is_some).await {
+                return done.clone().expect("waited for Some");
+            }
+            // The fetch was given up: fetch it here.
+            return Box::pin(self.fetch_listing(path)).await;
+        }
+        // Whatever happens to this fetch, it stops being the one others wait for.
+        struct InFlight<'a>(&'a Mutex<HashMap<Vec<u8>, ListingWatch>>, &'a [u8]);
+        impl Drop for InFlight<'_> {
+            fn drop(&mut self) {
+                self.0.lock().unwrap().remove(self.1);
+            }
+        }
+        let _in_flight = InFlight(&self.listings_in_flight, path);
         let ticket = self.cache.ticket();
-        let entries = self.list_dir(ino).await?;
-        let pending = self.pending_names(ino);
-        self.cache
-            .put_listing(ticket, ino, &entries, |name| !pending.contains(name));
-        Ok(entries)
+        let listed = self.list_dir(path).await;
+        if let Ok(entries) = &listed {
+            let pending = self.pending_paths();
+            self.cache
+                .put_listing(ticket, path, entries, |p| !pending.contains(p));
+        }
+        if let Some(tx) = tx {
+            tx.send_replace(Some(listed.clone()));
+        }
+        listed
     }
 
-    /// Fetches the listings of `dirs` into the cache, a few at a time, while the reader of
-    /// their parent is busy with it: a tree walk finds them there. Only directories the
-    /// kernel was just told about are fetched, so the walk goes as deep as the reader does.
-    pub async fn prefetch_listings(self: Arc<Self>, dirs: Vec<u64>) {
+    /// Fetches listings below the directory `dir` into the cache while its reader is busy
+    /// with it, so that a tree walk (`ls -lR`, `find`, `du`) finds them there instead of
+    /// waiting two round trips per directory, one directory after another. `subdirs` (the ones
+    /// the kernel was just told about, in name order as `ls -R` and `find -s` visit them) go on
+    /// top of one stack for the mount: the directory read last is the walker's position, so its
+    /// neighbourhood comes first. [`DIR_PREFETCH_CONCURRENCY`] workers take from the top, each
+    /// fetched listing pushing its own subdirectories down to [`DIR_PREFETCH_DEPTH`] levels below
+    /// the read directory; the oldest entries fall off the bottom of a full stack. A single
+    /// `ls` thus costs a bounded number of listings, and a walk keeps ahead of its walker.
+    pub fn prefetch_listings(self: &Arc<Self>, dir: u64, mut subdirs: Vec<Bytes>) {
         if !self.config.dir_prefetch || !self.config.cache.enabled {
             return;
         }
-        let mut fetching = tokio::task::JoinSet::new();
-        for ino in dirs {
-            if self.cache.has_listing(ino) {
-                continue;
-            }
-            if self.dir_prefetch_queued.fetch_add(1, Ordering::Relaxed) >= DIR_PREFETCH_QUEUE {
-                self.dir_prefetch_queued.fetch_sub(1, Ordering::Relaxed);
-                break;
-            }
-            let core = self.clone();
-            fetching.spawn(async move {
-                if let Ok(_permit) = core.dir_prefetch_permits.acquire().await
-                    && !core.cache.has_listing(ino)
-                {
-                    let _ = core.fetch_listing(ino).await;
-                }
-                core.dir_prefetch_queued.fetch_sub(1, Ordering::Relaxed);
-            });
+        let Ok(base) = self.path(dir) else {
+            return;
+        };
+        subdirs.sort();
+        let paths = subdirs.iter().map(|name| join(&base, name)).collect();
+        self.push_prefetch(paths, 1);
+    }
+
+    fn push_prefetch(self: &Arc<Self>, paths: Vec<Vec<u8>>, depth: u32) {
+        let mut state = self.dir_prefetch.lock().unwrap();
+        // Reversed: the first in name order ends on top.
+        state
+            .stack
+            .extend(paths.into_iter().rev().map(|path| (path, depth)));
+        while state.stack.len() > DIR_PREFETCH_STACK {
+            state.stack.pop_front();
         }
-        fetching.join_all().await;
+        let idle = DIR_PREFETCH_CONCURRENCY - state.workers;
+        for _ in 0..idle.min(state.stack.len()) {
+            state.workers += 1;
+            tokio::spawn(self.clone().prefetch_worker());
+        }
+    }
+
+    async fn prefetch_worker(self: Arc<Self>) {
+        loop {
+            let (path, depth) = {
+                let mut state = self.dir_prefetch.lock().unwrap();
+                match state.stack.pop_back() {
+                    Some(next) => next,
+                    None => {
+                        state.workers -= 1;
+                        return;
+                    }
+                }
+            };
+            let below = match self.cache.subdirs(&path) {
+                Some(below) => below,
+                None => match self.fetch_listing(&path).await {
+                    Ok(entries) => entries
+                        .iter()
+                        .filter(|(_, attrs)| is_dir(attrs))
+                        .map(|(name, _)| join(&path, name))
+                        .collect(),
+                    Err(_) => Vec::new(),
+                },
+            };
+            if depth < DIR_PREFETCH_DEPTH && !below.is_empty() {
+                let mut below = below;
+                below.sort();
+                self.push_prefetch(below, depth + 1);
+            }
+        }
     }
 
     /// The whole listing of a directory, from the server. READDIRs are pipelined (two at first,
     /// so a small directory costs one round trip after the OPENDIR, more while batches keep
     /// coming) and the CLOSE is not waited for: on a far link a listing costs two round trips
     /// where one READDIR at a time would cost one per batch, plus one for the end, plus the CLOSE.
-    async fn list_dir(&self, ino: u64) -> FsResult<Vec<(Bytes, Attrs)>> {
-        let path = self.path(ino)?;
-        let handle = self.session.opendir(&path).await.map_err(errno)?;
+    async fn list_dir(&self, path: &[u8]) -> FsResult<Vec<(Bytes, Attrs)>> {
+        let handle = self.session.opendir(path).await.map_err(errno)?;
         let mut in_flight = std::collections::VecDeque::new();
         for _ in 0..2 {
             in_flight.push_back(self.session.submit_readdir(handle.clone()));

@@ -1211,11 +1211,13 @@ pub struct SftpRecorder {
     dir: TempDir,
 }
 
-/// SFTP requests by type, and the bytes READ requests asked for.
+/// SFTP requests by type, the bytes READ requests asked for, and the directories opened.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SftpRequests {
     pub by_type: HashMap<&'static str, u64>,
     pub read_bytes: u64,
+    /// OPENDIR paths (as sent: absolute), with how often each was opened.
+    pub opened_dirs: HashMap<String, u64>,
 }
 
 impl SftpRequests {
@@ -1235,9 +1237,21 @@ impl SftpRequests {
             .map(|(k, v)| (*k, v - earlier.count(k)))
             .filter(|(_, v)| *v > 0)
             .collect();
+        let opened_dirs = self
+            .opened_dirs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    v - earlier.opened_dirs.get(k).copied().unwrap_or(0),
+                )
+            })
+            .filter(|(_, v)| *v > 0)
+            .collect();
         SftpRequests {
             by_type,
             read_bytes: self.read_bytes - earlier.read_bytes,
+            opened_dirs,
         }
     }
 }
@@ -1318,6 +1332,11 @@ impl SftpRecorder {
                 let body = &data[pos + 4..pos + 4 + len];
                 let kind = sftp_request_name(body[0]);
                 *out.by_type.entry(kind).or_default() += 1;
+                if kind == "OPENDIR" {
+                    let plen = u32::from_be_bytes(body[5..9].try_into().unwrap()) as usize;
+                    let path = String::from_utf8_lossy(&body[9..9 + plen]).into_owned();
+                    *out.opened_dirs.entry(path).or_default() += 1;
+                }
                 if kind == "READ" {
                     // id, handle (string), offset (u64), len (u32)
                     let hlen = u32::from_be_bytes(body[5..9].try_into().unwrap()) as usize;
