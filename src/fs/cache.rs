@@ -84,6 +84,15 @@ struct Timed<T> {
     at: Instant,
 }
 
+impl<T> Timed<T> {
+    fn now(value: T) -> Self {
+        Timed {
+            value,
+            at: Instant::now(),
+        }
+    }
+}
+
 struct Inner {
     epoch: u64,
     names: LruCache<Vec<u8>, Timed<Known>>,
@@ -132,20 +141,21 @@ impl MetaCache {
         Self::fresh(inner.names.get(path), self.config.stat_timeout)
     }
 
-    pub fn put_name(&self, ticket: Ticket, path: Vec<u8>, known: Known) {
+    /// Runs `store` unless the cache is off or something was invalidated since `ticket`.
+    fn store_if_current(&self, ticket: Ticket, store: impl FnOnce(&mut Inner)) {
         if !self.config.enabled {
             return;
         }
         let mut inner = self.inner.lock().unwrap();
         if inner.epoch == ticket.0 {
-            inner.names.put(
-                path,
-                Timed {
-                    value: known,
-                    at: Instant::now(),
-                },
-            );
+            store(&mut inner);
         }
+    }
+
+    pub fn put_name(&self, ticket: Ticket, path: Vec<u8>, known: Known) {
+        self.store_if_current(ticket, |inner| {
+            inner.names.put(path, Timed::now(known));
+        });
     }
 
     pub fn link(&self, path: &[u8]) -> Option<Bytes> {
@@ -157,19 +167,9 @@ impl MetaCache {
     }
 
     pub fn put_link(&self, ticket: Ticket, path: Vec<u8>, target: Bytes) {
-        if !self.config.enabled {
-            return;
-        }
-        let mut inner = self.inner.lock().unwrap();
-        if inner.epoch == ticket.0 {
-            inner.links.put(
-                path,
-                Timed {
-                    value: target,
-                    at: Instant::now(),
-                },
-            );
-        }
+        self.store_if_current(ticket, |inner| {
+            inner.links.put(path, Timed::now(target));
+        });
     }
 
     /// The listing of `dir` with every entry's attributes, if all of it is still fresh;
@@ -237,40 +237,33 @@ impl MetaCache {
         entries: &[(Bytes, Attrs)],
         usable: impl Fn(&[u8]) -> bool,
     ) {
-        if !self.config.enabled || entries.len() > self.config.max_entries {
+        if entries.len() > self.config.max_entries {
             return;
         }
-        let mut inner = self.inner.lock().unwrap();
-        if inner.epoch != ticket.0 {
-            return;
-        }
-        let now = Instant::now();
-        for (name, attrs) in entries {
-            let path = join(dir, name);
-            if usable(&path) {
-                let value = Known::Attrs(attrs.clone());
-                inner.names.put(path, Timed { value, at: now });
-            } else {
-                inner.names.pop(&path);
+        let max_entries = self.config.max_entries;
+        self.store_if_current(ticket, |inner| {
+            for (name, attrs) in entries {
+                let path = join(dir, name);
+                if usable(&path) {
+                    inner
+                        .names
+                        .put(path, Timed::now(Known::Attrs(attrs.clone())));
+                } else {
+                    inner.names.pop(&path);
+                }
             }
-        }
-        let names: Vec<Bytes> = entries.iter().map(|(n, _)| n.clone()).collect();
-        inner.listed += names.len();
-        if let Some(old) = inner.dirs.put(
-            dir.to_vec(),
-            Timed {
-                value: names,
-                at: now,
-            },
-        ) {
-            inner.listed -= old.value.len();
-        }
-        while inner.listed > self.config.max_entries {
-            match inner.dirs.pop_lru() {
-                Some((_, old)) => inner.listed -= old.value.len(),
-                None => break,
+            let names: Vec<Bytes> = entries.iter().map(|(n, _)| n.clone()).collect();
+            inner.listed += names.len();
+            if let Some(old) = inner.dirs.put(dir.to_vec(), Timed::now(names)) {
+                inner.listed -= old.value.len();
             }
-        }
+            while inner.listed > max_entries {
+                match inner.dirs.pop_lru() {
+                    Some((_, old)) => inner.listed -= old.value.len(),
+                    None => break,
+                }
+            }
+        });
     }
 
     /// Forgets what is known of a name (its attributes, target, listing) and of its directory
