@@ -4,7 +4,7 @@
 mod common;
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 
 use common::*;
@@ -74,4 +74,37 @@ fn reads_see_writes_and_truncates_through_the_mount() {
     g.read_to_end(&mut rest).unwrap();
     assert_eq!(rest.len(), 3 << 20);
     assert_eq!(rest, fs::read(sshd.remote_root().join("f")).unwrap());
+}
+
+#[test]
+fn a_file_growing_on_the_server_is_read_on_the_same_descriptor() {
+    let sshd = Sshd::start();
+    let remote = sshd.remote_root().join("log");
+    random_file(&remote, 3 << 20, 8);
+    let m = Mount::far(&sshd, 2, &["-o", "dcache_timeout=1"]);
+    let mut f = File::open(m.join("log")).unwrap();
+    let mut got = Vec::new();
+    f.read_to_end(&mut got).unwrap();
+    assert_eq!(got.len(), 3 << 20);
+
+    // Appended on the server, as a log being written there: `tail -f` reads on from the end.
+    let mut more = vec![0u8; 700_000];
+    RandomBytes::new(9).fill(&mut more);
+    OpenOptions::new()
+        .append(true)
+        .open(&remote)
+        .unwrap()
+        .write_all(&more)
+        .unwrap();
+    let mut tail = Vec::new();
+    assert!(
+        wait_until(std::time::Duration::from_secs(10), || {
+            f.read_to_end(&mut tail).unwrap();
+            tail.len() >= more.len()
+        }),
+        "read {} of {} appended bytes",
+        tail.len(),
+        more.len()
+    );
+    assert!(tail == more, "appended bytes differ");
 }

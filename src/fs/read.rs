@@ -6,7 +6,8 @@
 //! Chunks sit on a fixed grid of the server's largest READ; replies may arrive in any order.
 //!
 //! Prefetched data is only served while no write through the mount has touched the inode since
-//! it was fetched (the caller passes the inode's write generation).
+//! it was fetched (the caller passes the inode's write generation), and never past where the file
+//! ended when it was fetched: a read there goes to the server, since the file may have grown.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -102,6 +103,17 @@ impl Prefetcher {
                 s.window = 0;
                 s.end = None;
                 s.generation = generation;
+            }
+            // The end of the file seen earlier only stops fetching ahead: a read that reaches
+            // it is asked of the server, which may have more by now (`tail -f`).
+            if let Some(e) = s.end
+                && end > e
+            {
+                let from = e / self.chunk * self.chunk;
+                drop(s.chunks.split_off(&from));
+                s.end = None;
+                s.next = end;
+                return None;
             }
             let in_window = s
                 .chunks
@@ -303,6 +315,55 @@ mod tests {
         }
         let asked = file.asked.load(Ordering::Relaxed);
         assert!(asked <= 4 << 20, "hot region fetched {asked} bytes");
+    }
+
+    /// A file that grows between reads, as one being appended to on the server.
+    struct GrowingFile {
+        len: AtomicUsize,
+    }
+
+    impl ReadSource for GrowingFile {
+        fn read(&self, offset: u64, len: u32) -> ReadFuture {
+            let end = (offset + len as u64).min(self.len.load(Ordering::Relaxed) as u64);
+            let data: Vec<u8> = (offset..end.max(offset)).map(|i| (i % 251) as u8).collect();
+            Box::pin(async move { Ok(Bytes::from(data)) })
+        }
+    }
+
+    #[tokio::test]
+    async fn the_end_of_a_file_seen_once_is_not_trusted_for_later_reads() {
+        let file = Arc::new(GrowingFile {
+            len: AtomicUsize::new(1_000_000),
+        });
+        let p = Prefetcher::new(file.clone(), ByteBudget::new(64 << 20), 64 * 1024, 4 << 20);
+        let mut offset = 0u64;
+        let mut got = Vec::new();
+        loop {
+            let data = match p.read(offset, 131072, 0).await {
+                Some(d) => d.to_vec(),
+                None => expected(offset, 131072, file.len.load(Ordering::Relaxed) as u64),
+            };
+            if data.is_empty() {
+                break;
+            }
+            offset += data.len() as u64;
+            got.extend(data);
+        }
+        assert_eq!(got, expected(0, 1_000_000, 1_000_000));
+        file.len.store(1_500_000, Ordering::Relaxed);
+        // At the old end: the caller asks the server, or the prefetcher serves the new bytes.
+        for _ in 0..8 {
+            let want = expected(offset, 131072, 1_500_000);
+            if let Some(d) = p.read(offset, 131072, 0).await {
+                assert!(
+                    d.to_vec() == want,
+                    "stale end of file at {offset}: {} bytes",
+                    d.len()
+                );
+            }
+            offset += want.len() as u64;
+        }
+        assert_eq!(offset, 1_500_000);
     }
 
     #[tokio::test]
