@@ -351,3 +351,30 @@ fn reading_a_directory_fetches_listings_three_levels_below_it_ahead() {
     assert_eq!(names(&with.join("top/a/b/c/d/e")).len(), 0);
     assert_eq!(recorder.settled().since(&before).total(), 0);
 }
+
+#[test]
+fn a_directory_too_large_to_cache_is_not_fetched_ahead_again_and_again() {
+    let recorder = SftpRecorder::new();
+    let sshd = Sshd::start_recorded(&recorder);
+    let big = sshd.remote_root().join("top/big");
+    fs::create_dir_all(&big).unwrap();
+    for i in 0..300 {
+        fs::write(big.join(format!("f{i}")), b"").unwrap();
+    }
+    let m = Mount::new(&sshd, &["-o", "dcache_max_size=100"]);
+    let before = recorder.settled();
+    for _ in 0..3 {
+        assert_eq!(names(&m.join("top")), set_names(&["big"]));
+        // Each listing's prefetch is over before the next listing.
+        recorder.settled();
+    }
+    let cost = recorder.settled().since(&before);
+    let big_path = big.to_str().unwrap();
+    assert_eq!(
+        cost.opened_dirs.get(big_path).copied(),
+        Some(1),
+        "three listings of its parent: {cost:?}"
+    );
+    // Read for real, it is listed every time (it cannot be kept).
+    assert_eq!(names(&m.join("top/big")).len(), 300);
+}

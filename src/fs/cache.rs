@@ -100,6 +100,9 @@ struct Inner {
     dirs: LruCache<Vec<u8>, Timed<Vec<Bytes>>>,
     /// Names in `dirs`, all listings together.
     listed: usize,
+    /// Directories whose listing was too large to keep, and when that was seen: fetching
+    /// them ahead again and again would be all cost.
+    too_large: LruCache<Vec<u8>, Instant>,
 }
 
 pub struct MetaCache {
@@ -119,6 +122,7 @@ impl MetaCache {
                 // Bounded by `listed`; the count bound only keeps the table small.
                 dirs: LruCache::new(cap),
                 listed: 0,
+                too_large: LruCache::new(NonZeroUsize::new(256).expect("non-zero")),
             }),
         }
     }
@@ -198,16 +202,14 @@ impl MetaCache {
         Some(out)
     }
 
-    /// Whether a fresh listing of `dir` is kept (its entries' attributes may not all be).
-    pub fn has_listing(&self, dir: &[u8]) -> bool {
-        if !self.config.enabled {
-            return false;
-        }
+    /// Whether `dir` was listed within the listing timeout and had more names than the cache
+    /// keeps.
+    pub fn too_large(&self, dir: &[u8]) -> bool {
         let inner = self.inner.lock().unwrap();
         inner
-            .dirs
+            .too_large
             .peek(dir)
-            .is_some_and(|t| t.at.elapsed() < self.config.dir_timeout)
+            .is_some_and(|at| at.elapsed() < self.config.dir_timeout)
     }
 
     /// The subdirectories in a fresh cached listing of `dir`, as paths.
@@ -238,6 +240,8 @@ impl MetaCache {
         usable: impl Fn(&[u8]) -> bool,
     ) {
         if entries.len() > self.config.max_entries {
+            let mut inner = self.inner.lock().unwrap();
+            inner.too_large.put(dir.to_vec(), Instant::now());
             return;
         }
         let max_entries = self.config.max_entries;
@@ -426,11 +430,12 @@ mod tests {
         let three = entries(&[b"a", b"b", b"c"]);
         c.put_listing(c.ticket(), b"/1", &three, |_| true);
         c.put_listing(c.ticket(), b"/2", &three, |_| true);
-        assert!(!c.has_listing(b"/1"), "oldest listing evicted");
-        assert!(c.has_listing(b"/2"));
+        assert!(c.subdirs(b"/1").is_none(), "oldest listing evicted");
+        assert!(c.subdirs(b"/2").is_some());
         let six = entries(&[b"a", b"b", b"c", b"d", b"e", b"f"]);
         c.put_listing(c.ticket(), b"/3", &six, |_| true);
-        assert!(!c.has_listing(b"/3"), "too large to cache");
+        assert!(c.subdirs(b"/3").is_none(), "too large to cache");
+        assert!(c.too_large(b"/3") && !c.too_large(b"/2"));
     }
 
     #[test]

@@ -1138,6 +1138,9 @@ impl Core {
                     }
                 }
             };
+            if self.cache.too_large(&path) {
+                continue;
+            }
             let below = match self.cache.subdirs(&path) {
                 Some(below) => below,
                 None => match self.fetch_listing(&path).await {
