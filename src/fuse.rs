@@ -19,11 +19,14 @@ use tracing::debug;
 
 use crate::fs::{Core, CreateMode, SetAttr};
 
-/// How long the kernel may trust what we tell it (`attr_timeout`, `entry_timeout`).
+/// How long the kernel may trust what we tell it (`attr_timeout`, `entry_timeout`,
+/// `negative_timeout`).
 #[derive(Debug, Clone, Copy)]
 pub struct KernelTtl {
     pub attr: Duration,
     pub entry: Duration,
+    /// That a name does not exist; zero: not at all.
+    pub negative: Duration,
 }
 
 impl KernelTtl {
@@ -85,6 +88,10 @@ impl Filesystem for FuseAdapter {
         self.spawn(|core| async move {
             match core.lookup(parent.0, &name).await {
                 Ok(e) => reply.entry_with_ttls(&ttl.attr, &ttl.entry, &e.attr, GENERATION),
+                // Inode 0 is the kernel's "no such name", kept for the entry time.
+                Err(libc::ENOENT) if !ttl.negative.is_zero() => {
+                    reply.entry_with_ttls(&Duration::ZERO, &ttl.negative, &dot_attr(0), GENERATION)
+                }
                 Err(e) => reply.error(errno(e)),
             }
         });

@@ -161,6 +161,7 @@ pub fn run(opts: Options, mountpoint: PathBuf, ready: Option<ReadyPipe>) -> anyh
     let ttl = KernelTtl {
         attr: opts.attr_timeout,
         entry: opts.entry_timeout,
+        negative: opts.negative_timeout,
     };
     let adapter = FuseAdapter::new(core.clone(), runtime.handle().clone(), ttl);
     let mut config = fuser::Config::default();
@@ -336,7 +337,7 @@ async fn connect(
             write_buffer_total: opts.write_buffer_total,
             short_writes: opts.short_writes,
             cache: opts.cache_config(),
-            always_keep_cache: opts.kernel_cache,
+            keep_cache: opts.keep_cache,
             dir_prefetch: opts.dir_prefetch,
         },
     );

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::fs::KeepCache;
 use crate::fs::cache::CacheConfig;
 
 #[derive(Debug, thiserror::Error)]
@@ -65,8 +66,12 @@ Mount options (-o opt[,opt=value...], repeatable; also accepted from fstab):
                             wait a round trip per directory (default yes; needs dir_cache)
   attr_timeout=, entry_timeout=SECONDS
                             how long the kernel trusts attributes and names (default 1)
-  kernel_cache              keep the kernel's cached file pages at every open; by default they
-                            are kept only while the file's size and mtime are unchanged
+  auto_cache | kernel_cache | noauto_cache
+                            keep the kernel's cached file pages across opens while the file's
+                            size and mtime are unchanged (auto_cache, default), always
+                            (kernel_cache), or never (noauto_cache)
+  negative_timeout=SECONDS  how long the kernel trusts that a name does not exist (default 0:
+                            it asks sftpmount, whose cache answers within dcache_timeout)
   Accepted and passed on or ignored, as mount(8) sends them: dev, nodev, suid, nosuid, exec,
   noexec, atime, noatime, auto, noauto, _netdev, user, users, nouser, nofail, defaults,
   x-systemd.*, comment=*
@@ -202,8 +207,10 @@ pub struct Options {
     /// How long the kernel trusts attributes and names.
     pub attr_timeout: Duration,
     pub entry_timeout: Duration,
-    /// `kernel_cache`: keep cached pages at every open, even of a changed file.
-    pub kernel_cache: bool,
+    /// `auto_cache`, `kernel_cache`, `noauto_cache`.
+    pub keep_cache: KeepCache,
+    /// How long the kernel trusts that a name does not exist.
+    pub negative_timeout: Duration,
     /// `dir_prefetch=no` turns off fetching subdirectory listings ahead.
     pub dir_prefetch: bool,
     /// Generic mount flags passed on to the kernel (nodev, noexec, ...).
@@ -276,7 +283,8 @@ where
         dcache_max_size: DEFAULT_DCACHE_MAX_SIZE,
         attr_timeout: DEFAULT_KERNEL_TIMEOUT,
         entry_timeout: DEFAULT_KERNEL_TIMEOUT,
-        kernel_cache: false,
+        keep_cache: KeepCache::WhileUnchanged,
+        negative_timeout: Duration::ZERO,
         dir_prefetch: true,
         kernel_flags: Vec::new(),
     };
@@ -426,9 +434,11 @@ impl Options {
             }
             "attr_timeout" => self.attr_timeout = fraction()?,
             "entry_timeout" => self.entry_timeout = fraction()?,
-            "kernel_cache" => self.kernel_cache = true,
+            "kernel_cache" => self.keep_cache = KeepCache::Always,
+            "noauto_cache" => self.keep_cache = KeepCache::Never,
+            "negative_timeout" => self.negative_timeout = fraction()?,
             "dir_prefetch" => self.dir_prefetch = yes_no()?,
-            "auto_cache" => self.kernel_cache = false,
+            "auto_cache" => self.keep_cache = KeepCache::WhileUnchanged,
             "reconnect" => self.reconnect = true,
             "password_stdin" => self.password_stdin = true,
             "allow_other" => self.allow_other = true,
@@ -562,6 +572,8 @@ mod tests {
             "dcache_link_timeout=7,dcache_timeout=3,cache_dir_timeout=0.5,dcache_max_size=99",
             "-o",
             "attr_timeout=2.5,entry_timeout=0,kernel_cache,dcache_clean_interval=60",
+            "-o",
+            "negative_timeout=3",
         ]);
         let c = o.cache_config();
         assert!(c.enabled);
@@ -575,7 +587,10 @@ mod tests {
         assert_eq!(c.max_entries, 99);
         assert_eq!(o.attr_timeout, Duration::from_millis(2500));
         assert_eq!(o.entry_timeout, Duration::ZERO);
-        assert!(o.kernel_cache);
+        assert_eq!(o.keep_cache, KeepCache::Always);
+        assert_eq!(o.negative_timeout, Duration::from_secs(3));
+        let o = mount(&["h:", "/m", "-o", "kernel_cache,noauto_cache"]);
+        assert_eq!(o.keep_cache, KeepCache::Never);
         assert!(
             !mount(&["h:", "/m", "-o", "dir_cache=no"])
                 .cache_config()

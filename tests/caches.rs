@@ -378,3 +378,41 @@ fn a_directory_too_large_to_cache_is_not_fetched_ahead_again_and_again() {
     // Read for real, it is listed every time (it cannot be kept).
     assert_eq!(names(&m.join("top/big")).len(), 300);
 }
+
+#[test]
+fn negative_timeout_lets_the_kernel_keep_missing_names() {
+    let recorder = SftpRecorder::new();
+    let sshd = Sshd::start_recorded(&recorder);
+    // Our cache off, to see the kernel's alone.
+    let kept = Mount::new(&sshd, &["-o", "dir_cache=no,negative_timeout=30"]);
+    let asked = Mount::new(&sshd, &["-o", "dir_cache=no"]);
+    for (m, lstats) in [(&kept, 1), (&asked, 5)] {
+        let before = recorder.settled();
+        for _ in 0..5 {
+            assert_eq!(
+                fs::metadata(m.join("missing"))
+                    .map_err(errno_of)
+                    .unwrap_err(),
+                libc::ENOENT
+            );
+        }
+        let cost = recorder.settled().since(&before);
+        assert_eq!(cost.count("LSTAT"), lstats, "{cost:?}");
+    }
+    // Creating the name through the mount replaces the kernel's "no such name".
+    fs::write(kept.join("missing"), b"now").unwrap();
+    assert_eq!(fs::read(kept.join("missing")).unwrap(), b"now");
+}
+
+#[test]
+fn noauto_cache_reads_afresh_at_every_open() {
+    let recorder = SftpRecorder::new();
+    let sshd = Sshd::start_recorded(&recorder);
+    random_file(sshd.remote_root().join("f"), 1 << 20, 4);
+    let m = Mount::new(&sshd, &["-o", "noauto_cache"]);
+    assert_eq!(fs::read(m.join("f")).unwrap().len(), 1 << 20);
+    let before = recorder.settled();
+    assert_eq!(fs::read(m.join("f")).unwrap().len(), 1 << 20);
+    let cost = recorder.settled().since(&before);
+    assert!(cost.read_bytes >= 1 << 20, "{cost:?}");
+}

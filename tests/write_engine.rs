@@ -89,7 +89,31 @@ fn full_disk_reports_enospc_not_eio_and_the_mount_stays_usable() {
         b"still fine"
     );
     fs::remove_file(m.join("small/big")).unwrap();
-    fs::write(m.join("small/again"), b"space again").unwrap();
+    // The server frees the space once the last handle on "big" is closed, which the kernel's
+    // asynchronous release of the writer's descriptor does a moment after close(2) returned;
+    // until then a write fails with ENOSPC at fsync (never silently).
+    let again = m.join("small/again");
+    let mut failures = Vec::new();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let written = File::create(&again).and_then(|mut f| {
+                f.write_all(b"space again")?;
+                f.sync_all()
+            });
+            match written {
+                Ok(()) => true,
+                Err(e) => {
+                    failures.push(e.raw_os_error());
+                    false
+                }
+            }
+        }),
+        "writes never succeeded after the big file was removed: {failures:?}"
+    );
+    assert!(
+        failures.iter().all(|&e| e == Some(libc::ENOSPC)),
+        "{failures:?}"
+    );
     assert_eq!(
         fs::read(sshd.remote_root().join("small/again")).unwrap(),
         b"space again"

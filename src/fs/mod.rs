@@ -102,11 +102,22 @@ pub struct CoreConfig {
     /// Answer a WRITE that only partly fits with a short count.
     pub short_writes: bool,
     pub cache: CacheConfig,
-    /// Keep the kernel's cached pages at every open (`kernel_cache`), not only while the
-    /// file's size and mtime are unchanged.
-    pub always_keep_cache: bool,
+    /// When the kernel may keep a file's cached pages at an open.
+    pub keep_cache: KeepCache,
     /// Fetch the listings of subdirectories of a directory being read, into the cache.
     pub dir_prefetch: bool,
+}
+
+/// When the kernel may keep the pages it cached of a file across a close and an open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeepCache {
+    /// `noauto_cache`: never; every open reads afresh.
+    Never,
+    /// `auto_cache` (the default): while the file's size and mtime are unchanged.
+    #[default]
+    WhileUnchanged,
+    /// `kernel_cache`: always (for files only this mount changes).
+    Always,
 }
 
 /// An open file, as the kernel is told about it.
@@ -821,13 +832,18 @@ impl Core {
         );
     }
 
-    /// Closes the file's handles on every channel, the first one last.
+    /// Closes the file's handles on every channel.
     async fn close_handles(&self, file: &OpenFile) -> FsResult<()> {
         let lanes = file.lane_handles.lock().unwrap().take().unwrap_or_default();
+        // All at once: the server frees an unlinked file's space only once every handle is
+        // closed, and the kernel does not wait for a release.
+        let mut closing = tokio::task::JoinSet::new();
         for (channel, handle) in lanes {
-            let _ = channel.close(handle).await;
+            closing.spawn(async move { channel.close(handle).await });
         }
-        self.session.close(file.handle.clone()).await.map_err(errno)
+        let closed = self.session.close(file.handle.clone()).await;
+        closing.join_all().await;
+        closed.map_err(errno)
     }
 
     pub async fn open(&self, ino: u64, flags: i32) -> FsResult<Opened> {
@@ -855,7 +871,11 @@ impl Core {
         let handle = handle.map_err(errno)?;
         let seen = attrs.and_then(|a| Some((a.size?, a.atime_mtime?.1)));
         let before = self.inodes.lock().unwrap().swap_contents_seen(ino, seen);
-        let keep_cache = self.config.always_keep_cache || (seen.is_some() && before == seen);
+        let keep_cache = match self.config.keep_cache {
+            KeepCache::Never => false,
+            KeepCache::WhileUnchanged => seen.is_some() && before == seen,
+            KeepCache::Always => true,
+        };
         Ok(Opened {
             fh: self.register_open(ino, handle, flags)?,
             keep_cache,
