@@ -34,6 +34,10 @@ impl KernelTtl {
     fn both(&self) -> Duration {
         self.attr.min(self.entry)
     }
+
+    fn reply_entry(&self, reply: ReplyEntry, attr: &FileAttr) {
+        reply.entry_with_ttls(&self.attr, &self.entry, attr, GENERATION);
+    }
 }
 
 pub struct FuseAdapter {
@@ -87,7 +91,7 @@ impl Filesystem for FuseAdapter {
         let ttl = self.ttl;
         self.spawn(|core| async move {
             match core.lookup(parent.0, &name).await {
-                Ok(e) => reply.entry_with_ttls(&ttl.attr, &ttl.entry, &e.attr, GENERATION),
+                Ok(e) => ttl.reply_entry(reply, &e.attr),
                 // Inode 0 is the kernel's "no such name", kept for the entry time.
                 Err(libc::ENOENT) if !ttl.negative.is_zero() => {
                     reply.entry_with_ttls(&Duration::ZERO, &ttl.negative, &dot_attr(0), GENERATION)
@@ -171,7 +175,7 @@ impl Filesystem for FuseAdapter {
                 .mkdir(parent.0, &name, CreateMode { mode, umask })
                 .await
             {
-                Ok(e) => reply.entry_with_ttls(&ttl.attr, &ttl.entry, &e.attr, GENERATION),
+                Ok(e) => ttl.reply_entry(reply, &e.attr),
                 Err(e) => reply.error(errno(e)),
             }
         });
@@ -210,7 +214,7 @@ impl Filesystem for FuseAdapter {
         let ttl = self.ttl;
         self.spawn(|core| async move {
             match core.symlink(parent.0, &name, &target).await {
-                Ok(e) => reply.entry_with_ttls(&ttl.attr, &ttl.entry, &e.attr, GENERATION),
+                Ok(e) => ttl.reply_entry(reply, &e.attr),
                 Err(e) => reply.error(errno(e)),
             }
         });
@@ -257,7 +261,7 @@ impl Filesystem for FuseAdapter {
         let ttl = self.ttl;
         self.spawn(|core| async move {
             match core.link(ino.0, newparent.0, &name).await {
-                Ok(e) => reply.entry_with_ttls(&ttl.attr, &ttl.entry, &e.attr, GENERATION),
+                Ok(e) => ttl.reply_entry(reply, &e.attr),
                 Err(e) => reply.error(errno(e)),
             }
         });
