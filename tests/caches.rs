@@ -31,6 +31,14 @@ fn set_names(list: &[&str]) -> BTreeSet<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
 
+/// Makes `dir` (and its parents) with `count` empty files in it, on the server side.
+fn dir_of_empty_files(dir: &Path, count: usize) {
+    fs::create_dir_all(dir).unwrap();
+    for i in 0..count {
+        fs::write(dir.join(format!("file-{i:05}")), b"").unwrap();
+    }
+}
+
 /// Sets a server-side file's mtime (and atime) to `secs` since the epoch.
 fn set_mtime(path: &Path, secs: u64) {
     File::options()
@@ -194,11 +202,7 @@ fn server_changes_appear_after_the_timeout_and_not_before() {
 fn ls_l_of_5000_entries_costs_a_request_per_readdir_batch() {
     let recorder = SftpRecorder::new();
     let sshd = Sshd::start_recorded(&recorder);
-    let big = sshd.remote_root().join("big");
-    fs::create_dir(&big).unwrap();
-    for i in 0..5000 {
-        fs::write(big.join(format!("file-{i:05}")), b"").unwrap();
-    }
+    dir_of_empty_files(&sshd.remote_root().join("big"), 5000);
     let m = Mount::new(&sshd, &[]);
 
     let before = recorder.settled();
@@ -357,10 +361,7 @@ fn a_directory_too_large_to_cache_is_not_fetched_ahead_again_and_again() {
     let recorder = SftpRecorder::new();
     let sshd = Sshd::start_recorded(&recorder);
     let big = sshd.remote_root().join("top/big");
-    fs::create_dir_all(&big).unwrap();
-    for i in 0..300 {
-        fs::write(big.join(format!("f{i}")), b"").unwrap();
-    }
+    dir_of_empty_files(&big, 300);
     let m = Mount::new(&sshd, &["-o", "dcache_max_size=100"]);
     let before = recorder.settled();
     for _ in 0..3 {
