@@ -129,10 +129,31 @@ fn own_changes_are_seen_at_once() {
         libc::ENOENT
     );
     assert_same_as_server(&m.join("d/renamed"), &root.join("d/renamed"));
+    // Over an existing name whose attributes were cached.
+    fs::write(m.join("d/y"), b"12345").unwrap();
+    assert_eq!(fs::metadata(m.join("d/y")).unwrap().len(), 5);
+    assert_eq!(fs::metadata(m.join("d/renamed")).unwrap().len(), 1);
+    fs::rename(m.join("d/y"), m.join("d/renamed")).unwrap();
+    assert_eq!(fs::metadata(m.join("d/renamed")).unwrap().len(), 5);
+    assert_eq!(fs::read(m.join("d/renamed")).unwrap(), b"12345");
     fs::remove_file(m.join("d/renamed")).unwrap();
     fs::remove_dir(m.join("d/sub")).unwrap();
     assert_eq!(names(&m.join("d")), set_names(&["l"]));
     assert_eq!(names(&root.join("d")), set_names(&["l"]));
+    // A renamed directory: what was cached under its old name is gone, the new name lists.
+    fs::create_dir_all(m.join("t/sub")).unwrap();
+    fs::write(m.join("t/sub/f"), b"f").unwrap();
+    assert_eq!(names(&m.join("t/sub")), set_names(&["f"]));
+    fs::rename(m.join("t"), m.join("t2")).unwrap();
+    assert_eq!(names(&m.join("t2/sub")), set_names(&["f"]));
+    assert_eq!(
+        fs::metadata(m.join("t/sub/f"))
+            .map_err(errno_of)
+            .unwrap_err(),
+        libc::ENOENT
+    );
+    fs::create_dir(m.join("t")).unwrap();
+    assert!(names(&m.join("t")).is_empty());
     // The directory's own mtime is the server's too, after all that.
     assert_eq!(
         fs::metadata(m.join("d")).unwrap().mtime(),
