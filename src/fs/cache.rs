@@ -239,6 +239,9 @@ impl MetaCache {
         entries: &[(Bytes, Attrs)],
         usable: impl Fn(&[u8]) -> bool,
     ) {
+        if !self.config.enabled {
+            return;
+        }
         if entries.len() > self.config.max_entries {
             let mut inner = self.inner.lock().unwrap();
             inner.too_large.put(dir.to_vec(), Instant::now());
