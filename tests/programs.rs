@@ -147,26 +147,18 @@ fn tar_extract_then_diff() {
         "/",
     );
     // Through the mount and on the server, the tree is the original.
-    run(
-        "diff",
-        &[
-            "-r",
-            "--no-dereference",
-            tree.to_str().unwrap(),
-            m.join("tree").to_str().unwrap(),
-        ],
-        "/",
-    );
-    run(
-        "diff",
-        &[
-            "-r",
-            "--no-dereference",
-            tree.to_str().unwrap(),
-            sshd.remote_root().join("tree").to_str().unwrap(),
-        ],
-        "/",
-    );
+    for copy in [m.join("tree"), sshd.remote_root().join("tree")] {
+        run(
+            "diff",
+            &[
+                "-r",
+                "--no-dereference",
+                tree.to_str().unwrap(),
+                copy.to_str().unwrap(),
+            ],
+            "/",
+        );
+    }
     use std::os::unix::fs::MetadataExt;
     let remote = sshd.remote_root().join("tree");
     assert_eq!(

@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use lru::LruCache;
 
+use super::inode::join;
+use super::is_dir;
 use crate::sftp::proto::Attrs;
 
 /// The cache's settings, as the `dir_cache` and `dcache_*` options set them.
@@ -43,16 +45,6 @@ impl Default for CacheConfig {
             max_entries: 10_000,
         }
     }
-}
-
-/// `dir/name`, as the inode table builds paths.
-pub fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
-    let mut path = dir.to_vec();
-    if path.last() != Some(&b'/') {
-        path.push(b'/');
-    }
-    path.extend_from_slice(name);
-    path
 }
 
 /// The directory holding `path` ("/" for "/x"); `None` for "/" or a relative name.
@@ -225,7 +217,7 @@ impl MetaCache {
                 .map(|name| join(dir, name))
                 .filter(|path| {
                     matches!(inner.names.peek(path), Some(Timed { value: Known::Attrs(a), .. })
-                        if a.permissions.unwrap_or(0) & libc::S_IFMT == libc::S_IFDIR)
+                        if is_dir(a))
                 })
                 .collect(),
         )

@@ -11,6 +11,20 @@ use super::write::InodeWrites;
 
 pub const ROOT: u64 = 1;
 
+/// `dir/name`: the one way remote paths are built.
+pub fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut path = dir.to_vec();
+    push_name(&mut path, name);
+    path
+}
+
+fn push_name(path: &mut Vec<u8>, name: &[u8]) {
+    if path.last() != Some(&b'/') {
+        path.push(b'/');
+    }
+    path.extend_from_slice(name);
+}
+
 struct Node {
     parent: u64,
     name: Bytes,
@@ -69,21 +83,13 @@ impl InodeTable {
         }
         let mut path = self.root_path.to_vec();
         for name in names.iter().rev() {
-            if path.last() != Some(&b'/') {
-                path.push(b'/');
-            }
-            path.extend_from_slice(name);
+            push_name(&mut path, name);
         }
         Some(path)
     }
 
     pub fn child_path(&self, parent: u64, name: &[u8]) -> Option<Vec<u8>> {
-        let mut path = self.path(parent)?;
-        if path.last() != Some(&b'/') {
-            path.push(b'/');
-        }
-        path.extend_from_slice(name);
-        Some(path)
+        self.path(parent).map(|dir| join(&dir, name))
     }
 
     /// Records one more kernel reference to `parent/name`, creating the inode if needed.
@@ -130,10 +136,17 @@ impl InodeTable {
         }
     }
 
-    /// The path of `ino`, unless it was unlinked (an open file's old path may name another).
+    /// The path of `ino`, and whether a name still reaches it: an unlinked open file's old
+    /// path may name another file by now.
+    pub fn path_and_linked(&self, ino: u64) -> Option<(Vec<u8>, bool)> {
+        let linked = self.nodes.get(&ino)?.linked;
+        Some((self.path(ino)?, linked))
+    }
+
+    /// The path of `ino`, unless it was unlinked.
     pub fn linked_path(&self, ino: u64) -> Option<Vec<u8>> {
-        self.nodes.get(&ino).filter(|n| n.linked)?;
-        self.path(ino)
+        self.path_and_linked(ino)
+            .and_then(|(path, linked)| linked.then_some(path))
     }
 
     /// The inode of `parent/name`, if the kernel holds one.

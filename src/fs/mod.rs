@@ -18,8 +18,8 @@ use tracing::debug;
 
 use crate::sftp::proto::{Attrs, open_flags};
 use crate::sftp::{Session, SftpError, StatVfs, StatusCode};
-use cache::{CacheConfig, Known, MetaCache, join};
-use inode::{InodeTable, ROOT};
+use cache::{CacheConfig, Known, MetaCache};
+use inode::{InodeTable, ROOT, join};
 use read::{Prefetcher, ReadFuture, ReadSource};
 use write::{AckFuture, InodeWrites, WriteLane, WriteLimits, WritePipeline};
 
@@ -401,6 +401,15 @@ impl Core {
         self.inodes.lock().unwrap().linked_path(ino)
     }
 
+    /// The path of `ino`, and whether it may be cached under it (see [`Core::linked_path`]).
+    fn path_and_linked(&self, ino: u64) -> FsResult<(Vec<u8>, bool)> {
+        self.inodes
+            .lock()
+            .unwrap()
+            .path_and_linked(ino)
+            .ok_or(libc::ESTALE)
+    }
+
     /// `path` was created, changed, renamed or removed through the mount: what the cache knew
     /// of it and of its directory is gone. Called once the server has answered, so that no
     /// listing or stat fetched before the change is stored after it.
@@ -542,8 +551,7 @@ impl Core {
     }
 
     pub async fn readlink(&self, ino: u64) -> FsResult<Bytes> {
-        let path = self.path(ino)?;
-        let linked = self.linked_path(ino).is_some();
+        let (path, linked) = self.path_and_linked(ino)?;
         if linked && let Some(target) = self.cache.link(&path) {
             return Ok(target);
         }
@@ -721,13 +729,11 @@ impl Core {
         pflags
     }
 
-    fn register_open(&self, ino: u64, handle: Bytes, flags: i32) -> FsResult<u64> {
+    /// `path`: where the file was opened; its own filesystem is the one that may be full (it
+    /// may be a mount of its own), so a failed write asks there for the free space.
+    fn register_open(&self, ino: u64, handle: Bytes, flags: i32, path: &[u8]) -> FsResult<u64> {
         let inode_writes = self.inode_writes(ino).ok_or(libc::ESTALE)?;
-        // The file's own filesystem is the one that may be full (it may be a mount of its own).
-        let statvfs_path = self
-            .path(ino)
-            .map(Bytes::from)
-            .unwrap_or_else(|_| self.root.clone());
+        let statvfs_path = Bytes::copy_from_slice(path);
         let writer = (flags & libc::O_ACCMODE != libc::O_RDONLY).then(|| {
             WritePipeline::new(
                 Arc::new(SftpLane {
@@ -847,7 +853,7 @@ impl Core {
     }
 
     pub async fn open(&self, ino: u64, flags: i32) -> FsResult<Opened> {
-        let path = self.path(ino)?;
+        let (path, linked) = self.path_and_linked(ino)?;
         let pflags = Self::sftp_open_flags(flags & !(libc::O_CREAT | libc::O_EXCL));
         let truncating = pflags & open_flags::TRUNC != 0;
         if truncating && let Some(w) = self.inode_writes(ino) {
@@ -855,7 +861,6 @@ impl Core {
         }
         // The attributes that decide whether the kernel's cached pages are still the file's
         // travel alongside the OPEN, so they cost no round trip of their own.
-        let linked = self.linked_path(ino).is_some();
         let stat = async {
             if linked && !truncating {
                 self.stat_cached(Some(ino), &path).await.ok()
@@ -877,7 +882,7 @@ impl Core {
             KeepCache::Always => true,
         };
         Ok(Opened {
-            fh: self.register_open(ino, handle, flags)?,
+            fh: self.register_open(ino, handle, flags, &path)?,
             keep_cache,
         })
     }
@@ -913,7 +918,7 @@ impl Core {
         self.cache
             .put_name(ticket, path.clone(), Known::Attrs(attrs.clone()));
         let ino = self.inodes.lock().unwrap().remember(parent, name, false);
-        let fh = self.register_open(ino, handle, flags)?;
+        let fh = self.register_open(ino, handle, flags, &path)?;
         Ok((
             Entry {
                 attr: self.to_attr(ino, &attrs),
