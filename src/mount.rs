@@ -206,30 +206,32 @@ pub fn run(opts: Options, mountpoint: PathBuf, ready: Option<ReadyPipe>) -> anyh
             _ = int.recv() => {}
         }
         // Detach first so no new file can be opened, then write out what was accepted,
-        // close every remote handle and leave: descriptors still open get ENOTCONN, never a
-        // silently dropped write.
+        // close every remote handle and leave: descriptors still open get EIO for later
+        // writes, never a silently dropped write.
         info!("signal received: unmounting after writing data in flight");
         if let Err(e) = detach_mount(&signal_mountpoint) {
             warn!("unmount failed: {e}");
         }
-        let settled = signal_core.settle_all().await;
-        signal_core.close_all().await;
-        match settled {
-            Ok(()) => std::process::exit(0),
-            Err(e) => {
-                error!(
-                    "a write failed before unmount: {}",
-                    std::io::Error::from_raw_os_error(e)
-                );
-                std::process::exit(1)
-            }
+        let losses = signal_core.shut_down().await;
+        for loss in &losses {
+            error!("{loss}");
         }
+        std::process::exit(if losses.is_empty() { 0 } else { 1 });
     });
     let result = session.run();
     // The kernel may have released files without waiting for us: finish their writes.
-    runtime.block_on(core.close_all());
+    let losses = runtime.block_on(core.shut_down());
     drop(ssh_handle);
     result.context("FUSE session failed")?;
+    for loss in &losses {
+        error!("{loss}");
+    }
+    if !losses.is_empty() {
+        bail!(
+            "{} file(s) lost writes at unmount (see the log above)",
+            losses.len()
+        );
+    }
     info!("unmounted {}", mountpoint.display());
     Ok(())
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use fuser::{FileAttr, FileType, INodeNo};
-use tracing::debug;
+use tracing::{debug, error, warn};
 
 use crate::sftp::proto::{Attrs, open_flags};
 use crate::sftp::{Session, SftpError, StatVfs, StatusCode};
@@ -165,6 +165,8 @@ impl ReadSource for SftpSource {
 /// One handle on one SFTP channel, as a write pipeline lane.
 struct SftpLane {
     session: Arc<Session>,
+    /// Index of `session` in [`Core::channels`].
+    channel: usize,
     handle: Bytes,
     /// Where the server's free space can be asked, to tell ENOSPC from other failures.
     statvfs_path: Bytes,
@@ -182,6 +184,10 @@ impl WriteLane for SftpLane {
             }
         })
     }
+
+    fn channel(&self) -> usize {
+        self.channel
+    }
 }
 
 /// OpenSSH reports a full disk as a bare FAILURE; the server's free space tells them apart.
@@ -192,6 +198,24 @@ async fn write_failure_errno(session: &Session, statvfs_path: &[u8], e: SftpErro
     match session.statvfs(statvfs_path).await {
         Ok(vfs) if vfs.bavail.saturating_mul(vfs.frsize.max(1)) < 2 * 1024 * 1024 => libc::ENOSPC,
         _ => libc::EIO,
+    }
+}
+
+/// The longest name the kernel takes (NAME_MAX).
+const NAME_MAX: usize = 255;
+
+/// Whether a READDIR entry belongs in a listing: `Ok(false)` for the `.` and `..` every
+/// listing has (the kernel gets its own), `Err` for what a server must not send. A name is
+/// joined into paths and cache keys: one with a `/` would reach another file, one with a NUL
+/// cannot be a name at all.
+fn listed_name(name: &[u8], attrs: &Attrs) -> Result<bool, &'static str> {
+    match name {
+        b"." | b".." => Ok(false),
+        b"" => Err("an empty name"),
+        _ if name.contains(&b'/') => Err("a name with a '/'"),
+        _ if name.contains(&0) => Err("a name with a NUL byte"),
+        _ if name.len() > NAME_MAX => Err("a name longer than 255 bytes"),
+        _ => attrs.check().map(|()| true),
     }
 }
 
@@ -236,6 +260,8 @@ struct OpenFile {
     /// which leaves `None` so that a handle opened after it is closed at once, not leaked.
     lane_handles: Mutex<Option<Vec<LaneHandle>>>,
     spreading: std::sync::atomic::AtomicBool,
+    /// The inode's write failures this descriptor has reported (fsync reports each once).
+    failures_seen: AtomicU64,
 }
 
 struct DirHandle {
@@ -276,6 +302,12 @@ pub struct Core {
     cache: MetaCache,
     dir_prefetch: Mutex<DirPrefetch>,
     listings_in_flight: Mutex<HashMap<Vec<u8>, ListingWatch>>,
+    /// Held (shared) while a file is opened again by its path for more lanes, and exclusively
+    /// while a name is removed or replaced: a reopen must reach the same file, never one that
+    /// took its name.
+    namespace: tokio::sync::RwLock<()>,
+    /// The mount is going down: writes are refused from now on.
+    shutting_down: std::sync::atomic::AtomicBool,
     config: CoreConfig,
 }
 
@@ -294,6 +326,8 @@ impl Core {
             cache: MetaCache::new(config.cache),
             dir_prefetch: Mutex::default(),
             listings_in_flight: Mutex::default(),
+            namespace: tokio::sync::RwLock::new(()),
+            shutting_down: Default::default(),
             config,
         }
     }
@@ -587,6 +621,7 @@ impl Core {
 
     pub async fn unlink(&self, parent: u64, name: &[u8]) -> FsResult<()> {
         let path = self.child_path(parent, name)?;
+        let _names = self.namespace.write().await;
         let removed = self.session.remove(&path).await;
         self.changed_path(&path);
         if let Err(e) = removed {
@@ -605,6 +640,7 @@ impl Core {
 
     pub async fn rmdir(&self, parent: u64, name: &[u8]) -> FsResult<()> {
         let path = self.child_path(parent, name)?;
+        let _names = self.namespace.write().await;
         let removed = self.session.rmdir(&path).await;
         self.cache.invalidate_tree(&path);
         if let Err(e) = removed {
@@ -639,6 +675,7 @@ impl Core {
     ) -> FsResult<()> {
         let from = self.child_path(parent, name)?;
         let to = self.child_path(new_parent, new_name)?;
+        let _names = self.namespace.write().await;
         let result = if no_replace {
             // The plain v3 RENAME never replaces (OpenSSH does link + unlink), which is
             // exactly RENAME_NOREPLACE.
@@ -738,6 +775,7 @@ impl Core {
             WritePipeline::new(
                 Arc::new(SftpLane {
                     session: self.session.clone(),
+                    channel: 0,
                     handle: handle.clone(),
                     statvfs_path,
                 }),
@@ -764,6 +802,7 @@ impl Core {
             )
         });
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        let failures_seen = AtomicU64::new(inode_writes.failures());
         self.files.lock().unwrap().insert(
             fh,
             Arc::new(OpenFile {
@@ -774,6 +813,7 @@ impl Core {
                 inode_writes,
                 lane_handles: Mutex::new(Some(Vec::new())),
                 spreading: Default::default(),
+                failures_seen,
             }),
         );
         Ok(fh)
@@ -782,17 +822,33 @@ impl Core {
     /// Opens the file on every other channel at once, so its writes are not held to one
     /// channel's window. Best effort: a channel that cannot open it is simply not used.
     async fn spread(self: Arc<Self>, file: Arc<OpenFile>, writer: Arc<WritePipeline>) {
-        let Ok(path) = self.path(file.ino) else {
+        writer.expect_lanes(true);
+        self.open_lanes(&file, &writer).await;
+        writer.expect_lanes(false);
+        debug!(
+            ino = file.ino,
+            lanes = writer.lane_count(),
+            "writes spread over channels"
+        );
+    }
+
+    /// SFTP has no open by handle: a lane is opened by the file's path, which must still name
+    /// this file. Names change through the mount only under the namespace lock, held here until
+    /// the lanes are registered, and a file unlinked or renamed over is never reopened. A name
+    /// replaced on the server by someone else is caught by the new handle's attributes: same
+    /// type, owner and mode, and at least the size ours had just before.
+    async fn open_lanes(&self, file: &Arc<OpenFile>, writer: &Arc<WritePipeline>) {
+        let _names = self.namespace.read().await;
+        let Some(path) = self.linked_path(file.ino) else {
             return;
         };
-        writer.expect_lanes(true);
         let Ok(primary) = self.session.fstat(file.handle.clone()).await else {
-            writer.expect_lanes(false);
             return;
         };
         let path = Bytes::from(path);
         let mut opening = tokio::task::JoinSet::new();
-        for channel in self.channels.iter().skip(1).cloned() {
+        for (index, channel) in self.channels.iter().enumerate().skip(1) {
+            let channel = channel.clone();
             let (file, writer) = (file.clone(), writer.clone());
             let (path, primary) = (path.clone(), primary.clone());
             opening.spawn(async move {
@@ -802,12 +858,15 @@ impl Core {
                 else {
                     return;
                 };
-                // The name could have been replaced on the server since our open: only the
-                // same file (type, owner and mode) may take our data.
                 let same = channel.fstat(handle.clone()).await.is_ok_and(|a| {
-                    a.permissions == primary.permissions && a.uid_gid == primary.uid_gid
+                    a.permissions == primary.permissions
+                        && a.uid_gid == primary.uid_gid
+                        && a.size
+                            .zip(primary.size)
+                            .is_some_and(|(now, ours)| now >= ours)
                 });
                 if !same {
+                    warn!("not spreading writes: the file's name now reaches another file");
                     let _ = channel.close(handle).await;
                     return;
                 }
@@ -824,18 +883,13 @@ impl Core {
                 }
                 writer.add_lane(Arc::new(SftpLane {
                     session: channel,
+                    channel: index,
                     handle,
                     statvfs_path: path,
                 }));
             });
         }
         opening.join_all().await;
-        writer.expect_lanes(false);
-        debug!(
-            ino = file.ino,
-            lanes = writer.lane_count(),
-            "writes spread over channels"
-        );
     }
 
     /// Closes the file's handles on every channel.
@@ -938,64 +992,28 @@ impl Core {
         {
             return Ok(data);
         }
+        // The READs go out at once; each reply that comes back short is read on from where
+        // it stopped, so a short result means the end of the file and nothing else.
+        let source = SftpSource {
+            session: self.session.clone(),
+            handle: file.handle.clone(),
+        };
         let max = self.session.features().max_read;
-        let mut chunks = Vec::new();
-        let mut pos = 0u32;
-        while pos < size {
-            let len = (size - pos).min(max);
-            chunks.push((
-                pos,
-                len,
-                self.session
-                    .submit_read(file.handle.clone(), offset + pos as u64, len),
-            ));
-            pos += len;
-        }
+        let chunks: Vec<_> = (0..size)
+            .step_by(max as usize)
+            .map(|pos| {
+                let len = (size - pos).min(max);
+                let at = offset + pos as u64;
+                (at, len, source.read(at, len))
+            })
+            .collect();
         let mut out = bytes::BytesMut::with_capacity(size as usize);
-        for (chunk_pos, len, pending) in chunks {
-            if out.len() < chunk_pos as usize {
-                // An earlier chunk came back short: fill the gap in order before going on.
-                let gap = chunk_pos as usize - out.len();
-                let got = self
-                    .read_exact(&file.handle, offset + out.len() as u64, gap)
-                    .await?;
-                let short = got.len() < gap;
-                out.extend_from_slice(&got);
-                if short {
-                    return Ok(out.freeze());
-                }
-            }
-            let data = pending.await.map_err(errno)?;
-            if data.is_empty() {
-                return Ok(out.freeze());
-            }
-            out.extend_from_slice(&data[..data.len().min(len as usize)]);
-        }
-        let want = size as usize;
-        if out.len() < want {
-            let got = self
-                .read_exact(&file.handle, offset + out.len() as u64, want - out.len())
-                .await?;
-            out.extend_from_slice(&got);
-        }
-        Ok(out.freeze())
-    }
-
-    /// Reads `len` bytes one request after another, stopping early only at end of file.
-    async fn read_exact(&self, handle: &Bytes, offset: u64, len: usize) -> FsResult<Bytes> {
-        let max = self.session.features().max_read as usize;
-        let mut out = bytes::BytesMut::with_capacity(len);
-        while out.len() < len {
-            let want = (len - out.len()).min(max) as u32;
-            let data = self
-                .session
-                .read(handle.clone(), offset + out.len() as u64, want)
-                .await
-                .map_err(errno)?;
-            if data.is_empty() {
+        for (at, len, pending) in chunks {
+            let data = read::read_on(&source, at, len, pending.await?).await?;
+            out.extend_from_slice(&data);
+            if data.len() < len as usize {
                 break;
             }
-            out.extend_from_slice(&data[..data.len().min(want as usize)]);
         }
         Ok(out.freeze())
     }
@@ -1011,6 +1029,9 @@ impl Core {
     ) -> FsResult<u32> {
         let file = self.file(fh)?;
         let writer = file.writer.clone().ok_or(libc::EBADF)?;
+        if self.shutting_down.load(Ordering::Acquire) {
+            writer.close();
+        }
         let written = writer.write(offset, data, whole).await?;
         // After the write is pending, so that no stat from before it is stored after it.
         self.changed_attrs(file.ino);
@@ -1035,13 +1056,23 @@ impl Core {
         }
     }
 
+    /// fsync(2) through any descriptor of the file, a read-only one too (`sync FILE`): every
+    /// write of the inode accepted before it, from any descriptor, is acked first; a failure of
+    /// any of them since this descriptor was opened is reported, once, as Linux does. Then the
+    /// server is asked to fsync (when it can).
     pub async fn fsync(&self, fh: u64) -> FsResult<()> {
         let file = self.file(fh)?;
-        if let Some(writer) = &file.writer {
-            writer.settle().await?;
-            self.session.fsync(&file.handle).await.map_err(errno)?;
+        file.inode_writes.settle().await;
+        let own = match &file.writer {
+            Some(writer) => writer.settle().await,
+            None => Ok(()),
+        };
+        let any = file.inode_writes.failure_since(&file.failures_seen);
+        own?;
+        if let Some(e) = any {
+            return Err(e);
         }
-        Ok(())
+        self.session.fsync(&file.handle).await.map_err(errno)
     }
 
     pub async fn release(&self, fh: u64) -> FsResult<()> {
@@ -1052,9 +1083,25 @@ impl Core {
             Some(writer) => writer.settle().await,
             None => Ok(()),
         };
+        if let Some(loss) = self.loss(&file, settled) {
+            // The kernel does not pass a release's error on: a page written back from an
+            // mmap after the last close may have had no other way to report it.
+            error!("{loss}");
+        }
         debug!(ino = file.ino, "closing remote handles");
         let closed = self.close_handles(&file).await;
         settled.and(closed)
+    }
+
+    /// What of `file`'s writes failed, once they settled with `settled`.
+    fn loss(&self, file: &OpenFile, settled: FsResult<()>) -> Option<Loss> {
+        let errno = settled.err()?;
+        let path = self.inodes.lock().unwrap().path(file.ino);
+        Some(Loss {
+            path: path.map(|p| String::from_utf8_lossy(&p).into_owned()),
+            bytes: file.writer.as_ref().map_or(0, |w| w.lost_bytes()),
+            errno,
+        })
     }
 
     pub async fn opendir(&self, ino: u64) -> FsResult<u64> {
@@ -1196,16 +1243,18 @@ impl Core {
             in_flight.push_back(self.session.submit_readdir(handle.clone()));
         }
         let mut entries = Vec::new();
+        let mut rejected = Vec::new();
         let listed = loop {
             let next = in_flight.pop_front().expect("a READDIR in flight");
             match next.await {
                 Ok(Some(batch)) => {
-                    entries.extend(
-                        batch
-                            .into_iter()
-                            .filter(|e| &e.filename[..] != b"." && &e.filename[..] != b"..")
-                            .map(|e| (e.filename, e.attrs)),
-                    );
+                    for e in batch {
+                        match listed_name(&e.filename, &e.attrs) {
+                            Ok(true) => entries.push((e.filename, e.attrs)),
+                            Ok(false) => {}
+                            Err(why) => rejected.push(why),
+                        }
+                    }
                     // A large directory: keep more batches coming, up to a bound.
                     let depth = (in_flight.len() + 2).min(MAX_READDIRS_IN_FLIGHT);
                     while in_flight.len() < depth {
@@ -1216,6 +1265,13 @@ impl Core {
                 Err(e) => break Err(errno(e)),
             }
         };
+        if let Some(why) = rejected.first() {
+            warn!(
+                "listing of {}: left out {} entries the server sent ({why})",
+                String::from_utf8_lossy(path),
+                rejected.len()
+            );
+        }
         // The READDIRs still in flight answer "end of listing"; nobody waits for them.
         drop(in_flight);
         self.session.close_unawaited(handle);
@@ -1282,29 +1338,47 @@ impl Core {
         self.dirs.lock().unwrap().remove(&fh);
     }
 
-    /// Waits until every open file's accepted writes are acked: before unmounting.
-    pub async fn settle_all(&self) -> FsResult<()> {
+    /// Before unmounting: refuses every later write (its writer gets EIO), waits until every
+    /// write accepted before is acked, closes every remote handle, and returns what could not
+    /// be written. A file still open keeps its descriptor; only its later writes fail.
+    pub async fn shut_down(&self) -> Vec<Loss> {
+        self.shutting_down.store(true, Ordering::Release);
+        // Left in the table: a descriptor still open gets EIO for its writes, not EBADF.
         let files: Vec<Arc<OpenFile>> = self.files.lock().unwrap().values().cloned().collect();
-        let mut result = Ok(());
-        for file in files {
-            if let Some(writer) = &file.writer
-                && let Err(e) = writer.settle().await
-            {
-                result = Err(e);
-            }
+        for writer in files.iter().filter_map(|f| f.writer.as_ref()) {
+            writer.close();
         }
-        result
-    }
-
-    /// Closes every remote handle still open (the kernel released none of them).
-    pub async fn close_all(&self) {
-        let files: Vec<Arc<OpenFile>> =
-            self.files.lock().unwrap().drain().map(|(_, f)| f).collect();
+        let mut losses = Vec::new();
         for file in files {
-            if let Some(writer) = &file.writer {
-                let _ = writer.settle().await;
-            }
+            let settled = match &file.writer {
+                Some(writer) => writer.settle().await,
+                None => Ok(()),
+            };
+            losses.extend(self.loss(&file, settled));
             let _ = self.close_handles(&file).await;
         }
+        losses
+    }
+}
+
+/// Writes of one file that did not reach the server.
+#[derive(Debug, Clone)]
+pub struct Loss {
+    /// Where the file was last known (`None`: forgotten).
+    pub path: Option<String>,
+    /// Bytes accepted from the writer that are not on the server.
+    pub bytes: u64,
+    pub errno: Errno,
+}
+
+impl std::fmt::Display for Loss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} bytes written to {} did not reach the server: {}",
+            self.bytes,
+            self.path.as_deref().unwrap_or("a removed file"),
+            std::io::Error::from_raw_os_error(self.errno)
+        )
     }
 }

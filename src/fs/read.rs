@@ -23,8 +23,36 @@ pub type ReadFuture = Pin<Box<dyn Future<Output = Result<Bytes, Errno>> + Send>>
 
 /// Where a file's bytes come from: READ requests on one handle.
 pub trait ReadSource: Send + Sync {
-    /// Queues a READ now; the future gives the data (empty at end of file).
+    /// Queues a READ now; the future gives the data: empty at end of file, and possibly
+    /// shorter than asked anywhere (see [`read_on`]).
     fn read(&self, offset: u64, len: u32) -> ReadFuture;
+}
+
+/// Completes a READ of `len` bytes at `offset` whose reply was `first`. A server may answer a
+/// READ with fewer bytes than asked anywhere in a file (the draft: it "reads as many bytes as
+/// it can"; servers over network or FUSE storage do): only an empty reply (STATUS EOF) ends the
+/// file. So a short reply is followed by READs from where it stopped until the length is
+/// reached or the end of the file is: what this returns is short only at the end of the file.
+pub async fn read_on(
+    source: &dyn ReadSource,
+    offset: u64,
+    len: u32,
+    first: Bytes,
+) -> Result<Bytes, Errno> {
+    if first.len() >= len as usize || first.is_empty() {
+        return Ok(first);
+    }
+    let mut out = BytesMut::with_capacity(len as usize);
+    out.extend_from_slice(&first);
+    while out.len() < len as usize {
+        let want = len - out.len() as u32;
+        let more = source.read(offset + out.len() as u64, want).await?;
+        if more.is_empty() {
+            break;
+        }
+        out.extend_from_slice(&more[..more.len().min(want as usize)]);
+    }
+    Ok(out.freeze())
 }
 
 /// First window, once the reader has shown it reads on.
@@ -157,8 +185,13 @@ impl Prefetcher {
                     };
                     let (tx, rx) = watch::channel(None);
                     let fetch = self.source.read(start, self.chunk as u32);
+                    let (source, len) = (self.source.clone(), self.chunk as u32);
                     tokio::spawn(async move {
-                        let _ = tx.send(Some(fetch.await));
+                        let whole = match fetch.await {
+                            Ok(first) => read_on(&*source, start, len, first).await,
+                            Err(e) => Err(e),
+                        };
+                        let _ = tx.send(Some(whole));
                     });
                     slot.insert(Chunk {
                         result: rx,
@@ -328,6 +361,60 @@ mod tests {
             let data: Vec<u8> = (offset..end.max(offset)).map(|i| (i % 251) as u8).collect();
             Box::pin(async move { Ok(Bytes::from(data)) })
         }
+    }
+
+    /// A server that answers every READ with at most `max_reply` bytes, anywhere in the file.
+    struct StingyFile {
+        len: u64,
+        max_reply: u64,
+    }
+
+    impl ReadSource for StingyFile {
+        fn read(&self, offset: u64, len: u32) -> ReadFuture {
+            let end = (offset + (len as u64).min(self.max_reply)).min(self.len);
+            let data: Vec<u8> = (offset..end.max(offset)).map(|i| (i % 251) as u8).collect();
+            Box::pin(async move { Ok(Bytes::from(data)) })
+        }
+    }
+
+    #[tokio::test]
+    async fn short_replies_are_read_on_not_taken_for_the_end() {
+        let file = Arc::new(StingyFile {
+            len: 3_000_000,
+            max_reply: 1000,
+        });
+        let p = Prefetcher::new(file.clone(), ByteBudget::new(64 << 20), 64 * 1024, 4 << 20);
+        let mut offset = 0u64;
+        let mut served = 0;
+        while offset < file.len {
+            let want = expected(offset, 131072, file.len);
+            let got = match p.read(offset, 131072, 0).await {
+                Some(d) => {
+                    served += 1;
+                    d.to_vec()
+                }
+                None => read_on(
+                    &*file,
+                    offset,
+                    131072,
+                    file.read(offset, 131072).await.unwrap(),
+                )
+                .await
+                .unwrap()
+                .to_vec(),
+            };
+            assert_eq!(got.len(), want.len(), "short at {offset}");
+            assert!(got == want, "wrong bytes at {offset}");
+            offset += got.len() as u64;
+        }
+        assert!(
+            served > 10,
+            "the read-ahead served the reader ({served} reads)"
+        );
+        let at_end = read_on(&*file, 3_000_000, 4096, Bytes::new())
+            .await
+            .unwrap();
+        assert!(at_end.is_empty(), "only the end of the file is empty");
     }
 
     #[tokio::test]

@@ -5,12 +5,16 @@
 //! buffer; the first failure is latched with its errno and returned by the next write, flush or
 //! fsync.
 //!
-//! Ordering: writes that overlap a write still in flight go to the same lane (a channel executes
-//! in order) or wait for it; appends use one lane only, so the server's O_APPEND keeps their order.
+//! Ordering is per inode, not per open file: a second descriptor, or pages written back from a
+//! shared mmap, may write the same range. A chunk that overlaps chunks still in flight (from any
+//! open file of the inode) goes to the channel they are on, since a channel executes in order,
+//! or waits for them. A WRITE that timed out or whose channel died has an unknown fate (the
+//! server may still apply it): an overlapping chunk may only follow it on the same channel, or
+//! it fails. Appends use one lane only, so the server's O_APPEND keeps their order.
 //! Unacked data stays here, whole, until its ack: it can be re-sent.
 //!
-//! [`InodeWrites`] tracks, across every open file of one inode, which writes are still unacked,
-//! so that reads and attribute fetches can wait for (or account for) data not yet on the server.
+//! [`InodeWrites`] is that per-inode record: which writes are unacked and where, so that reads,
+//! attribute fetches and barriers (fsync through any descriptor) can wait for them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -31,12 +35,35 @@ pub struct InodeWrites {
     changed: watch::Sender<()>,
 }
 
+/// A chunk sent to the server: where it went decides where an overlapping one may go.
+#[derive(Debug, Clone, Copy)]
+struct Placed {
+    offset: u64,
+    len: u64,
+    channel: usize,
+}
+
+impl Placed {
+    fn overlaps(&self, offset: u64, len: u64) -> bool {
+        self.offset < offset + len && offset < self.offset + self.len
+    }
+}
+
 #[derive(Debug, Default)]
 struct InodeWritesState {
     next_seq: u64,
     unacked: BTreeSet<u64>,
     /// Highest end offset written while writes were unacked: the size the server will have.
     unacked_end: u64,
+    next_chunk: u64,
+    in_flight: BTreeMap<u64, Placed>,
+    /// Chunks that timed out or lost their channel: the server may or may not apply them, at
+    /// any time. Kept for the life of the inode.
+    unknown_fate: Vec<Placed>,
+    /// Failed writes so far, and the errno of the last: an fsync through any descriptor opened
+    /// before a failure reports it (as Linux's errseq does).
+    failures: u64,
+    last_failure: Errno,
 }
 
 impl Default for InodeWrites {
@@ -46,6 +73,21 @@ impl Default for InodeWrites {
             changed: watch::channel(()).0,
         }
     }
+}
+
+/// Where the inode lets a chunk go.
+enum Placement {
+    /// Anywhere: nothing it overlaps is in flight.
+    Free,
+    /// Only on this channel, behind what it overlaps.
+    Channel(usize),
+    /// Not yet: it overlaps chunks on several channels.
+    Wait,
+}
+
+/// The errnos of a WRITE whose fate is unknown: it may still be applied.
+fn fate_unknown(errno: Errno) -> bool {
+    errno == libc::ETIMEDOUT || errno == libc::ENOTCONN
 }
 
 impl InodeWrites {
@@ -63,6 +105,47 @@ impl InodeWrites {
         s.unacked.remove(&seq);
         if s.unacked.is_empty() {
             s.unacked_end = 0;
+        }
+        drop(s);
+        self.changed.send_replace(());
+    }
+
+    /// Where a chunk at `offset` may go, given what of the inode is in flight.
+    fn placement(s: &InodeWritesState, offset: u64, len: u64) -> Placement {
+        let mut channels = s
+            .in_flight
+            .values()
+            .chain(&s.unknown_fate)
+            .filter(|p| p.overlaps(offset, len))
+            .map(|p| p.channel);
+        match channels.next() {
+            None => Placement::Free,
+            Some(first) if channels.all(|c| c == first) => Placement::Channel(first),
+            Some(_) => Placement::Wait,
+        }
+    }
+
+    fn blocks_forever(s: &InodeWritesState, offset: u64, len: u64, channel: usize) -> bool {
+        s.unknown_fate
+            .iter()
+            .any(|p| p.channel == channel && p.overlaps(offset, len))
+            && !s
+                .in_flight
+                .values()
+                .any(|p| p.channel != channel && p.overlaps(offset, len))
+    }
+
+    fn landed(&self, chunk: u64, result: Result<(), Errno>) {
+        let mut s = self.state.lock().unwrap();
+        let placed = s.in_flight.remove(&chunk);
+        if let Err(errno) = result {
+            s.failures += 1;
+            s.last_failure = errno;
+            if fate_unknown(errno)
+                && let Some(placed) = placed
+            {
+                s.unknown_fate.push(placed);
+            }
         }
         drop(s);
         self.changed.send_replace(());
@@ -89,7 +172,20 @@ impl InodeWrites {
         self.state.lock().unwrap().unacked_end
     }
 
-    /// Waits until every write issued before this call has been acked (or has failed).
+    /// How many writes of this inode have failed so far: see [`InodeWrites::failure_since`].
+    pub fn failures(&self) -> u64 {
+        self.state.lock().unwrap().failures
+    }
+
+    /// The errno of the last failure if any failed after the count `seen`; `seen` moves on.
+    pub fn failure_since(&self, seen: &AtomicU64) -> Option<Errno> {
+        let s = self.state.lock().unwrap();
+        let before = seen.swap(s.failures, Ordering::AcqRel);
+        (s.failures > before).then_some(s.last_failure)
+    }
+
+    /// Waits until every write issued before this call has been acked (or has failed), from
+    /// whichever open file: later writes do not hold it up.
     pub async fn settle(&self) {
         let mut rx = self.changed.subscribe();
         let horizon = self.state.lock().unwrap().next_seq;
@@ -112,6 +208,10 @@ pub trait WriteLane: Send + Sync {
     /// Queues a WRITE now (lanes keep submission order); the future resolves on the ack, with
     /// the errno the failure means.
     fn submit(&self, offset: u64, data: Bytes) -> AckFuture;
+
+    /// The channel the handle lives on: requests on one channel are executed in order, whatever
+    /// open file sent them.
+    fn channel(&self) -> usize;
 }
 
 /// Limits of one file's pipeline.
@@ -129,20 +229,17 @@ pub struct WriteLimits {
     pub lane_target: usize,
 }
 
-struct InFlight {
-    offset: u64,
-    len: u64,
-    lane: usize,
-}
-
 #[derive(Default)]
 struct PipelineState {
     buffered: usize,
     latched: Option<Errno>,
-    next_id: u64,
-    in_flight: BTreeMap<u64, InFlight>,
+    /// Kernel writes accepted, numbered; those not yet wholly acked.
+    next_seq: u64,
+    unacked: BTreeSet<u64>,
     /// Bytes in flight on each lane, to pick the least loaded.
     lane_load: Vec<usize>,
+    /// Bytes accepted that never reached the server (their write failed).
+    lost_bytes: u64,
 }
 
 /// The write side of one open file.
@@ -159,6 +256,8 @@ pub struct WritePipeline {
     /// More lanes are being opened: rather than pile data on the lanes there are (where it
     /// would wait for that lane's window long after the new lanes are free), wait for them.
     expecting_lanes: AtomicBool,
+    /// No more writes are taken (the mount is shutting down); those refused are counted.
+    closed: AtomicBool,
 }
 
 impl WritePipeline {
@@ -182,6 +281,7 @@ impl WritePipeline {
             changed: watch::channel(()).0,
             accepted: Default::default(),
             expecting_lanes: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
         })
     }
 
@@ -209,8 +309,19 @@ impl WritePipeline {
         self.accepted.load(Ordering::Relaxed)
     }
 
+    /// Bytes accepted whose WRITE failed: they are not on the server.
+    pub fn lost_bytes(&self) -> u64 {
+        self.state.lock().unwrap().lost_bytes
+    }
+
     pub fn is_append(&self) -> bool {
         self.append
+    }
+
+    /// Takes no more writes: each later one fails with EIO, so the writer hears of it.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.changed.send_replace(());
     }
 
     /// Accepts as much of `data` at `offset` as fits and returns how much that was (at least one
@@ -223,7 +334,7 @@ impl WritePipeline {
         whole: bool,
     ) -> Result<u32, Errno> {
         let whole = whole || !self.limits.short_writes;
-        let (take, mut permit) = self.reserve(data.len(), whole).await?;
+        let (take, mut permit, write_seq) = self.reserve(data.len(), whole).await?;
         let data = data.slice(..take);
         self.accepted.fetch_add(take as u64, Ordering::Relaxed);
         let seq = self.inode.begin(offset + take as u64);
@@ -234,57 +345,80 @@ impl WritePipeline {
             let end = (pos + self.limits.max_write).min(take);
             let chunk = data.slice(pos..end);
             let chunk_offset = offset + pos as u64;
-            let (id, lane_index) = self.place(chunk_offset, chunk.len() as u64).await;
-            let lane = self.lanes.lock().unwrap()[lane_index].clone();
-            let ack = lane.submit(chunk_offset, chunk.clone());
             let chunk_permit = if end == take {
                 permit.take()
             } else {
                 permit.as_mut().and_then(|p| p.split(chunk.len()))
             };
+            let placed = self.place(chunk_offset, chunk.len() as u64).await;
             let this = self.clone();
             let remaining = remaining.clone();
-            tokio::spawn(async move {
-                let result = ack.await;
-                this.landed(id, chunk.len(), lane_index, result);
-                drop(chunk_permit);
+            let done = move |this: &Self| {
                 if remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
                     this.inode.finish(seq);
+                    this.state.lock().unwrap().unacked.remove(&write_seq);
+                    this.changed.send_replace(());
                 }
-            });
+            };
+            match placed {
+                Ok((id, lane_index)) => {
+                    let lane = self.lanes.lock().unwrap()[lane_index].clone();
+                    let ack = lane.submit(chunk_offset, chunk.clone());
+                    tokio::spawn(async move {
+                        let result = ack.await;
+                        this.inode.landed(id, result);
+                        this.landed(chunk.len(), Some(lane_index), result);
+                        drop(chunk_permit);
+                        done(&this);
+                    });
+                }
+                Err(errno) => {
+                    // Never sent: it cannot be placed safely behind a write of unknown fate.
+                    this.landed(chunk.len(), None, Err(errno));
+                    drop(chunk_permit);
+                    done(&this);
+                }
+            }
             pos = end;
         }
         Ok(take as u32)
     }
 
-    fn landed(&self, id: u64, len: usize, lane: usize, result: Result<(), Errno>) {
+    fn landed(&self, len: usize, lane: Option<usize>, result: Result<(), Errno>) {
         {
             let mut s = self.state.lock().unwrap();
-            if let Err(errno) = result
-                && s.latched.is_none()
-            {
-                warn!("write failed: {}", std::io::Error::from_raw_os_error(errno));
-                s.latched = Some(errno);
+            if let Err(errno) = result {
+                s.lost_bytes += len as u64;
+                if s.latched.is_none() {
+                    warn!("write failed: {}", std::io::Error::from_raw_os_error(errno));
+                    s.latched = Some(errno);
+                }
             }
-            s.in_flight.remove(&id);
             s.buffered -= len;
-            s.lane_load[lane] -= len;
+            if let Some(lane) = lane {
+                s.lane_load[lane] -= len;
+            }
         }
         self.changed.send_replace(());
     }
 
-    /// Waits for room and takes it: per file first, then from the mount's global budget.
+    /// Waits for room and takes it: per file first, then from the mount's global budget. The
+    /// write is numbered (for [`WritePipeline::settle`]) under the same lock that checks
+    /// [`WritePipeline::close`], so a barrier after a close sees every write taken before it.
     async fn reserve(
         &self,
         len: usize,
         whole: bool,
-    ) -> Result<(usize, Option<OwnedSemaphorePermit>), Errno> {
+    ) -> Result<(usize, Option<OwnedSemaphorePermit>, u64), Errno> {
         let mut rx = self.changed.subscribe();
-        let take = loop {
+        let (take, seq) = loop {
             {
                 let mut s = self.state.lock().unwrap();
                 if let Some(errno) = s.latched {
                     return Err(errno);
+                }
+                if self.closed.load(Ordering::Acquire) {
+                    return Err(libc::EIO);
                 }
                 let free = self.limits.per_file.saturating_sub(s.buffered);
                 // A request larger than the whole buffer goes alone into an empty buffer.
@@ -297,7 +431,10 @@ impl WritePipeline {
                 };
                 if let Some(take) = take {
                     s.buffered += take;
-                    break take;
+                    let seq = s.next_seq;
+                    s.next_seq += 1;
+                    s.unacked.insert(seq);
+                    break (take, seq);
                 }
             }
             if rx.changed().await.is_err() {
@@ -328,66 +465,84 @@ impl WritePipeline {
             Err(_) => take,
         };
         if given_back > 0 {
-            self.state.lock().unwrap().buffered -= given_back;
+            let mut s = self.state.lock().unwrap();
+            s.buffered -= given_back;
+            if granted.is_err() {
+                s.unacked.remove(&seq);
+            }
+            drop(s);
             self.changed.send_replace(());
         }
-        granted.map(|(got, permit)| (got, Some(permit)))
+        granted.map(|(got, permit)| (got, Some(permit), seq))
     }
 
-    /// Chooses the lane for a chunk and records it as in flight.
-    async fn place(&self, offset: u64, len: u64) -> (u64, usize) {
+    /// Chooses the lane for a chunk and records it as in flight, for this file and its inode.
+    async fn place(&self, offset: u64, len: u64) -> Result<(u64, usize), Errno> {
         let mut rx = self.changed.subscribe();
+        let mut inode_rx = self.inode.changed.subscribe();
         loop {
             {
+                let lanes = self.lanes.lock().unwrap();
                 let mut s = self.state.lock().unwrap();
-                let end = offset + len;
-                let mut overlap_lanes = s
-                    .in_flight
-                    .values()
-                    .filter(|w| w.offset < end && offset < w.offset + w.len)
-                    .map(|w| w.lane);
-                let first = overlap_lanes.next();
-                let same = first.is_none_or(|f| overlap_lanes.all(|l| l == f));
-                let lane = if !same {
-                    None
-                } else if let Some(lane) = first {
-                    Some(lane)
-                } else if self.append {
-                    Some(0)
-                } else {
-                    let loads = &s.lane_load;
-                    (0..loads.len())
-                        .find(|&i| loads[i] + len as usize <= self.limits.lane_target)
-                        .or_else(|| {
-                            // Every lane is at its window: use the least loaded, unless more
-                            // lanes are on their way.
-                            (!self.expecting_lanes.load(Ordering::Relaxed))
-                                .then(|| (0..loads.len()).min_by_key(|&i| loads[i]))
-                                .flatten()
-                        })
+                let mut inode = self.inode.state.lock().unwrap();
+                let lane = match InodeWrites::placement(&inode, offset, len) {
+                    Placement::Wait => None,
+                    Placement::Channel(channel) => {
+                        let lane = lanes.iter().position(|l| l.channel() == channel);
+                        if lane.is_none()
+                            && InodeWrites::blocks_forever(&inode, offset, len, channel)
+                        {
+                            return Err(libc::EIO);
+                        }
+                        lane
+                    }
+                    Placement::Free if self.append => Some(0),
+                    Placement::Free => {
+                        let loads = &s.lane_load;
+                        (0..loads.len())
+                            .find(|&i| loads[i] + len as usize <= self.limits.lane_target)
+                            .or_else(|| {
+                                // Every lane is at its window: use the least loaded, unless
+                                // more lanes are on their way.
+                                (!self.expecting_lanes.load(Ordering::Relaxed))
+                                    .then(|| (0..loads.len()).min_by_key(|&i| loads[i]))
+                                    .flatten()
+                            })
+                    }
                 };
                 if let Some(lane) = lane {
-                    let id = s.next_id;
-                    s.next_id += 1;
-                    s.in_flight.insert(id, InFlight { offset, len, lane });
+                    let id = inode.next_chunk;
+                    inode.next_chunk += 1;
+                    let channel = lanes[lane].channel();
+                    inode.in_flight.insert(
+                        id,
+                        Placed {
+                            offset,
+                            len,
+                            channel,
+                        },
+                    );
                     s.lane_load[lane] += len as usize;
-                    return (id, lane);
+                    return Ok((id, lane));
                 }
             }
-            // Overlaps writes in flight on different lanes, or waits for new lanes: wait.
-            if rx.changed().await.is_err() {
-                return (u64::MAX, 0);
+            // Overlaps writes in flight on other channels, or waits for new lanes: wait.
+            tokio::select! {
+                r = rx.changed() => r.map_err(|_| libc::EIO)?,
+                r = inode_rx.changed() => r.map_err(|_| libc::EIO)?,
             }
         }
     }
 
-    /// Waits until every accepted write is acked; returns the latched failure, if any.
+    /// Waits until every write accepted before this call is acked (a writer that goes on
+    /// writing does not hold it up); returns the latched failure, if any.
     pub async fn settle(&self) -> Result<(), Errno> {
         let mut rx = self.changed.subscribe();
+        let horizon = self.state.lock().unwrap().next_seq;
         loop {
             {
                 let s = self.state.lock().unwrap();
-                if s.buffered == 0 {
+                if s.unacked.first().is_none_or(|&oldest| oldest >= horizon) {
                     return s.latched.map_or(Ok(()), Err);
                 }
             }
@@ -488,6 +643,10 @@ mod tests {
                 ack: tx,
             });
             Box::pin(async move { rx.await.unwrap_or(Err(libc::EIO)) })
+        }
+
+        fn channel(&self) -> usize {
+            self.lane
         }
     }
 
@@ -763,5 +922,155 @@ mod tests {
         assert_eq!(settle_soon(&a).await, Ok(()));
         assert_eq!(settle_soon(&b).await, Ok(()));
         assert_eq!(budget.available(), 100, "every byte given back");
+    }
+
+    fn pipeline_on(
+        server: &Arc<FakeServer>,
+        inode: &Arc<InodeWrites>,
+        lanes: &[usize],
+    ) -> Arc<WritePipeline> {
+        let p = WritePipeline::new(
+            server.lane(lanes[0]),
+            limits(1 << 20, 100),
+            ByteBudget::new(1 << 20),
+            inode.clone(),
+            false,
+        );
+        for &lane in &lanes[1..] {
+            p.add_lane(server.lane(lane));
+        }
+        p
+    }
+
+    #[tokio::test]
+    async fn overlapping_writes_of_two_open_files_keep_their_order() {
+        let server = Arc::new(FakeServer::default());
+        let inode = Arc::new(InodeWrites::default());
+        let a = pipeline_on(&server, &inode, &[0, 1]);
+        // Lane 0 filled to its target: a's next write goes to channel 1.
+        a.write(1000, Bytes::from(vec![9u8; 300]), false)
+            .await
+            .unwrap();
+        a.write(0, Bytes::from(vec![1u8; 100]), false)
+            .await
+            .unwrap();
+        assert_eq!(server.lanes_used(), vec![0, 0, 0, 1]);
+        // A second descriptor (channel 0 only) rewrites the range still in flight on channel 1.
+        let b = pipeline_on(&server, &inode, &[0]);
+        let writer = {
+            let b = b.clone();
+            tokio::spawn(async move { b.write(0, Bytes::from(vec![2u8; 100]), false).await })
+        };
+        yield_a_bit().await;
+        assert_eq!(
+            server.pending(),
+            4,
+            "b's write waits for the one it overlaps"
+        );
+        server.ack_lane(0);
+        yield_a_bit().await;
+        assert_eq!(server.pending(), 1, "still waiting for channel 1");
+        server.ack_lane(1);
+        yield_a_bit().await;
+        assert_eq!(writer.await.unwrap(), Ok(100));
+        server.ack_lane(0);
+        assert_eq!(settle_soon(&a).await, Ok(()));
+        assert_eq!(settle_soon(&b).await, Ok(()));
+        assert_eq!(&server.file.lock().unwrap()[..100], &[2u8; 100][..]);
+    }
+
+    #[tokio::test]
+    async fn a_write_of_unknown_fate_is_never_overtaken() {
+        let server = Arc::new(FakeServer::default());
+        *server.fail_at.lock().unwrap() = Some((50, libc::ETIMEDOUT));
+        let inode = Arc::new(InodeWrites::default());
+        let a = pipeline_on(&server, &inode, &[0, 1]);
+        a.write(1000, Bytes::from(vec![9u8; 300]), false)
+            .await
+            .unwrap();
+        a.write(0, Bytes::from(vec![1u8; 100]), false)
+            .await
+            .unwrap();
+        server.ack_lane(1);
+        server.ack_lane(0);
+        assert_eq!(settle_soon(&a).await, Err(libc::ETIMEDOUT));
+        *server.fail_at.lock().unwrap() = None;
+        // The timed-out WRITE may still be applied on channel 1: a write over it through a
+        // descriptor without a handle there cannot be ordered after it, so it fails.
+        let b = pipeline_on(&server, &inode, &[0]);
+        assert_eq!(
+            b.write(0, Bytes::from(vec![2u8; 100]), false).await,
+            Ok(100)
+        );
+        assert_eq!(server.pending(), 0, "nothing sent");
+        assert_eq!(settle_soon(&b).await, Err(libc::EIO));
+        assert_eq!(b.lost_bytes(), 100);
+        // One with a handle on channel 1 queues behind it there; elsewhere writes are free.
+        let c = pipeline_on(&server, &inode, &[0, 1]);
+        c.write(0, Bytes::from(vec![3u8; 100]), false)
+            .await
+            .unwrap();
+        c.write(5000, Bytes::from(vec![4u8; 10]), false)
+            .await
+            .unwrap();
+        assert_eq!(server.lanes_used(), vec![1, 0]);
+        server.ack_all_lanes_reversed(2);
+        assert_eq!(settle_soon(&c).await, Ok(()));
+    }
+
+    #[tokio::test]
+    async fn a_writer_that_never_pauses_does_not_starve_a_barrier() {
+        let server = Arc::new(FakeServer::default());
+        let p = pipeline(&server, limits(1 << 20, 100), 1 << 20, 1);
+        p.write(0, Bytes::from(vec![1u8; 100]), false)
+            .await
+            .unwrap();
+        let barrier = {
+            let p = p.clone();
+            tokio::spawn(async move { p.settle().await })
+        };
+        for i in 1..20u64 {
+            // Always one more write before the oldest is acked: never an empty buffer.
+            p.write(i * 100, Bytes::from(vec![1u8; 100]), false)
+                .await
+                .unwrap();
+            server.ack_one(0);
+            yield_a_bit().await;
+        }
+        assert!(
+            barrier.is_finished(),
+            "settle waits only for earlier writes"
+        );
+        assert_eq!(barrier.await.unwrap(), Ok(()));
+        server.ack_lane(0);
+        assert_eq!(settle_soon(&p).await, Ok(()));
+    }
+
+    #[tokio::test]
+    async fn a_failure_is_seen_by_every_descriptor_of_the_inode_once() {
+        let server = Arc::new(FakeServer::default());
+        *server.fail_at.lock().unwrap() = Some((0, libc::EDQUOT));
+        let inode = Arc::new(InodeWrites::default());
+        let reader_seen = AtomicU64::new(inode.failures());
+        let a = pipeline_on(&server, &inode, &[0]);
+        a.write(0, Bytes::from(vec![1u8; 10]), false).await.unwrap();
+        server.ack_lane(0);
+        assert_eq!(settle_soon(&a).await, Err(libc::EDQUOT));
+        assert_eq!(inode.failure_since(&reader_seen), Some(libc::EDQUOT));
+        assert_eq!(inode.failure_since(&reader_seen), None, "reported once");
+        let opened_later = AtomicU64::new(inode.failures());
+        assert_eq!(inode.failure_since(&opened_later), None);
+    }
+
+    #[tokio::test]
+    async fn a_closed_pipeline_refuses_writes() {
+        let server = Arc::new(FakeServer::default());
+        let p = pipeline(&server, limits(1 << 20, 100), 1 << 20, 1);
+        p.close();
+        assert_eq!(
+            p.write(0, Bytes::from(vec![1u8; 10]), false).await,
+            Err(libc::EIO)
+        );
+        assert_eq!(server.pending(), 0);
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use russh::ChannelMsg;
 use russh::client::Msg;
 use tokio::sync::{mpsc, oneshot};
@@ -87,15 +87,41 @@ const WRITE_HEADER_ROOM: u64 = 1024;
 
 struct InFlight {
     reply: oneshot::Sender<Result<Response>>,
+    submitted_at: Instant,
     sent_at: Option<Instant>,
 }
 
-#[derive(Default)]
 struct Table {
     next_id: u32,
     in_flight: HashMap<u32, InFlight>,
     /// Set once the session is unusable; every later request fails with it.
     dead: Option<SftpError>,
+    /// When the channel last moved: a packet sent or a reply received. A request still queued
+    /// (behind a full channel window) times out once the channel has not moved for the timeout.
+    last_progress: Instant,
+}
+
+impl Default for Table {
+    fn default() -> Self {
+        Table {
+            next_id: 0,
+            in_flight: HashMap::new(),
+            dead: None,
+            last_progress: Instant::now(),
+        }
+    }
+}
+
+impl Table {
+    /// A request is given up once it was sent `timeout` ago without a reply, or, still queued,
+    /// once it waited `timeout` and the channel moved no byte for as long: a long queue on a
+    /// busy but working channel is no failure, a stalled one is.
+    fn expired(&self, entry: &InFlight, now: Instant, timeout: Duration) -> bool {
+        match entry.sent_at {
+            Some(sent) => now - sent > timeout,
+            None => now - entry.submitted_at > timeout && now - self.last_progress > timeout,
+        }
+    }
 }
 
 struct Shared {
@@ -104,6 +130,14 @@ struct Shared {
 }
 
 impl Shared {
+    /// Fails one request with an unusable reply; the session goes on.
+    fn fail(&self, id: u32, why: SftpError) {
+        warn!(id, "bad SFTP reply: {why}");
+        if let Some(entry) = self.table.lock().unwrap().in_flight.remove(&id) {
+            let _ = entry.reply.send(Err(why));
+        }
+    }
+
     fn kill(&self, why: SftpError) {
         let mut table = self.table.lock().unwrap();
         if table.dead.is_none() {
@@ -247,6 +281,7 @@ impl Session {
             id,
             InFlight {
                 reply: tx,
+                submitted_at: Instant::now(),
                 sent_at: None,
             },
         );
@@ -297,6 +332,10 @@ impl Session {
         });
         async move {
             match pending.response().await? {
+                // More than asked is no short-read-and-more: which bytes would be which?
+                Response::Data(data) if data.len() > len as usize => Err(SftpError::Protocol(
+                    format!("READ of {len} bytes answered with {}", data.len()),
+                )),
                 Response::Data(data) => Ok(data),
                 Response::Status { code, .. } if code == StatusCode::EOF => Ok(Bytes::new()),
                 other => Err(unexpected(other, "read")),
@@ -488,8 +527,14 @@ pub fn expect_ok(reply: Result<Response>, what: &'static str) -> Result<()> {
     }
 }
 
+/// The draft's bound on a handle's length.
+const MAX_HANDLE_LEN: usize = 256;
+
 fn expect_handle(reply: Result<Response>, what: &'static str) -> Result<Bytes> {
     match reply? {
+        Response::Handle(handle) if handle.len() > MAX_HANDLE_LEN => Err(SftpError::Protocol(
+            format!("{what}: a handle of {} bytes (256 at most)", handle.len()),
+        )),
         Response::Handle(handle) => Ok(handle),
         other => Err(unexpected(other, what)),
     }
@@ -497,7 +542,10 @@ fn expect_handle(reply: Result<Response>, what: &'static str) -> Result<Bytes> {
 
 fn expect_attrs(reply: Result<Response>, what: &'static str) -> Result<Attrs> {
     match reply? {
-        Response::Attrs(attrs) => Ok(attrs),
+        Response::Attrs(attrs) => match attrs.check() {
+            Ok(()) => Ok(attrs),
+            Err(why) => Err(SftpError::Protocol(format!("{what}: {why}"))),
+        },
         other => Err(unexpected(other, what)),
     }
 }
@@ -528,6 +576,11 @@ async fn write_loop(
 ) {
     while let Some((head, tail)) = queue.recv().await {
         let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]);
+        if !shared.table.lock().unwrap().in_flight.contains_key(&id) {
+            // Timed out while queued: its caller has its error; never sending it keeps its
+            // fate known.
+            continue;
+        }
         let sent = match writer.data_bytes(head).await {
             Ok(()) if !tail.is_empty() => writer.data_bytes(tail).await,
             other => other,
@@ -536,34 +589,71 @@ async fn write_loop(
             shared.kill(SftpError::ConnectionLost);
             return;
         }
-        if let Some(entry) = shared.table.lock().unwrap().in_flight.get_mut(&id) {
-            entry.sent_at = Some(Instant::now());
+        let mut table = shared.table.lock().unwrap();
+        let now = Instant::now();
+        table.last_progress = now;
+        if let Some(entry) = table.in_flight.get_mut(&id) {
+            entry.sent_at = Some(now);
         }
     }
 }
 
+/// Replies are framed by their length: a reply that cannot be used (too long to hold, or with
+/// a body that does not decode) fails the request it answers, and the session goes on with the
+/// next frame. Only a stream that cannot be framed any more ends the session.
 async fn read_loop(mut reader: russh::ChannelReadHalf, mut inbox: BytesMut, shared: Arc<Shared>) {
+    // Bytes of an oversized reply still to be dropped.
+    let mut skip = 0usize;
     loop {
         loop {
+            if skip > 0 {
+                let n = skip.min(inbox.len());
+                inbox.advance(n);
+                skip -= n;
+                if skip > 0 {
+                    break;
+                }
+            }
             let packet = match proto::split_packet(&mut inbox) {
                 Ok(Some(packet)) => packet,
                 Ok(None) => break,
-                Err(e) => return shared.kill(e.into()),
-            };
-            let (id, response) = match proto::decode_response(packet) {
-                Ok(decoded) => decoded,
-                Err(e) => return shared.kill(e.into()),
-            };
-            let entry = shared.table.lock().unwrap().in_flight.remove(&id);
-            match entry {
-                Some(entry) => {
-                    let _ = entry.reply.send(Ok(response));
+                Err(DecodeError::TooLong(len)) if inbox.len() >= 9 => {
+                    let id = u32::from_be_bytes([inbox[5], inbox[6], inbox[7], inbox[8]]);
+                    shared.fail(
+                        id,
+                        SftpError::Protocol(format!(
+                            "reply of {len} bytes exceeds the packet limit"
+                        )),
+                    );
+                    skip = 4 + len;
+                    continue;
                 }
-                None => debug!(id, "reply to a request that is no longer waited for"),
+                // Its request id has not arrived yet.
+                Err(DecodeError::TooLong(_)) => break,
+                Err(e) => return shared.kill(e.into()),
+            };
+            match proto::decode_response(packet.clone()) {
+                Ok((id, response)) => {
+                    let entry = shared.table.lock().unwrap().in_flight.remove(&id);
+                    match entry {
+                        Some(entry) => {
+                            let _ = entry.reply.send(Ok(response));
+                        }
+                        None => debug!(id, "reply to a request that is no longer waited for"),
+                    }
+                }
+                Err(e) if packet.len() >= 5 => {
+                    let id = u32::from_be_bytes([packet[1], packet[2], packet[3], packet[4]]);
+                    shared.fail(id, e.into());
+                }
+                Err(e) => return shared.kill(e.into()),
             }
         }
         match reader.wait().await {
-            Some(ChannelMsg::Data { data }) => inbox.extend_from_slice(&data),
+            Some(ChannelMsg::Data { data }) => {
+                shared.table.lock().unwrap().last_progress = Instant::now();
+                inbox.extend_from_slice(&data);
+            }
             Some(ChannelMsg::Eof | ChannelMsg::Close) | None => {
                 return shared.kill(SftpError::ConnectionLost);
             }
@@ -584,7 +674,7 @@ async fn timeout_sweeper(shared: std::sync::Weak<Shared>) {
         let expired: Vec<u32> = table
             .in_flight
             .iter()
-            .filter(|(_, e)| e.sent_at.is_some_and(|t| now - t > shared.timeout))
+            .filter(|(_, e)| table.expired(e, now, shared.timeout))
             .map(|(id, _)| *id)
             .collect();
         for id in expired {

@@ -81,6 +81,18 @@ pub struct Attrs {
 }
 
 impl Attrs {
+    /// Whether these attributes describe a file that can exist: a mode with its file type bits
+    /// (S_IFMT), a size that fits a signed 64-bit offset. A server's attributes are untrusted.
+    pub fn check(&self) -> Result<(), &'static str> {
+        if self.permissions.is_some_and(|mode| mode & 0o170000 == 0) {
+            return Err("attributes without a file type");
+        }
+        if self.size.is_some_and(|size| size > i64::MAX as u64) {
+            return Err("a file size past 2^63");
+        }
+        Ok(())
+    }
+
     fn flags(&self) -> u32 {
         let mut flags = 0;
         if self.size.is_some() {
