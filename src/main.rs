@@ -18,7 +18,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    init_logging(opts.debug);
+    if let Err(e) = init_logging(opts.debug, opts.logfile.as_deref()) {
+        eprintln!("sftpmount: {e:#}");
+        return ExitCode::FAILURE;
+    }
     let mountpoint = match mount::check_local(&opts.mountpoint) {
         Ok(m) => m,
         Err(e) => {
@@ -46,7 +49,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(debug: bool) {
+/// Logs to stderr, or to `logfile` (opened here, before going to the background, so that a
+/// relative path means what the user meant).
+fn init_logging(debug: bool, logfile: Option<&std::path::Path>) -> anyhow::Result<()> {
+    use anyhow::Context;
     let default = if debug {
         "sftpmount=debug,info"
     } else {
@@ -54,9 +60,22 @@ fn init_logging(debug: bool) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("SFTPMOUNT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match logfile {
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("cannot open the log file {}", path.display()))?;
+            builder
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(file))
+                .init();
+        }
+        None => builder.with_writer(std::io::stderr).init(),
+    }
+    Ok(())
 }

@@ -215,6 +215,8 @@ pub struct Options {
     pub dir_prefetch: bool,
     /// Generic mount flags passed on to the kernel (nodev, noexec, ...).
     pub kernel_flags: Vec<fuser::MountOption>,
+    /// `logfile=PATH`: the log goes (appended) to this file, also in the background.
+    pub logfile: Option<PathBuf>,
 }
 
 /// What parsing the command line asks the program to do.
@@ -286,6 +288,7 @@ where
         keep_cache: KeepCache::WhileUnchanged,
         negative_timeout: Duration::ZERO,
         dir_prefetch: true,
+        logfile: None,
         kernel_flags: Vec::new(),
     };
     for group in &cli.options {
@@ -440,6 +443,7 @@ impl Options {
             "dir_prefetch" => self.dir_prefetch = yes_no()?,
             "auto_cache" => self.keep_cache = KeepCache::WhileUnchanged,
             "reconnect" => self.reconnect = true,
+            "logfile" => self.logfile = Some(need()?.into()),
             "password_stdin" => self.password_stdin = true,
             "allow_other" => self.allow_other = true,
             "default_permissions" => self.default_permissions = true,

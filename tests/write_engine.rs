@@ -44,15 +44,6 @@ impl Drop for SmallDisk {
     }
 }
 
-/// Runs `f` on a thread and fails the test if it takes longer than `limit`: a hang is a bug.
-fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(limit).expect("hung")
-}
-
 #[test]
 fn full_disk_reports_enospc_not_eio_and_the_mount_stays_usable() {
     let sshd = Sshd::start();

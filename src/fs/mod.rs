@@ -687,8 +687,9 @@ impl Core {
                 to: Bytes::copy_from_slice(&to),
             };
             crate::sftp::client::expect_ok(self.session.call(&req).await, "rename")
+                .map_err(RenameError::Sftp)
         } else {
-            self.session.rename(&from, &to).await
+            self.rename_replacing(&from, &to).await
         };
         // A directory takes everything cached below it along; a file (known as one) only
         // its own entries, which spares a scan of the cache for each of rsync's renames.
@@ -701,10 +702,11 @@ impl Core {
             }
         }
         if let Err(e) = result {
-            if no_replace {
-                return Err(self.refine_exists(e, &to).await);
-            }
-            return Err(errno(e));
+            return Err(match e {
+                RenameError::Sftp(e) if no_replace => self.refine_exists(e, &to).await,
+                RenameError::Sftp(e) => errno(e),
+                RenameError::Errno(e) => e,
+            });
         }
         self.inodes
             .lock()
@@ -712,6 +714,76 @@ impl Core {
             .rename(parent, name, new_parent, new_name);
         self.gone_path(&from);
         Ok(())
+    }
+
+    /// rename(2), which replaces `to`: with posix-rename@openssh.com, one atomic request. The
+    /// plain v3 RENAME refuses an existing target (OpenSSH and Green End's server link, then
+    /// unlink); without the extension the target is then moved aside first and removed after,
+    /// as sshfs's `workaround=rename` does. Not atomic (for a moment `to` is missing), but
+    /// nothing is lost: when the rename fails, the target is moved back.
+    async fn rename_replacing(&self, from: &[u8], to: &[u8]) -> Result<(), RenameError> {
+        let e = match self.session.rename(from, to).await {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        if self.session.features().posix_rename || e.status() != Some(StatusCode::FAILURE) {
+            return Err(RenameError::Sftp(e));
+        }
+        let (Ok(source), Ok(target)) =
+            (self.session.lstat(from).await, self.session.lstat(to).await)
+        else {
+            return Err(RenameError::Sftp(e));
+        };
+        let sftp = |e: SftpError| RenameError::Errno(errno(e));
+        match (is_dir(&source), is_dir(&target)) {
+            (false, true) => return Err(RenameError::Errno(libc::EISDIR)),
+            (true, false) => return Err(RenameError::Errno(libc::ENOTDIR)),
+            (true, true) => {
+                // Only over an empty directory, which rmdir checks.
+                self.session.rmdir(to).await.map_err(|e| match e.status() {
+                    Some(StatusCode::FAILURE) => RenameError::Errno(libc::ENOTEMPTY),
+                    _ => sftp(e),
+                })?;
+                let renamed = self.session.rename(from, to).await;
+                if renamed.is_err() {
+                    let mode = Attrs {
+                        permissions: target.permissions.map(|m| m & 0o7777),
+                        ..Default::default()
+                    };
+                    let _ = self.session.mkdir(to, mode).await;
+                }
+                return renamed.map_err(sftp);
+            }
+            (false, false) => {}
+        }
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let mut aside = to.to_vec();
+        aside.extend_from_slice(format!(".sftpmount-{}-{nanos}", std::process::id()).as_bytes());
+        self.session.rename(to, &aside).await.map_err(sftp)?;
+        match self.session.rename(from, to).await {
+            Ok(()) => {
+                if let Err(e) = self.session.remove(&aside).await {
+                    warn!(
+                        "renamed over {}, but its old file stays as {}: {e}",
+                        String::from_utf8_lossy(to),
+                        String::from_utf8_lossy(&aside)
+                    );
+                }
+                Ok(())
+            }
+            Err(e) => {
+                if let Err(back) = self.session.rename(&aside, to).await {
+                    error!(
+                        "{} was moved aside to {} and could not be moved back: {back}",
+                        String::from_utf8_lossy(to),
+                        String::from_utf8_lossy(&aside)
+                    );
+                }
+                Err(sftp(e))
+            }
+        }
     }
 
     pub async fn link(&self, ino: u64, new_parent: u64, new_name: &[u8]) -> FsResult<Entry> {
@@ -784,6 +856,7 @@ impl Core {
                     max_write: self.session.features().max_write as usize,
                     short_writes: self.config.short_writes,
                     lane_target: LANE_TARGET,
+                    in_order: self.session.features().in_order,
                 },
                 self.budget.clone(),
                 inode_writes.clone(),
@@ -1359,6 +1432,12 @@ impl Core {
         }
         losses
     }
+}
+
+/// Why a rename failed: the server's status (refined by the caller), or an errno found out.
+enum RenameError {
+    Sftp(SftpError),
+    Errno(Errno),
 }
 
 /// Writes of one file that did not reach the server.

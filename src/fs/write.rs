@@ -125,14 +125,25 @@ impl InodeWrites {
         }
     }
 
-    fn blocks_forever(s: &InodeWritesState, offset: u64, len: u64, channel: usize) -> bool {
-        s.unknown_fate
+    /// Whether a chunk can ever be ordered after the WRITEs of unknown fate it overlaps: only
+    /// behind them on their one channel, on a lane there (`lane_on`), when the server keeps a
+    /// channel's order (`in_order`). Their acks never come, so waiting cannot help.
+    fn orderable(
+        s: &InodeWritesState,
+        offset: u64,
+        len: u64,
+        in_order: bool,
+        lane_on: impl Fn(usize) -> bool,
+    ) -> bool {
+        let mut channels = s
+            .unknown_fate
             .iter()
-            .any(|p| p.channel == channel && p.overlaps(offset, len))
-            && !s
-                .in_flight
-                .values()
-                .any(|p| p.channel != channel && p.overlaps(offset, len))
+            .filter(|p| p.overlaps(offset, len))
+            .map(|p| p.channel);
+        match channels.next() {
+            None => true,
+            Some(first) => in_order && lane_on(first) && channels.all(|c| c == first),
+        }
     }
 
     fn landed(&self, chunk: u64, result: Result<(), Errno>) {
@@ -227,6 +238,9 @@ pub struct WriteLimits {
     /// window lets through per round trip. Filling lanes in order keeps a near server on one
     /// channel (one server process, writes in order) and spreads only when the window binds.
     pub lane_target: usize,
+    /// The server executes a channel's requests in order: an overlapping chunk may follow the
+    /// chunks it overlaps on their channel instead of waiting for their acks.
+    pub in_order: bool,
 }
 
 #[derive(Default)]
@@ -485,17 +499,15 @@ impl WritePipeline {
                 let lanes = self.lanes.lock().unwrap();
                 let mut s = self.state.lock().unwrap();
                 let mut inode = self.inode.state.lock().unwrap();
+                let in_order = self.limits.in_order;
+                let lane_on = |channel| lanes.iter().position(|l| l.channel() == channel);
+                if !InodeWrites::orderable(&inode, offset, len, in_order, |c| lane_on(c).is_some())
+                {
+                    return Err(libc::EIO);
+                }
                 let lane = match InodeWrites::placement(&inode, offset, len) {
                     Placement::Wait => None,
-                    Placement::Channel(channel) => {
-                        let lane = lanes.iter().position(|l| l.channel() == channel);
-                        if lane.is_none()
-                            && InodeWrites::blocks_forever(&inode, offset, len, channel)
-                        {
-                            return Err(libc::EIO);
-                        }
-                        lane
-                    }
+                    Placement::Channel(channel) => lane_on(channel).filter(|_| in_order),
                     Placement::Free if self.append => Some(0),
                     Placement::Free => {
                         let loads = &s.lane_load;
@@ -656,6 +668,7 @@ mod tests {
             max_write,
             short_writes: true,
             lane_target: 3 * max_write,
+            in_order: true,
         }
     }
 
@@ -977,6 +990,38 @@ mod tests {
         assert_eq!(settle_soon(&a).await, Ok(()));
         assert_eq!(settle_soon(&b).await, Ok(()));
         assert_eq!(&server.file.lock().unwrap()[..100], &[2u8; 100][..]);
+    }
+
+    #[tokio::test]
+    async fn without_in_order_channels_an_overlapping_write_waits_for_the_ack() {
+        // A threaded server may run two requests of one channel in either order.
+        let server = Arc::new(FakeServer::default());
+        let p = WritePipeline::new(
+            server.lane(0),
+            WriteLimits {
+                in_order: false,
+                ..limits(1 << 20, 100)
+            },
+            ByteBudget::new(1 << 20),
+            Arc::default(),
+            false,
+        );
+        p.write(0, Bytes::from(vec![1u8; 100]), false)
+            .await
+            .unwrap();
+        let writer = {
+            let p = p.clone();
+            tokio::spawn(async move { p.write(50, Bytes::from(vec![2u8; 100]), false).await })
+        };
+        yield_a_bit().await;
+        assert_eq!(server.pending(), 1, "the overlapping write is held back");
+        server.ack_one(0);
+        assert_eq!(writer.await.unwrap(), Ok(100));
+        yield_a_bit().await;
+        assert_eq!(server.pending(), 1);
+        server.ack_lane(0);
+        assert_eq!(settle_soon(&p).await, Ok(()));
+        assert_eq!(&server.file.lock().unwrap()[50..150], &[2u8; 100][..]);
     }
 
     #[tokio::test]

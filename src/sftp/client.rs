@@ -75,6 +75,12 @@ pub struct ServerFeatures {
     pub fsync: bool,
     pub hardlink: bool,
     pub lsetstat: bool,
+    /// SYMLINK takes the link path first, as the draft says (OpenSSH takes the target first).
+    pub symlink_draft_order: bool,
+    /// The server executes one channel's requests one after another, in order: OpenSSH's
+    /// sftp-server does; a threaded server (Green End's) may reorder requests on different
+    /// handles. Recognised by OpenSSH's limits@openssh.com and no vendor-id.
+    pub in_order: bool,
     /// Largest READ and WRITE payloads the server takes.
     pub max_read: u32,
     pub max_write: u32,
@@ -217,8 +223,13 @@ impl Session {
             ..Default::default()
         };
         let mut has_limits = false;
-        for (name, _) in &version.extensions {
+        let mut has_vendor_id = false;
+        for (name, value) in &version.extensions {
             match std::str::from_utf8(name).unwrap_or("") {
+                proto::ext::SYMLINK_ORDER => {
+                    features.symlink_draft_order = &value[..] == b"linkpath-targetpath"
+                }
+                proto::ext::VENDOR_ID => has_vendor_id = true,
                 proto::ext::POSIX_RENAME => features.posix_rename = true,
                 proto::ext::STATVFS => features.statvfs = true,
                 proto::ext::FSYNC => features.fsync = true,
@@ -228,6 +239,7 @@ impl Session {
                 _ => {}
             }
         }
+        features.in_order = has_limits && !has_vendor_id;
         debug!(?features, has_limits, "SFTP server extensions");
 
         let shared = Arc::new(Shared {
@@ -464,6 +476,7 @@ impl Session {
         let req = Request::Symlink {
             link: Bytes::copy_from_slice(link),
             target: Bytes::copy_from_slice(target),
+            draft_order: self.features.symlink_draft_order,
         };
         expect_ok(self.call(&req).await, "symlink")
     }

@@ -67,6 +67,10 @@ pub mod ext {
     pub const HARDLINK: &str = "hardlink@openssh.com";
     pub const LIMITS: &str = "limits@openssh.com";
     pub const LSETSTAT: &str = "lsetstat@openssh.com";
+    /// Green End's server: which order its SYMLINK takes the paths in.
+    pub const SYMLINK_ORDER: &str = "symlink-order@rjk.greenend.org.uk";
+    /// Servers that name themselves (draft-ietf-secsh-filexfer-13 section 4.4).
+    pub const VENDOR_ID: &str = "vendor-id";
 }
 
 /// File attributes; every field is optional on the wire.
@@ -233,6 +237,8 @@ pub enum Request {
     Symlink {
         link: Bytes,
         target: Bytes,
+        /// The draft's order (link path first), for servers that say they take it.
+        draft_order: bool,
     },
     /// An extension request; `data` is its already-encoded body.
     Extended {
@@ -354,11 +360,21 @@ impl Request {
                 put_string(buf, to);
             }
             Request::Readlink { path } => put_one(buf, packet_type::READLINK, id, path),
-            Request::Symlink { link, target } => {
+            Request::Symlink {
+                link,
+                target,
+                draft_order,
+            } => {
                 // OpenSSH's sftp-server takes the two paths in the reverse of the draft's order
-                // (PROTOCOL, section 4.1); every deployed client follows OpenSSH.
-                put_one(buf, packet_type::SYMLINK, id, target);
-                put_string(buf, link);
+                // (PROTOCOL, section 4.1) and most clients follow it; a server that follows the
+                // draft says so with symlink-order@rjk.greenend.org.uk.
+                let (first, second) = if *draft_order {
+                    (link, target)
+                } else {
+                    (target, link)
+                };
+                put_one(buf, packet_type::SYMLINK, id, first);
+                put_string(buf, second);
             }
             Request::Extended { name, data } => {
                 put_one(buf, packet_type::EXTENDED, id, name.as_bytes());
@@ -707,11 +723,21 @@ mod tests {
         let req = Request::Symlink {
             link: Bytes::from_static(b"/l"),
             target: Bytes::from_static(b"t"),
+            draft_order: false,
         };
         let mut p = body_of(&req, 3);
         p.advance(5);
         assert_eq!(&get_string(&mut p).unwrap()[..], b"t");
         assert_eq!(&get_string(&mut p).unwrap()[..], b"/l");
+        let req = Request::Symlink {
+            link: Bytes::from_static(b"/l"),
+            target: Bytes::from_static(b"t"),
+            draft_order: true,
+        };
+        let mut p = body_of(&req, 3);
+        p.advance(5);
+        assert_eq!(&get_string(&mut p).unwrap()[..], b"/l");
+        assert_eq!(&get_string(&mut p).unwrap()[..], b"t");
     }
 
     #[test]

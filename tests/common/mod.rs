@@ -984,6 +984,15 @@ fn tail(bytes: &[u8], max: usize) -> &[u8] {
     &bytes[bytes.len().saturating_sub(max)..]
 }
 
+/// Runs `f` on a thread and fails the test if it takes longer than `limit`: a hang is a bug.
+pub fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit).expect("hung")
+}
+
 /// Polls `done` (every 10 ms) until it returns true or `timeout` passes; returns the last answer.
 pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
@@ -1369,6 +1378,43 @@ impl Sshd {
     pub fn start_recorded(recorder: &SftpRecorder) -> Sshd {
         Sshd::start_with(SshdOptions {
             sftp_server: Some(recorder.subsystem()),
+            ..SshdOptions::default()
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A server that misbehaves
+// ---------------------------------------------------------------------------------------------
+
+/// The `Subsystem sftp` command of our faulty server (`examples/faulty_sftp_server.rs`, which
+/// `cargo test` builds beside the tests) relaying to OpenSSH's sftp-server with `faults`.
+pub fn faulty_server_command(faults: &[&str]) -> String {
+    // target/<profile>/deps/<test> -> target/<profile>/examples/faulty_sftp_server
+    let exe = std::env::current_exe().expect("test executable");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|profile| profile.join("examples/faulty_sftp_server"))
+        .expect("target directory");
+    require(
+        bin.to_str().unwrap(),
+        "the faulty SFTP server (cargo test builds it with the examples; \
+         cargo build --release --examples builds it alone)",
+    );
+    let mut cmd = bin.display().to_string();
+    for fault in faults {
+        cmd.push_str(" --fault ");
+        cmd.push_str(fault);
+    }
+    cmd
+}
+
+impl Sshd {
+    /// An sshd whose SFTP sessions go through the faulty server with `faults`.
+    pub fn start_faulty(faults: &[&str]) -> Sshd {
+        Sshd::start_with(SshdOptions {
+            sftp_server: Some(faulty_server_command(faults)),
             ..SshdOptions::default()
         })
     }
