@@ -7,7 +7,7 @@ use sftpmount::mount;
 use sftpmount::options::{self, Parsed};
 
 fn main() -> ExitCode {
-    let opts = match options::parse(std::env::args_os()) {
+    let mut opts = match options::parse(std::env::args_os()) {
         Ok(Parsed::Mount(opts)) => *opts,
         Ok(Parsed::Print(text)) => {
             print!("{text}");
@@ -21,6 +21,9 @@ fn main() -> ExitCode {
     if let Err(e) = init_logging(opts.debug, opts.logfile.as_deref()) {
         eprintln!("sftpmount: {e:#}");
         return ExitCode::FAILURE;
+    }
+    if mount::started_by_mount8() {
+        opts.drop_suid_dev();
     }
     let mountpoint = match mount::check_local(&opts.mountpoint) {
         Ok(m) => m,

@@ -253,6 +253,39 @@ fn source_name(opts: &Options) -> String {
     }
 }
 
+/// Whether mount(8) started us (through mount.fuse3 and its `sh -c`), from an fstab line or a
+/// `mount -t fuse...` command. mount.fuse3 then appends `dev,suid` to the options unless they
+/// say `nodev`/`nosuid`, while mount(8) itself never passes `suid` or `dev` (they are its
+/// defaults): those two are never the user's, and a server's setuid files and device nodes
+/// must not act as such here.
+/// Call it before going to the background: the daemon's parent is our own first process.
+pub fn started_by_mount8() -> bool {
+    let parent_of = |pid: &str| -> Option<String> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The command name (in parentheses) may hold spaces: fields follow the last ')'.
+        let after = &stat[stat.rfind(')')? + 2..];
+        after.split(' ').nth(1).map(str::to_string)
+    };
+    let comm = |pid: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .map(|c| c.trim_end().to_string())
+            .unwrap_or_default()
+    };
+    let mut pid = "self".to_string();
+    // Our parent, or the shell's when `sh -c` did not exec us.
+    for _ in 0..2 {
+        let Some(parent) = parent_of(&pid) else {
+            return false;
+        };
+        match comm(&parent).as_str() {
+            "mount" => return true,
+            "sh" | "dash" | "bash" => pid = parent,
+            _ => return false,
+        }
+    }
+    false
+}
+
 fn mount_options(opts: &Options) -> Vec<MountOption> {
     let mut options = vec![
         MountOption::FSName(source_name(opts)),

@@ -219,6 +219,17 @@ pub struct Options {
     pub logfile: Option<PathBuf>,
 }
 
+impl Options {
+    /// Forgets `suid` and `dev`: started by mount(8), they are mount.fuse3's (it appends them
+    /// unless told `nosuid`/`nodev`), never the user's (mount(8) passes neither: they are its
+    /// defaults). A server's setuid files and device nodes must not act as such here.
+    pub fn drop_suid_dev(&mut self) {
+        use fuser::MountOption as M;
+        self.kernel_flags
+            .retain(|flag| !matches!(flag, M::Suid | M::Dev));
+    }
+}
+
 /// What parsing the command line asks the program to do.
 pub enum Parsed {
     Mount(Box<Options>),

@@ -292,6 +292,8 @@ fn fstab_helper_mode_through_mount_fuse3() {
     assert!(out.status.success(), "{out:?}");
     let info = mount_info(mp.path()).expect("mounted when mount(8) returned");
     assert_eq!(info.fs_type, "fuse.sftpmount");
+    // mount.fuse3 appended dev,suid: they are not the user's.
+    assert_nosuid_nodev(&info);
     fs::write(mp.path().join("via-fstab"), b"ok").unwrap();
     assert_eq!(
         fs::read(sshd.remote_root().join("via-fstab")).unwrap(),
@@ -308,6 +310,60 @@ fn fstab_helper_mode_through_mount_fuse3() {
             || fs::read(format!("/proc/{pid}/cmdline"))
                 .is_ok_and(|c| c.is_empty())));
     }
+}
+
+fn assert_nosuid_nodev(info: &MountInfo) {
+    let options: Vec<&str> = info.mount_options.split(',').collect();
+    assert!(
+        options.contains(&"nosuid") && options.contains(&"nodev"),
+        "a server's setuid files and devices would act here: {}",
+        info.mount_options
+    );
+}
+
+#[test]
+fn an_fstab_line_keeps_nosuid_nodev_and_the_command_line_may_lift_them() {
+    let sshd = Sshd::start();
+    let mp = tempfile::tempdir().unwrap();
+    let mp_path = mp.path().canonicalize().unwrap();
+    let fstab = tempfile::NamedTempFile::new().unwrap();
+    fs::write(
+        fstab.path(),
+        format!(
+            "# sftpmount's test\n{BIN}#{} {} fuse rw,port={},IdentityFile={},UserKnownHostsFile={},_netdev 0 0\n",
+            sshd.source(),
+            mp_path.display(),
+            sshd.port(),
+            sshd.user_key_path().display(),
+            sshd.known_hosts_path().display()
+        ),
+    )
+    .unwrap();
+    let out = output_with_timeout(
+        Command::new("mount")
+            .env("HOME", sshd.client_home())
+            .arg("-T")
+            .arg(fstab.path())
+            .arg(&mp_path),
+        None,
+        BIN_TIMEOUT,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let info = mount_info(&mp_path).expect("mounted when mount(8) returned");
+    assert_eq!(info.fs_type, "fuse.sftpmount");
+    assert_nosuid_nodev(&info);
+    let out = output_with_timeout(Command::new("umount").arg(&mp_path), None, BIN_TIMEOUT);
+    assert!(out.status.success(), "{out:?}");
+
+    // On the command line, suid and dev are the user's own word.
+    let m = Mount::new(&sshd, &["-o", "suid,dev"]);
+    let info = m.info().expect("mounted");
+    let options: Vec<&str> = info.mount_options.split(',').collect();
+    assert!(
+        !options.contains(&"nosuid") && !options.contains(&"nodev"),
+        "{}",
+        info.mount_options
+    );
 }
 
 /// Writes `len` bytes into the mount and keeps the file open, so the data may still be in

@@ -35,6 +35,15 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_sftpmount");
 pub const SSHD: &str = "/usr/sbin/sshd";
 /// OpenSSH's SFTP server binary (Debian package openssh-sftp-server).
 pub const SFTP_SERVER: &str = "/usr/lib/openssh/sftp-server";
+/// Names another SFTP server for the tests' sshd (`scripts/test` runs the POSIX and programs
+/// tests again with Green End's `/usr/libexec/gesftpserver`).
+pub const SFTP_SERVER_ENV: &str = "SFTPMOUNT_TEST_SFTP_SERVER";
+
+/// The server sshd runs when a test does not choose one: [`SFTP_SERVER`] unless
+/// [`SFTP_SERVER_ENV`] names another.
+pub fn default_sftp_server() -> String {
+    std::env::var(SFTP_SERVER_ENV).unwrap_or_else(|_| SFTP_SERVER.to_string())
+}
 /// OpenSSH's key generator (Debian package openssh-client).
 pub const SSH_KEYGEN: &str = "/usr/bin/ssh-keygen";
 /// User that [`ensure_password_user`] creates for password-authentication tests.
@@ -74,7 +83,7 @@ pub fn require_fuse() {
 pub struct SshdOptions {
     /// `PasswordAuthentication yes` (otherwise public keys only). See [`ensure_password_user`].
     pub password_auth: bool,
-    /// The `Subsystem sftp` command; default [`SFTP_SERVER`]. E.g. `"/usr/lib/openssh/sftp-server
+    /// The `Subsystem sftp` command; default [`default_sftp_server`]. E.g. `"/usr/lib/openssh/sftp-server
     /// -l DEBUG3"` or a wrapper script.
     pub sftp_server: Option<String>,
     /// Extra sshd_config lines, written before the harness's own lines. sshd takes the first
@@ -114,7 +123,7 @@ impl Sshd {
         require(SSHD, "OpenSSH's sshd");
         require(SSH_KEYGEN, "ssh-keygen");
         if opts.sftp_server.is_none() {
-            require(SFTP_SERVER, "OpenSSH's sftp-server");
+            require(&default_sftp_server(), "the SFTP server");
         }
         ensure_privsep_dir();
 
@@ -221,7 +230,11 @@ impl Sshd {
             cfg.push('\n');
         }
         let password = if self.opts.password_auth { "yes" } else { "no" };
-        let sftp_server = self.opts.sftp_server.as_deref().unwrap_or(SFTP_SERVER);
+        let sftp_server = self
+            .opts
+            .sftp_server
+            .clone()
+            .unwrap_or_else(default_sftp_server);
         cfg.push_str(&format!(
             "ListenAddress 127.0.0.1\n\
              Port {port}\n\
