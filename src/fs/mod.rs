@@ -8,7 +8,7 @@ pub mod read;
 pub mod write;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -135,6 +135,11 @@ const SPREAD_AFTER_BYTES: u64 = 2 * 1024 * 1024;
 /// OpenSSH's sshd grants each session channel a 2 MiB window (CHAN_SES_WINDOW_DEFAULT).
 const LANE_TARGET: usize = 2 * 1024 * 1024;
 
+/// Open files whose handles stay on the metadata channel; past this many, a file opens on the
+/// channel holding the fewest. Servers cap the handles of one session (Green End's at 128;
+/// OpenSSH's sftp-server at its descriptor limit), and one channel's window is shared by all.
+const FILES_ON_FIRST_CHANNEL: usize = 64;
+
 /// READDIRs in flight at most for one listing.
 const MAX_READDIRS_IN_FLIGHT: usize = 16;
 /// Listings fetched ahead at once for a tree walk; see [`Core::prefetch_listings`].
@@ -251,6 +256,8 @@ type LaneHandle = (Arc<Session>, Bytes);
 
 struct OpenFile {
     ino: u64,
+    /// Index in [`Core::channels`] of the channel `handle` lives on.
+    channel: usize,
     handle: Bytes,
     writer: Option<Arc<WritePipeline>>,
     /// Read-ahead for sequential readers; none for write-only opens.
@@ -292,6 +299,8 @@ pub struct Core {
     session: Arc<Session>,
     /// Every channel, `session` first: a large file's writes spread over all of them.
     channels: Vec<Arc<Session>>,
+    /// Open files whose first handle is on each channel.
+    files_on: Vec<AtomicUsize>,
     budget: ByteBudget,
     read_budget: ByteBudget,
     root: Bytes,
@@ -315,6 +324,7 @@ impl Core {
     pub fn new(channels: Vec<Arc<Session>>, root: Bytes, config: CoreConfig) -> Self {
         Core {
             session: channels[0].clone(),
+            files_on: channels.iter().map(|_| AtomicUsize::new(0)).collect(),
             channels,
             budget: ByteBudget::new(config.write_buffer_total),
             read_budget: ByteBudget::new(MAX_PREFETCH_TOTAL),
@@ -516,8 +526,7 @@ impl Core {
         let attrs = match (self.linked_path(ino), open) {
             (Some(path), _) => self.stat_cached(Some(ino), &path).await?,
             // An unlinked open file: only its handle still reaches it.
-            (None, Some(file)) => self
-                .session
+            (None, Some(file)) => self.channels[file.channel]
                 .fstat(file.handle.clone())
                 .await
                 .map_err(errno)?,
@@ -575,7 +584,11 @@ impl Core {
         }
         let symlink = self.inodes.lock().unwrap().is_symlink(ino);
         let result = match &open {
-            Some(file) => self.session.fsetstat(file.handle.clone(), attrs).await,
+            Some(file) => {
+                self.channels[file.channel]
+                    .fsetstat(file.handle.clone(), attrs)
+                    .await
+            }
             None if symlink => self.session.lsetstat(&path, attrs).await,
             None => self.session.setstat(&path, attrs).await,
         };
@@ -840,14 +853,25 @@ impl Core {
 
     /// `path`: where the file was opened; its own filesystem is the one that may be full (it
     /// may be a mount of its own), so a failed write asks there for the free space.
-    fn register_open(&self, ino: u64, handle: Bytes, flags: i32, path: &[u8]) -> FsResult<u64> {
-        let inode_writes = self.inode_writes(ino).ok_or(libc::ESTALE)?;
+    fn register_open(
+        &self,
+        ino: u64,
+        (channel, handle): (usize, Bytes),
+        flags: i32,
+        path: &[u8],
+    ) -> FsResult<u64> {
+        let Some(inode_writes) = self.inode_writes(ino) else {
+            self.channels[channel].close_unawaited(handle);
+            self.files_on[channel].fetch_sub(1, Ordering::Relaxed);
+            return Err(libc::ESTALE);
+        };
+        let session = &self.channels[channel];
         let statvfs_path = Bytes::copy_from_slice(path);
         let writer = (flags & libc::O_ACCMODE != libc::O_RDONLY).then(|| {
             WritePipeline::new(
                 Arc::new(SftpLane {
-                    session: self.session.clone(),
-                    channel: 0,
+                    session: session.clone(),
+                    channel,
                     handle: handle.clone(),
                     statvfs_path,
                 }),
@@ -866,7 +890,7 @@ impl Core {
         let prefetch = (flags & libc::O_ACCMODE != libc::O_WRONLY).then(|| {
             Prefetcher::new(
                 Arc::new(SftpSource {
-                    session: self.session.clone(),
+                    session: session.clone(),
                     handle: handle.clone(),
                 }),
                 self.read_budget.clone(),
@@ -880,6 +904,7 @@ impl Core {
             fh,
             Arc::new(OpenFile {
                 ino,
+                channel,
                 handle,
                 writer,
                 prefetch,
@@ -915,12 +940,13 @@ impl Core {
         let Some(path) = self.linked_path(file.ino) else {
             return;
         };
-        let Ok(primary) = self.session.fstat(file.handle.clone()).await else {
+        let Ok(primary) = self.channels[file.channel].fstat(file.handle.clone()).await else {
             return;
         };
         let path = Bytes::from(path);
         let mut opening = tokio::task::JoinSet::new();
-        for (index, channel) in self.channels.iter().enumerate().skip(1) {
+        let others = self.channels.iter().enumerate();
+        for (index, channel) in others.filter(|(index, _)| *index != file.channel) {
             let channel = channel.clone();
             let (file, writer) = (file.clone(), writer.clone());
             let (path, primary) = (path.clone(), primary.clone());
@@ -974,9 +1000,36 @@ impl Core {
         for (channel, handle) in lanes {
             closing.spawn(async move { channel.close(handle).await });
         }
-        let closed = self.session.close(file.handle.clone()).await;
+        let closed = self.channels[file.channel].close(file.handle.clone()).await;
+        self.files_on[file.channel].fetch_sub(1, Ordering::Relaxed);
         closing.join_all().await;
         closed.map_err(errno)
+    }
+
+    /// OPENs `path` on the metadata channel, or once it holds [`FILES_ON_FIRST_CHANNEL`] files,
+    /// on the channel holding the fewest; counted there until [`Core::close_handles`].
+    async fn open_handle(
+        &self,
+        path: &[u8],
+        pflags: u32,
+        attrs: Attrs,
+    ) -> Result<(usize, Bytes), SftpError> {
+        let load = |i: usize| self.files_on[i].load(Ordering::Relaxed);
+        let channel = if load(0) < FILES_ON_FIRST_CHANNEL {
+            0
+        } else {
+            (0..self.channels.len())
+                .min_by_key(|&i| load(i))
+                .unwrap_or(0)
+        };
+        self.files_on[channel].fetch_add(1, Ordering::Relaxed);
+        match self.channels[channel].open(path, pflags, attrs).await {
+            Ok(handle) => Ok((channel, handle)),
+            Err(e) => {
+                self.files_on[channel].fetch_sub(1, Ordering::Relaxed);
+                Err(e)
+            }
+        }
     }
 
     pub async fn open(&self, ino: u64, flags: i32) -> FsResult<Opened> {
@@ -995,8 +1048,7 @@ impl Core {
                 None
             }
         };
-        let (handle, attrs) =
-            tokio::join!(self.session.open(&path, pflags, Attrs::default()), stat);
+        let (handle, attrs) = tokio::join!(self.open_handle(&path, pflags, Attrs::default()), stat);
         if truncating {
             self.changed_attrs(ino);
         }
@@ -1027,25 +1079,26 @@ impl Core {
             ..Default::default()
         };
         let pflags = Self::sftp_open_flags(flags | libc::O_CREAT);
-        let opened = self.session.open(&path, pflags, attrs).await;
+        let opened = self.open_handle(&path, pflags, attrs).await;
         self.changed_path(&path);
-        let handle = match opened {
+        let (channel, handle) = match opened {
             Ok(h) => h,
             Err(e) if flags & libc::O_EXCL != 0 => return Err(self.refine_exists(e, &path).await),
             Err(e) => return Err(errno(e)),
         };
         let ticket = self.cache.ticket();
-        let attrs = match self.session.fstat(handle.clone()).await {
+        let attrs = match self.channels[channel].fstat(handle.clone()).await {
             Ok(a) => a,
             Err(e) => {
-                let _ = self.session.close(handle).await;
+                let _ = self.channels[channel].close(handle).await;
+                self.files_on[channel].fetch_sub(1, Ordering::Relaxed);
                 return Err(errno(e));
             }
         };
         self.cache
             .put_name(ticket, path.clone(), Known::Attrs(attrs.clone()));
         let ino = self.inodes.lock().unwrap().remember(parent, name, false);
-        let fh = self.register_open(ino, handle, flags, &path)?;
+        let fh = self.register_open(ino, (channel, handle), flags, &path)?;
         Ok((
             Entry {
                 attr: self.to_attr(ino, &attrs),
@@ -1068,7 +1121,7 @@ impl Core {
         // The READs go out at once; each reply that comes back short is read on from where
         // it stopped, so a short result means the end of the file and nothing else.
         let source = SftpSource {
-            session: self.session.clone(),
+            session: self.channels[file.channel].clone(),
             handle: file.handle.clone(),
         };
         let max = self.session.features().max_read;
@@ -1145,7 +1198,10 @@ impl Core {
         if let Some(e) = any {
             return Err(e);
         }
-        self.session.fsync(&file.handle).await.map_err(errno)
+        self.channels[file.channel]
+            .fsync(&file.handle)
+            .await
+            .map_err(errno)
     }
 
     pub async fn release(&self, fh: u64) -> FsResult<()> {
