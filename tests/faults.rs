@@ -194,3 +194,27 @@ fn a_request_the_server_never_answers_times_out_and_the_mount_goes_on() {
     let e = fs::metadata(m.join("nothing-here")).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound);
 }
+
+#[test]
+fn writes_queued_behind_a_stalled_channel_time_out_and_the_writer_hears_of_it() {
+    // The server stops reading at the first WRITE: the channel's window fills, the rest of the
+    // WRITEs (and whatever follows) wait in the client's queue, never sent.
+    let sshd = Sshd::start_faulty(&["freeze-on-write=60"]);
+    let m = Mount::new(
+        &sshd,
+        &["-o", "request_timeout=3,sftp_channels=1,write_buffer=32M"],
+    );
+    let path = m.join("f");
+    let started = Instant::now();
+    let outcome = within(Duration::from_secs(45), move || {
+        let mut f = File::create(&path).unwrap();
+        let data = random_bytes(16 * MIB, 10);
+        if let Err(e) = f.write_all(&data) {
+            return Err(e);
+        }
+        f.sync_all()
+    });
+    let err = outcome.expect_err("16 MiB written to a server that reads nothing");
+    assert_eq!(err.raw_os_error(), Some(libc::ETIMEDOUT), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(40));
+}

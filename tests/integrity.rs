@@ -299,3 +299,46 @@ fn sigterm_during_a_write_loses_nothing_that_was_accepted() {
         "nothing was lost, yet the log says: {log}"
     );
 }
+
+#[test]
+fn writes_lost_at_shutdown_are_logged_with_file_and_bytes() {
+    // The server stops reading at the first WRITE: what the writer was told is accepted cannot
+    // reach it. SIGTERM must not end the process as if all were well.
+    let sshd = Sshd::start_faulty(&["freeze-on-write=60"]);
+    let logdir = tempfile::Builder::new()
+        .prefix("sftpmount-log-")
+        .tempdir()
+        .unwrap();
+    let log = logdir.path().join("log");
+    let m = Mount::new(
+        &sshd,
+        &[
+            "-o",
+            &format!(
+                "logfile={},request_timeout=3,sftp_channels=1",
+                log.display()
+            ),
+        ],
+    );
+    let mut f = File::create(m.join("doomed")).unwrap();
+    f.write_all(&random_bytes(8 * MIB, 11)).unwrap();
+    assert!(m.signal_daemon(libc::SIGTERM));
+    assert!(
+        m.wait_daemon_exit(Duration::from_secs(30)),
+        "the daemon did not exit"
+    );
+    drop(f);
+    let log = fs::read_to_string(&log).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("did not reach the server"))
+        .unwrap_or_else(|| panic!("no loss in the log: {log}"));
+    assert!(line.contains("/doomed"), "{line}");
+    let bytes: u64 = line
+        .split_whitespace()
+        .skip_while(|w| !w.ends_with("ERROR"))
+        .nth(1)
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("no byte count in: {line}"));
+    assert!(bytes > 0 && bytes <= 8 * MIB as u64, "{line}");
+}

@@ -25,6 +25,9 @@
 //! - `huge-size=NAME`: ATTRS replies about such a path, with a size, say 0xFFFF_FFFF_FFFF_FF00.
 //! - `stall-after=N`: nothing more reaches the client after its first N packets (VERSION and
 //!   this program's own replies count); requests still reach the server.
+//! - `freeze-on-write=SECONDS`: at the first WRITE, stops reading requests for SECONDS, so the
+//!   channel's window fills and the client's later requests queue behind it; then reads and
+//!   drops everything until the client goes.
 //! - `stall-path=NAME`: requests about a path whose last component is NAME (the first string of
 //!   the request, or the path after the name of a path-carrying extension) are never answered.
 //!
@@ -42,7 +45,8 @@ use std::thread;
 
 const USAGE: &str = "usage: faulty_sftp_server [--fault NAME[=VALUE]]... [--server PATH]";
 const FAULTS: &str = "short-read=N, no-extensions, bad-names, oversized-read, stray-reply, \
-     unknown-status=NAME, long-handle, no-type-bits=NAME, huge-size=NAME, stall-after=N, stall-path=NAME";
+     unknown-status=NAME, long-handle, no-type-bits=NAME, huge-size=NAME, stall-after=N, stall-path=NAME, \
+     freeze-on-write=SECONDS";
 const DEFAULT_SERVER: &str = "/usr/lib/openssh/sftp-server";
 
 /// Packet types.
@@ -138,6 +142,7 @@ struct Faults {
     huge_size: Option<Vec<u8>>,
     stall_after: Option<u64>,
     stall_path: Option<Vec<u8>>,
+    freeze_on_write: Option<u64>,
 }
 
 impl Faults {
@@ -167,6 +172,9 @@ impl Faults {
             (b"huge-size", Some(v)) => self.huge_size = Some(v.to_vec()),
             (b"stall-after", Some(v)) => self.stall_after = Some(number(v).ok_or_else(bad)?),
             (b"stall-path", Some(v)) => self.stall_path = Some(v.to_vec()),
+            (b"freeze-on-write", Some(v)) => {
+                self.freeze_on_write = Some(number(v).ok_or_else(bad)?);
+            }
             _ => return Err(bad()),
         }
         Ok(())
@@ -322,6 +330,13 @@ fn write_packet(to: &mut impl Write, packet: &[u8]) -> io::Result<()> {
 fn relay_requests(shared: &Shared) {
     let mut client_in = io::stdin().lock();
     while let Some(packet) = read_packet(&mut client_in) {
+        if let Some(seconds) = shared.faults.freeze_on_write
+            && packet.first() == Some(&fxp::WRITE)
+        {
+            thread::sleep(std::time::Duration::from_secs(seconds));
+            while read_packet(&mut client_in).is_some() {}
+            return;
+        }
         let Some(packet) = on_request(shared, packet) else {
             continue;
         };
