@@ -209,9 +209,7 @@ fn writes_queued_behind_a_stalled_channel_time_out_and_the_writer_hears_of_it() 
     let outcome = within(Duration::from_secs(45), move || {
         let mut f = File::create(&path).unwrap();
         let data = random_bytes(16 * MIB, 10);
-        if let Err(e) = f.write_all(&data) {
-            return Err(e);
-        }
+        f.write_all(&data)?;
         f.sync_all()
     });
     let err = outcome.expect_err("16 MiB written to a server that reads nothing");
