@@ -1,0 +1,315 @@
+//! Directories: listings fetched with pipelined READDIRs (untrusted names left out), kept in
+//! the cache, fetched ahead for tree walks, and served to readdir and readdirplus.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use fuser::{FileAttr, FileType};
+use tracing::warn;
+
+use super::inode::{ROOT, join};
+use super::open_file::OpenFile;
+use super::{Core, FsResult, errno, is_dir, is_symlink};
+use crate::sftp::proto::Attrs;
+
+/// READDIRs in flight at most for one listing.
+const MAX_READDIRS_IN_FLIGHT: usize = 16;
+/// Listings fetched ahead at once for a tree walk; see [`Core::prefetch_listings`].
+const DIR_PREFETCH_CONCURRENCY: usize = 16;
+/// Directories waiting to be fetched ahead, at most.
+const DIR_PREFETCH_STACK: usize = 256;
+/// How far below a directory being read its subdirectories are fetched ahead.
+const DIR_PREFETCH_DEPTH: u32 = 3;
+
+/// The longest name the kernel takes (NAME_MAX).
+pub(super) const NAME_MAX: usize = 255;
+
+/// Whether a READDIR entry belongs in a listing: `Ok(false)` for the `.` and `..` every
+/// listing has (the kernel gets its own), `Err` for what a server must not send. A name is
+/// joined into paths and cache keys: one with a `/` would reach another file, one with a NUL
+/// cannot be a name at all.
+pub(super) fn listed_name(name: &[u8], attrs: &Attrs) -> Result<bool, &'static str> {
+    match name {
+        b"." | b".." => Ok(false),
+        b"" => Err("an empty name"),
+        _ if name.contains(&b'/') => Err("a name with a '/'"),
+        _ if name.contains(&0) => Err("a name with a NUL byte"),
+        _ if name.len() > NAME_MAX => Err("a name longer than 255 bytes"),
+        _ => attrs.check().map(|()| true),
+    }
+}
+
+/// A directory entry for readdir(plus). For readdirplus, `attr` is set and the kernel's lookup
+/// count of `ino` has been raised: an entry the adapter cannot send must be forgotten again.
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    pub ino: u64,
+    pub offset: u64,
+    pub kind: FileType,
+    pub name: Bytes,
+    pub attr: Option<FileAttr>,
+}
+
+/// Directories whose listings are to be fetched ahead (top = next), and the workers doing it.
+#[derive(Default)]
+pub(super) struct DirPrefetch {
+    pub(super) stack: std::collections::VecDeque<(Vec<u8>, u32)>,
+    pub(super) workers: usize,
+}
+
+/// A listing being fetched, for others who want it too.
+pub(super) type ListingWatch = tokio::sync::watch::Receiver<Option<FsResult<Vec<(Bytes, Attrs)>>>>;
+
+pub(super) struct DirHandle {
+    pub(super) ino: u64,
+    pub(super) entries: Vec<(Bytes, Attrs)>,
+}
+
+impl Core {
+    /// Paths of the files with writes in flight (only open files can have them).
+    pub(super) fn pending_paths(&self) -> HashSet<Vec<u8>> {
+        let files: Vec<Arc<OpenFile>> = self.files.lock().unwrap().values().cloned().collect();
+        let inodes = self.inodes.lock().unwrap();
+        files
+            .iter()
+            .filter(|f| f.inode_writes.pending())
+            .filter_map(|f| inodes.linked_path(f.ino))
+            .collect()
+    }
+
+    pub async fn opendir(&self, ino: u64) -> FsResult<u64> {
+        let path = self.path(ino)?;
+        let pending = self.pending_paths();
+        let entries = match self.cache.listing(&path, |p| !pending.contains(p)) {
+            Some(entries) => entries,
+            None => self.fetch_listing(&path).await?,
+        };
+        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        self.dirs
+            .lock()
+            .unwrap()
+            .insert(fh, Arc::new(DirHandle { ino, entries }));
+        Ok(fh)
+    }
+
+    /// A listing from the server, kept in the cache. A listing already being fetched (ahead,
+    /// for a tree walk) is waited for rather than asked for twice.
+    pub(super) async fn fetch_listing(&self, path: &[u8]) -> FsResult<Vec<(Bytes, Attrs)>> {
+        let (tx, waiting) = {
+            let mut in_flight = self.listings_in_flight.lock().unwrap();
+            match in_flight.get(path) {
+                Some(rx) => (None, Some(rx.clone())),
+                None => {
+                    let (tx, rx) = tokio::sync::watch::channel(None);
+                    in_flight.insert(path.to_vec(), rx);
+                    (Some(tx), None)
+                }
+            }
+        };
+        if let Some(mut rx) = waiting {
+            if let Ok(done) = rx.wait_for(Option::is_some).await {
+                return done.clone().expect("waited for Some");
+            }
+            // The fetch was given up: fetch it here.
+            return Box::pin(self.fetch_listing(path)).await;
+        }
+        // Whatever happens to this fetch, it stops being the one others wait for.
+        struct InFlight<'a>(&'a Mutex<HashMap<Vec<u8>, ListingWatch>>, &'a [u8]);
+        impl Drop for InFlight<'_> {
+            fn drop(&mut self) {
+                self.0.lock().unwrap().remove(self.1);
+            }
+        }
+        let _in_flight = InFlight(&self.listings_in_flight, path);
+        let ticket = self.cache.ticket();
+        let listed = self.list_dir(path).await;
+        if let Ok(entries) = &listed {
+            let pending = self.pending_paths();
+            self.cache
+                .put_listing(ticket, path, entries, |p| !pending.contains(p));
+        }
+        if let Some(tx) = tx {
+            tx.send_replace(Some(listed.clone()));
+        }
+        listed
+    }
+
+    /// Fetches listings below the directory `dir` into the cache while its reader is busy
+    /// with it, so that a tree walk (`ls -lR`, `find`, `du`) finds them there instead of
+    /// waiting two round trips per directory, one directory after another. `subdirs` (the ones
+    /// the kernel was just told about, in name order as `ls -R` and `find -s` visit them) go on
+    /// top of one stack for the mount: the directory read last is the walker's position, so its
+    /// neighbourhood comes first. [`DIR_PREFETCH_CONCURRENCY`] workers take from the top, each
+    /// fetched listing pushing its own subdirectories down to [`DIR_PREFETCH_DEPTH`] levels below
+    /// the read directory; the oldest entries fall off the bottom of a full stack. A single
+    /// `ls` thus costs a bounded number of listings, and a walk keeps ahead of its walker.
+    pub fn prefetch_listings(self: &Arc<Self>, dir: u64, mut subdirs: Vec<Bytes>) {
+        if !self.config.dir_prefetch || !self.config.cache.enabled {
+            return;
+        }
+        let Ok(base) = self.path(dir) else {
+            return;
+        };
+        subdirs.sort();
+        let paths = subdirs.iter().map(|name| join(&base, name)).collect();
+        self.push_prefetch(paths, 1);
+    }
+
+    pub(super) fn push_prefetch(self: &Arc<Self>, paths: Vec<Vec<u8>>, depth: u32) {
+        let mut state = self.dir_prefetch.lock().unwrap();
+        // Reversed: the first in name order ends on top.
+        state
+            .stack
+            .extend(paths.into_iter().rev().map(|path| (path, depth)));
+        while state.stack.len() > DIR_PREFETCH_STACK {
+            state.stack.pop_front();
+        }
+        let idle = DIR_PREFETCH_CONCURRENCY - state.workers;
+        for _ in 0..idle.min(state.stack.len()) {
+            state.workers += 1;
+            tokio::spawn(self.clone().prefetch_worker());
+        }
+    }
+
+    pub(super) async fn prefetch_worker(self: Arc<Self>) {
+        loop {
+            let (path, depth) = {
+                let mut state = self.dir_prefetch.lock().unwrap();
+                match state.stack.pop_back() {
+                    Some(next) => next,
+                    None => {
+                        state.workers -= 1;
+                        return;
+                    }
+                }
+            };
+            if self.cache.too_large(&path) {
+                continue;
+            }
+            let below = match self.cache.subdirs(&path) {
+                Some(below) => below,
+                None => match self.fetch_listing(&path).await {
+                    Ok(entries) => entries
+                        .iter()
+                        .filter(|(_, attrs)| is_dir(attrs))
+                        .map(|(name, _)| join(&path, name))
+                        .collect(),
+                    Err(_) => Vec::new(),
+                },
+            };
+            if depth < DIR_PREFETCH_DEPTH && !below.is_empty() {
+                let mut below = below;
+                below.sort();
+                self.push_prefetch(below, depth + 1);
+            }
+        }
+    }
+
+    /// The whole listing of a directory, from the server. READDIRs are pipelined (two at first,
+    /// so a small directory costs one round trip after the OPENDIR, more while batches keep
+    /// coming) and the CLOSE is not waited for: on a far link a listing costs two round trips
+    /// where one READDIR at a time would cost one per batch, plus one for the end, plus the CLOSE.
+    pub(super) async fn list_dir(&self, path: &[u8]) -> FsResult<Vec<(Bytes, Attrs)>> {
+        let handle = self.session.opendir(path).await.map_err(errno)?;
+        let mut in_flight = std::collections::VecDeque::new();
+        for _ in 0..2 {
+            in_flight.push_back(self.session.submit_readdir(handle.clone()));
+        }
+        let mut entries = Vec::new();
+        let mut rejected = Vec::new();
+        let listed = loop {
+            let next = in_flight.pop_front().expect("a READDIR in flight");
+            match next.await {
+                Ok(Some(batch)) => {
+                    for e in batch {
+                        match listed_name(&e.filename, &e.attrs) {
+                            Ok(true) => entries.push((e.filename, e.attrs)),
+                            Ok(false) => {}
+                            Err(why) => rejected.push(why),
+                        }
+                    }
+                    // A large directory: keep more batches coming, up to a bound.
+                    let depth = (in_flight.len() + 2).min(MAX_READDIRS_IN_FLIGHT);
+                    while in_flight.len() < depth {
+                        in_flight.push_back(self.session.submit_readdir(handle.clone()));
+                    }
+                }
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(errno(e)),
+            }
+        };
+        if let Some(why) = rejected.first() {
+            warn!(
+                "listing of {}: left out {} entries the server sent ({why})",
+                String::from_utf8_lossy(path),
+                rejected.len()
+            );
+        }
+        // The READDIRs still in flight answer "end of listing"; nobody waits for them.
+        drop(in_flight);
+        self.session.close_unawaited(handle);
+        listed.map(|()| entries)
+    }
+
+    /// Entries from `offset` on; with `plus`, each carries attributes and a kernel reference.
+    pub fn readdir(&self, fh: u64, offset: u64, plus: bool) -> FsResult<Vec<DirEntry>> {
+        let dir = self
+            .dirs
+            .lock()
+            .unwrap()
+            .get(&fh)
+            .cloned()
+            .ok_or(libc::EBADF)?;
+        let mut out = Vec::new();
+        // ".." only needs an inode number; the kernel looks the parent up itself.
+        let dots = [(&b"."[..], dir.ino), (&b".."[..], ROOT)];
+        for (i, (name, ino)) in dots.iter().enumerate() {
+            if offset <= i as u64 {
+                out.push(DirEntry {
+                    ino: *ino,
+                    offset: i as u64 + 1,
+                    kind: FileType::Directory,
+                    name: Bytes::copy_from_slice(name),
+                    attr: None,
+                });
+            }
+        }
+        let start = offset.saturating_sub(2) as usize;
+        for (i, (name, attrs)) in dir.entries.iter().enumerate().skip(start) {
+            let offset = i as u64 + 3;
+            if plus {
+                let ino = self
+                    .inodes
+                    .lock()
+                    .unwrap()
+                    .remember(dir.ino, name, is_symlink(attrs));
+                let attr = self.with_pending_size(ino, self.to_attr(ino, attrs));
+                out.push(DirEntry {
+                    ino,
+                    offset,
+                    kind: attr.kind,
+                    name: name.clone(),
+                    attr: Some(attr),
+                });
+            } else {
+                // readdir needs only a number; an unknown entry gets a placeholder the kernel
+                // replaces through lookup.
+                let attr = self.to_attr(0, attrs);
+                out.push(DirEntry {
+                    ino: u64::MAX,
+                    offset,
+                    kind: attr.kind,
+                    name: name.clone(),
+                    attr: None,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.dirs.lock().unwrap().remove(&fh);
+    }
+}

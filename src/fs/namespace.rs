@@ -1,0 +1,251 @@
+//! Names: lookup, create of directories and symlinks, unlink, rmdir, rename (with the
+//! replacement a server without posix-rename cannot do in one request), hard links. Names change
+//! under the namespace lock, so that a file reopened by its path is never another file.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tracing::{error, warn};
+
+use super::cache::Known;
+use super::{Core, Entry, Errno, FsResult, errno, is_dir};
+use crate::sftp::proto::Attrs;
+use crate::sftp::{SftpError, StatusCode};
+
+/// Attributes of a new file or directory, as the kernel asked for them.
+#[derive(Debug, Clone, Copy)]
+pub struct CreateMode {
+    pub mode: u32,
+    pub umask: u32,
+}
+
+/// Why a rename failed: the server's status (refined by the caller), or an errno found out.
+enum RenameError {
+    Sftp(SftpError),
+    Errno(Errno),
+}
+
+impl Core {
+    pub async fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Entry> {
+        let path = self.child_path(parent, name)?;
+        self.entry(parent, name, &path).await
+    }
+
+    pub fn forget(&self, ino: u64, count: u64) {
+        self.inodes.lock().unwrap().forget(ino, count);
+    }
+
+    pub async fn readlink(&self, ino: u64) -> FsResult<Bytes> {
+        let (path, linked) = self.path_and_linked(ino)?;
+        if linked && let Some(target) = self.cache.link(&path) {
+            return Ok(target);
+        }
+        let ticket = self.cache.ticket();
+        let target = self.session.readlink(&path).await.map_err(errno)?;
+        if linked {
+            self.cache.put_link(ticket, path, target.clone());
+        }
+        Ok(target)
+    }
+
+    pub async fn mkdir(&self, parent: u64, name: &[u8], mode: CreateMode) -> FsResult<Entry> {
+        let path = self.child_path(parent, name)?;
+        let attrs = Attrs {
+            permissions: Some(mode.mode & !mode.umask & 0o7777),
+            ..Default::default()
+        };
+        let made = self.session.mkdir(&path, attrs).await;
+        self.changed_path(&path);
+        if let Err(e) = made {
+            return Err(self.refine_exists(e, &path).await);
+        }
+        self.entry(parent, name, &path).await
+    }
+
+    /// OpenSSH turns EEXIST into a bare FAILURE; a stat of the target says whether that was it.
+    pub(super) async fn refine_exists(&self, e: SftpError, path: &[u8]) -> Errno {
+        if e.status() == Some(StatusCode::FAILURE) && self.session.lstat(path).await.is_ok() {
+            return libc::EEXIST;
+        }
+        errno(e)
+    }
+
+    pub async fn unlink(&self, parent: u64, name: &[u8]) -> FsResult<()> {
+        let path = self.child_path(parent, name)?;
+        let _names = self.namespace.write().await;
+        let removed = self.session.remove(&path).await;
+        self.changed_path(&path);
+        if let Err(e) = removed {
+            if e.status() == Some(StatusCode::FAILURE)
+                && let Ok(a) = self.session.lstat(&path).await
+                && a.permissions.unwrap_or(0) & libc::S_IFMT == libc::S_IFDIR
+            {
+                return Err(libc::EISDIR);
+            }
+            return Err(errno(e));
+        }
+        self.inodes.lock().unwrap().unlink(parent, name);
+        self.gone_path(&path);
+        Ok(())
+    }
+
+    pub async fn rmdir(&self, parent: u64, name: &[u8]) -> FsResult<()> {
+        let path = self.child_path(parent, name)?;
+        let _names = self.namespace.write().await;
+        let removed = self.session.rmdir(&path).await;
+        self.cache.invalidate_tree(&path);
+        if let Err(e) = removed {
+            // The common FAILURE of rmdir is a directory that is not empty.
+            if e.status() == Some(StatusCode::FAILURE) && self.session.lstat(&path).await.is_ok() {
+                return Err(libc::ENOTEMPTY);
+            }
+            return Err(errno(e));
+        }
+        self.inodes.lock().unwrap().unlink(parent, name);
+        self.gone_path(&path);
+        Ok(())
+    }
+
+    pub async fn symlink(&self, parent: u64, name: &[u8], target: &[u8]) -> FsResult<Entry> {
+        let path = self.child_path(parent, name)?;
+        let made = self.session.symlink(&path, target).await;
+        self.changed_path(&path);
+        if let Err(e) = made {
+            return Err(self.refine_exists(e, &path).await);
+        }
+        self.entry(parent, name, &path).await
+    }
+
+    pub async fn rename(
+        &self,
+        parent: u64,
+        name: &[u8],
+        new_parent: u64,
+        new_name: &[u8],
+        no_replace: bool,
+    ) -> FsResult<()> {
+        let from = self.child_path(parent, name)?;
+        let to = self.child_path(new_parent, new_name)?;
+        let _names = self.namespace.write().await;
+        let result = if no_replace {
+            // The plain v3 RENAME never replaces (OpenSSH does link + unlink), which is
+            // exactly RENAME_NOREPLACE.
+            if self.session.lstat(&to).await.is_ok() {
+                return Err(libc::EEXIST);
+            }
+            let req = crate::sftp::proto::Request::Rename {
+                from: Bytes::copy_from_slice(&from),
+                to: Bytes::copy_from_slice(&to),
+            };
+            crate::sftp::client::expect_ok(self.session.call(&req).await, "rename")
+                .map_err(RenameError::Sftp)
+        } else {
+            self.rename_replacing(&from, &to).await
+        };
+        // A directory takes everything cached below it along; a file (known as one) only
+        // its own entries, which spares a scan of the cache for each of rsync's renames.
+        let known_file = matches!(self.cache.name(&from), Some(Known::Attrs(a)) if !is_dir(&a));
+        for path in [&from, &to] {
+            if known_file {
+                self.changed_path(path);
+            } else {
+                self.cache.invalidate_tree(path);
+            }
+        }
+        if let Err(e) = result {
+            return Err(match e {
+                RenameError::Sftp(e) if no_replace => self.refine_exists(e, &to).await,
+                RenameError::Sftp(e) => errno(e),
+                RenameError::Errno(e) => e,
+            });
+        }
+        self.inodes
+            .lock()
+            .unwrap()
+            .rename(parent, name, new_parent, new_name);
+        self.gone_path(&from);
+        Ok(())
+    }
+
+    /// rename(2), which replaces `to`: with posix-rename@openssh.com, one atomic request. The
+    /// plain v3 RENAME refuses an existing target (OpenSSH and Green End's server link, then
+    /// unlink); without the extension the target is then moved aside first and removed after,
+    /// as sshfs's `workaround=rename` does. Not atomic (for a moment `to` is missing), but
+    /// nothing is lost: when the rename fails, the target is moved back.
+    async fn rename_replacing(&self, from: &[u8], to: &[u8]) -> Result<(), RenameError> {
+        let e = match self.session.rename(from, to).await {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        if self.session.features().posix_rename || e.status() != Some(StatusCode::FAILURE) {
+            return Err(RenameError::Sftp(e));
+        }
+        let (Ok(source), Ok(target)) =
+            (self.session.lstat(from).await, self.session.lstat(to).await)
+        else {
+            return Err(RenameError::Sftp(e));
+        };
+        let sftp = |e: SftpError| RenameError::Errno(errno(e));
+        match (is_dir(&source), is_dir(&target)) {
+            (false, true) => return Err(RenameError::Errno(libc::EISDIR)),
+            (true, false) => return Err(RenameError::Errno(libc::ENOTDIR)),
+            (true, true) => {
+                // Only over an empty directory, which rmdir checks.
+                self.session.rmdir(to).await.map_err(|e| match e.status() {
+                    Some(StatusCode::FAILURE) => RenameError::Errno(libc::ENOTEMPTY),
+                    _ => sftp(e),
+                })?;
+                let renamed = self.session.rename(from, to).await;
+                if renamed.is_err() {
+                    let mode = Attrs {
+                        permissions: target.permissions.map(|m| m & 0o7777),
+                        ..Default::default()
+                    };
+                    let _ = self.session.mkdir(to, mode).await;
+                }
+                return renamed.map_err(sftp);
+            }
+            (false, false) => {}
+        }
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let mut aside = to.to_vec();
+        aside.extend_from_slice(format!(".sftpmount-{}-{nanos}", std::process::id()).as_bytes());
+        self.session.rename(to, &aside).await.map_err(sftp)?;
+        match self.session.rename(from, to).await {
+            Ok(()) => {
+                if let Err(e) = self.session.remove(&aside).await {
+                    warn!(
+                        "renamed over {}, but its old file stays as {}: {e}",
+                        String::from_utf8_lossy(to),
+                        String::from_utf8_lossy(&aside)
+                    );
+                }
+                Ok(())
+            }
+            Err(e) => {
+                if let Err(back) = self.session.rename(&aside, to).await {
+                    error!(
+                        "{} was moved aside to {} and could not be moved back: {back}",
+                        String::from_utf8_lossy(to),
+                        String::from_utf8_lossy(&aside)
+                    );
+                }
+                Err(sftp(e))
+            }
+        }
+    }
+
+    pub async fn link(&self, ino: u64, new_parent: u64, new_name: &[u8]) -> FsResult<Entry> {
+        let existing = self.path(ino)?;
+        let path = self.child_path(new_parent, new_name)?;
+        let linked = self.session.hardlink(&existing, &path).await;
+        self.changed_path(&path);
+        if let Err(e) = linked {
+            return Err(self.refine_exists(e, &path).await);
+        }
+        // Each name gets its own inode: our inodes are names, and either may be unlinked.
+        self.entry(new_parent, new_name, &path).await
+    }
+}

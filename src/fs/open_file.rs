@@ -1,0 +1,574 @@
+//! Open files: OPEN and CREATE (on which channel), the handles of one open file on every
+//! channel it writes through, reads (read-ahead or direct, short replies read on), writes into
+//! the write pipeline, the barriers (flush, fsync, release) and the shutdown that settles them.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tracing::{debug, error, warn};
+
+use super::cache::Known;
+use super::namespace::CreateMode;
+use super::read::{self, Prefetcher, ReadFuture, ReadSource};
+use super::write::{AckFuture, InodeWrites, WriteLane, WriteLimits, WritePipeline};
+use super::{Core, Entry, Errno, FsResult, KeepCache, errno};
+use crate::sftp::proto::{Attrs, open_flags};
+use crate::sftp::{Session, SftpError, StatusCode};
+
+/// An open file, as the kernel is told about it.
+#[derive(Debug, Clone, Copy)]
+pub struct Opened {
+    pub fh: u64,
+    /// The kernel may keep the pages it cached for this file: it did not change.
+    pub keep_cache: bool,
+}
+
+/// A file gets lanes on the other channels once this much was written to it: a small file is
+/// done before a second handle would pay for its open and close.
+pub(super) const SPREAD_AFTER_BYTES: u64 = 2 * 1024 * 1024;
+
+/// OpenSSH's sshd grants each session channel a 2 MiB window (CHAN_SES_WINDOW_DEFAULT).
+pub(super) const LANE_TARGET: usize = 2 * 1024 * 1024;
+
+/// Open files whose handles stay on the metadata channel; past this many, a file opens on the
+/// channel holding the fewest. Servers cap the handles of one session (Green End's at 128;
+/// OpenSSH's sftp-server at its descriptor limit), and one channel's window is shared by all.
+pub(super) const FILES_ON_FIRST_CHANNEL: usize = 64;
+
+/// Read-ahead per open file, at most (a far link needs rate x round trip: 250 MB/s x 40 ms).
+pub(super) const MAX_PREFETCH: usize = 16 * 1024 * 1024;
+
+/// An open handle as the prefetcher's source of bytes.
+pub(super) struct SftpSource {
+    pub(super) session: Arc<Session>,
+    pub(super) handle: Bytes,
+}
+
+impl ReadSource for SftpSource {
+    fn read(&self, offset: u64, len: u32) -> ReadFuture {
+        let reply = self.session.submit_read(self.handle.clone(), offset, len);
+        Box::pin(async move { reply.await.map_err(errno) })
+    }
+}
+
+/// One handle on one SFTP channel, as a write pipeline lane.
+pub(super) struct SftpLane {
+    pub(super) session: Arc<Session>,
+    /// Index of `session` in [`Core::channels`].
+    pub(super) channel: usize,
+    pub(super) handle: Bytes,
+    /// Where the server's free space can be asked, to tell ENOSPC from other failures.
+    pub(super) statvfs_path: Bytes,
+}
+
+impl WriteLane for SftpLane {
+    fn submit(&self, offset: u64, data: Bytes) -> AckFuture {
+        let pending = self.session.write(self.handle.clone(), offset, data);
+        let session = self.session.clone();
+        let statvfs_path = self.statvfs_path.clone();
+        Box::pin(async move {
+            match crate::sftp::client::expect_ok(pending.response().await, "write") {
+                Ok(()) => Ok(()),
+                Err(e) => Err(write_failure_errno(&session, &statvfs_path, e).await),
+            }
+        })
+    }
+
+    fn channel(&self) -> usize {
+        self.channel
+    }
+}
+
+/// OpenSSH reports a full disk as a bare FAILURE; the server's free space tells them apart.
+pub(super) async fn write_failure_errno(
+    session: &Session,
+    statvfs_path: &[u8],
+    e: SftpError,
+) -> Errno {
+    if e.status() != Some(StatusCode::FAILURE) {
+        return e.errno();
+    }
+    match session.statvfs(statvfs_path).await {
+        Ok(vfs) if vfs.bavail.saturating_mul(vfs.frsize.max(1)) < 2 * 1024 * 1024 => libc::ENOSPC,
+        _ => libc::EIO,
+    }
+}
+
+/// A handle on another channel: which channel, and the handle.
+pub(super) type LaneHandle = (Arc<Session>, Bytes);
+
+pub(super) struct OpenFile {
+    pub(super) ino: u64,
+    /// Index in [`Core::channels`] of the channel `handle` lives on.
+    pub(super) channel: usize,
+    pub(super) handle: Bytes,
+    pub(super) writer: Option<Arc<WritePipeline>>,
+    /// Read-ahead for sequential readers; none for write-only opens.
+    pub(super) prefetch: Option<Prefetcher>,
+    pub(super) inode_writes: Arc<InodeWrites>,
+    /// Handles on the other channels, opened once the file proved large: closed on release,
+    /// which leaves `None` so that a handle opened after it is closed at once, not leaked.
+    pub(super) lane_handles: Mutex<Option<Vec<LaneHandle>>>,
+    pub(super) spreading: std::sync::atomic::AtomicBool,
+    /// The inode's write failures this descriptor has reported (fsync reports each once).
+    pub(super) failures_seen: AtomicU64,
+}
+
+/// Writes of one file that did not reach the server.
+#[derive(Debug, Clone)]
+pub struct Loss {
+    /// Where the file was last known (`None`: forgotten).
+    pub path: Option<String>,
+    /// Bytes accepted from the writer that are not on the server.
+    pub bytes: u64,
+    pub errno: Errno,
+}
+
+impl std::fmt::Display for Loss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} bytes written to {} did not reach the server: {}",
+            self.bytes,
+            self.path.as_deref().unwrap_or("a removed file"),
+            std::io::Error::from_raw_os_error(self.errno)
+        )
+    }
+}
+
+impl Core {
+    pub(super) fn file(&self, fh: u64) -> FsResult<Arc<OpenFile>> {
+        self.files
+            .lock()
+            .unwrap()
+            .get(&fh)
+            .cloned()
+            .ok_or(libc::EBADF)
+    }
+
+    pub(super) fn sftp_open_flags(flags: i32) -> u32 {
+        let mut pflags = match flags & libc::O_ACCMODE {
+            libc::O_WRONLY => open_flags::WRITE,
+            libc::O_RDWR => open_flags::READ | open_flags::WRITE,
+            _ => open_flags::READ,
+        };
+        if flags & libc::O_APPEND != 0 {
+            pflags |= open_flags::APPEND;
+        }
+        if flags & libc::O_TRUNC != 0 {
+            pflags |= open_flags::TRUNC;
+        }
+        if flags & libc::O_CREAT != 0 {
+            pflags |= open_flags::CREAT;
+        }
+        if flags & libc::O_EXCL != 0 {
+            pflags |= open_flags::EXCL;
+        }
+        pflags
+    }
+
+    /// `path`: where the file was opened; its own filesystem is the one that may be full (it
+    /// may be a mount of its own), so a failed write asks there for the free space.
+    pub(super) fn register_open(
+        &self,
+        ino: u64,
+        (channel, handle): (usize, Bytes),
+        flags: i32,
+        path: &[u8],
+    ) -> FsResult<u64> {
+        let Some(inode_writes) = self.inode_writes(ino) else {
+            self.channels[channel].close_unawaited(handle);
+            self.files_on[channel].fetch_sub(1, Ordering::Relaxed);
+            return Err(libc::ESTALE);
+        };
+        let session = &self.channels[channel];
+        let statvfs_path = Bytes::copy_from_slice(path);
+        let writer = (flags & libc::O_ACCMODE != libc::O_RDONLY).then(|| {
+            WritePipeline::new(
+                Arc::new(SftpLane {
+                    session: session.clone(),
+                    channel,
+                    handle: handle.clone(),
+                    statvfs_path,
+                }),
+                WriteLimits {
+                    per_file: self.config.write_buffer,
+                    max_write: self.session.features().max_write as usize,
+                    short_writes: self.config.short_writes,
+                    lane_target: LANE_TARGET,
+                    in_order: self.session.features().in_order,
+                },
+                self.budget.clone(),
+                inode_writes.clone(),
+                flags & libc::O_APPEND != 0,
+            )
+        });
+        let prefetch = (flags & libc::O_ACCMODE != libc::O_WRONLY).then(|| {
+            Prefetcher::new(
+                Arc::new(SftpSource {
+                    session: session.clone(),
+                    handle: handle.clone(),
+                }),
+                self.read_budget.clone(),
+                self.session.features().max_read,
+                MAX_PREFETCH,
+            )
+        });
+        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        let failures_seen = AtomicU64::new(inode_writes.failures());
+        self.files.lock().unwrap().insert(
+            fh,
+            Arc::new(OpenFile {
+                ino,
+                channel,
+                handle,
+                writer,
+                prefetch,
+                inode_writes,
+                lane_handles: Mutex::new(Some(Vec::new())),
+                spreading: Default::default(),
+                failures_seen,
+            }),
+        );
+        Ok(fh)
+    }
+
+    /// Opens the file on every other channel at once, so its writes are not held to one
+    /// channel's window. Best effort: a channel that cannot open it is simply not used.
+    pub(super) async fn spread(self: Arc<Self>, file: Arc<OpenFile>, writer: Arc<WritePipeline>) {
+        writer.expect_lanes(true);
+        self.open_lanes(&file, &writer).await;
+        writer.expect_lanes(false);
+        debug!(
+            ino = file.ino,
+            lanes = writer.lane_count(),
+            "writes spread over channels"
+        );
+    }
+
+    /// SFTP has no open by handle: a lane is opened by the file's path, which must still name
+    /// this file. Names change through the mount only under the namespace lock, held here until
+    /// the lanes are registered, and a file unlinked or renamed over is never reopened. A name
+    /// replaced on the server by someone else is caught by the new handle's attributes: same
+    /// type, owner and mode, and at least the size ours had just before.
+    pub(super) async fn open_lanes(&self, file: &Arc<OpenFile>, writer: &Arc<WritePipeline>) {
+        let _names = self.namespace.read().await;
+        let Some(path) = self.linked_path(file.ino) else {
+            return;
+        };
+        let Ok(primary) = self.channels[file.channel].fstat(file.handle.clone()).await else {
+            return;
+        };
+        let path = Bytes::from(path);
+        let mut opening = tokio::task::JoinSet::new();
+        let others = self.channels.iter().enumerate();
+        for (index, channel) in others.filter(|(index, _)| *index != file.channel) {
+            let channel = channel.clone();
+            let (file, writer) = (file.clone(), writer.clone());
+            let (path, primary) = (path.clone(), primary.clone());
+            opening.spawn(async move {
+                let Ok(handle) = channel
+                    .open(&path, open_flags::WRITE, Attrs::default())
+                    .await
+                else {
+                    return;
+                };
+                let same = channel.fstat(handle.clone()).await.is_ok_and(|a| {
+                    a.permissions == primary.permissions
+                        && a.uid_gid == primary.uid_gid
+                        && a.size
+                            .zip(primary.size)
+                            .is_some_and(|(now, ours)| now >= ours)
+                });
+                if !same {
+                    warn!("not spreading writes: the file's name now reaches another file");
+                    let _ = channel.close(handle).await;
+                    return;
+                }
+                let registered = match file.lane_handles.lock().unwrap().as_mut() {
+                    Some(handles) => {
+                        handles.push((channel.clone(), handle.clone()));
+                        true
+                    }
+                    None => false,
+                };
+                if !registered {
+                    let _ = channel.close(handle).await;
+                    return;
+                }
+                writer.add_lane(Arc::new(SftpLane {
+                    session: channel,
+                    channel: index,
+                    handle,
+                    statvfs_path: path,
+                }));
+            });
+        }
+        opening.join_all().await;
+    }
+
+    /// Closes the file's handles on every channel.
+    pub(super) async fn close_handles(&self, file: &OpenFile) -> FsResult<()> {
+        let lanes = file.lane_handles.lock().unwrap().take().unwrap_or_default();
+        // All at once: the server frees an unlinked file's space only once every handle is
+        // closed, and the kernel does not wait for a release.
+        let mut closing = tokio::task::JoinSet::new();
+        for (channel, handle) in lanes {
+            closing.spawn(async move { channel.close(handle).await });
+        }
+        let closed = self.channels[file.channel].close(file.handle.clone()).await;
+        self.files_on[file.channel].fetch_sub(1, Ordering::Relaxed);
+        closing.join_all().await;
+        closed.map_err(errno)
+    }
+
+    /// OPENs `path` on the metadata channel, or once it holds [`FILES_ON_FIRST_CHANNEL`] files,
+    /// on the channel holding the fewest; counted there until [`Core::close_handles`].
+    pub(super) async fn open_handle(
+        &self,
+        path: &[u8],
+        pflags: u32,
+        attrs: Attrs,
+    ) -> Result<(usize, Bytes), SftpError> {
+        let load = |i: usize| self.files_on[i].load(Ordering::Relaxed);
+        let channel = if load(0) < FILES_ON_FIRST_CHANNEL {
+            0
+        } else {
+            (0..self.channels.len())
+                .min_by_key(|&i| load(i))
+                .unwrap_or(0)
+        };
+        self.files_on[channel].fetch_add(1, Ordering::Relaxed);
+        match self.channels[channel].open(path, pflags, attrs).await {
+            Ok(handle) => Ok((channel, handle)),
+            Err(e) => {
+                self.files_on[channel].fetch_sub(1, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    pub async fn open(&self, ino: u64, flags: i32) -> FsResult<Opened> {
+        let (path, linked) = self.path_and_linked(ino)?;
+        let pflags = Self::sftp_open_flags(flags & !(libc::O_CREAT | libc::O_EXCL));
+        let truncating = pflags & open_flags::TRUNC != 0;
+        if truncating && let Some(w) = self.inode_writes(ino) {
+            w.settle().await;
+        }
+        // The attributes that decide whether the kernel's cached pages are still the file's
+        // travel alongside the OPEN, so they cost no round trip of their own.
+        let stat = async {
+            if linked && !truncating {
+                self.stat_cached(Some(ino), &path).await.ok()
+            } else {
+                None
+            }
+        };
+        let (handle, attrs) = tokio::join!(self.open_handle(&path, pflags, Attrs::default()), stat);
+        if truncating {
+            self.changed_attrs(ino);
+        }
+        let handle = handle.map_err(errno)?;
+        let seen = attrs.and_then(|a| Some((a.size?, a.atime_mtime?.1)));
+        let before = self.inodes.lock().unwrap().swap_contents_seen(ino, seen);
+        let keep_cache = match self.config.keep_cache {
+            KeepCache::Never => false,
+            KeepCache::WhileUnchanged => seen.is_some() && before == seen,
+            KeepCache::Always => true,
+        };
+        Ok(Opened {
+            fh: self.register_open(ino, handle, flags, &path)?,
+            keep_cache,
+        })
+    }
+
+    pub async fn create(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: CreateMode,
+        flags: i32,
+    ) -> FsResult<(Entry, u64)> {
+        let path = self.child_path(parent, name)?;
+        let attrs = Attrs {
+            permissions: Some(mode.mode & !mode.umask & 0o7777),
+            ..Default::default()
+        };
+        let pflags = Self::sftp_open_flags(flags | libc::O_CREAT);
+        let opened = self.open_handle(&path, pflags, attrs).await;
+        self.changed_path(&path);
+        let (channel, handle) = match opened {
+            Ok(h) => h,
+            Err(e) if flags & libc::O_EXCL != 0 => return Err(self.refine_exists(e, &path).await),
+            Err(e) => return Err(errno(e)),
+        };
+        let ticket = self.cache.ticket();
+        let attrs = match self.channels[channel].fstat(handle.clone()).await {
+            Ok(a) => a,
+            Err(e) => {
+                let _ = self.channels[channel].close(handle).await;
+                self.files_on[channel].fetch_sub(1, Ordering::Relaxed);
+                return Err(errno(e));
+            }
+        };
+        self.cache
+            .put_name(ticket, path.clone(), Known::Attrs(attrs.clone()));
+        let ino = self.inodes.lock().unwrap().remember(parent, name, false);
+        let fh = self.register_open(ino, (channel, handle), flags, &path)?;
+        Ok((
+            Entry {
+                attr: self.to_attr(ino, &attrs),
+            },
+            fh,
+        ))
+    }
+
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
+        let file = self.file(fh)?;
+        // A read sees every earlier write through the mount.
+        file.inode_writes.settle().await;
+        if let Some(prefetch) = &file.prefetch
+            && let Some(data) = prefetch
+                .read(offset, size, file.inode_writes.generation())
+                .await
+        {
+            return Ok(data);
+        }
+        // The READs go out at once; each reply that comes back short is read on from where
+        // it stopped, so a short result means the end of the file and nothing else.
+        let source = SftpSource {
+            session: self.channels[file.channel].clone(),
+            handle: file.handle.clone(),
+        };
+        let max = self.session.features().max_read;
+        let chunks: Vec<_> = (0..size)
+            .step_by(max as usize)
+            .map(|pos| {
+                let len = (size - pos).min(max);
+                let at = offset + pos as u64;
+                (at, len, source.read(at, len))
+            })
+            .collect();
+        let mut out = bytes::BytesMut::with_capacity(size as usize);
+        for (at, len, pending) in chunks {
+            let data = read::read_on(&source, at, len, pending.await?).await?;
+            out.extend_from_slice(&data);
+            if data.len() < len as usize {
+                break;
+            }
+        }
+        Ok(out.freeze())
+    }
+
+    /// `whole`: the request must be taken entirely (pages written back from a shared mmap: the
+    /// kernel would drop the rest of a short reply).
+    pub async fn write(
+        self: &Arc<Self>,
+        fh: u64,
+        offset: u64,
+        data: Bytes,
+        whole: bool,
+    ) -> FsResult<u32> {
+        let file = self.file(fh)?;
+        let writer = file.writer.clone().ok_or(libc::EBADF)?;
+        if self.shutting_down.load(Ordering::Acquire) {
+            writer.close();
+        }
+        let written = writer.write(offset, data, whole).await?;
+        // After the write is pending, so that no stat from before it is stored after it.
+        self.changed_attrs(file.ino);
+        if self.channels.len() > 1
+            && !writer.is_append()
+            && writer.accepted_bytes() >= SPREAD_AFTER_BYTES
+            && !file.spreading.swap(true, Ordering::Relaxed)
+        {
+            let core = self.clone();
+            tokio::spawn(core.spread(file, writer));
+        }
+        Ok(written)
+    }
+
+    /// close(2) of one descriptor: every write accepted so far is on the server, or its error
+    /// is returned here.
+    pub async fn flush(&self, fh: u64) -> FsResult<()> {
+        let file = self.file(fh)?;
+        match &file.writer {
+            Some(writer) => writer.settle().await,
+            None => Ok(()),
+        }
+    }
+
+    /// fsync(2) through any descriptor of the file, a read-only one too (`sync FILE`): every
+    /// write of the inode accepted before it, from any descriptor, is acked first; a failure of
+    /// any of them since this descriptor was opened is reported, once, as Linux does. Then the
+    /// server is asked to fsync (when it can).
+    pub async fn fsync(&self, fh: u64) -> FsResult<()> {
+        let file = self.file(fh)?;
+        file.inode_writes.settle().await;
+        let own = match &file.writer {
+            Some(writer) => writer.settle().await,
+            None => Ok(()),
+        };
+        let any = file.inode_writes.failure_since(&file.failures_seen);
+        own?;
+        if let Some(e) = any {
+            return Err(e);
+        }
+        self.channels[file.channel]
+            .fsync(&file.handle)
+            .await
+            .map_err(errno)
+    }
+
+    pub async fn release(&self, fh: u64) -> FsResult<()> {
+        let Some(file) = self.files.lock().unwrap().remove(&fh) else {
+            return Err(libc::EBADF);
+        };
+        let settled = match &file.writer {
+            Some(writer) => writer.settle().await,
+            None => Ok(()),
+        };
+        if let Some(loss) = self.loss(&file, settled) {
+            // The kernel does not pass a release's error on: a page written back from an
+            // mmap after the last close may have had no other way to report it.
+            error!("{loss}");
+        }
+        debug!(ino = file.ino, "closing remote handles");
+        let closed = self.close_handles(&file).await;
+        settled.and(closed)
+    }
+
+    /// What of `file`'s writes failed, once they settled with `settled`.
+    pub(super) fn loss(&self, file: &OpenFile, settled: FsResult<()>) -> Option<Loss> {
+        let errno = settled.err()?;
+        let path = self.inodes.lock().unwrap().path(file.ino);
+        Some(Loss {
+            path: path.map(|p| String::from_utf8_lossy(&p).into_owned()),
+            bytes: file.writer.as_ref().map_or(0, |w| w.lost_bytes()),
+            errno,
+        })
+    }
+
+    /// Before unmounting: refuses every later write (its writer gets EIO), waits until every
+    /// write accepted before is acked, closes every remote handle, and returns what could not
+    /// be written. A file still open keeps its descriptor; only its later writes fail.
+    pub async fn shut_down(&self) -> Vec<Loss> {
+        self.shutting_down.store(true, Ordering::Release);
+        // Left in the table: a descriptor still open gets EIO for its writes, not EBADF.
+        let files: Vec<Arc<OpenFile>> = self.files.lock().unwrap().values().cloned().collect();
+        for writer in files.iter().filter_map(|f| f.writer.as_ref()) {
+            writer.close();
+        }
+        let mut losses = Vec::new();
+        for file in files {
+            let settled = match &file.writer {
+                Some(writer) => writer.settle().await,
+                None => Ok(()),
+            };
+            losses.extend(self.loss(&file, settled));
+            let _ = self.close_handles(&file).await;
+        }
+        losses
+    }
+}
