@@ -11,7 +11,8 @@ pub const VERSION: u32 = 3;
 /// Largest packet we accept from the server; OpenSSH's own limit is 256 KiB of payload.
 pub const MAX_PACKET_LEN: usize = 1024 * 1024 + 1024;
 
-mod packet_type {
+/// SSH_FXP_* packet types.
+pub mod packet_type {
     pub const INIT: u8 = 1;
     pub const VERSION: u8 = 2;
     pub const OPEN: u8 = 3;

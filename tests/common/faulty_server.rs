@@ -49,35 +49,8 @@ const FAULTS: &str = "short-read=N, no-extensions, bad-names, oversized-read, st
      freeze-on-write=SECONDS";
 const DEFAULT_SERVER: &str = "/usr/lib/openssh/sftp-server";
 
-/// Packet types.
-mod fxp {
-    pub const INIT: u8 = 1;
-    pub const VERSION: u8 = 2;
-    pub const OPEN: u8 = 3;
-    pub const CLOSE: u8 = 4;
-    pub const READ: u8 = 5;
-    pub const WRITE: u8 = 6;
-    pub const LSTAT: u8 = 7;
-    pub const FSTAT: u8 = 8;
-    pub const SETSTAT: u8 = 9;
-    pub const FSETSTAT: u8 = 10;
-    pub const OPENDIR: u8 = 11;
-    pub const READDIR: u8 = 12;
-    pub const REMOVE: u8 = 13;
-    pub const MKDIR: u8 = 14;
-    pub const RMDIR: u8 = 15;
-    pub const REALPATH: u8 = 16;
-    pub const STAT: u8 = 17;
-    pub const RENAME: u8 = 18;
-    pub const READLINK: u8 = 19;
-    pub const SYMLINK: u8 = 20;
-    pub const STATUS: u8 = 101;
-    pub const HANDLE: u8 = 102;
-    pub const DATA: u8 = 103;
-    pub const NAME: u8 = 104;
-    pub const ATTRS: u8 = 105;
-    pub const EXTENDED: u8 = 200;
-}
+// The packet types are the codec's: one table of them.
+use sftpmount::sftp::proto::packet_type as fxp;
 
 /// Requests whose first field after the id is a handle.
 const HANDLE_FIRST: [u8; 6] = [
