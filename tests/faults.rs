@@ -125,6 +125,20 @@ fn replies_that_break_the_protocol_fail_their_request_only() {
             b"still writable"
         );
     }
+    // A reply past the packet limit: dropped as it arrives, the session goes on after it.
+    {
+        let sshd = Sshd::start_faulty(&["huge-reply"]);
+        fs::write(sshd.remote_root().join("f"), b"some contents").unwrap();
+        let m = Mount::new(&sshd, &["-o", "sftp_channels=1"]);
+        let err = fs::read(m.join("f")).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EPROTO), "{err}");
+        assert_eq!(fs::metadata(m.join("f")).unwrap().len(), 13);
+        fs::write(m.join("g"), b"the session is sound").unwrap();
+        assert_eq!(
+            fs::read(sshd.remote_root().join("g")).unwrap(),
+            b"the session is sound"
+        );
+    }
     // A reply to an id never sent, before each OPEN's own: ignored.
     {
         let sshd = Sshd::start_faulty(&["stray-reply"]);

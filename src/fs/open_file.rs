@@ -310,7 +310,11 @@ impl Core {
 
     /// Closes the file's handles on every channel.
     pub(super) async fn close_handles(&self, file: &OpenFile) -> FsResult<()> {
-        let lanes = file.lane_handles.lock().unwrap().take().unwrap_or_default();
+        // `None`: closed already (a release after the shutdown closed everything); a handle
+        // closed twice could be another file's by then.
+        let Some(lanes) = file.lane_handles.lock().unwrap().take() else {
+            return Ok(());
+        };
         // All at once: the server frees an unlinked file's space only once every handle is
         // closed, and the kernel does not wait for a release.
         let mut closing = tokio::task::JoinSet::new();

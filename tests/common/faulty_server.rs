@@ -14,6 +14,8 @@
 //!   entries first: `a/b`, `nul\0name`, the empty name, `.`, `..` and 300 `x`s.
 //! - `oversized-read`: DATA replies to READ end with 0xEE bytes until they hold 100 bytes more
 //!   than the READ asked for (100 bytes are appended even when the server sent less).
+//! - `huge-reply`: DATA replies grow to 2 MiB, past any client's packet limit (OpenSSH's is
+//!   256 KiB, ours 1 MiB).
 //! - `stray-reply`: each reply to OPEN is preceded by a STATUS OK for id 0xFFFFFFF0, which the
 //!   client never sent.
 //! - `unknown-status=NAME`: REMOVE of a path whose last component is NAME is answered here with
@@ -44,7 +46,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread;
 
 const USAGE: &str = "usage: faulty_sftp_server [--fault NAME[=VALUE]]... [--server PATH]";
-const FAULTS: &str = "short-read=N, no-extensions, bad-names, oversized-read, stray-reply, \
+const FAULTS: &str = "short-read=N, no-extensions, bad-names, oversized-read, stray-reply, huge-reply, \
      unknown-status=NAME, long-handle, no-type-bits=NAME, huge-size=NAME, stall-after=N, stall-path=NAME, \
      freeze-on-write=SECONDS";
 const DEFAULT_SERVER: &str = "/usr/lib/openssh/sftp-server";
@@ -99,6 +101,7 @@ const HUGE_SIZE: u64 = 0xFFFF_FFFF_FFFF_FF00;
 const STRAY_ID: u32 = 0xFFFF_FFF0;
 const LONG_HANDLE_LEN: usize = 300;
 const OVERSIZE: usize = 100;
+const HUGE_REPLY: usize = 2 << 20;
 /// Most a packet's claimed length reserves up front: the length is the peer's word.
 const MAX_PREALLOC: u32 = 1 << 18;
 
@@ -108,6 +111,7 @@ struct Faults {
     no_extensions: bool,
     bad_names: bool,
     oversized_read: bool,
+    huge_reply: bool,
     stray_reply: bool,
     unknown_status: Option<Vec<u8>>,
     long_handle: bool,
@@ -138,6 +142,7 @@ impl Faults {
             (b"no-extensions", None) => self.no_extensions = true,
             (b"bad-names", None) => self.bad_names = true,
             (b"oversized-read", None) => self.oversized_read = true,
+            (b"huge-reply", None) => self.huge_reply = true,
             (b"stray-reply", None) => self.stray_reply = true,
             (b"unknown-status", Some(v)) => self.unknown_status = Some(v.to_vec()),
             (b"long-handle", None) => self.long_handle = true,
@@ -471,6 +476,9 @@ fn on_reply(
                 if faults.oversized_read && asked == Some(fxp::READ) {
                     let asked_len = pending.and_then(|p| p.read_len).unwrap_or(0) as usize;
                     len = len.max(asked_len) + OVERSIZE;
+                }
+                if faults.huge_reply {
+                    len = HUGE_REPLY;
                 }
                 // The data is the last field, so it is cut or grown in place; anything after
                 // it is not SFTP and goes.
