@@ -59,8 +59,10 @@ impl FuseAdapter {
     }
 }
 
+/// ENOTCONN from a FUSE filesystem reads as "the daemon is gone" (that is what the kernel
+/// answers once it is); a lost SFTP connection is an I/O error of that one operation.
 fn errno(e: i32) -> Errno {
-    Errno::from_i32(e)
+    Errno::from_i32(if e == libc::ENOTCONN { libc::EIO } else { e })
 }
 
 fn time(t: TimeOrNow) -> SystemTime {

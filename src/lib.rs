@@ -1,12 +1,14 @@
 //! sftpmount: mount a directory of a remote SFTP server through FUSE.
 //!
 //! Layers, top to bottom: `options` (command line), `mount` (FUSE session, daemon, signals),
-//! `fuse` (kernel adapter), `fs` (the filesystem core and its write pipeline), `sftp` (codec and
-//! client), `ssh` (transport, host keys, authentication).
+//! `fuse` (kernel adapter), `fs` (the filesystem core and its write pipeline), `remote` (the
+//! connection and its channels, replaced when lost), `sftp` (codec and client), `ssh`
+//! (transport, host keys, authentication).
 
 pub mod fs;
 pub mod fuse;
 pub mod mount;
 pub mod options;
+pub mod remote;
 pub mod sftp;
 pub mod ssh;

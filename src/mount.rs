@@ -16,8 +16,8 @@ use tracing::{error, info, warn};
 use crate::fs::{Core, CoreConfig, IdMapping};
 use crate::fuse::{FuseAdapter, KernelTtl};
 use crate::options::{IdMap, Options};
-use crate::sftp::Session;
-use crate::ssh::{self, Target};
+use crate::remote::{ConnectError, Remote, RemoteSettings};
+use crate::ssh::Target;
 
 /// FUSE dispatch threads: replies come from tokio tasks, so few are needed.
 const DISPATCH_THREADS: usize = 4;
@@ -147,7 +147,7 @@ pub fn run(opts: Options, mountpoint: PathBuf, ready: Option<ReadyPipe>) -> anyh
         .build()
         .context("cannot start the runtime")?;
     let setup = runtime.block_on(connect(&opts));
-    let (ssh_handle, core) = match setup {
+    let core = match setup {
         Ok(ok) => ok,
         Err(e) => {
             if let Some(ready) = ready {
@@ -221,7 +221,6 @@ pub fn run(opts: Options, mountpoint: PathBuf, ready: Option<ReadyPipe>) -> anyh
     let result = session.run();
     // The kernel may have released files without waiting for us: finish their writes.
     let losses = runtime.block_on(core.shut_down());
-    drop(ssh_handle);
     result.context("FUSE session failed")?;
     for loss in &losses {
         error!("{loss}");
@@ -318,21 +317,24 @@ fn mount_options(opts: &Options) -> Vec<MountOption> {
     options
 }
 
-async fn connect(
-    opts: &Options,
-) -> anyhow::Result<(Arc<russh::client::Handle<ssh::ClientHandler>>, Core)> {
+async fn connect(opts: &Options) -> anyhow::Result<Core> {
     let target = Arc::new(Target::resolve(opts)?);
-    let handle = Arc::new(ssh::connect(target.clone()).await?);
-    let channel = handle
-        .channel_open_session()
+    let settings = RemoteSettings {
+        request_timeout: opts.request_timeout,
+        sftp_channels: opts.sftp_channels,
+        reconnect: opts.reconnect,
+        reconnect_wait: opts.reconnect_wait,
+    };
+    let remote = Remote::connect(target, settings)
         .await
-        .context("the server refused a session channel")?;
-    let session = Arc::new(
-        Session::start(channel, opts.request_timeout)
-            .await
-            .context("cannot start SFTP")?,
-    );
-    let channels = open_more_channels(&handle, session, opts).await;
+        .map_err(|e| match e {
+            ConnectError::Ssh(e) => anyhow!(e),
+            other => anyhow!(other),
+        })?;
+    let first = remote
+        .current()
+        .await
+        .context("the connection was lost at once")?;
     let dir = if opts.source.dir.is_empty() {
         "."
     } else {
@@ -345,7 +347,7 @@ async fn connect(
             std::io::Error::from_raw_os_error(e.errno())
         )
     };
-    let session = &channels[0];
+    let session = first.meta();
     let root = session.realpath(dir.as_bytes()).await.map_err(missing)?;
     let attrs = session.stat(&root).await.map_err(missing)?;
     if attrs.permissions.unwrap_or(0) & libc::S_IFMT != libc::S_IFDIR {
@@ -363,8 +365,9 @@ async fn connect(
         remote_to_local: (opts.idmap == IdMap::User).then_some((remote_ids, local_ids)),
         umask: opts.umask,
     };
-    let core = Core::new(
-        channels,
+    Ok(Core::new(
+        remote.clone(),
+        &first,
         Bytes::copy_from_slice(&root),
         CoreConfig {
             ids,
@@ -375,38 +378,5 @@ async fn connect(
             keep_cache: opts.keep_cache,
             dir_prefetch: opts.dir_prefetch,
         },
-    );
-    Ok((handle, core))
-}
-
-/// Opens the other SFTP channels, all at once. A server that allows fewer sessions (sshd's
-/// MaxSessions) just gives us fewer: the mount works with any number.
-async fn open_more_channels(
-    handle: &Arc<russh::client::Handle<ssh::ClientHandler>>,
-    first: Arc<Session>,
-    opts: &Options,
-) -> Vec<Arc<Session>> {
-    let mut pending = tokio::task::JoinSet::new();
-    for _ in 1..opts.sftp_channels {
-        let handle = handle.clone();
-        let timeout = opts.request_timeout;
-        pending.spawn(async move {
-            let channel = handle.channel_open_session().await.ok()?;
-            Session::start(channel, timeout).await.ok()
-        });
-    }
-    let mut channels = vec![first];
-    while let Some(done) = pending.join_next().await {
-        if let Ok(Some(session)) = done {
-            channels.push(Arc::new(session));
-        }
-    }
-    if channels.len() < opts.sftp_channels {
-        warn!(
-            "the server granted {} of {} SFTP channels",
-            channels.len(),
-            opts.sftp_channels
-        );
-    }
-    channels
+    ))
 }

@@ -39,7 +39,8 @@ Mount options (-o opt[,opt=value...], repeatable; also accepted from fstab):
   ConnectTimeout=SECONDS    give up connecting after this long (default 15)
   ServerAliveInterval=SECONDS, ServerAliveCountMax=N
                             keepalive probes (default 15 s, 3)
-  reconnect                 re-establish a lost connection
+  reconnect[=no]            re-establish a lost connection (default yes)
+  reconnect_wait=SECONDS    how long operations wait for a lost connection (default 20)
   password_stdin            read the password from standard input
   allow_other               let other users access the mount
   default_permissions       let the kernel check permissions from the file modes
@@ -183,6 +184,8 @@ pub struct Options {
     pub server_alive_interval: Option<Duration>,
     pub server_alive_count_max: Option<u32>,
     pub reconnect: bool,
+    /// How long an operation waits for a lost connection to come back.
+    pub reconnect_wait: Duration,
     pub password_stdin: bool,
     pub allow_other: bool,
     pub default_permissions: bool,
@@ -274,7 +277,8 @@ where
         connect_timeout: None,
         server_alive_interval: None,
         server_alive_count_max: None,
-        reconnect: false,
+        reconnect: true,
+        reconnect_wait: Duration::from_secs(20),
         password_stdin: false,
         allow_other: false,
         default_permissions: false,
@@ -453,7 +457,9 @@ impl Options {
             "negative_timeout" => self.negative_timeout = fraction()?,
             "dir_prefetch" => self.dir_prefetch = yes_no()?,
             "auto_cache" => self.keep_cache = KeepCache::WhileUnchanged,
-            "reconnect" => self.reconnect = true,
+            "reconnect" => self.reconnect = value.is_none() || yes_no()?,
+            "noreconnect" => self.reconnect = false,
+            "reconnect_wait" => self.reconnect_wait = fraction()?,
             "logfile" => self.logfile = Some(need()?.into()),
             "password_stdin" => self.password_stdin = true,
             "allow_other" => self.allow_other = true,

@@ -126,7 +126,9 @@ impl Core {
             }
         }
         let ticket = self.cache.ticket();
-        let result = self.session.lstat(path).await.map_err(errno);
+        let result = self
+            .idempotent(|s| async move { s.lstat(path).await })
+            .await;
         if cacheable && !self.writes_pending(ino) {
             let known = match &result {
                 Ok(attrs) => Some(Known::Attrs(attrs.clone())),
@@ -158,11 +160,16 @@ impl Core {
         let attrs = match (self.linked_path(ino), open) {
             (Some(path), _) => self.stat_cached(Some(ino), &path).await?,
             // An unlinked open file: only its handle still reaches it.
-            (None, Some(file)) => self.channels[file.channel]
+            (None, Some(file)) => file
+                .session
                 .fstat(file.handle.clone())
                 .await
                 .map_err(errno)?,
-            (None, None) => self.session.lstat(&self.path(ino)?).await.map_err(errno)?,
+            (None, None) => {
+                let path = &self.path(ino)?;
+                self.idempotent(|s| async move { s.lstat(path).await })
+                    .await?
+            }
         };
         Ok(self.with_pending_size(ino, self.to_attr(ino, &attrs)))
     }
@@ -186,7 +193,7 @@ impl Core {
         let needs_current = (set.uid.is_some() != set.gid.is_some())
             || (set.atime.is_some() != set.mtime.is_some());
         let current = if needs_current {
-            Some(self.session.lstat(&path).await.map_err(errno)?)
+            Some(self.meta().await?.lstat(&path).await.map_err(errno)?)
         } else {
             None
         };
@@ -216,13 +223,9 @@ impl Core {
         }
         let symlink = self.inodes.lock().unwrap().is_symlink(ino);
         let result = match &open {
-            Some(file) => {
-                self.channels[file.channel]
-                    .fsetstat(file.handle.clone(), attrs)
-                    .await
-            }
-            None if symlink => self.session.lsetstat(&path, attrs).await,
-            None => self.session.setstat(&path, attrs).await,
+            Some(file) => file.session.fsetstat(file.handle.clone(), attrs).await,
+            None if symlink => self.meta().await?.lsetstat(&path, attrs).await,
+            None => self.meta().await?.setstat(&path, attrs).await,
         };
         self.changed_attrs(ino);
         result.map_err(errno)?;

@@ -11,8 +11,9 @@ use tracing::warn;
 
 use super::inode::{ROOT, join};
 use super::open_file::OpenFile;
-use super::{Core, FsResult, errno, is_dir, is_symlink};
+use super::{Core, FsResult, is_dir, is_symlink};
 use crate::sftp::proto::Attrs;
+use crate::sftp::{Session, SftpError};
 
 /// READDIRs in flight at most for one listing.
 const MAX_READDIRS_IN_FLIGHT: usize = 16;
@@ -212,10 +213,18 @@ impl Core {
     /// coming) and the CLOSE is not waited for: on a far link a listing costs two round trips
     /// where one READDIR at a time would cost one per batch, plus one for the end, plus the CLOSE.
     pub(super) async fn list_dir(&self, path: &[u8]) -> FsResult<Vec<(Bytes, Attrs)>> {
-        let handle = self.session.opendir(path).await.map_err(errno)?;
+        self.idempotent(|session| Self::list_dir_on(session, path))
+            .await
+    }
+
+    async fn list_dir_on(
+        session: Arc<Session>,
+        path: &[u8],
+    ) -> Result<Vec<(Bytes, Attrs)>, SftpError> {
+        let handle = session.opendir(path).await?;
         let mut in_flight = std::collections::VecDeque::new();
         for _ in 0..2 {
-            in_flight.push_back(self.session.submit_readdir(handle.clone()));
+            in_flight.push_back(session.submit_readdir(handle.clone()));
         }
         let mut entries = Vec::new();
         let mut rejected = Vec::new();
@@ -233,11 +242,11 @@ impl Core {
                     // A large directory: keep more batches coming, up to a bound.
                     let depth = (in_flight.len() + 2).min(MAX_READDIRS_IN_FLIGHT);
                     while in_flight.len() < depth {
-                        in_flight.push_back(self.session.submit_readdir(handle.clone()));
+                        in_flight.push_back(session.submit_readdir(handle.clone()));
                     }
                 }
                 Ok(None) => break Ok(()),
-                Err(e) => break Err(errno(e)),
+                Err(e) => break Err(e),
             }
         };
         if let Some(why) = rejected.first() {
@@ -249,7 +258,7 @@ impl Core {
         }
         // The READDIRs still in flight answer "end of listing"; nobody waits for them.
         drop(in_flight);
-        self.session.close_unawaited(handle);
+        session.close_unawaited(handle);
         listed.map(|()| entries)
     }
 

@@ -26,8 +26,9 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use fuser::FileAttr;
 
+use crate::remote::{Generation, Remote};
 use crate::sftp::proto::Attrs;
-use crate::sftp::{Session, SftpError, StatVfs, StatusCode};
+use crate::sftp::{ServerFeatures, Session, SftpError, StatVfs, StatusCode};
 use cache::{CacheConfig, Known, MetaCache};
 use dir::{DirHandle, DirPrefetch, ListingWatch};
 use inode::InodeTable;
@@ -102,11 +103,12 @@ pub struct Entry {
 }
 
 pub struct Core {
-    /// The metadata channel; every file's first handle lives here too.
-    session: Arc<Session>,
-    /// Every channel, `session` first: a large file's writes spread over all of them.
-    channels: Vec<Arc<Session>>,
-    /// Open files whose first handle is on each channel.
+    /// The connection: its current generation's channels, the metadata channel first; a
+    /// large file's writes spread over all of them.
+    remote: Arc<Remote>,
+    /// What the server offered at the first connection.
+    features: ServerFeatures,
+    /// Open files whose first handle is on each channel (by index).
     files_on: Vec<AtomicUsize>,
     budget: ByteBudget,
     read_budget: ByteBudget,
@@ -128,11 +130,14 @@ pub struct Core {
 }
 
 impl Core {
-    pub fn new(channels: Vec<Arc<Session>>, root: Bytes, config: CoreConfig) -> Self {
+    /// `first`: the connection's generation at mount time, for what the server offers.
+    pub fn new(remote: Arc<Remote>, first: &Generation, root: Bytes, config: CoreConfig) -> Self {
         Core {
-            session: channels[0].clone(),
-            files_on: channels.iter().map(|_| AtomicUsize::new(0)).collect(),
-            channels,
+            features: first.meta().features().clone(),
+            files_on: (0..remote.settings().sftp_channels)
+                .map(|_| AtomicUsize::new(0))
+                .collect(),
+            remote,
             budget: ByteBudget::new(config.write_buffer_total),
             read_budget: ByteBudget::new(MAX_PREFETCH_TOTAL),
             inodes: Mutex::new(InodeTable::new(root.clone())),
@@ -149,8 +154,25 @@ impl Core {
         }
     }
 
-    pub fn session(&self) -> &Arc<Session> {
-        &self.session
+    /// Runs a request that may be sent twice (it only reads) on the metadata channel; one lost
+    /// with its connection is sent again on the next connection, once.
+    async fn idempotent<T, F, Fut>(&self, request: F) -> FsResult<T>
+    where
+        F: Fn(Arc<Session>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, SftpError>>,
+    {
+        match request(self.meta().await?).await {
+            Err(SftpError::ConnectionLost) => request(self.meta().await?).await.map_err(errno),
+            other => other.map_err(errno),
+        }
+    }
+
+    /// The metadata channel of the connection now (waiting for a lost one a bounded time).
+    async fn meta(&self) -> FsResult<Arc<Session>> {
+        match self.remote.current().await {
+            Ok(generation) => Ok(generation.meta().clone()),
+            Err(_) => Err(libc::EIO),
+        }
     }
 
     fn path(&self, ino: u64) -> FsResult<Vec<u8>> {
@@ -207,9 +229,18 @@ impl Core {
     }
 
     pub async fn statfs(&self) -> FsResult<StatVfs> {
-        match self.session.statvfs(&self.root).await {
-            Ok(s) => Ok(s),
-            Err(e) if e.status() == Some(StatusCode::OP_UNSUPPORTED) => Ok(StatVfs {
+        let root = &self.root;
+        match self
+            .idempotent(|s| async move {
+                match s.statvfs(root).await {
+                    Err(e) if e.status() == Some(StatusCode::OP_UNSUPPORTED) => Ok(None),
+                    other => other.map(Some),
+                }
+            })
+            .await
+        {
+            Ok(Some(s)) => Ok(s),
+            Ok(None) => Ok(StatVfs {
                 bsize: 4096,
                 frsize: 4096,
                 blocks: 1 << 30,
@@ -221,7 +252,7 @@ impl Core {
                 namemax: 255,
                 ..Default::default()
             }),
-            Err(e) => Err(errno(e)),
+            Err(e) => Err(e),
         }
     }
 }

@@ -41,7 +41,7 @@ impl Core {
             return Ok(target);
         }
         let ticket = self.cache.ticket();
-        let target = self.session.readlink(&path).await.map_err(errno)?;
+        let target = self.meta().await?.readlink(&path).await.map_err(errno)?;
         if linked {
             self.cache.put_link(ticket, path, target.clone());
         }
@@ -54,7 +54,7 @@ impl Core {
             permissions: Some(mode.mode & !mode.umask & 0o7777),
             ..Default::default()
         };
-        let made = self.session.mkdir(&path, attrs).await;
+        let made = self.meta().await?.mkdir(&path, attrs).await;
         self.changed_path(&path);
         if let Err(e) = made {
             return Err(self.refine_exists(e, &path).await);
@@ -64,7 +64,10 @@ impl Core {
 
     /// OpenSSH turns EEXIST into a bare FAILURE; a stat of the target says whether that was it.
     pub(super) async fn refine_exists(&self, e: SftpError, path: &[u8]) -> Errno {
-        if e.status() == Some(StatusCode::FAILURE) && self.session.lstat(path).await.is_ok() {
+        if e.status() == Some(StatusCode::FAILURE)
+            && let Ok(meta) = self.meta().await
+            && meta.lstat(path).await.is_ok()
+        {
             return libc::EEXIST;
         }
         errno(e)
@@ -73,11 +76,11 @@ impl Core {
     pub async fn unlink(&self, parent: u64, name: &[u8]) -> FsResult<()> {
         let path = self.child_path(parent, name)?;
         let _names = self.namespace.write().await;
-        let removed = self.session.remove(&path).await;
+        let removed = self.meta().await?.remove(&path).await;
         self.changed_path(&path);
         if let Err(e) = removed {
             if e.status() == Some(StatusCode::FAILURE)
-                && let Ok(a) = self.session.lstat(&path).await
+                && let Ok(a) = self.meta().await?.lstat(&path).await
                 && a.permissions.unwrap_or(0) & libc::S_IFMT == libc::S_IFDIR
             {
                 return Err(libc::EISDIR);
@@ -92,11 +95,13 @@ impl Core {
     pub async fn rmdir(&self, parent: u64, name: &[u8]) -> FsResult<()> {
         let path = self.child_path(parent, name)?;
         let _names = self.namespace.write().await;
-        let removed = self.session.rmdir(&path).await;
+        let removed = self.meta().await?.rmdir(&path).await;
         self.cache.invalidate_tree(&path);
         if let Err(e) = removed {
             // The common FAILURE of rmdir is a directory that is not empty.
-            if e.status() == Some(StatusCode::FAILURE) && self.session.lstat(&path).await.is_ok() {
+            if e.status() == Some(StatusCode::FAILURE)
+                && self.meta().await?.lstat(&path).await.is_ok()
+            {
                 return Err(libc::ENOTEMPTY);
             }
             return Err(errno(e));
@@ -108,7 +113,7 @@ impl Core {
 
     pub async fn symlink(&self, parent: u64, name: &[u8], target: &[u8]) -> FsResult<Entry> {
         let path = self.child_path(parent, name)?;
-        let made = self.session.symlink(&path, target).await;
+        let made = self.meta().await?.symlink(&path, target).await;
         self.changed_path(&path);
         if let Err(e) = made {
             return Err(self.refine_exists(e, &path).await);
@@ -130,14 +135,14 @@ impl Core {
         let result = if no_replace {
             // The plain v3 RENAME never replaces (OpenSSH does link + unlink), which is
             // exactly RENAME_NOREPLACE.
-            if self.session.lstat(&to).await.is_ok() {
+            if self.meta().await?.lstat(&to).await.is_ok() {
                 return Err(libc::EEXIST);
             }
             let req = crate::sftp::proto::Request::Rename {
                 from: Bytes::copy_from_slice(&from),
                 to: Bytes::copy_from_slice(&to),
             };
-            crate::sftp::client::expect_ok(self.session.call(&req).await, "rename")
+            crate::sftp::client::expect_ok(self.meta().await?.call(&req).await, "rename")
                 .map_err(RenameError::Sftp)
         } else {
             self.rename_replacing(&from, &to).await
@@ -173,16 +178,15 @@ impl Core {
     /// as sshfs's `workaround=rename` does. Not atomic (for a moment `to` is missing), but
     /// nothing is lost: when the rename fails, the target is moved back.
     async fn rename_replacing(&self, from: &[u8], to: &[u8]) -> Result<(), RenameError> {
-        let e = match self.session.rename(from, to).await {
+        let meta = self.meta().await.map_err(RenameError::Errno)?;
+        let e = match meta.rename(from, to).await {
             Ok(()) => return Ok(()),
             Err(e) => e,
         };
-        if self.session.features().posix_rename || e.status() != Some(StatusCode::FAILURE) {
+        if self.features.posix_rename || e.status() != Some(StatusCode::FAILURE) {
             return Err(RenameError::Sftp(e));
         }
-        let (Ok(source), Ok(target)) =
-            (self.session.lstat(from).await, self.session.lstat(to).await)
-        else {
+        let (Ok(source), Ok(target)) = (meta.lstat(from).await, meta.lstat(to).await) else {
             return Err(RenameError::Sftp(e));
         };
         let sftp = |e: SftpError| RenameError::Errno(errno(e));
@@ -191,17 +195,17 @@ impl Core {
             (true, false) => return Err(RenameError::Errno(libc::ENOTDIR)),
             (true, true) => {
                 // Only over an empty directory, which rmdir checks.
-                self.session.rmdir(to).await.map_err(|e| match e.status() {
+                meta.rmdir(to).await.map_err(|e| match e.status() {
                     Some(StatusCode::FAILURE) => RenameError::Errno(libc::ENOTEMPTY),
                     _ => sftp(e),
                 })?;
-                let renamed = self.session.rename(from, to).await;
+                let renamed = meta.rename(from, to).await;
                 if renamed.is_err() {
                     let mode = Attrs {
                         permissions: target.permissions.map(|m| m & 0o7777),
                         ..Default::default()
                     };
-                    let _ = self.session.mkdir(to, mode).await;
+                    let _ = meta.mkdir(to, mode).await;
                 }
                 return renamed.map_err(sftp);
             }
@@ -212,10 +216,10 @@ impl Core {
             .map_or(0, |d| d.subsec_nanos());
         let mut aside = to.to_vec();
         aside.extend_from_slice(format!(".sftpmount-{}-{nanos}", std::process::id()).as_bytes());
-        self.session.rename(to, &aside).await.map_err(sftp)?;
-        match self.session.rename(from, to).await {
+        meta.rename(to, &aside).await.map_err(sftp)?;
+        match meta.rename(from, to).await {
             Ok(()) => {
-                if let Err(e) = self.session.remove(&aside).await {
+                if let Err(e) = meta.remove(&aside).await {
                     warn!(
                         "renamed over {}, but its old file stays as {}: {e}",
                         String::from_utf8_lossy(to),
@@ -225,7 +229,7 @@ impl Core {
                 Ok(())
             }
             Err(e) => {
-                if let Err(back) = self.session.rename(&aside, to).await {
+                if let Err(back) = meta.rename(&aside, to).await {
                     error!(
                         "{} was moved aside to {} and could not be moved back: {back}",
                         String::from_utf8_lossy(to),
@@ -240,7 +244,7 @@ impl Core {
     pub async fn link(&self, ino: u64, new_parent: u64, new_name: &[u8]) -> FsResult<Entry> {
         let existing = self.path(ino)?;
         let path = self.child_path(new_parent, new_name)?;
-        let linked = self.session.hardlink(&existing, &path).await;
+        let linked = self.meta().await?.hardlink(&existing, &path).await;
         self.changed_path(&path);
         if let Err(e) = linked {
             return Err(self.refine_exists(e, &path).await);

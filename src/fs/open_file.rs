@@ -39,6 +39,9 @@ pub(super) const FILES_ON_FIRST_CHANNEL: usize = 64;
 /// Read-ahead per open file, at most (a far link needs rate x round trip: 250 MB/s x 40 ms).
 pub(super) const MAX_PREFETCH: usize = 16 * 1024 * 1024;
 
+/// A handle just opened: the index of its channel, the channel, the handle.
+pub(super) type Opening = (usize, Arc<Session>, Bytes);
+
 /// An open handle as the prefetcher's source of bytes.
 pub(super) struct SftpSource {
     pub(super) session: Arc<Session>,
@@ -55,7 +58,7 @@ impl ReadSource for SftpSource {
 /// One handle on one SFTP channel, as a write pipeline lane.
 pub(super) struct SftpLane {
     pub(super) session: Arc<Session>,
-    /// Index of `session` in [`Core::channels`].
+    /// Index of `session` among its connection's channels.
     pub(super) channel: usize,
     pub(super) handle: Bytes,
     /// Where the server's free space can be asked, to tell ENOSPC from other failures.
@@ -100,8 +103,9 @@ pub(super) type LaneHandle = (Arc<Session>, Bytes);
 
 pub(super) struct OpenFile {
     pub(super) ino: u64,
-    /// Index in [`Core::channels`] of the channel `handle` lives on.
+    /// The channel `handle` lives on, and its index among its connection's channels.
     pub(super) channel: usize,
+    pub(super) session: Arc<Session>,
     pub(super) handle: Bytes,
     pub(super) writer: Option<Arc<WritePipeline>>,
     /// Read-ahead for sequential readers; none for write-only opens.
@@ -173,16 +177,16 @@ impl Core {
     pub(super) fn register_open(
         &self,
         ino: u64,
-        (channel, handle): (usize, Bytes),
+        (channel, session, handle): Opening,
         flags: i32,
         path: &[u8],
     ) -> FsResult<u64> {
         let Some(inode_writes) = self.inode_writes(ino) else {
-            self.channels[channel].close_unawaited(handle);
+            session.close_unawaited(handle);
             self.files_on[channel].fetch_sub(1, Ordering::Relaxed);
             return Err(libc::ESTALE);
         };
-        let session = &self.channels[channel];
+        let session = &session;
         let statvfs_path = Bytes::copy_from_slice(path);
         let writer = (flags & libc::O_ACCMODE != libc::O_RDONLY).then(|| {
             WritePipeline::new(
@@ -194,10 +198,10 @@ impl Core {
                 }),
                 WriteLimits {
                     per_file: self.config.write_buffer,
-                    max_write: self.session.features().max_write as usize,
+                    max_write: self.features.max_write as usize,
                     short_writes: self.config.short_writes,
                     lane_target: LANE_TARGET,
-                    in_order: self.session.features().in_order,
+                    in_order: self.features.in_order,
                 },
                 self.budget.clone(),
                 inode_writes.clone(),
@@ -211,7 +215,7 @@ impl Core {
                     handle: handle.clone(),
                 }),
                 self.read_budget.clone(),
-                self.session.features().max_read,
+                self.features.max_read,
                 MAX_PREFETCH,
             )
         });
@@ -222,6 +226,7 @@ impl Core {
             Arc::new(OpenFile {
                 ino,
                 channel,
+                session: session.clone(),
                 handle,
                 writer,
                 prefetch,
@@ -257,12 +262,23 @@ impl Core {
         let Some(path) = self.linked_path(file.ino) else {
             return;
         };
-        let Ok(primary) = self.channels[file.channel].fstat(file.handle.clone()).await else {
+        // Only over the connection the file's handle is on.
+        let Some(generation) = self.remote.current_now() else {
+            return;
+        };
+        let same_connection = generation
+            .channels
+            .get(file.channel)
+            .is_some_and(|c| Arc::ptr_eq(c, &file.session));
+        if !same_connection {
+            return;
+        }
+        let Ok(primary) = file.session.fstat(file.handle.clone()).await else {
             return;
         };
         let path = Bytes::from(path);
         let mut opening = tokio::task::JoinSet::new();
-        let others = self.channels.iter().enumerate();
+        let others = generation.channels.iter().enumerate();
         for (index, channel) in others.filter(|(index, _)| *index != file.channel) {
             let channel = channel.clone();
             let (file, writer) = (file.clone(), writer.clone());
@@ -321,36 +337,38 @@ impl Core {
         for (channel, handle) in lanes {
             closing.spawn(async move { channel.close(handle).await });
         }
-        let closed = self.channels[file.channel].close(file.handle.clone()).await;
+        let closed = file.session.close(file.handle.clone()).await;
         self.files_on[file.channel].fetch_sub(1, Ordering::Relaxed);
         closing.join_all().await;
         closed.map_err(errno)
     }
 
     /// OPENs `path` on the metadata channel, or once it holds [`FILES_ON_FIRST_CHANNEL`] files,
-    /// on the channel holding the fewest; counted there until [`Core::close_handles`].
+    /// on the channel holding the fewest; counted there until [`Core::close_handles`]. The
+    /// outer error: no connection to open it on.
     pub(super) async fn open_handle(
         &self,
         path: &[u8],
         pflags: u32,
         attrs: Attrs,
-    ) -> Result<(usize, Bytes), SftpError> {
+    ) -> FsResult<Result<Opening, SftpError>> {
+        let generation = self.remote.current().await.map_err(|_| libc::EIO)?;
+        let channels = generation.channels.len().min(self.files_on.len());
         let load = |i: usize| self.files_on[i].load(Ordering::Relaxed);
         let channel = if load(0) < FILES_ON_FIRST_CHANNEL {
             0
         } else {
-            (0..self.channels.len())
-                .min_by_key(|&i| load(i))
-                .unwrap_or(0)
+            (0..channels).min_by_key(|&i| load(i)).unwrap_or(0)
         };
+        let session = generation.channels[channel].clone();
         self.files_on[channel].fetch_add(1, Ordering::Relaxed);
-        match self.channels[channel].open(path, pflags, attrs).await {
-            Ok(handle) => Ok((channel, handle)),
+        Ok(match session.open(path, pflags, attrs).await {
+            Ok(handle) => Ok((channel, session, handle)),
             Err(e) => {
                 self.files_on[channel].fetch_sub(1, Ordering::Relaxed);
                 Err(e)
             }
-        }
+        })
     }
 
     pub async fn open(&self, ino: u64, flags: i32) -> FsResult<Opened> {
@@ -373,7 +391,7 @@ impl Core {
         if truncating {
             self.changed_attrs(ino);
         }
-        let handle = handle.map_err(errno)?;
+        let handle = handle?.map_err(errno)?;
         let seen = attrs.and_then(|a| Some((a.size?, a.atime_mtime?.1)));
         let before = self.inodes.lock().unwrap().swap_contents_seen(ino, seen);
         let keep_cache = match self.config.keep_cache {
@@ -400,18 +418,18 @@ impl Core {
             ..Default::default()
         };
         let pflags = Self::sftp_open_flags(flags | libc::O_CREAT);
-        let opened = self.open_handle(&path, pflags, attrs).await;
+        let opened = self.open_handle(&path, pflags, attrs).await?;
         self.changed_path(&path);
-        let (channel, handle) = match opened {
+        let (channel, session, handle) = match opened {
             Ok(h) => h,
             Err(e) if flags & libc::O_EXCL != 0 => return Err(self.refine_exists(e, &path).await),
             Err(e) => return Err(errno(e)),
         };
         let ticket = self.cache.ticket();
-        let attrs = match self.channels[channel].fstat(handle.clone()).await {
+        let attrs = match session.fstat(handle.clone()).await {
             Ok(a) => a,
             Err(e) => {
-                let _ = self.channels[channel].close(handle).await;
+                let _ = session.close(handle).await;
                 self.files_on[channel].fetch_sub(1, Ordering::Relaxed);
                 return Err(errno(e));
             }
@@ -419,7 +437,7 @@ impl Core {
         self.cache
             .put_name(ticket, path.clone(), Known::Attrs(attrs.clone()));
         let ino = self.inodes.lock().unwrap().remember(parent, name, false);
-        let fh = self.register_open(ino, (channel, handle), flags, &path)?;
+        let fh = self.register_open(ino, (channel, session, handle), flags, &path)?;
         Ok((
             Entry {
                 attr: self.to_attr(ino, &attrs),
@@ -442,10 +460,10 @@ impl Core {
         // The READs go out at once; each reply that comes back short is read on from where
         // it stopped, so a short result means the end of the file and nothing else.
         let source = SftpSource {
-            session: self.channels[file.channel].clone(),
+            session: file.session.clone(),
             handle: file.handle.clone(),
         };
-        let max = self.session.features().max_read;
+        let max = self.features.max_read;
         let chunks: Vec<_> = (0..size)
             .step_by(max as usize)
             .map(|pos| {
@@ -482,7 +500,7 @@ impl Core {
         let written = writer.write(offset, data, whole).await?;
         // After the write is pending, so that no stat from before it is stored after it.
         self.changed_attrs(file.ino);
-        if self.channels.len() > 1
+        if self.files_on.len() > 1
             && !writer.is_append()
             && writer.accepted_bytes() >= SPREAD_AFTER_BYTES
             && !file.spreading.swap(true, Ordering::Relaxed)
@@ -519,10 +537,7 @@ impl Core {
         if let Some(e) = any {
             return Err(e);
         }
-        self.channels[file.channel]
-            .fsync(&file.handle)
-            .await
-            .map_err(errno)
+        file.session.fsync(&file.handle).await.map_err(errno)
     }
 
     pub async fn release(&self, fh: u64) -> FsResult<()> {

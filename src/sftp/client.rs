@@ -133,6 +133,8 @@ impl Table {
 struct Shared {
     table: Mutex<Table>,
     timeout: Duration,
+    /// Becomes true once the session is unusable (see [`Session::closed`]).
+    dead: tokio::sync::watch::Sender<bool>,
 }
 
 impl Shared {
@@ -150,6 +152,7 @@ impl Shared {
             // Callers report what failed; this is context for the debug log.
             info!("SFTP session ended: {why}");
             table.dead = Some(why.clone());
+            self.dead.send_replace(true);
         }
         for (_, entry) in table.in_flight.drain() {
             let _ = entry.reply.send(Err(why.clone()));
@@ -245,6 +248,7 @@ impl Session {
         let shared = Arc::new(Shared {
             table: Mutex::new(Table::default()),
             timeout,
+            dead: tokio::sync::watch::channel(false).0,
         });
         let (queue, queue_rx) = mpsc::unbounded_channel();
         tokio::spawn(write_loop(write_half, queue_rx, shared.clone()));
@@ -270,6 +274,16 @@ impl Session {
 
     pub fn features(&self) -> &ServerFeatures {
         &self.features
+    }
+
+    /// Resolves once the session is unusable: its channel or connection is gone.
+    pub async fn closed(&self) {
+        let mut dead = self.shared.dead.subscribe();
+        let _ = dead.wait_for(|&dead| dead).await;
+    }
+
+    pub fn is_closed(&self) -> bool {
+        *self.shared.dead.borrow()
     }
 
     /// Queues `request` for sending; requests leave in the order they were submitted.

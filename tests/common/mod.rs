@@ -646,7 +646,16 @@ impl Mount {
     /// A mount that reaches `sshd` through the delay line of [`proxy`]: `delay_ms` each way
     /// (the round trip gains twice that). `extra` are more options for the binary.
     pub fn far(sshd: &Sshd, delay_ms: u64, extra: &[&str]) -> Mount {
-        let port = proxy::start(0, sshd.port(), Duration::from_millis(delay_ms))
+        Mount::far_with_link(sshd, delay_ms, extra).0
+    }
+
+    /// [`Mount::far`], with the [`proxy::Link`] that cuts or black-holes the connection.
+    pub fn far_with_link(
+        sshd: &Sshd,
+        delay_ms: u64,
+        extra: &[&str],
+    ) -> (Mount, std::sync::Arc<proxy::Link>) {
+        let (port, link) = proxy::start_with_link(0, sshd.port(), Duration::from_millis(delay_ms))
             .expect("start the delay line");
         let mut known = fs::OpenOptions::new()
             .append(true)
@@ -657,8 +666,9 @@ impl Mount {
         let mut args = sshd.ssh_opts();
         args[1] = port.to_string();
         args.extend(extra.iter().map(|s| s.to_string()));
-        Mount::try_with(sshd, &sshd.source(), &args, None)
-            .unwrap_or_else(|out| panic!("far mount failed: {out:?}"))
+        let mount = Mount::try_with(sshd, &sshd.source(), &args, None)
+            .unwrap_or_else(|out| panic!("far mount failed: {out:?}"));
+        (mount, link)
     }
 
     /// The mount point (absolute, canonical).

@@ -1,0 +1,282 @@
+//! The connection layer: one SSH connection and its SFTP channels, held as one generation and
+//! replaced as a whole when the connection is lost. A supervisor notices the loss (a channel or
+//! the connection closed: TCP errors, keepalives unanswered), reconnects with a backoff that
+//! never hammers the server (1 s doubling to 30 s, with jitter), re-using what authenticated
+//! the first time, the host key checked as on the first connect, and hands out the new
+//! generation. Callers wait for it a bounded time ([`RemoteSettings::reconnect_wait`]) from the
+//! moment of the loss; past that they fail at once until the server is back.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use russh::client::Handle;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::sftp::{Session, SftpError};
+use crate::ssh::{self, ClientHandler, SshError, Target};
+
+/// How the connection is made and kept.
+#[derive(Debug, Clone, Copy)]
+pub struct RemoteSettings {
+    pub request_timeout: Duration,
+    /// SFTP channels to open over the connection (sshd's MaxSessions may grant fewer).
+    pub sftp_channels: usize,
+    /// Reconnect after a loss (else the mount stays down).
+    pub reconnect: bool,
+    /// How long an operation waits for a lost connection to come back, counted from the loss.
+    pub reconnect_wait: Duration,
+}
+
+/// One connection and the channels opened over it.
+pub struct Generation {
+    /// Counts connections: 1 for the first.
+    pub id: u64,
+    /// The SFTP channels, the metadata channel first.
+    pub channels: Vec<Arc<Session>>,
+    /// Kept for the channels' sake: dropping it closes the connection.
+    _ssh: Arc<Handle<ClientHandler>>,
+}
+
+impl Generation {
+    /// The metadata channel.
+    pub fn meta(&self) -> &Arc<Session> {
+        &self.channels[0]
+    }
+
+    fn is_closed(&self) -> bool {
+        self.channels.iter().any(|c| c.is_closed())
+    }
+
+    /// Resolves once any channel (and so, as we treat it, the connection) is gone.
+    async fn closed(&self) {
+        let mut waits = tokio::task::JoinSet::new();
+        for channel in &self.channels {
+            let channel = channel.clone();
+            waits.spawn(async move { channel.closed().await });
+        }
+        waits.join_next().await;
+    }
+}
+
+#[derive(Clone)]
+enum State {
+    Up(Arc<Generation>),
+    /// Lost at `since`; being re-established.
+    Down {
+        since: Instant,
+    },
+    /// Lost for good: reconnecting is off, or the server refused us in a way retrying cannot
+    /// change (host key, authentication).
+    Gone,
+}
+
+/// Why no connection could be handed out.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RemoteError {
+    #[error("the server has been unreachable for longer than reconnect_wait")]
+    Down,
+    #[error("the connection to the server is lost for good")]
+    Gone,
+}
+
+pub struct Remote {
+    target: Arc<Target>,
+    settings: RemoteSettings,
+    state: watch::Sender<State>,
+    /// The id the next generation gets.
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+impl Remote {
+    /// Makes the first connection (its failure is the mount's) and starts the supervisor.
+    pub async fn connect(
+        target: Arc<Target>,
+        settings: RemoteSettings,
+    ) -> Result<Arc<Remote>, ConnectError> {
+        let first = establish(&target, &settings, 1).await?;
+        let remote = Arc::new(Remote {
+            target,
+            settings,
+            state: watch::channel(State::Up(Arc::new(first))).0,
+            next_id: 2.into(),
+        });
+        tokio::spawn(remote.clone().supervise());
+        Ok(remote)
+    }
+
+    pub fn settings(&self) -> &RemoteSettings {
+        &self.settings
+    }
+
+    /// The connection to use now. While it is being re-established, waits until it is back or
+    /// `reconnect_wait` has passed since it was lost; after that, fails at once.
+    pub async fn current(&self) -> Result<Arc<Generation>, RemoteError> {
+        let mut rx = self.state.subscribe();
+        loop {
+            let deadline = match &*rx.borrow_and_update() {
+                State::Up(generation) if !generation.is_closed() => {
+                    return Ok(generation.clone());
+                }
+                // Lost, and the supervisor is about to say so.
+                State::Up(_) => Instant::now() + self.settings.reconnect_wait,
+                State::Down { since } => *since + self.settings.reconnect_wait,
+                State::Gone => return Err(RemoteError::Gone),
+            };
+            if deadline <= Instant::now() {
+                return Err(RemoteError::Down);
+            }
+            let changed = tokio::time::timeout_at(deadline.into(), rx.changed()).await;
+            if !matches!(changed, Ok(Ok(()))) {
+                return Err(RemoteError::Down);
+            }
+        }
+    }
+
+    /// The generation in use now, if the connection is up: for work that must not wait.
+    pub fn current_now(&self) -> Option<Arc<Generation>> {
+        match &*self.state.borrow() {
+            State::Up(generation) if !generation.is_closed() => Some(generation.clone()),
+            _ => None,
+        }
+    }
+
+    async fn supervise(self: Arc<Self>) {
+        loop {
+            let State::Up(generation) = self.state.borrow().clone() else {
+                return;
+            };
+            generation.closed().await;
+            let since = Instant::now();
+            warn!(
+                "connection to {} lost (connection {})",
+                self.target.host, generation.id
+            );
+            drop(generation);
+            if !self.settings.reconnect {
+                warn!("not reconnecting (reconnect=no): the mount stays down");
+                self.state.send_replace(State::Gone);
+                return;
+            }
+            self.state.send_replace(State::Down { since });
+            let Some(next) = self.reestablish(since).await else {
+                self.state.send_replace(State::Gone);
+                return;
+            };
+            // A warning, as the loss was: whoever read of the one must read of the other.
+            warn!(
+                "reconnected to {} after {:.1} s (connection {})",
+                self.target.host,
+                since.elapsed().as_secs_f64(),
+                next.id
+            );
+            self.state.send_replace(State::Up(Arc::new(next)));
+        }
+    }
+
+    /// Tries until it connects, or until the server refuses us for a reason retrying cannot
+    /// change (`None`).
+    async fn reestablish(&self, since: Instant) -> Option<Generation> {
+        let mut backoff = Duration::from_secs(1);
+        for attempt in 1u64.. {
+            tokio::time::sleep(jittered(backoff)).await;
+            info!(
+                "reconnecting to {} (attempt {attempt}, down {:.0} s)",
+                self.target.host,
+                since.elapsed().as_secs_f64()
+            );
+            let id = self
+                .next_id
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            match establish(&self.target, &self.settings, id).await {
+                Ok(generation) => return Some(generation),
+                Err(ConnectError::Ssh(e)) if is_permanent(&e) => {
+                    warn!("reconnecting to {} refused: {e}", self.target.host);
+                    return None;
+                }
+                Err(e) => warn!("reconnection attempt {attempt} failed: {e}"),
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+        None
+    }
+}
+
+/// Failures retrying cannot mend: a host key that is not the one we know, credentials refused.
+fn is_permanent(e: &SshError) -> bool {
+    matches!(
+        e,
+        SshError::UnknownHostKey { .. }
+            | SshError::ChangedHostKey { .. }
+            | SshError::AuthRefused { .. }
+            | SshError::KeyFile { .. }
+    )
+}
+
+/// `base` give or take a quarter, so that many mounts of one server do not retry in step.
+fn jittered(base: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u64);
+    let quarter = base.as_millis() as u64 / 4;
+    let offset = if quarter == 0 {
+        0
+    } else {
+        nanos % (2 * quarter)
+    };
+    Duration::from_millis(base.as_millis() as u64 - quarter + offset)
+}
+
+/// Why a connection could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(transparent)]
+    Ssh(#[from] SshError),
+    #[error("the server refused a session channel: {0}")]
+    Channel(russh::Error),
+    #[error("cannot start SFTP: {0}")]
+    Sftp(#[from] SftpError),
+}
+
+/// Connects, authenticates and opens the SFTP channels: one generation.
+async fn establish(
+    target: &Arc<Target>,
+    settings: &RemoteSettings,
+    id: u64,
+) -> Result<Generation, ConnectError> {
+    let handle = Arc::new(ssh::connect(target.clone()).await?);
+    let channel = handle
+        .channel_open_session()
+        .await
+        .map_err(ConnectError::Channel)?;
+    let first = Session::start(channel, settings.request_timeout).await?;
+    let mut channels = vec![Arc::new(first)];
+    // The others all at once. A server that allows fewer sessions (sshd's MaxSessions) just
+    // gives us fewer: the mount works with any number.
+    let mut pending = tokio::task::JoinSet::new();
+    for _ in 1..settings.sftp_channels {
+        let handle = handle.clone();
+        let timeout = settings.request_timeout;
+        pending.spawn(async move {
+            let channel = handle.channel_open_session().await.ok()?;
+            Session::start(channel, timeout).await.ok()
+        });
+    }
+    while let Some(done) = pending.join_next().await {
+        if let Ok(Some(session)) = done {
+            channels.push(Arc::new(session));
+        }
+    }
+    if channels.len() < settings.sftp_channels {
+        warn!(
+            "the server granted {} of {} SFTP channels",
+            channels.len(),
+            settings.sftp_channels
+        );
+    }
+    Ok(Generation {
+        id,
+        channels,
+        _ssh: handle,
+    })
+}

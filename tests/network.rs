@@ -1,0 +1,137 @@
+//! The network going away: the connection is cut, black-holed or refused through our delay line
+//! (tests/common/proxy.rs), and the mount reconnects by itself, within the bounds it promises.
+
+mod common;
+
+use std::fs;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A mount through a delay line of `delay_ms` each way, logging to a file the test reads.
+fn far_mount_with_log(
+    sshd: &Sshd,
+    delay_ms: u64,
+    options: &str,
+) -> (
+    Mount,
+    std::sync::Arc<proxy::Link>,
+    PathBuf,
+    tempfile::TempDir,
+) {
+    let logdir = tempfile::Builder::new()
+        .prefix("sftpmount-log-")
+        .tempdir()
+        .unwrap();
+    let log = logdir.path().join("log");
+    let mut all = format!("logfile={}", log.display());
+    if !options.is_empty() {
+        all.push(',');
+        all.push_str(options);
+    }
+    let (m, link) = Mount::far_with_link(sshd, delay_ms, &["-o", &all]);
+    (m, link, log, logdir)
+}
+
+#[test]
+fn a_cut_connection_is_reestablished_and_the_mount_goes_on() {
+    let sshd = Sshd::start();
+    let (m, link, log, _logdir) = far_mount_with_log(&sshd, 5, "");
+    fs::write(m.join("before"), b"before the cut").unwrap();
+    link.cut();
+    // The next operations wait for the new connection (about a second), then work.
+    let started = Instant::now();
+    let path = m.join("after");
+    within(Duration::from_secs(30), move || {
+        fs::write(path, b"after the cut")
+    })
+    .expect("a write after the cut");
+    assert_eq!(
+        fs::read(sshd.remote_root().join("after")).unwrap(),
+        b"after the cut"
+    );
+    assert_eq!(fs::read(m.join("before")).unwrap(), b"before the cut");
+    let names: Vec<_> = fs::read_dir(m.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let log = fs::read_to_string(&log).unwrap();
+    assert!(log.contains("connection to 127.0.0.1 lost"), "{log}");
+    assert!(log.contains("reconnected to 127.0.0.1 after"), "{log}");
+}
+
+#[test]
+fn while_the_server_is_unreachable_operations_fail_within_the_bound_then_recover() {
+    let sshd = Sshd::start();
+    let (m, link, log, _logdir) = far_mount_with_log(&sshd, 5, "reconnect_wait=3,dir_cache=no");
+    fs::write(m.join("f"), b"contents").unwrap();
+    link.refuse(true);
+    link.cut();
+    // Within the bound plus a little: an error, not a hang.
+    let started = Instant::now();
+    let path = m.join("f");
+    let err = within(Duration::from_secs(30), move || {
+        fs::metadata(path).unwrap_err()
+    });
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(8), "waited {waited:?}");
+    // Past the bound: at once.
+    std::thread::sleep(Duration::from_secs(1));
+    let started = Instant::now();
+    let path = m.join("g");
+    let err = within(Duration::from_secs(30), move || {
+        fs::write(path, b"x").unwrap_err()
+    });
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // Back: the mount recovers by itself.
+    link.refuse(false);
+    let path = m.join("f");
+    assert!(
+        wait_until(Duration::from_secs(60), || fs::read(&path)
+            .is_ok_and(|d| d == b"contents")),
+        "the mount did not recover; log: {}",
+        fs::read_to_string(&log).unwrap_or_default()
+    );
+    fs::write(m.join("g"), b"written after").unwrap();
+    assert_eq!(
+        fs::read(sshd.remote_root().join("g")).unwrap(),
+        b"written after"
+    );
+    let log = fs::read_to_string(&log).unwrap();
+    assert!(log.contains("reconnection attempt 1 failed"), "{log}");
+}
+
+#[test]
+fn umount_works_while_the_server_is_unreachable() {
+    let sshd = Sshd::start();
+    let (m, link, _log, _logdir) = far_mount_with_log(&sshd, 5, "reconnect_wait=2");
+    fs::write(m.join("f"), b"contents").unwrap();
+    link.refuse(true);
+    link.cut();
+    std::thread::sleep(Duration::from_millis(500));
+    let unmounted = m.unmount();
+    assert!(unmounted.success(), "{unmounted:?}");
+}
+
+#[test]
+fn reconnect_no_leaves_the_mount_down() {
+    let sshd = Sshd::start();
+    let (m, link, log, _logdir) = far_mount_with_log(&sshd, 5, "reconnect=no,reconnect_wait=2");
+    fs::write(m.join("f"), b"contents").unwrap();
+    link.cut();
+    let path = m.join("f");
+    let err = within(Duration::from_secs(30), move || fs::read(path).unwrap_err());
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        fs::metadata(m.join("f")).is_err(),
+        "reconnected with reconnect=no"
+    );
+    let log = fs::read_to_string(&log).unwrap();
+    assert!(log.contains("not reconnecting"), "{log}");
+}
