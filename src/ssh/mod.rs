@@ -73,6 +73,23 @@ pub struct Target {
     pub keepalive_interval: Duration,
     pub keepalive_max: u32,
     pub password_stdin: bool,
+    /// What the first connection was given, for the reconnections.
+    pub secrets: Arc<SecretCache>,
+}
+
+/// The password and the decrypted keys the first connection obtained, kept in memory only, so
+/// that a reconnection asks nobody again (nobody may be there to answer; sshfs's ssh process
+/// keeps them the same way). Never printed: its Debug shows nothing of them.
+#[derive(Default)]
+pub struct SecretCache {
+    password: Mutex<Option<String>>,
+    keys: Mutex<std::collections::HashMap<PathBuf, russh::keys::PrivateKey>>,
+}
+
+impl std::fmt::Debug for SecretCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretCache(..)")
+    }
 }
 
 impl Target {
@@ -165,6 +182,7 @@ impl Target {
                 .or_else(|| host_config.get("serveralivecountmax")?.parse().ok())
                 .unwrap_or(3),
             password_stdin: opts.password_stdin,
+            secrets: Arc::default(),
             user,
         })
     }
@@ -378,16 +396,17 @@ fn client_config(target: &Target) -> client::Config {
     }
 }
 
-/// A password or passphrase, asked once and kept only in memory.
-struct Secrets {
-    password: Option<String>,
+/// A password, asked once (per mount: see [`SecretCache`]) and kept only in memory.
+struct Secrets<'a> {
+    cache: &'a SecretCache,
     from_stdin: bool,
 }
 
-impl Secrets {
+impl Secrets<'_> {
     fn password(&mut self, prompt: &str) -> Option<String> {
-        if self.password.is_none() {
-            self.password = if self.from_stdin {
+        let mut password = self.cache.password.lock().unwrap();
+        if password.is_none() {
+            *password = if self.from_stdin {
                 let mut line = String::new();
                 std::io::stdin().read_line(&mut line).ok()?;
                 Some(line.trim_end_matches(['\n', '\r']).to_string())
@@ -395,7 +414,7 @@ impl Secrets {
                 ask_terminal(prompt)
             };
         }
-        self.password.clone()
+        password.clone()
     }
 }
 
@@ -464,7 +483,7 @@ async fn authenticate(handle: &mut Handle<ClientHandler>, target: &Target) -> Re
         if !offered(&methods, MethodKind::PublicKey) {
             break;
         }
-        let Some(key) = load_key(path, target.identity_files_explicit)? else {
+        let Some(key) = load_key(path, target.identity_files_explicit, &target.secrets)? else {
             continue;
         };
         tried.push("publickey");
@@ -478,7 +497,7 @@ async fn authenticate(handle: &mut Handle<ClientHandler>, target: &Target) -> Re
     }
 
     let mut secrets = Secrets {
-        password: None,
+        cache: &target.secrets,
         from_stdin: target.password_stdin,
     };
     if methods.is_none() {
@@ -547,7 +566,26 @@ async fn authenticate(handle: &mut Handle<ClientHandler>, target: &Target) -> Re
 
 /// Loads a private key, asking for its passphrase on the terminal when it is encrypted.
 /// A default key that does not exist is skipped; an explicit one is an error.
-fn load_key(path: &Path, explicit: bool) -> Result<Option<russh::keys::PrivateKey>, SshError> {
+fn load_key(
+    path: &Path,
+    explicit: bool,
+    cache: &SecretCache,
+) -> Result<Option<russh::keys::PrivateKey>, SshError> {
+    if let Some(key) = cache.keys.lock().unwrap().get(path) {
+        return Ok(Some(key.clone()));
+    }
+    let key = read_key(path, explicit)?;
+    if let Some(key) = &key {
+        cache
+            .keys
+            .lock()
+            .unwrap()
+            .insert(path.to_owned(), key.clone());
+    }
+    Ok(key)
+}
+
+fn read_key(path: &Path, explicit: bool) -> Result<Option<russh::keys::PrivateKey>, SshError> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => return Ok(None),
