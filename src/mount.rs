@@ -158,6 +158,7 @@ pub fn run(opts: Options, mountpoint: PathBuf, ready: Option<ReadyPipe>) -> anyh
         }
     };
     let core = Arc::new(core);
+    runtime.spawn(core.clone().follow_reconnections());
     let ttl = KernelTtl {
         attr: opts.attr_timeout,
         entry: opts.entry_timeout,

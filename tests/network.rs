@@ -135,3 +135,95 @@ fn reconnect_no_leaves_the_mount_down() {
     let log = fs::read_to_string(&log).unwrap();
     assert!(log.contains("not reconnecting"), "{log}");
 }
+
+const MIB: usize = 1 << 20;
+
+#[test]
+fn a_writer_carries_on_across_a_cut_and_the_server_file_is_byte_identical() {
+    use std::io::Write;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let sshd = Sshd::start();
+    let (m, link, log, _logdir) = far_mount_with_log(&sshd, 20, "");
+    let data = Arc::new(random_bytes(80 * MIB, 21));
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let writer = {
+        let (data, accepted, path) = (data.clone(), accepted.clone(), m.join("big"));
+        std::thread::spawn(move || -> std::io::Result<()> {
+            let mut f = fs::File::create(path)?;
+            for chunk in data.chunks(MIB) {
+                f.write_all(chunk)?;
+                accepted.fetch_add(chunk.len(), Ordering::Relaxed);
+            }
+            f.sync_all()
+        })
+    };
+    assert!(wait_until(Duration::from_secs(60), || accepted
+        .load(Ordering::Relaxed)
+        >= 16 * MIB));
+    link.cut();
+    let written = within(Duration::from_secs(120), move || writer.join().unwrap());
+    let log = fs::read_to_string(&log).unwrap_or_default();
+    written.unwrap_or_else(|e| panic!("the writer failed across the cut: {e}; log: {log}"));
+    assert!(log.contains("reopened 1 of 1 open files"), "{log}");
+    let on_server = fs::read(sshd.remote_root().join("big")).unwrap();
+    assert_eq!(on_server.len(), data.len());
+    if let Some(at) = (0..data.len()).find(|&i| on_server[i] != data[i]) {
+        panic!("server byte {at} differs after the cut");
+    }
+}
+
+#[test]
+fn readers_carry_on_across_a_cut_and_read_every_byte_right() {
+    use std::io::Read;
+    use std::os::unix::fs::FileExt;
+    let sshd = Sshd::start();
+    random_file(sshd.remote_root().join("f"), 32 * MIB as u64, 22);
+    let expected = fs::read(sshd.remote_root().join("f")).unwrap();
+    let (m, link, _log, _logdir) = far_mount_with_log(&sshd, 10, "");
+    // Sequential, through the read-ahead.
+    let mut f = fs::File::open(m.join("f")).unwrap();
+    let mut got = vec![0u8; expected.len()];
+    f.read_exact(&mut got[..8 * MIB]).unwrap();
+    link.cut();
+    f.read_exact(&mut got[8 * MIB..]).unwrap();
+    assert!(got == expected, "sequential read differs after the cut");
+    // Random reads on another descriptor, across another cut.
+    let g = fs::File::open(m.join("f")).unwrap();
+    let mut x = 7u64;
+    for i in 0..400 {
+        if i == 200 {
+            link.cut();
+        }
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        let at = (x >> 20) as usize % (expected.len() - 4096);
+        let mut buf = [0u8; 4096];
+        g.read_exact_at(&mut buf, at as u64).unwrap();
+        assert!(buf[..] == expected[at..at + 4096], "random read at {at}");
+    }
+}
+
+#[test]
+fn a_file_replaced_on_the_server_during_a_cut_fails_its_writer_and_is_left_alone() {
+    use std::io::Write;
+    let sshd = Sshd::start();
+    let (m, link, log, _logdir) = far_mount_with_log(&sshd, 5, "");
+    let mut f = fs::File::create(m.join("f")).unwrap();
+    f.write_all(&random_bytes(4 * MIB, 23)).unwrap();
+    f.sync_all().unwrap();
+    link.refuse(true);
+    link.cut();
+    let remote = sshd.remote_root().join("f");
+    fs::remove_file(&remote).unwrap();
+    fs::write(&remote, b"the replacement").unwrap();
+    link.refuse(false);
+    let outcome = within(Duration::from_secs(60), move || {
+        f.write_all(&random_bytes(MIB, 24))?;
+        f.sync_all()
+    });
+    let err = outcome.expect_err("the writer of a replaced file must fail");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert_eq!(fs::read(&remote).unwrap(), b"the replacement");
+    let log = fs::read_to_string(&log).unwrap();
+    assert!(log.contains("cannot be reopened"), "{log}");
+}

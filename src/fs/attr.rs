@@ -160,11 +160,10 @@ impl Core {
         let attrs = match (self.linked_path(ino), open) {
             (Some(path), _) => self.stat_cached(Some(ino), &path).await?,
             // An unlinked open file: only its handle still reaches it.
-            (None, Some(file)) => file
-                .session
-                .fstat(file.handle.clone())
-                .await
-                .map_err(errno)?,
+            (None, Some(file)) => {
+                let own = file.handle.now()?;
+                own.session.fstat(own.handle).await.map_err(errno)?
+            }
             (None, None) => {
                 let path = &self.path(ino)?;
                 self.idempotent(|s| async move { s.lstat(path).await })
@@ -223,7 +222,10 @@ impl Core {
         }
         let symlink = self.inodes.lock().unwrap().is_symlink(ino);
         let result = match &open {
-            Some(file) => file.session.fsetstat(file.handle.clone(), attrs).await,
+            Some(file) => {
+                let own = file.handle.live().await?;
+                own.session.fsetstat(own.handle, attrs).await
+            }
             None if symlink => self.meta().await?.lsetstat(&path, attrs).await,
             None => self.meta().await?.setstat(&path, attrs).await,
         };

@@ -8,6 +8,7 @@
 mod attr;
 pub mod cache;
 mod dir;
+mod handle;
 pub mod inode;
 mod namespace;
 mod open_file;

@@ -9,12 +9,14 @@ use bytes::Bytes;
 use tracing::{debug, error, warn};
 
 use super::cache::Known;
+use super::handle::{FileHandle, ServerHandle, SftpLane, SftpSource};
 use super::namespace::CreateMode;
-use super::read::{self, Prefetcher, ReadFuture, ReadSource};
-use super::write::{AckFuture, InodeWrites, WriteLane, WriteLimits, WritePipeline};
+use super::read::{self, Prefetcher, ReadSource};
+use super::write::{InodeWrites, WriteLimits, WritePipeline};
 use super::{Core, Entry, Errno, FsResult, KeepCache, errno};
+use crate::remote::Generation;
 use crate::sftp::proto::{Attrs, open_flags};
-use crate::sftp::{Session, SftpError, StatusCode};
+use crate::sftp::{Session, SftpError};
 
 /// An open file, as the kernel is told about it.
 #[derive(Debug, Clone, Copy)]
@@ -39,74 +41,19 @@ pub(super) const FILES_ON_FIRST_CHANNEL: usize = 64;
 /// Read-ahead per open file, at most (a far link needs rate x round trip: 250 MB/s x 40 ms).
 pub(super) const MAX_PREFETCH: usize = 16 * 1024 * 1024;
 
-/// A handle just opened: the index of its channel, the channel, the handle.
-pub(super) type Opening = (usize, Arc<Session>, Bytes);
-
-/// An open handle as the prefetcher's source of bytes.
-pub(super) struct SftpSource {
-    pub(super) session: Arc<Session>,
-    pub(super) handle: Bytes,
-}
-
-impl ReadSource for SftpSource {
-    fn read(&self, offset: u64, len: u32) -> ReadFuture {
-        let reply = self.session.submit_read(self.handle.clone(), offset, len);
-        Box::pin(async move { reply.await.map_err(errno) })
-    }
-}
-
-/// One handle on one SFTP channel, as a write pipeline lane.
-pub(super) struct SftpLane {
-    pub(super) session: Arc<Session>,
-    /// Index of `session` among its connection's channels.
-    pub(super) channel: usize,
-    pub(super) handle: Bytes,
-    /// Where the server's free space can be asked, to tell ENOSPC from other failures.
-    pub(super) statvfs_path: Bytes,
-}
-
-impl WriteLane for SftpLane {
-    fn submit(&self, offset: u64, data: Bytes) -> AckFuture {
-        let pending = self.session.write(self.handle.clone(), offset, data);
-        let session = self.session.clone();
-        let statvfs_path = self.statvfs_path.clone();
-        Box::pin(async move {
-            match crate::sftp::client::expect_ok(pending.response().await, "write") {
-                Ok(()) => Ok(()),
-                Err(e) => Err(write_failure_errno(&session, &statvfs_path, e).await),
-            }
-        })
-    }
-
-    fn channel(&self) -> usize {
-        self.channel
-    }
-}
-
-/// OpenSSH reports a full disk as a bare FAILURE; the server's free space tells them apart.
-pub(super) async fn write_failure_errno(
-    session: &Session,
-    statvfs_path: &[u8],
-    e: SftpError,
-) -> Errno {
-    if e.status() != Some(StatusCode::FAILURE) {
-        return e.errno();
-    }
-    match session.statvfs(statvfs_path).await {
-        Ok(vfs) if vfs.bavail.saturating_mul(vfs.frsize.max(1)) < 2 * 1024 * 1024 => libc::ENOSPC,
-        _ => libc::EIO,
-    }
-}
-
 /// A handle on another channel: which channel, and the handle.
 pub(super) type LaneHandle = (Arc<Session>, Bytes);
 
 pub(super) struct OpenFile {
     pub(super) ino: u64,
-    /// The channel `handle` lives on, and its index among its connection's channels.
+    /// The server's handle, swapped for a new one when the connection is.
+    pub(super) handle: Arc<FileHandle>,
+    /// The channel (by index) the file was opened on, where it is counted in `files_on`.
     pub(super) channel: usize,
-    pub(super) session: Arc<Session>,
-    pub(super) handle: Bytes,
+    /// The open(2) flags: a reopen uses them, less O_CREAT, O_EXCL and O_TRUNC.
+    pub(super) flags: i32,
+    /// The attributes seen at the open, to know the file again at a reopen.
+    pub(super) identity: Option<Attrs>,
     pub(super) writer: Option<Arc<WritePipeline>>,
     /// Read-ahead for sequential readers; none for write-only opens.
     pub(super) prefetch: Option<Prefetcher>,
@@ -117,6 +64,33 @@ pub(super) struct OpenFile {
     pub(super) spreading: std::sync::atomic::AtomicBool,
     /// The inode's write failures this descriptor has reported (fsync reports each once).
     pub(super) failures_seen: AtomicU64,
+}
+
+/// Whether `attrs`, seen at a reopen, can be the file `file` had open: the same type, and a
+/// size that what the mount sent explains (the server may or may not have applied the WRITEs
+/// in flight when the connection went).
+fn same_file(file: &OpenFile, attrs: &Attrs) -> Result<(), String> {
+    let kind = |a: &Attrs| a.permissions.map(|m| m & libc::S_IFMT);
+    if let Some(seen) = &file.identity
+        && kind(seen) != kind(attrs)
+    {
+        return Err("it is another kind of file now".into());
+    }
+    let size = attrs.size.unwrap_or(0);
+    let (acked, in_flight, truncated) = file.inode_writes.size_bounds();
+    if size < acked {
+        return Err(format!(
+            "it holds {size} bytes, fewer than the {acked} written"
+        ));
+    }
+    let opened = file.identity.as_ref().and_then(|a| a.size).unwrap_or(0);
+    if !truncated && size > opened.max(in_flight) {
+        return Err(format!(
+            "it holds {size} bytes, more than was ever written ({})",
+            opened.max(in_flight)
+        ));
+    }
+    Ok(())
 }
 
 /// Writes of one file that did not reach the server.
@@ -177,23 +151,24 @@ impl Core {
     pub(super) fn register_open(
         &self,
         ino: u64,
-        (channel, session, handle): Opening,
+        opened: ServerHandle,
         flags: i32,
         path: &[u8],
+        identity: Option<Attrs>,
     ) -> FsResult<u64> {
+        let channel = opened.channel;
         let Some(inode_writes) = self.inode_writes(ino) else {
-            session.close_unawaited(handle);
+            opened.session.close_unawaited(opened.handle);
             self.files_on[channel].fetch_sub(1, Ordering::Relaxed);
             return Err(libc::ESTALE);
         };
-        let session = &session;
+        let handle = FileHandle::new(opened.clone(), self.remote.settings().reconnect_wait);
         let statvfs_path = Bytes::copy_from_slice(path);
         let writer = (flags & libc::O_ACCMODE != libc::O_RDONLY).then(|| {
             WritePipeline::new(
                 Arc::new(SftpLane {
-                    session: session.clone(),
-                    channel,
-                    handle: handle.clone(),
+                    handle: opened,
+                    file: handle.clone(),
                     statvfs_path,
                 }),
                 WriteLimits {
@@ -211,8 +186,7 @@ impl Core {
         let prefetch = (flags & libc::O_ACCMODE != libc::O_WRONLY).then(|| {
             Prefetcher::new(
                 Arc::new(SftpSource {
-                    session: session.clone(),
-                    handle: handle.clone(),
+                    file: handle.clone(),
                 }),
                 self.read_budget.clone(),
                 self.features.max_read,
@@ -225,9 +199,10 @@ impl Core {
             fh,
             Arc::new(OpenFile {
                 ino,
-                channel,
-                session: session.clone(),
                 handle,
+                channel,
+                flags,
+                identity,
                 writer,
                 prefetch,
                 inode_writes,
@@ -237,6 +212,95 @@ impl Core {
             }),
         );
         Ok(fh)
+    }
+
+    /// Keeps open files working across reconnections: each time the connection is replaced,
+    /// every open file is reopened on the new one (see [`Core::reopen`]). Runs for the mount's
+    /// life.
+    pub async fn follow_reconnections(self: Arc<Self>) {
+        let mut seen = self.remote.current_now().map_or(1, |g| g.id);
+        while let Some(generation) = self.remote.after(seen).await {
+            seen = generation.id;
+            let files: Vec<Arc<OpenFile>> = self.files.lock().unwrap().values().cloned().collect();
+            let mut reopening = tokio::task::JoinSet::new();
+            for file in files {
+                let (core, generation) = (self.clone(), generation.clone());
+                reopening.spawn(async move { core.reopen(&file, &generation).await });
+            }
+            let outcomes = reopening.join_all().await;
+            let failed = outcomes.iter().filter(|reopened| !**reopened).count();
+            if !outcomes.is_empty() {
+                warn!(
+                    "reopened {} of {} open files on the new connection",
+                    outcomes.len() - failed,
+                    outcomes.len()
+                );
+            }
+        }
+    }
+
+    /// Reopens `file` on `generation` and installs the new handle, so that its lost READs are
+    /// asked again and its lost WRITEs sent again there. Only the same file is reopened: by its
+    /// path (it was not unlinked), with its flags less O_CREAT, O_EXCL and O_TRUNC, of the same
+    /// type, and of a size that what the mount sent explains (at least what was acked, at most
+    /// what was in flight). Otherwise its descriptor fails with EIO from now on, and nothing is
+    /// written into whatever now has its name. Returns whether it was reopened.
+    async fn reopen(&self, file: &OpenFile, generation: &Generation) -> bool {
+        let Ok(old) = file.handle.now() else {
+            return true;
+        };
+        if old.generation >= generation.id {
+            return true;
+        }
+        match self.reopened(file, generation).await {
+            Ok(handle) => {
+                file.handle.replace(Ok(handle));
+                true
+            }
+            Err(why) => {
+                let path = self.inodes.lock().unwrap().path(file.ino);
+                let path = path.map(|p| String::from_utf8_lossy(&p).into_owned());
+                warn!(
+                    "{} cannot be reopened after the reconnection ({why}): its descriptor fails with EIO",
+                    path.as_deref().unwrap_or("a removed file")
+                );
+                file.handle.replace(Err(libc::EIO));
+                false
+            }
+        }
+    }
+
+    async fn reopened(
+        &self,
+        file: &OpenFile,
+        generation: &Generation,
+    ) -> Result<ServerHandle, String> {
+        let path = self.linked_path(file.ino).ok_or("it was unlinked")?;
+        if file.flags & libc::O_APPEND != 0 && file.inode_writes.pending() {
+            // Where the server appended them, if it did, is unknown: never sent twice.
+            return Err("appends were in flight".into());
+        }
+        let flags = file.flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC);
+        let channel = file.channel.min(generation.channels.len() - 1);
+        let session = generation.channels[channel].clone();
+        let handle = session
+            .open(&path, Self::sftp_open_flags(flags), Attrs::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let same = match session.fstat(handle.clone()).await {
+            Ok(attrs) => same_file(file, &attrs),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(why) = same {
+            session.close_unawaited(handle);
+            return Err(why);
+        }
+        Ok(ServerHandle {
+            generation: generation.id,
+            channel,
+            session,
+            handle,
+        })
     }
 
     /// Opens the file on every other channel at once, so its writes are not held to one
@@ -266,21 +330,21 @@ impl Core {
         let Some(generation) = self.remote.current_now() else {
             return;
         };
-        let same_connection = generation
-            .channels
-            .get(file.channel)
-            .is_some_and(|c| Arc::ptr_eq(c, &file.session));
-        if !same_connection {
+        let Ok(own) = file.handle.now() else {
+            return;
+        };
+        if own.generation != generation.id {
             return;
         }
-        let Ok(primary) = file.session.fstat(file.handle.clone()).await else {
+        let Ok(primary) = own.session.fstat(own.handle.clone()).await else {
             return;
         };
         let path = Bytes::from(path);
         let mut opening = tokio::task::JoinSet::new();
         let others = generation.channels.iter().enumerate();
-        for (index, channel) in others.filter(|(index, _)| *index != file.channel) {
+        for (index, channel) in others.filter(|(index, _)| *index != own.channel) {
             let channel = channel.clone();
+            let generation = generation.id;
             let (file, writer) = (file.clone(), writer.clone());
             let (path, primary) = (path.clone(), primary.clone());
             opening.spawn(async move {
@@ -314,9 +378,13 @@ impl Core {
                     return;
                 }
                 writer.add_lane(Arc::new(SftpLane {
-                    session: channel,
-                    channel: index,
-                    handle,
+                    handle: ServerHandle {
+                        generation,
+                        channel: index,
+                        session: channel,
+                        handle,
+                    },
+                    file: file.handle.clone(),
                     statvfs_path: path,
                 }));
             });
@@ -337,7 +405,13 @@ impl Core {
         for (channel, handle) in lanes {
             closing.spawn(async move { channel.close(handle).await });
         }
-        let closed = file.session.close(file.handle.clone()).await;
+        // A handle whose connection is gone went with it.
+        let closed = match file.handle.now() {
+            Ok(own) if !own.session.is_closed() => own.session.close(own.handle).await,
+            _ => Ok(()),
+        };
+        // The descriptor is closed: no reopen may install a handle for it any more.
+        file.handle.replace(Err(libc::EBADF));
         self.files_on[file.channel].fetch_sub(1, Ordering::Relaxed);
         closing.join_all().await;
         closed.map_err(errno)
@@ -351,7 +425,7 @@ impl Core {
         path: &[u8],
         pflags: u32,
         attrs: Attrs,
-    ) -> FsResult<Result<Opening, SftpError>> {
+    ) -> FsResult<Result<ServerHandle, SftpError>> {
         let generation = self.remote.current().await.map_err(|_| libc::EIO)?;
         let channels = generation.channels.len().min(self.files_on.len());
         let load = |i: usize| self.files_on[i].load(Ordering::Relaxed);
@@ -363,7 +437,12 @@ impl Core {
         let session = generation.channels[channel].clone();
         self.files_on[channel].fetch_add(1, Ordering::Relaxed);
         Ok(match session.open(path, pflags, attrs).await {
-            Ok(handle) => Ok((channel, session, handle)),
+            Ok(handle) => Ok(ServerHandle {
+                generation: generation.id,
+                channel,
+                session,
+                handle,
+            }),
             Err(e) => {
                 self.files_on[channel].fetch_sub(1, Ordering::Relaxed);
                 Err(e)
@@ -392,7 +471,9 @@ impl Core {
             self.changed_attrs(ino);
         }
         let handle = handle?.map_err(errno)?;
-        let seen = attrs.and_then(|a| Some((a.size?, a.atime_mtime?.1)));
+        let seen = attrs
+            .as_ref()
+            .and_then(|a| Some((a.size?, a.atime_mtime?.1)));
         let before = self.inodes.lock().unwrap().swap_contents_seen(ino, seen);
         let keep_cache = match self.config.keep_cache {
             KeepCache::Never => false,
@@ -400,7 +481,7 @@ impl Core {
             KeepCache::Always => true,
         };
         Ok(Opened {
-            fh: self.register_open(ino, handle, flags, &path)?,
+            fh: self.register_open(ino, handle, flags, &path, attrs)?,
             keep_cache,
         })
     }
@@ -420,24 +501,24 @@ impl Core {
         let pflags = Self::sftp_open_flags(flags | libc::O_CREAT);
         let opened = self.open_handle(&path, pflags, attrs).await?;
         self.changed_path(&path);
-        let (channel, session, handle) = match opened {
+        let opened = match opened {
             Ok(h) => h,
             Err(e) if flags & libc::O_EXCL != 0 => return Err(self.refine_exists(e, &path).await),
             Err(e) => return Err(errno(e)),
         };
         let ticket = self.cache.ticket();
-        let attrs = match session.fstat(handle.clone()).await {
+        let attrs = match opened.session.fstat(opened.handle.clone()).await {
             Ok(a) => a,
             Err(e) => {
-                let _ = session.close(handle).await;
-                self.files_on[channel].fetch_sub(1, Ordering::Relaxed);
+                let _ = opened.session.close(opened.handle).await;
+                self.files_on[opened.channel].fetch_sub(1, Ordering::Relaxed);
                 return Err(errno(e));
             }
         };
         self.cache
             .put_name(ticket, path.clone(), Known::Attrs(attrs.clone()));
         let ino = self.inodes.lock().unwrap().remember(parent, name, false);
-        let fh = self.register_open(ino, (channel, session, handle), flags, &path)?;
+        let fh = self.register_open(ino, opened, flags, &path, Some(attrs.clone()))?;
         Ok((
             Entry {
                 attr: self.to_attr(ino, &attrs),
@@ -460,8 +541,7 @@ impl Core {
         // The READs go out at once; each reply that comes back short is read on from where
         // it stopped, so a short result means the end of the file and nothing else.
         let source = SftpSource {
-            session: file.session.clone(),
-            handle: file.handle.clone(),
+            file: file.handle.clone(),
         };
         let max = self.features.max_read;
         let chunks: Vec<_> = (0..size)
@@ -537,7 +617,8 @@ impl Core {
         if let Some(e) = any {
             return Err(e);
         }
-        file.session.fsync(&file.handle).await.map_err(errno)
+        let own = file.handle.live().await?;
+        own.session.fsync(&own.handle).await.map_err(errno)
     }
 
     pub async fn release(&self, fh: u64) -> FsResult<()> {

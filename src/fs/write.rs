@@ -60,6 +60,10 @@ struct InodeWritesState {
     /// Chunks that timed out or lost their channel: the server may or may not apply them, at
     /// any time. Kept for the life of the inode.
     unknown_fate: Vec<Placed>,
+    /// The end of the furthest chunk acked, and whether the file was truncated through the
+    /// mount: what the server's size can be, for a reopen to know the file again.
+    acked_end: u64,
+    truncated: bool,
     /// Failed writes so far, and the errno of the last: an fsync through any descriptor opened
     /// before a failure reports it (as Linux's errseq does).
     failures: u64,
@@ -149,6 +153,9 @@ impl InodeWrites {
     fn landed(&self, chunk: u64, result: Result<(), Errno>) {
         let mut s = self.state.lock().unwrap();
         let placed = s.in_flight.remove(&chunk);
+        if let (Ok(()), Some(placed)) = (result, placed) {
+            s.acked_end = s.acked_end.max(placed.offset + placed.len);
+        }
         if let Err(errno) = result {
             s.failures += 1;
             s.last_failure = errno;
@@ -175,7 +182,18 @@ impl InodeWrites {
 
     /// Marks a change made other than by a write (a truncate).
     pub fn touch(&self) {
-        self.state.lock().unwrap().next_seq += 1;
+        let mut s = self.state.lock().unwrap();
+        s.next_seq += 1;
+        s.truncated = true;
+        s.acked_end = 0;
+    }
+
+    /// The sizes the server's file may have from what the mount sent: at least the end of the
+    /// furthest acked write; at most that of the furthest write in flight (unless truncated
+    /// through the mount, which the third value says).
+    pub fn size_bounds(&self) -> (u64, u64, bool) {
+        let s = self.state.lock().unwrap();
+        (s.acked_end, s.unacked_end.max(s.acked_end), s.truncated)
     }
 
     /// The size to report while writes are in flight: the server's size does not know them yet.
@@ -217,8 +235,9 @@ pub type AckFuture = Pin<Box<dyn Future<Output = Result<(), Errno>> + Send>>;
 /// One handle on one channel: a place a chunk of the file can be written.
 pub trait WriteLane: Send + Sync {
     /// Queues a WRITE now (lanes keep submission order); the future resolves on the ack, with
-    /// the errno the failure means.
-    fn submit(&self, offset: u64, data: Bytes) -> AckFuture;
+    /// the errno the failure means. `chunk` numbers the inode's chunks in the order they are
+    /// submitted: one that must be sent again (after a reconnection) keeps its place by it.
+    fn submit(&self, chunk: u64, offset: u64, data: Bytes) -> AckFuture;
 
     /// The channel the handle lives on: requests on one channel are executed in order, whatever
     /// open file sent them.
@@ -377,7 +396,7 @@ impl WritePipeline {
             match placed {
                 Ok((id, lane_index)) => {
                     let lane = self.lanes.lock().unwrap()[lane_index].clone();
-                    let ack = lane.submit(chunk_offset, chunk.clone());
+                    let ack = lane.submit(id, chunk_offset, chunk.clone());
                     tokio::spawn(async move {
                         let result = ack.await;
                         this.inode.landed(id, result);
@@ -646,7 +665,7 @@ mod tests {
     }
 
     impl WriteLane for FakeLane {
-        fn submit(&self, offset: u64, data: Bytes) -> AckFuture {
+        fn submit(&self, _chunk: u64, offset: u64, data: Bytes) -> AckFuture {
             let (tx, rx) = oneshot::channel();
             self.server.queue.lock().unwrap().push_back(Submitted {
                 lane: self.lane,

@@ -133,6 +133,23 @@ impl Remote {
         }
     }
 
+    /// Waits for a connection newer than `generation`; `None` once there will be none.
+    pub async fn after(&self, generation: u64) -> Option<Arc<Generation>> {
+        let mut rx = self.state.subscribe();
+        let found = rx
+            .wait_for(|s| match s {
+                State::Up(g) => g.id > generation,
+                State::Down { .. } => false,
+                State::Gone => true,
+            })
+            .await
+            .ok()?;
+        match &*found {
+            State::Up(g) => Some(g.clone()),
+            _ => None,
+        }
+    }
+
     /// The generation in use now, if the connection is up: for work that must not wait.
     pub fn current_now(&self) -> Option<Arc<Generation>> {
         match &*self.state.borrow() {

@@ -350,7 +350,7 @@ impl Session {
         handle: Bytes,
         offset: u64,
         len: u32,
-    ) -> impl Future<Output = Result<Bytes>> + Send + 'static {
+    ) -> impl Future<Output = Result<Bytes>> + Send + 'static + use<> {
         let pending = self.submit(&Request::Read {
             handle,
             offset,
@@ -379,7 +379,7 @@ impl Session {
     pub fn submit_readdir(
         &self,
         handle: Bytes,
-    ) -> impl Future<Output = Result<Option<Vec<NameEntry>>>> + Send + 'static {
+    ) -> impl Future<Output = Result<Option<Vec<NameEntry>>>> + Send + 'static + use<> {
         let pending = self.submit(&Request::Readdir { handle });
         async move {
             match pending.response().await? {
