@@ -227,3 +227,49 @@ fn a_file_replaced_on_the_server_during_a_cut_fails_its_writer_and_is_left_alone
     let log = fs::read_to_string(&log).unwrap();
     assert!(log.contains("cannot be reopened"), "{log}");
 }
+
+#[test]
+fn a_black_hole_is_noticed_without_any_fin_and_open_files_go_on_after_it() {
+    use std::io::Write;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let sshd = Sshd::start();
+    // Short timeouts so that the black hole is noticed within the test's time: requests
+    // unanswered for 4 s, then a probe of the connection (10 s).
+    let (m, link, log, _logdir) =
+        far_mount_with_log(&sshd, 10, "request_timeout=4,ConnectTimeout=5");
+    let data = Arc::new(random_bytes(48 * MIB, 25));
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let writer = {
+        let (data, accepted, path) = (data.clone(), accepted.clone(), m.join("big"));
+        std::thread::spawn(move || -> std::io::Result<()> {
+            let mut f = fs::File::create(path)?;
+            for chunk in data.chunks(MIB) {
+                f.write_all(chunk)?;
+                accepted.fetch_add(chunk.len(), Ordering::Relaxed);
+            }
+            f.sync_all()
+        })
+    };
+    assert!(wait_until(Duration::from_secs(60), || accepted
+        .load(Ordering::Relaxed)
+        >= 8 * MIB));
+    link.black_hole(true);
+    std::thread::sleep(Duration::from_secs(18));
+    link.black_hole(false);
+    let written = within(Duration::from_secs(120), move || writer.join().unwrap());
+    let log = fs::read_to_string(&log).unwrap_or_default();
+    written.unwrap_or_else(|e| panic!("the writer failed across the black hole: {e}; log: {log}"));
+    assert!(log.contains("stalled"), "{log}");
+    assert!(log.contains("reconnected"), "{log}");
+    let on_server = fs::read(sshd.remote_root().join("big")).unwrap();
+    assert!(
+        on_server == *data,
+        "the server's file differs after the black hole"
+    );
+    fs::write(m.join("after"), b"after").unwrap();
+    assert_eq!(
+        fs::read(sshd.remote_root().join("after")).unwrap(),
+        b"after"
+    );
+}

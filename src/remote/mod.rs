@@ -71,6 +71,9 @@ enum State {
     Gone,
 }
 
+/// How long a connection suspected dead has to answer a probe.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Why no connection could be handed out.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RemoteError {
@@ -158,12 +161,60 @@ impl Remote {
         }
     }
 
+    /// Returns once `generation` is lost: a channel closed, or requests went unanswered past
+    /// their timeout and the connection did not answer a probe either (a black hole: no FIN,
+    /// nothing delivered). When the probe is answered, the server alone is slow: those requests
+    /// fail with a timeout and the connection stays.
+    async fn watch(&self, generation: &Generation) {
+        loop {
+            // A stall missed between two rounds is not lost: its requests fail with a timeout
+            // after a while all the same (see `Session::stalls`).
+            let mut stalled = tokio::task::JoinSet::new();
+            for channel in &generation.channels {
+                let mut stalls = channel.stalls();
+                stalled.spawn(async move { stalls.changed().await.is_ok() });
+            }
+            tokio::select! {
+                _ = generation.closed() => return,
+                Some(Ok(true)) = stalled.join_next() => {}
+            }
+            drop(stalled);
+            if self.answers(generation).await {
+                for channel in &generation.channels {
+                    channel.fail_expired();
+                }
+            } else {
+                warn!(
+                    "connection to {} stalled: requests and a probe went unanswered",
+                    self.target.host
+                );
+                for channel in &generation.channels {
+                    channel.abandon();
+                }
+                return;
+            }
+        }
+    }
+
+    /// Whether the SSH connection itself answers: opening a channel is answered by sshd,
+    /// whatever the SFTP server is busy with.
+    async fn answers(&self, generation: &Generation) -> bool {
+        let probe = tokio::time::timeout(PROBE_TIMEOUT, generation._ssh.channel_open_session());
+        match probe.await {
+            Ok(Ok(channel)) => {
+                let _ = channel.close().await;
+                true
+            }
+            _ => false,
+        }
+    }
+
     async fn supervise(self: Arc<Self>) {
         loop {
             let State::Up(generation) = self.state.borrow().clone() else {
                 return;
             };
-            generation.closed().await;
+            self.watch(&generation).await;
             let since = Instant::now();
             warn!(
                 "connection to {} lost (connection {})",

@@ -95,7 +95,14 @@ struct InFlight {
     reply: oneshot::Sender<Result<Response>>,
     submitted_at: Instant,
     sent_at: Option<Instant>,
+    /// Past its timeout since then, waiting for the verdict on the connection (see
+    /// [`Session::stalls`]).
+    expired_at: Option<Instant>,
 }
+
+/// How long requests past their timeout wait for [`Session::fail_expired`] or
+/// [`Session::abandon`] before they fail with a timeout all the same.
+const VERDICT_WAIT: Duration = Duration::from_secs(30);
 
 struct Table {
     next_id: u32,
@@ -135,6 +142,8 @@ struct Shared {
     timeout: Duration,
     /// Becomes true once the session is unusable (see [`Session::closed`]).
     dead: tokio::sync::watch::Sender<bool>,
+    /// Counts the times requests went past their timeout (see [`Session::stalls`]).
+    stalls: tokio::sync::watch::Sender<u64>,
 }
 
 impl Shared {
@@ -249,6 +258,7 @@ impl Session {
             table: Mutex::new(Table::default()),
             timeout,
             dead: tokio::sync::watch::channel(false).0,
+            stalls: tokio::sync::watch::channel(0).0,
         });
         let (queue, queue_rx) = mpsc::unbounded_channel();
         tokio::spawn(write_loop(write_half, queue_rx, shared.clone()));
@@ -286,6 +296,40 @@ impl Session {
         *self.shared.dead.borrow()
     }
 
+    /// Changes each time requests go past their timeout. They are not failed at once: a
+    /// stalled request is the server's trouble, or the connection's (a black hole: no FIN,
+    /// nothing answered), and only a look at the connection tells which. Whoever watches this
+    /// answers with [`Session::fail_expired`] or [`Session::abandon`]; without an answer they
+    /// fail with a timeout after a while.
+    pub fn stalls(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.stalls.subscribe()
+    }
+
+    /// The connection answers: the requests past their timeout fail with a timeout, alone.
+    pub fn fail_expired(&self) {
+        let mut table = self.shared.table.lock().unwrap();
+        let expired: Vec<u32> = table
+            .in_flight
+            .iter()
+            .filter(|(_, e)| e.expired_at.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some(entry) = table.in_flight.remove(&id) {
+                warn!(id, "SFTP request timed out");
+                let _ = entry
+                    .reply
+                    .send(Err(SftpError::Timeout(self.shared.timeout)));
+            }
+        }
+    }
+
+    /// The connection is dead: every request fails with [`SftpError::ConnectionLost`] (so
+    /// that what can be is sent again on the next connection), and the session ends.
+    pub fn abandon(&self) {
+        self.shared.kill(SftpError::ConnectionLost);
+    }
+
     /// Queues `request` for sending; requests leave in the order they were submitted.
     pub fn submit(&self, request: &Request) -> Pending {
         let (tx, rx) = oneshot::channel();
@@ -309,6 +353,7 @@ impl Session {
                 reply: tx,
                 submitted_at: Instant::now(),
                 sent_at: None,
+                expired_at: None,
             },
         );
         Pending { rx }
@@ -698,17 +743,32 @@ async fn timeout_sweeper(shared: std::sync::Weak<Shared>) {
         };
         let now = Instant::now();
         let mut table = shared.table.lock().unwrap();
-        let expired: Vec<u32> = table
+        let newly: Vec<u32> = table
             .in_flight
             .iter()
-            .filter(|(_, e)| table.expired(e, now, shared.timeout))
+            .filter(|(_, e)| e.expired_at.is_none() && table.expired(e, now, shared.timeout))
             .map(|(id, _)| *id)
             .collect();
-        for id in expired {
+        for id in &newly {
+            if let Some(entry) = table.in_flight.get_mut(id) {
+                entry.expired_at = Some(now);
+            }
+        }
+        let unanswered: Vec<u32> = table
+            .in_flight
+            .iter()
+            .filter(|(_, e)| e.expired_at.is_some_and(|t| now - t > VERDICT_WAIT))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in unanswered {
             if let Some(entry) = table.in_flight.remove(&id) {
                 warn!(id, "SFTP request timed out");
                 let _ = entry.reply.send(Err(SftpError::Timeout(shared.timeout)));
             }
+        }
+        drop(table);
+        if !newly.is_empty() {
+            shared.stalls.send_modify(|n| *n += 1);
         }
     }
 }
