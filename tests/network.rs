@@ -273,3 +273,48 @@ fn a_black_hole_is_noticed_without_any_fin_and_open_files_go_on_after_it() {
         b"after"
     );
 }
+
+#[test]
+fn sshd_restarted_with_another_host_key_is_refused_and_the_mount_stays_down() {
+    let mut sshd = Sshd::start();
+    let (m, _link, log, _logdir) = far_mount_with_log(&sshd, 2, "reconnect_wait=3");
+    fs::write(m.join("f"), b"contents").unwrap();
+    // Another host key where the server was: a man in the middle, as far as we can tell.
+    let key = sshd.host_key_path();
+    fs::remove_file(&key).unwrap();
+    let _ = fs::remove_file(key.with_extension("pub"));
+    keygen(&key, "another-host-key");
+    sshd.kill_connections();
+    sshd.restart();
+    let path = m.join("f");
+    assert!(
+        wait_until(Duration::from_secs(30), || fs::read_to_string(&log)
+            .is_ok_and(
+                |l| l.contains("refused") && l.to_lowercase().contains("host key")
+            )),
+        "no refusal in the log: {}; known_hosts: {}",
+        fs::read_to_string(&log).unwrap_or_default(),
+        fs::read_to_string(sshd.known_hosts_path()).unwrap_or_default()
+    );
+    let err = within(Duration::from_secs(30), move || fs::read(path).unwrap_err());
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+}
+
+#[test]
+fn a_mkdir_in_flight_at_the_cut_is_applied_once_or_fails() {
+    // The server applies the MKDIR but its reply never comes; the connection is cut meanwhile.
+    let sshd = Sshd::start_faulty(&["stall-mkdir=made"]);
+    let (m, link, _log, _logdir) = far_mount_with_log(&sshd, 2, "");
+    let path = m.join("made");
+    let mkdir = std::thread::spawn(move || fs::create_dir(path));
+    std::thread::sleep(Duration::from_secs(1));
+    link.cut();
+    let result = within(Duration::from_secs(60), move || mkdir.join().unwrap());
+    // Never sent twice (a second MKDIR would say EEXIST): EIO, or success if it was resolved.
+    match result {
+        Ok(()) => {}
+        Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}"),
+    }
+    assert!(sshd.remote_root().join("made").is_dir(), "applied once");
+    assert!(m.join("made").is_dir());
+}

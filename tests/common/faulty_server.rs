@@ -27,6 +27,7 @@
 //! - `huge-size=NAME`: ATTRS replies about such a path, with a size, say 0xFFFF_FFFF_FFFF_FF00.
 //! - `stall-after=N`: nothing more reaches the client after its first N packets (VERSION and
 //!   this program's own replies count); requests still reach the server.
+//! - `stall-mkdir=NAME`: like `stall-path`, for MKDIR alone (the server makes the directory).
 //! - `freeze-on-write=SECONDS`: at the first WRITE, stops reading requests for SECONDS, so the
 //!   channel's window fills and the client's later requests queue behind it; then reads and
 //!   drops everything until the client goes.
@@ -47,7 +48,7 @@ use std::thread;
 
 const USAGE: &str = "usage: faulty_sftp_server [--fault NAME[=VALUE]]... [--server PATH]";
 const FAULTS: &str = "short-read=N, no-extensions, bad-names, oversized-read, stray-reply, huge-reply, \
-     unknown-status=NAME, long-handle, no-type-bits=NAME, huge-size=NAME, stall-after=N, stall-path=NAME, \
+     unknown-status=NAME, long-handle, no-type-bits=NAME, huge-size=NAME, stall-after=N, stall-path=NAME, stall-mkdir=NAME, \
      freeze-on-write=SECONDS";
 const DEFAULT_SERVER: &str = "/usr/lib/openssh/sftp-server";
 
@@ -119,6 +120,7 @@ struct Faults {
     huge_size: Option<Vec<u8>>,
     stall_after: Option<u64>,
     stall_path: Option<Vec<u8>>,
+    stall_mkdir: Option<Vec<u8>>,
     freeze_on_write: Option<u64>,
 }
 
@@ -150,6 +152,7 @@ impl Faults {
             (b"huge-size", Some(v)) => self.huge_size = Some(v.to_vec()),
             (b"stall-after", Some(v)) => self.stall_after = Some(number(v).ok_or_else(bad)?),
             (b"stall-path", Some(v)) => self.stall_path = Some(v.to_vec()),
+            (b"stall-mkdir", Some(v)) => self.stall_mkdir = Some(v.to_vec()),
             (b"freeze-on-write", Some(v)) => {
                 self.freeze_on_write = Some(number(v).ok_or_else(bad)?);
             }
@@ -356,7 +359,8 @@ fn on_request(shared: &Shared, mut packet: Vec<u8>) -> Option<Vec<u8>> {
         }
     }
     let named = |name: Option<&[u8]>| path.is_some_and(|path| name == Some(last_component(path)));
-    let stalled = named(faults.stall_path.as_deref());
+    let stalled = named(faults.stall_path.as_deref())
+        || (kind == fxp::MKDIR && named(faults.stall_mkdir.as_deref()));
     let no_type_bits = named(faults.no_type_bits.as_deref());
     let huge_size = named(faults.huge_size.as_deref());
     let answer = if kind == fxp::EXTENDED && faults.no_extensions {
