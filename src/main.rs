@@ -18,7 +18,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Err(e) = init_logging(opts.debug, opts.logfile.as_deref()) {
+    let to_syslog = !opts.foreground && opts.logfile.is_none();
+    if let Err(e) = init_logging(opts.debug, opts.logfile.as_deref(), to_syslog) {
         eprintln!("sftpmount: {e:#}");
         return ExitCode::FAILURE;
     }
@@ -53,8 +54,13 @@ fn main() -> ExitCode {
 }
 
 /// Logs to stderr, or to `logfile` (opened here, before going to the background, so that a
-/// relative path means what the user meant).
-fn init_logging(debug: bool, logfile: Option<&std::path::Path>) -> anyhow::Result<()> {
+/// relative path means what the user meant), or, in the background without a logfile, to
+/// syslog (the systemd journal reads it): a lost connection must be told somewhere.
+fn init_logging(
+    debug: bool,
+    logfile: Option<&std::path::Path>,
+    to_syslog: bool,
+) -> anyhow::Result<()> {
     use anyhow::Context;
     let default = if debug {
         "sftpmount=debug,info"
@@ -78,7 +84,53 @@ fn init_logging(debug: bool, logfile: Option<&std::path::Path>) -> anyhow::Resul
                 .with_writer(std::sync::Mutex::new(file))
                 .init();
         }
+        None if to_syslog => {
+            // SAFETY: openlog with a static identity string.
+            unsafe { libc::openlog(c"sftpmount".as_ptr(), libc::LOG_PID, libc::LOG_DAEMON) };
+            builder
+                .with_ansi(false)
+                .without_time()
+                .with_writer(SyslogLine::default)
+                .init();
+        }
         None => builder.with_writer(std::io::stderr).init(),
     }
     Ok(())
+}
+
+/// One formatted log event, sent to syslog when dropped, with the priority its level names.
+#[derive(Default)]
+struct SyslogLine(Vec<u8>);
+
+impl std::io::Write for SyslogLine {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for SyslogLine {
+    fn drop(&mut self) {
+        let text = String::from_utf8_lossy(&self.0);
+        let text = text.trim_end();
+        if text.is_empty() {
+            return;
+        }
+        let level = text.split_whitespace().next().unwrap_or("");
+        let priority = match level {
+            "ERROR" => libc::LOG_ERR,
+            "WARN" => libc::LOG_WARNING,
+            "INFO" => libc::LOG_INFO,
+            _ => libc::LOG_DEBUG,
+        };
+        let Ok(message) = std::ffi::CString::new(text.replace('\0', " ")) else {
+            return;
+        };
+        // SAFETY: a "%s" format with one valid C string.
+        unsafe { libc::syslog(priority, c"%s".as_ptr(), message.as_ptr()) };
+    }
 }
