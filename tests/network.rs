@@ -161,7 +161,11 @@ fn a_writer_carries_on_across_a_cut_and_the_server_file_is_byte_identical() {
     assert!(wait_until(Duration::from_secs(60), || accepted
         .load(Ordering::Relaxed)
         >= 16 * MIB));
+    // Down for 2 s: the first reconnection attempts are refused.
+    link.refuse(true);
     link.cut();
+    std::thread::sleep(Duration::from_secs(2));
+    link.refuse(false);
     let written = within(Duration::from_secs(120), move || writer.join().unwrap());
     let log = fs::read_to_string(&log).unwrap_or_default();
     written.unwrap_or_else(|e| panic!("the writer failed across the cut: {e}; log: {log}"));

@@ -73,6 +73,8 @@ enum State {
 
 /// How long a connection suspected dead has to answer a probe.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long requests past their timeout still wait once the connection answered a probe.
+const LATE_REPLY_GRACE: Duration = Duration::from_secs(5);
 
 /// Why no connection could be handed out.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -180,6 +182,9 @@ impl Remote {
             }
             drop(stalled);
             if self.answers(generation).await {
+                // A link that just came back (a laptop waking up) delivers the late replies
+                // now: only what is still unanswered after a moment is the server's trouble.
+                tokio::time::sleep(LATE_REPLY_GRACE).await;
                 for channel in &generation.channels {
                     channel.fail_expired();
                 }
