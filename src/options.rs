@@ -561,6 +561,19 @@ mod tests {
     }
 
     #[test]
+    fn reconnect_is_on_unless_turned_off() {
+        let o = mount(&["h:", "/m"]);
+        assert!(o.reconnect);
+        assert_eq!(o.reconnect_wait, Duration::from_secs(20));
+        assert!(!mount(&["h:", "/m", "-o", "reconnect=no"]).reconnect);
+        assert!(!mount(&["h:", "/m", "-o", "noreconnect"]).reconnect);
+        let o = mount(&["h:", "/m", "-o", "reconnect,reconnect_wait=2.5"]);
+        assert!(o.reconnect);
+        assert_eq!(o.reconnect_wait, Duration::from_millis(2500));
+        assert!(error(&["h:", "/m", "-o", "reconnect=maybe"]).contains("reconnect"));
+    }
+
+    #[test]
     fn write_engine_options() {
         let o = mount(&[
             "h:",

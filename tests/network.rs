@@ -322,3 +322,28 @@ fn a_mkdir_in_flight_at_the_cut_is_applied_once_or_fails() {
     assert!(sshd.remote_root().join("made").is_dir(), "applied once");
     assert!(m.join("made").is_dir());
 }
+
+#[test]
+fn a_password_given_at_mount_time_serves_the_reconnection() {
+    let sshd = Sshd::start_with_password_auth();
+    let password = "pw-Zz9!long enough";
+    ensure_password_user(PASSWORD_USER, password);
+    sshd.chown_remote_root(PASSWORD_USER);
+    let source = sshd.source_as(PASSWORD_USER, &sshd.remote_root());
+    let mut args = sshd.ssh_opts_without_key();
+    args.extend(["-o".into(), "password_stdin".into()]);
+    let m = Mount::try_with(
+        &sshd,
+        &source,
+        &args,
+        Some(format!("{password}\n").as_bytes()),
+    )
+    .expect("mount with a password");
+    fs::write(m.join("before"), b"x").unwrap();
+    // Every connection's sshd and sftp-server killed: the connection drops, sshd listens on.
+    assert!(sshd.kill_connections() > 0);
+    let path = m.join("after");
+    within(Duration::from_secs(30), move || fs::write(path, b"y"))
+        .expect("a write after the reconnection, with the password kept in memory");
+    assert_eq!(fs::read(sshd.remote_root().join("after")).unwrap(), b"y");
+}
