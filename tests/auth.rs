@@ -159,11 +159,7 @@ fn encrypted_key_asks_for_its_passphrase() {
 fn password_from_stdin() {
     let sshd = Sshd::start_with_password_auth();
     let password = "pw-Zz9!long enough";
-    ensure_password_user(PASSWORD_USER, password);
-    sshd.chown_remote_root(PASSWORD_USER);
-    let source = sshd.source_as(PASSWORD_USER, &sshd.remote_root());
-    let mut args = sshd.ssh_opts_without_key();
-    args.extend(["-o".into(), "password_stdin".into()]);
+    let (source, args) = sshd.password_login(password);
     let m = Mount::try_with(
         &sshd,
         &source,

@@ -138,29 +138,38 @@ fn reconnect_no_leaves_the_mount_down() {
 
 const MIB: usize = 1 << 20;
 
-#[test]
-fn a_writer_carries_on_across_a_cut_and_the_server_file_is_byte_identical() {
+/// Writes `data` to `path` (1 MiB at a time, then fsync) on a thread; the closure tells how much
+/// was accepted so far.
+fn spawn_writer(
+    path: PathBuf,
+    data: &[u8],
+) -> (
+    std::thread::JoinHandle<std::io::Result<()>>,
+    impl Fn() -> usize,
+) {
     use std::io::Write;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let (data, counter) = (data.to_vec(), accepted.clone());
+    let writer = std::thread::spawn(move || {
+        let mut f = fs::File::create(path)?;
+        for chunk in data.chunks(MIB) {
+            f.write_all(chunk)?;
+            counter.fetch_add(chunk.len(), Ordering::Relaxed);
+        }
+        f.sync_all()
+    });
+    (writer, move || accepted.load(Ordering::Relaxed))
+}
+
+#[test]
+fn a_writer_carries_on_across_a_cut_and_the_server_file_is_byte_identical() {
     let sshd = Sshd::start();
     let (m, link, log, _logdir) = far_mount_with_log(&sshd, 20, "");
-    let data = Arc::new(random_bytes(80 * MIB, 21));
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let writer = {
-        let (data, accepted, path) = (data.clone(), accepted.clone(), m.join("big"));
-        std::thread::spawn(move || -> std::io::Result<()> {
-            let mut f = fs::File::create(path)?;
-            for chunk in data.chunks(MIB) {
-                f.write_all(chunk)?;
-                accepted.fetch_add(chunk.len(), Ordering::Relaxed);
-            }
-            f.sync_all()
-        })
-    };
-    assert!(wait_until(Duration::from_secs(60), || accepted
-        .load(Ordering::Relaxed)
-        >= 16 * MIB));
+    let data = random_bytes(80 * MIB, 21);
+    let (writer, accepted) = spawn_writer(m.join("big"), &data);
+    assert!(wait_until(Duration::from_secs(60), || accepted() >= 16 * MIB));
     // Down for 2 s: the first reconnection attempts are refused.
     link.refuse(true);
     link.cut();
@@ -234,30 +243,14 @@ fn a_file_replaced_on_the_server_during_a_cut_fails_its_writer_and_is_left_alone
 
 #[test]
 fn a_black_hole_is_noticed_without_any_fin_and_open_files_go_on_after_it() {
-    use std::io::Write;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
     let sshd = Sshd::start();
     // Short timeouts so that the black hole is noticed within the test's time: requests
     // unanswered for 4 s, then a probe of the connection (10 s).
     let (m, link, log, _logdir) =
         far_mount_with_log(&sshd, 10, "request_timeout=4,ConnectTimeout=5");
-    let data = Arc::new(random_bytes(48 * MIB, 25));
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let writer = {
-        let (data, accepted, path) = (data.clone(), accepted.clone(), m.join("big"));
-        std::thread::spawn(move || -> std::io::Result<()> {
-            let mut f = fs::File::create(path)?;
-            for chunk in data.chunks(MIB) {
-                f.write_all(chunk)?;
-                accepted.fetch_add(chunk.len(), Ordering::Relaxed);
-            }
-            f.sync_all()
-        })
-    };
-    assert!(wait_until(Duration::from_secs(60), || accepted
-        .load(Ordering::Relaxed)
-        >= 8 * MIB));
+    let data = random_bytes(48 * MIB, 25);
+    let (writer, accepted) = spawn_writer(m.join("big"), &data);
+    assert!(wait_until(Duration::from_secs(60), || accepted() >= 8 * MIB));
     link.black_hole(true);
     std::thread::sleep(Duration::from_secs(18));
     link.black_hole(false);
@@ -327,11 +320,7 @@ fn a_mkdir_in_flight_at_the_cut_is_applied_once_or_fails() {
 fn a_password_given_at_mount_time_serves_the_reconnection() {
     let sshd = Sshd::start_with_password_auth();
     let password = "pw-Zz9!long enough";
-    ensure_password_user(PASSWORD_USER, password);
-    sshd.chown_remote_root(PASSWORD_USER);
-    let source = sshd.source_as(PASSWORD_USER, &sshd.remote_root());
-    let mut args = sshd.ssh_opts_without_key();
-    args.extend(["-o".into(), "password_stdin".into()]);
+    let (source, args) = sshd.password_login(password);
     let m = Mount::try_with(
         &sshd,
         &source,

@@ -1434,6 +1434,17 @@ pub fn faulty_server_command(faults: &[&str]) -> String {
 }
 
 impl Sshd {
+    /// The source and options of a mount as [`PASSWORD_USER`] (made to have `password`, and
+    /// given the remote root) with the password on standard input (`password_stdin`).
+    pub fn password_login(&self, password: &str) -> (String, Vec<String>) {
+        ensure_password_user(PASSWORD_USER, password);
+        self.chown_remote_root(PASSWORD_USER);
+        let source = self.source_as(PASSWORD_USER, &self.remote_root());
+        let mut args = self.ssh_opts_without_key();
+        args.extend(["-o".into(), "password_stdin".into()]);
+        (source, args)
+    }
+
     /// An sshd whose SFTP sessions go through the faulty server with `faults`.
     pub fn start_faulty(faults: &[&str]) -> Sshd {
         Sshd::start_with(SshdOptions {
