@@ -298,22 +298,57 @@ fn sshd_restarted_with_another_host_key_is_refused_and_the_mount_stays_down() {
 }
 
 #[test]
-fn a_mkdir_in_flight_at_the_cut_is_applied_once_or_fails() {
-    // The server applies the MKDIR but its reply never comes; the connection is cut meanwhile.
-    let sshd = Sshd::start_faulty(&["stall-mkdir=made"]);
-    let (m, link, _log, _logdir) = far_mount_with_log(&sshd, 2, "");
-    let path = m.join("made");
-    let mkdir = std::thread::spawn(move || fs::create_dir(path));
-    std::thread::sleep(Duration::from_secs(1));
-    link.cut();
-    let result = within(Duration::from_secs(60), move || mkdir.join().unwrap());
-    // Never sent twice (a second MKDIR would say EEXIST): EIO, or success if it was resolved.
-    match result {
-        Ok(()) => {}
-        Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}"),
+fn changes_in_flight_at_the_cut_are_applied_once_or_fail() {
+    // The server carries out each change of "target" but its reply never comes; the
+    // connection is cut meanwhile. Sent again, a MKDIR or an exclusive create would say
+    // EEXIST, a REMOVE or a RENAME ENOENT: a change whose fate is unknown is never sent again,
+    // the program gets EIO, and the change is made exactly once.
+    type Check = fn(&std::path::Path) -> bool;
+    let cases: [(&str, fn(&std::path::Path) -> std::io::Result<()>, Check); 4] = [
+        (
+            "mkdir",
+            |m| fs::create_dir(m.join("target")),
+            |r| r.join("target").is_dir(),
+        ),
+        (
+            "exclusive create",
+            |m| {
+                fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(m.join("target"))
+                    .map(drop)
+            },
+            |r| r.join("target").is_file(),
+        ),
+        (
+            "unlink",
+            |m| fs::remove_file(m.join("target")),
+            |r| !r.join("target").exists(),
+        ),
+        (
+            "rename",
+            |m| fs::rename(m.join("target"), m.join("renamed")),
+            |r| !r.join("target").exists() && r.join("renamed").is_file(),
+        ),
+    ];
+    for (what, change, done) in cases {
+        let sshd = Sshd::start_faulty(&["stall-change=target"]);
+        if what == "unlink" || what == "rename" {
+            fs::write(sshd.remote_root().join("target"), b"t").unwrap();
+        }
+        let (m, link, _log, _logdir) = far_mount_with_log(&sshd, 2, "");
+        // The kernel looks the name up first: answered, it is not a change.
+        let _ = fs::metadata(m.join("target"));
+        let mount = m.path().to_owned();
+        let changing = std::thread::spawn(move || change(&mount));
+        std::thread::sleep(Duration::from_secs(1));
+        link.cut();
+        let result = within(Duration::from_secs(60), move || changing.join().unwrap());
+        let e = result.expect_err(what);
+        assert_eq!(e.raw_os_error(), Some(libc::EIO), "{what}: {e}");
+        assert!(done(&sshd.remote_root()), "{what}: applied once");
     }
-    assert!(sshd.remote_root().join("made").is_dir(), "applied once");
-    assert!(m.join("made").is_dir());
 }
 
 #[test]

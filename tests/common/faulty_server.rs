@@ -27,7 +27,9 @@
 //! - `huge-size=NAME`: ATTRS replies about such a path, with a size, say 0xFFFF_FFFF_FFFF_FF00.
 //! - `stall-after=N`: nothing more reaches the client after its first N packets (VERSION and
 //!   this program's own replies count); requests still reach the server.
-//! - `stall-mkdir=NAME`: like `stall-path`, for MKDIR alone (the server makes the directory).
+//! - `stall-change=NAME`: like `stall-path`, for the requests that change names alone (OPEN,
+//!   MKDIR, REMOVE, RMDIR, RENAME, SYMLINK, posix-rename, hardlink): the server carries them
+//!   out, their replies never come; lookups of NAME are answered.
 //! - `freeze-on-write=SECONDS`: at the first WRITE, stops reading requests for SECONDS, so the
 //!   channel's window fills and the client's later requests queue behind it; then reads and
 //!   drops everything until the client goes.
@@ -48,7 +50,7 @@ use std::thread;
 
 const USAGE: &str = "usage: faulty_sftp_server [--fault NAME[=VALUE]]... [--server PATH]";
 const FAULTS: &str = "short-read=N, no-extensions, bad-names, oversized-read, stray-reply, huge-reply, \
-     unknown-status=NAME, long-handle, no-type-bits=NAME, huge-size=NAME, stall-after=N, stall-path=NAME, stall-mkdir=NAME, \
+     unknown-status=NAME, long-handle, no-type-bits=NAME, huge-size=NAME, stall-after=N, stall-path=NAME, stall-change=NAME, \
      freeze-on-write=SECONDS";
 const DEFAULT_SERVER: &str = "/usr/lib/openssh/sftp-server";
 
@@ -83,6 +85,17 @@ const PATH_FIRST: [u8; 12] = [
 const HANDLE_EXTENSIONS: [&[u8]; 2] = [b"fsync@openssh.com", b"fstatvfs@openssh.com"];
 /// Extensions whose first field after their name is a path: the mount renames, links and
 /// asks for free space through these, so a stalled path must stall them too.
+/// Requests that change names (with EXTENDED: the path-carrying extensions, all of which do but
+/// statvfs, never asked about such a name here).
+const CHANGES: [u8; 7] = [
+    fxp::OPEN,
+    fxp::MKDIR,
+    fxp::REMOVE,
+    fxp::RMDIR,
+    fxp::RENAME,
+    fxp::SYMLINK,
+    fxp::EXTENDED,
+];
 const PATH_EXTENSIONS: [&[u8]; 5] = [
     b"posix-rename@openssh.com",
     b"hardlink@openssh.com",
@@ -120,7 +133,7 @@ struct Faults {
     huge_size: Option<Vec<u8>>,
     stall_after: Option<u64>,
     stall_path: Option<Vec<u8>>,
-    stall_mkdir: Option<Vec<u8>>,
+    stall_change: Option<Vec<u8>>,
     freeze_on_write: Option<u64>,
 }
 
@@ -152,7 +165,7 @@ impl Faults {
             (b"huge-size", Some(v)) => self.huge_size = Some(v.to_vec()),
             (b"stall-after", Some(v)) => self.stall_after = Some(number(v).ok_or_else(bad)?),
             (b"stall-path", Some(v)) => self.stall_path = Some(v.to_vec()),
-            (b"stall-mkdir", Some(v)) => self.stall_mkdir = Some(v.to_vec()),
+            (b"stall-change", Some(v)) => self.stall_change = Some(v.to_vec()),
             (b"freeze-on-write", Some(v)) => {
                 self.freeze_on_write = Some(number(v).ok_or_else(bad)?);
             }
@@ -360,7 +373,7 @@ fn on_request(shared: &Shared, mut packet: Vec<u8>) -> Option<Vec<u8>> {
     }
     let named = |name: Option<&[u8]>| path.is_some_and(|path| name == Some(last_component(path)));
     let stalled = named(faults.stall_path.as_deref())
-        || (kind == fxp::MKDIR && named(faults.stall_mkdir.as_deref()));
+        || (CHANGES.contains(&kind) && named(faults.stall_change.as_deref()));
     let no_type_bits = named(faults.no_type_bits.as_deref());
     let huge_size = named(faults.huge_size.as_deref());
     let answer = if kind == fxp::EXTENDED && faults.no_extensions {
