@@ -303,8 +303,9 @@ fn changes_in_flight_at_the_cut_are_applied_once_or_fail() {
     // connection is cut meanwhile. Sent again, a MKDIR or an exclusive create would say
     // EEXIST, a REMOVE or a RENAME ENOENT: a change whose fate is unknown is never sent again,
     // the program gets EIO, and the change is made exactly once.
+    type Change = fn(&std::path::Path) -> std::io::Result<()>;
     type Check = fn(&std::path::Path) -> bool;
-    let cases: [(&str, fn(&std::path::Path) -> std::io::Result<()>, Check); 4] = [
+    let cases: [(&str, Change, Check); 4] = [
         (
             "mkdir",
             |m| fs::create_dir(m.join("target")),
