@@ -301,9 +301,11 @@ fn cached_pages_survive_a_reopen_until_the_file_changes() {
     let before = recorder.settled();
     assert!(fs::read(m.join("f")).unwrap() == fs::read(&remote).unwrap());
     let cost = recorder.settled().since(&before);
-    assert_eq!(
-        cost.count("READ"),
-        0,
+    // The pages were kept: none of the 8 MiB is asked again. What may reach the server is a
+    // read at the end (fs::read reads past it to find the end; once the kernel's attributes
+    // have expired, as on a busy machine they may between the two reads, it asks us).
+    assert!(
+        cost.read_bytes <= 2 * 4096,
         "second read of an unchanged file: {cost:?}"
     );
 
@@ -321,7 +323,8 @@ fn cached_pages_survive_a_reopen_until_the_file_changes() {
     assert!(fs::read(m.join("f")).unwrap() == fs::read(&remote).unwrap());
     let before = recorder.settled();
     assert!(fs::read(m.join("f")).unwrap() == fs::read(&remote).unwrap());
-    assert_eq!(recorder.settled().since(&before).count("READ"), 0);
+    let cost = recorder.settled().since(&before);
+    assert!(cost.read_bytes <= 2 * 4096, "{cost:?}");
 }
 
 #[test]

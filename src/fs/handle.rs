@@ -196,8 +196,11 @@ impl WriteLane for SftpLane {
         })
     }
 
+    /// The channel of this connection: a WRITE re-sent after a reconnection is not in the
+    /// new connection's channel order, so the same index on another connection is another
+    /// channel.
     fn channel(&self) -> usize {
-        self.handle.channel
+        ((self.handle.generation as usize) << 16) | self.handle.channel
     }
 }
 
