@@ -110,7 +110,7 @@ impl Core {
 
     /// True while writes through the mount to `ino` are in flight: the server's attributes
     /// for it are about to change, so they are neither cached nor served from cache.
-    pub(super) fn writes_pending(&self, ino: Option<u64>) -> bool {
+    fn writes_pending(&self, ino: Option<u64>) -> bool {
         ino.and_then(|ino| self.inode_writes(ino))
             .is_some_and(|w| w.pending())
     }

@@ -25,13 +25,13 @@ const DIR_PREFETCH_STACK: usize = 256;
 const DIR_PREFETCH_DEPTH: u32 = 3;
 
 /// The longest name the kernel takes (NAME_MAX).
-pub(super) const NAME_MAX: usize = 255;
+const NAME_MAX: usize = 255;
 
 /// Whether a READDIR entry belongs in a listing: `Ok(false)` for the `.` and `..` every
 /// listing has (the kernel gets its own), `Err` for what a server must not send. A name is
 /// joined into paths and cache keys: one with a `/` would reach another file, one with a NUL
 /// cannot be a name at all.
-pub(super) fn listed_name(name: &[u8], attrs: &Attrs) -> Result<bool, &'static str> {
+fn listed_name(name: &[u8], attrs: &Attrs) -> Result<bool, &'static str> {
     match name {
         b"." | b".." => Ok(false),
         b"" => Err("an empty name"),
@@ -70,7 +70,7 @@ pub(super) struct DirHandle {
 
 impl Core {
     /// Paths of the files with writes in flight (only open files can have them).
-    pub(super) fn pending_paths(&self) -> HashSet<Vec<u8>> {
+    fn pending_paths(&self) -> HashSet<Vec<u8>> {
         let files: Vec<Arc<OpenFile>> = self.files.lock().unwrap().values().cloned().collect();
         let inodes = self.inodes.lock().unwrap();
         files
@@ -97,7 +97,7 @@ impl Core {
 
     /// A listing from the server, kept in the cache. A listing already being fetched (ahead,
     /// for a tree walk) is waited for rather than asked for twice.
-    pub(super) async fn fetch_listing(&self, path: &[u8]) -> FsResult<Vec<(Bytes, Attrs)>> {
+    async fn fetch_listing(&self, path: &[u8]) -> FsResult<Vec<(Bytes, Attrs)>> {
         let (tx, waiting) = {
             let mut in_flight = self.listings_in_flight.lock().unwrap();
             match in_flight.get(path) {
@@ -158,7 +158,7 @@ impl Core {
         self.push_prefetch(paths, 1);
     }
 
-    pub(super) fn push_prefetch(self: &Arc<Self>, paths: Vec<Vec<u8>>, depth: u32) {
+    fn push_prefetch(self: &Arc<Self>, paths: Vec<Vec<u8>>, depth: u32) {
         let mut state = self.dir_prefetch.lock().unwrap();
         // Reversed: the first in name order ends on top.
         state
@@ -174,7 +174,7 @@ impl Core {
         }
     }
 
-    pub(super) async fn prefetch_worker(self: Arc<Self>) {
+    async fn prefetch_worker(self: Arc<Self>) {
         loop {
             let (path, depth) = {
                 let mut state = self.dir_prefetch.lock().unwrap();
@@ -212,7 +212,7 @@ impl Core {
     /// so a small directory costs one round trip after the OPENDIR, more while batches keep
     /// coming) and the CLOSE is not waited for: on a far link a listing costs two round trips
     /// where one READDIR at a time would cost one per batch, plus one for the end, plus the CLOSE.
-    pub(super) async fn list_dir(&self, path: &[u8]) -> FsResult<Vec<(Bytes, Attrs)>> {
+    async fn list_dir(&self, path: &[u8]) -> FsResult<Vec<(Bytes, Attrs)>> {
         self.idempotent(|session| Self::list_dir_on(session, path))
             .await
     }

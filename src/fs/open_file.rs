@@ -28,21 +28,21 @@ pub struct Opened {
 
 /// A file gets lanes on the other channels once this much was written to it: a small file is
 /// done before a second handle would pay for its open and close.
-pub(super) const SPREAD_AFTER_BYTES: u64 = 2 * 1024 * 1024;
+const SPREAD_AFTER_BYTES: u64 = 2 * 1024 * 1024;
 
 /// OpenSSH's sshd grants each session channel a 2 MiB window (CHAN_SES_WINDOW_DEFAULT).
-pub(super) const LANE_TARGET: usize = 2 * 1024 * 1024;
+const LANE_TARGET: usize = 2 * 1024 * 1024;
 
 /// Open files whose handles stay on the metadata channel; past this many, a file opens on the
 /// channel holding the fewest. Servers cap the handles of one session (Green End's at 128;
 /// OpenSSH's sftp-server at its descriptor limit), and one channel's window is shared by all.
-pub(super) const FILES_ON_FIRST_CHANNEL: usize = 64;
+const FILES_ON_FIRST_CHANNEL: usize = 64;
 
 /// Read-ahead per open file, at most (a far link needs rate x round trip: 250 MB/s x 40 ms).
-pub(super) const MAX_PREFETCH: usize = 16 * 1024 * 1024;
+const MAX_PREFETCH: usize = 16 * 1024 * 1024;
 
 /// A handle on another channel: which channel, and the handle.
-pub(super) type LaneHandle = (Arc<Session>, Bytes);
+type LaneHandle = (Arc<Session>, Bytes);
 
 pub(super) struct OpenFile {
     pub(super) ino: u64,
@@ -125,7 +125,7 @@ impl Core {
             .ok_or(libc::EBADF)
     }
 
-    pub(super) fn sftp_open_flags(flags: i32) -> u32 {
+    fn sftp_open_flags(flags: i32) -> u32 {
         let mut pflags = match flags & libc::O_ACCMODE {
             libc::O_WRONLY => open_flags::WRITE,
             libc::O_RDWR => open_flags::READ | open_flags::WRITE,
@@ -148,7 +148,7 @@ impl Core {
 
     /// `path`: where the file was opened; its own filesystem is the one that may be full (it
     /// may be a mount of its own), so a failed write asks there for the free space.
-    pub(super) fn register_open(
+    fn register_open(
         &self,
         ino: u64,
         opened: ServerHandle,
@@ -305,7 +305,7 @@ impl Core {
 
     /// Opens the file on every other channel at once, so its writes are not held to one
     /// channel's window. Best effort: a channel that cannot open it is simply not used.
-    pub(super) async fn spread(self: Arc<Self>, file: Arc<OpenFile>, writer: Arc<WritePipeline>) {
+    async fn spread(self: Arc<Self>, file: Arc<OpenFile>, writer: Arc<WritePipeline>) {
         writer.expect_lanes(true);
         self.open_lanes(&file, &writer).await;
         writer.expect_lanes(false);
@@ -321,7 +321,7 @@ impl Core {
     /// the lanes are registered, and a file unlinked or renamed over is never reopened. A name
     /// replaced on the server by someone else is caught by the new handle's attributes: same
     /// type, owner and mode, and at least the size ours had just before.
-    pub(super) async fn open_lanes(&self, file: &Arc<OpenFile>, writer: &Arc<WritePipeline>) {
+    async fn open_lanes(&self, file: &Arc<OpenFile>, writer: &Arc<WritePipeline>) {
         let _names = self.namespace.read().await;
         let Some(path) = self.linked_path(file.ino) else {
             return;
@@ -393,7 +393,7 @@ impl Core {
     }
 
     /// Closes the file's handles on every channel.
-    pub(super) async fn close_handles(&self, file: &OpenFile) -> FsResult<()> {
+    async fn close_handles(&self, file: &OpenFile) -> FsResult<()> {
         // `None`: closed already (a release after the shutdown closed everything); a handle
         // closed twice could be another file's by then.
         let Some(lanes) = file.lane_handles.lock().unwrap().take() else {
@@ -420,7 +420,7 @@ impl Core {
     /// OPENs `path` on the metadata channel, or once it holds [`FILES_ON_FIRST_CHANNEL`] files,
     /// on the channel holding the fewest; counted there until [`Core::close_handles`]. The
     /// outer error: no connection to open it on.
-    pub(super) async fn open_handle(
+    async fn open_handle(
         &self,
         path: &[u8],
         pflags: u32,
@@ -640,7 +640,7 @@ impl Core {
     }
 
     /// What of `file`'s writes failed, once they settled with `settled`.
-    pub(super) fn loss(&self, file: &OpenFile, settled: FsResult<()>) -> Option<Loss> {
+    fn loss(&self, file: &OpenFile, settled: FsResult<()>) -> Option<Loss> {
         let errno = settled.err()?;
         let path = self.inodes.lock().unwrap().path(file.ino);
         Some(Loss {
