@@ -229,7 +229,22 @@ fn rsync_into_the_mount() {
     let tree = local.path().join("tree");
     make_tree(&tree);
     let dst = format!("{}/", m.join("copy").display());
-    run("rsync", &["-a", &format!("{}/", tree.display()), &dst], "/");
+    let src = format!("{}/", tree.display());
+    // A symlink's own times cannot be set on a server without lsetstat (rsync would exit 23
+    // whenever a link's time differs, that is, when the second turned between the copies).
+    let link_times: &[&str] = if server_sets_symlink_attributes() {
+        &[]
+    } else {
+        &["--omit-link-times"]
+    };
+    let rsync = |extra: &[&str]| {
+        let mut args = vec!["-a"];
+        args.extend(link_times);
+        args.extend(extra);
+        args.extend([src.as_str(), dst.as_str()]);
+        run("rsync", &args, "/");
+    };
+    rsync(&[]);
     run(
         "diff",
         &[
@@ -242,11 +257,7 @@ fn rsync_into_the_mount() {
     );
     // A second run after a change transfers in place of the old file (temp file + rename).
     fs::write(tree.join("src/mod1/sub/file3.rs"), b"rsync update").unwrap();
-    run(
-        "rsync",
-        &["-a", "--checksum", &format!("{}/", tree.display()), &dst],
-        "/",
-    );
+    rsync(&["--checksum"]);
     assert_eq!(
         fs::read(sshd.remote_root().join("copy/src/mod1/sub/file3.rs")).unwrap(),
         b"rsync update"

@@ -39,6 +39,12 @@ pub const SFTP_SERVER: &str = "/usr/lib/openssh/sftp-server";
 /// tests again with Green End's `/usr/libexec/gesftpserver`).
 pub const SFTP_SERVER_ENV: &str = "SFTPMOUNT_TEST_SFTP_SERVER";
 
+/// Whether the server the tests run against can set a symlink's own times and mode
+/// (OpenSSH's lsetstat@openssh.com). Green End's cannot: EOPNOTSUPP, as its documented limit.
+pub fn server_sets_symlink_attributes() -> bool {
+    !default_sftp_server().contains("gesftpserver")
+}
+
 /// The server sshd runs when a test does not choose one: [`SFTP_SERVER`] unless
 /// [`SFTP_SERVER_ENV`] names another.
 pub fn default_sftp_server() -> String {
