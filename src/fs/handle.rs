@@ -202,6 +202,10 @@ impl WriteLane for SftpLane {
     fn channel(&self) -> usize {
         ((self.handle.generation as usize) << 16) | self.handle.channel
     }
+
+    fn usable(&self) -> bool {
+        !self.handle.lost()
+    }
 }
 
 /// OpenSSH reports a full disk as a bare FAILURE; the server's free space tells them apart.

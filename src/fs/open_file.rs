@@ -254,6 +254,16 @@ impl Core {
         }
         match self.reopened(file, generation).await {
             Ok(handle) => {
+                // New chunks go to the new handle, and the file may spread again.
+                if let Some(writer) = &file.writer {
+                    let path = self.linked_path(file.ino).unwrap_or_default();
+                    writer.add_lane(Arc::new(SftpLane {
+                        handle: handle.clone(),
+                        file: file.handle.clone(),
+                        statvfs_path: Bytes::from(path),
+                    }));
+                    file.spreading.store(false, Ordering::Relaxed);
+                }
                 file.handle.replace(Ok(handle));
                 true
             }

@@ -242,6 +242,12 @@ pub trait WriteLane: Send + Sync {
     /// The channel the handle lives on: requests on one channel are executed in order, whatever
     /// open file sent them.
     fn channel(&self) -> usize;
+
+    /// Whether new chunks should go here: a lane whose connection is gone still takes the
+    /// chunks that must follow others on it, but no others.
+    fn usable(&self) -> bool {
+        true
+    }
 }
 
 /// Limits of one file's pipeline.
@@ -530,13 +536,22 @@ impl WritePipeline {
                     Placement::Free if self.append => Some(0),
                     Placement::Free => {
                         let loads = &s.lane_load;
-                        (0..loads.len())
+                        let usable: Vec<usize> =
+                            (0..lanes.len()).filter(|&i| lanes[i].usable()).collect();
+                        let candidates = if usable.is_empty() {
+                            (0..lanes.len()).collect()
+                        } else {
+                            usable
+                        };
+                        candidates
+                            .iter()
+                            .copied()
                             .find(|&i| loads[i] + len as usize <= self.limits.lane_target)
                             .or_else(|| {
                                 // Every lane is at its window: use the least loaded, unless
                                 // more lanes are on their way.
                                 (!self.expecting_lanes.load(Ordering::Relaxed))
-                                    .then(|| (0..loads.len()).min_by_key(|&i| loads[i]))
+                                    .then(|| candidates.iter().copied().min_by_key(|&i| loads[i]))
                                     .flatten()
                             })
                     }
