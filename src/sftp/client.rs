@@ -772,3 +772,37 @@ async fn timeout_sweeper(shared: std::sync::Weak<Shared>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(submitted_ago: Duration, sent_ago: Option<Duration>, now: Instant) -> InFlight {
+        InFlight {
+            reply: oneshot::channel().0,
+            submitted_at: now - submitted_ago,
+            sent_at: sent_ago.map(|ago| now - ago),
+            expired_at: None,
+        }
+    }
+
+    #[test]
+    fn a_sent_request_expires_after_the_timeout_a_queued_one_only_on_a_stalled_channel() {
+        let now = Instant::now() + Duration::from_secs(3600);
+        let timeout = Duration::from_secs(10);
+        let s = Duration::from_secs;
+        let mut table = Table {
+            last_progress: now - s(1),
+            ..Table::default()
+        };
+        // Sent: its own clock.
+        assert!(!table.expired(&entry(s(9), Some(s(9)), now), now, timeout));
+        assert!(table.expired(&entry(s(11), Some(s(11)), now), now, timeout));
+        // Queued behind a full window for long, but the channel moves: not a failure.
+        assert!(!table.expired(&entry(s(60), None, now), now, timeout));
+        // Queued, and the channel has not moved for longer than the timeout: a stall.
+        table.last_progress = now - s(11);
+        assert!(table.expired(&entry(s(60), None, now), now, timeout));
+        assert!(!table.expired(&entry(s(5), None, now), now, timeout));
+    }
+}
