@@ -159,14 +159,7 @@ fn encrypted_key_asks_for_its_passphrase() {
 fn password_from_stdin() {
     let sshd = Sshd::start_with_password_auth();
     let password = "pw-Zz9!long enough";
-    let (source, args) = sshd.password_login(password);
-    let m = Mount::try_with(
-        &sshd,
-        &source,
-        &args,
-        Some(format!("{password}\n").as_bytes()),
-    )
-    .expect("mount with a password");
+    let m = sshd.mount_with_password(password);
     fs::write(m.join("by-password"), b"x").unwrap();
     use std::os::unix::fs::MetadataExt;
     let meta = fs::metadata(sshd.remote_root().join("by-password")).unwrap();
@@ -177,6 +170,7 @@ fn password_from_stdin() {
         "file is owned by the password user"
     );
     drop(m);
+    let (source, args) = sshd.password_login(password);
     let out = Mount::try_with(&sshd, &source, &args, Some(b"wrong password\n")).unwrap_err();
     let line = refusal(out);
     assert!(

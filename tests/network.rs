@@ -356,14 +356,7 @@ fn changes_in_flight_at_the_cut_are_applied_once_or_fail() {
 fn a_password_given_at_mount_time_serves_the_reconnection() {
     let sshd = Sshd::start_with_password_auth();
     let password = "pw-Zz9!long enough";
-    let (source, args) = sshd.password_login(password);
-    let m = Mount::try_with(
-        &sshd,
-        &source,
-        &args,
-        Some(format!("{password}\n").as_bytes()),
-    )
-    .expect("mount with a password");
+    let m = sshd.mount_with_password(password);
     fs::write(m.join("before"), b"x").unwrap();
     // Every connection's sshd and sftp-server killed: the connection drops, sshd listens on.
     assert!(sshd.kill_connections() > 0);

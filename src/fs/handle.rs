@@ -180,9 +180,10 @@ impl WriteLane for SftpLane {
                 .write(lane.handle.clone(), offset, data.clone())
         });
         Box::pin(async move {
-            let (mut on, mut reply) = match first {
-                Some(pending) => (lane.clone(), pending.response().await),
-                None => (lane.clone(), Err(SftpError::ConnectionLost)),
+            let mut on = lane;
+            let mut reply = match first {
+                Some(pending) => pending.response().await,
+                None => Err(SftpError::ConnectionLost),
             };
             while matches!(reply, Err(SftpError::ConnectionLost)) {
                 let (handle, pending) = file.resend(chunk, on.generation, offset, &data).await?;

@@ -989,18 +989,23 @@ mod tests {
         p
     }
 
+    /// Fills lane 0 to its target (300 bytes at 1000), so that a write of 1s over 0..100
+    /// goes to channel 1.
+    async fn write_0_to_100_on_channel_1(p: &Arc<WritePipeline>) {
+        p.write(1000, Bytes::from(vec![9u8; 300]), false)
+            .await
+            .unwrap();
+        p.write(0, Bytes::from(vec![1u8; 100]), false)
+            .await
+            .unwrap();
+    }
+
     #[tokio::test]
     async fn overlapping_writes_of_two_open_files_keep_their_order() {
         let server = Arc::new(FakeServer::default());
         let inode = Arc::new(InodeWrites::default());
         let a = pipeline_on(&server, &inode, &[0, 1]);
-        // Lane 0 filled to its target: a's next write goes to channel 1.
-        a.write(1000, Bytes::from(vec![9u8; 300]), false)
-            .await
-            .unwrap();
-        a.write(0, Bytes::from(vec![1u8; 100]), false)
-            .await
-            .unwrap();
+        write_0_to_100_on_channel_1(&a).await;
         assert_eq!(server.lanes_used(), vec![0, 0, 0, 1]);
         // A second descriptor (channel 0 only) rewrites the range still in flight on channel 1.
         let b = pipeline_on(&server, &inode, &[0]);
@@ -1064,12 +1069,7 @@ mod tests {
         *server.fail_at.lock().unwrap() = Some((50, libc::ETIMEDOUT));
         let inode = Arc::new(InodeWrites::default());
         let a = pipeline_on(&server, &inode, &[0, 1]);
-        a.write(1000, Bytes::from(vec![9u8; 300]), false)
-            .await
-            .unwrap();
-        a.write(0, Bytes::from(vec![1u8; 100]), false)
-            .await
-            .unwrap();
+        write_0_to_100_on_channel_1(&a).await;
         server.ack_lane(1);
         server.ack_lane(0);
         assert_eq!(settle_soon(&a).await, Err(libc::ETIMEDOUT));

@@ -1451,6 +1451,18 @@ impl Sshd {
         (source, args)
     }
 
+    /// Mounts as [`PASSWORD_USER`] (see [`Sshd::password_login`]), typing `password`.
+    pub fn mount_with_password(&self, password: &str) -> Mount {
+        let (source, args) = self.password_login(password);
+        Mount::try_with(
+            self,
+            &source,
+            &args,
+            Some(format!("{password}\n").as_bytes()),
+        )
+        .expect("mount with a password")
+    }
+
     /// An sshd whose SFTP sessions go through the faulty server with `faults`.
     pub fn start_faulty(faults: &[&str]) -> Sshd {
         Sshd::start_with(SshdOptions {
