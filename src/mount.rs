@@ -16,6 +16,7 @@ use tracing::{error, info, warn};
 use crate::fs::{Core, CoreConfig, IdMapping};
 use crate::fuse::{FuseAdapter, KernelTtl};
 use crate::options::{IdMap, Options};
+use crate::remote::ssh::SshConnector;
 use crate::remote::{ConnectError, Remote, RemoteSettings};
 use crate::ssh::Target;
 
@@ -326,7 +327,7 @@ async fn connect(opts: &Options) -> anyhow::Result<Core> {
         reconnect: opts.reconnect,
         reconnect_wait: opts.reconnect_wait,
     };
-    let remote = Remote::connect(target, settings)
+    let remote = Remote::connect(Arc::new(SshConnector::new(target)), settings)
         .await
         .map_err(|e| match e {
             ConnectError::Ssh(e) => anyhow!(e),

@@ -1,20 +1,58 @@
-//! The connection layer: one SSH connection and its SFTP channels, held as one generation and
+//! The connection layer: one connection and its SFTP channels, held as one generation and
 //! replaced as a whole when the connection is lost. A supervisor notices the loss (a channel or
-//! the connection closed: TCP errors, keepalives unanswered), reconnects with a backoff that
-//! never hammers the server (1 s doubling to 30 s, with jitter), re-using what authenticated
-//! the first time, the host key checked as on the first connect, and hands out the new
-//! generation. Callers wait for it a bounded time ([`RemoteSettings::reconnect_wait`]) from the
-//! moment of the loss; past that they fail at once until the server is back.
+//! the connection closed: TCP errors, keepalives unanswered; or requests and a probe
+//! unanswered: a black hole), reconnects with a backoff that never hammers the server (1 s
+//! doubling to 30 s, with jitter) and hands out the new generation. Callers wait for it a
+//! bounded time ([`RemoteSettings::reconnect_wait`]) from the moment of the loss; past that they
+//! fail at once until the server is back.
+//!
+//! How a connection is made is a [`Connector`]'s business: over SSH in a mount
+//! ([`ssh::SshConnector`]: what authenticated the first time is re-used, the host key checked as
+//! on the first connect), and in the core's fault tests over pipes to a local SFTP server that
+//! the test drops, stalls and refuses.
 
+pub mod ssh;
+
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use russh::client::Handle;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::sftp::{Session, SftpError};
-use crate::ssh::{self, ClientHandler, SshError, Target};
+use crate::ssh::SshError;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Makes connections to the server, each with its SFTP channels.
+pub trait Connector: Send + Sync + 'static {
+    /// The server, as the log names it.
+    fn server(&self) -> &str;
+
+    /// Makes one connection and starts SFTP on up to `settings.sftp_channels` channels of it,
+    /// the first of them the metadata channel. A server that grants fewer channels gives fewer.
+    fn connect<'a>(
+        &'a self,
+        settings: &'a RemoteSettings,
+    ) -> BoxFuture<'a, Result<Link, ConnectError>>;
+}
+
+/// A connection as a [`Connector`] made it.
+pub struct Link {
+    pub channels: Vec<Session>,
+    /// Held as long as the channels are in use (dropping it may close the connection).
+    pub connection: Box<dyn Connection>,
+}
+
+/// The connection under a generation's channels.
+pub trait Connection: Send + Sync {
+    /// Resolves to whether the connection itself answers a probe (over SSH, opening a channel
+    /// is answered by sshd whatever the SFTP server is busy with). It may never resolve on a
+    /// link that delivers nothing: the caller bounds the wait.
+    fn answers(&self) -> BoxFuture<'_, bool>;
+}
 
 /// How the connection is made and kept.
 #[derive(Debug, Clone, Copy)]
@@ -34,11 +72,18 @@ pub struct Generation {
     pub id: u64,
     /// The SFTP channels, the metadata channel first.
     pub channels: Vec<Arc<Session>>,
-    /// Kept for the channels' sake: dropping it closes the connection.
-    _ssh: Arc<Handle<ClientHandler>>,
+    connection: Box<dyn Connection>,
 }
 
 impl Generation {
+    fn new(id: u64, link: Link) -> Generation {
+        Generation {
+            id,
+            channels: link.channels.into_iter().map(Arc::new).collect(),
+            connection: link.connection,
+        }
+    }
+
     /// The metadata channel.
     pub fn meta(&self) -> &Arc<Session> {
         &self.channels[0]
@@ -86,7 +131,7 @@ pub enum RemoteError {
 }
 
 pub struct Remote {
-    target: Arc<Target>,
+    connector: Arc<dyn Connector>,
     settings: RemoteSettings,
     state: watch::Sender<State>,
     /// The id the next generation gets.
@@ -96,12 +141,12 @@ pub struct Remote {
 impl Remote {
     /// Makes the first connection (its failure is the mount's) and starts the supervisor.
     pub async fn connect(
-        target: Arc<Target>,
+        connector: Arc<dyn Connector>,
         settings: RemoteSettings,
     ) -> Result<Arc<Remote>, ConnectError> {
-        let first = establish(&target, &settings, 1).await?;
+        let first = Generation::new(1, connector.connect(&settings).await?);
         let remote = Arc::new(Remote {
-            target,
+            connector,
             settings,
             state: watch::channel(State::Up(Arc::new(first))).0,
             next_id: 2.into(),
@@ -191,7 +236,7 @@ impl Remote {
             } else {
                 warn!(
                     "connection to {} stalled: requests and a probe went unanswered",
-                    self.target.host
+                    self.connector.server()
                 );
                 for channel in &generation.channels {
                     channel.abandon();
@@ -204,14 +249,9 @@ impl Remote {
     /// Whether the SSH connection itself answers: opening a channel is answered by sshd,
     /// whatever the SFTP server is busy with.
     async fn answers(&self, generation: &Generation) -> bool {
-        let probe = tokio::time::timeout(PROBE_TIMEOUT, generation._ssh.channel_open_session());
-        match probe.await {
-            Ok(Ok(channel)) => {
-                let _ = channel.close().await;
-                true
-            }
-            _ => false,
-        }
+        tokio::time::timeout(PROBE_TIMEOUT, generation.connection.answers())
+            .await
+            .unwrap_or(false)
     }
 
     async fn supervise(self: Arc<Self>) {
@@ -223,7 +263,8 @@ impl Remote {
             let since = Instant::now();
             warn!(
                 "connection to {} lost (connection {})",
-                self.target.host, generation.id
+                self.connector.server(),
+                generation.id
             );
             drop(generation);
             if !self.settings.reconnect {
@@ -239,7 +280,7 @@ impl Remote {
             // A warning, as the loss was: whoever read of the one must read of the other.
             warn!(
                 "reconnected to {} after {:.1} s (connection {})",
-                self.target.host,
+                self.connector.server(),
                 since.elapsed().as_secs_f64(),
                 next.id
             );
@@ -255,16 +296,16 @@ impl Remote {
             tokio::time::sleep(jittered(backoff)).await;
             info!(
                 "reconnecting to {} (attempt {attempt}, down {:.0} s)",
-                self.target.host,
+                self.connector.server(),
                 since.elapsed().as_secs_f64()
             );
             let id = self
                 .next_id
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            match establish(&self.target, &self.settings, id).await {
-                Ok(generation) => return Some(generation),
-                Err(ConnectError::Ssh(e)) if is_permanent(&e) => {
-                    warn!("reconnecting to {} refused: {e}", self.target.host);
+            match self.connector.connect(&self.settings).await {
+                Ok(link) => return Some(Generation::new(id, link)),
+                Err(e) if e.is_permanent() => {
+                    warn!("reconnecting to {} refused: {e}", self.connector.server());
                     return None;
                 }
                 Err(e) => warn!("reconnection attempt {attempt} failed: {e}"),
@@ -273,17 +314,6 @@ impl Remote {
         }
         None
     }
-}
-
-/// Failures retrying cannot mend: a host key that is not the one we know, credentials refused.
-fn is_permanent(e: &SshError) -> bool {
-    matches!(
-        e,
-        SshError::UnknownHostKey { .. }
-            | SshError::ChangedHostKey { .. }
-            | SshError::AuthRefused { .. }
-            | SshError::KeyFile { .. }
-    )
 }
 
 /// `base` give or take a quarter, so that many mounts of one server do not retry in step.
@@ -309,47 +339,23 @@ pub enum ConnectError {
     Channel(russh::Error),
     #[error("cannot start SFTP: {0}")]
     Sftp(#[from] SftpError),
+    /// A connector's own reason (a test's stand-in refusing).
+    #[error("{0}")]
+    Refused(String),
 }
 
-/// Connects, authenticates and opens the SFTP channels: one generation.
-async fn establish(
-    target: &Arc<Target>,
-    settings: &RemoteSettings,
-    id: u64,
-) -> Result<Generation, ConnectError> {
-    let handle = Arc::new(ssh::connect(target.clone()).await?);
-    let channel = handle
-        .channel_open_session()
-        .await
-        .map_err(ConnectError::Channel)?;
-    let first = Session::start(channel, settings.request_timeout).await?;
-    let mut channels = vec![Arc::new(first)];
-    // The others all at once. A server that allows fewer sessions (sshd's MaxSessions) just
-    // gives us fewer: the mount works with any number.
-    let mut pending = tokio::task::JoinSet::new();
-    for _ in 1..settings.sftp_channels {
-        let handle = handle.clone();
-        let timeout = settings.request_timeout;
-        pending.spawn(async move {
-            let channel = handle.channel_open_session().await.ok()?;
-            Session::start(channel, timeout).await.ok()
-        });
+impl ConnectError {
+    /// Whether retrying cannot mend it: a host key that is not the one we know, credentials
+    /// refused.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            ConnectError::Ssh(
+                SshError::UnknownHostKey { .. }
+                    | SshError::ChangedHostKey { .. }
+                    | SshError::AuthRefused { .. }
+                    | SshError::KeyFile { .. }
+            )
+        )
     }
-    while let Some(done) = pending.join_next().await {
-        if let Ok(Some(session)) = done {
-            channels.push(Arc::new(session));
-        }
-    }
-    if channels.len() < settings.sftp_channels {
-        warn!(
-            "the server granted {} of {} SFTP channels",
-            channels.len(),
-            settings.sftp_channels
-        );
-    }
-    Ok(Generation {
-        id,
-        channels,
-        _ssh: handle,
-    })
 }

@@ -1,4 +1,4 @@
-//! One SFTP session over one SSH channel: request ids, the table of requests in flight, a
+//! One SFTP session over one SSH channel (or pipe): request ids, the table of requests in flight, a
 //! timeout per request counted from when it was sent, extension discovery, and typed calls.
 //!
 //! `submit` encodes and queues a request synchronously, so requests reach the server in the
@@ -11,14 +11,13 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use russh::ChannelMsg;
-use russh::client::Msg;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use super::proto::{
     self, Attrs, DecodeError, Limits, NameEntry, Request, Response, StatVfs, StatusCode,
 };
+use super::transport::{Incoming, Outgoing, Transport};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SftpError {
@@ -189,19 +188,16 @@ pub struct Session {
 }
 
 impl Session {
-    /// Starts the sftp subsystem on `channel`, exchanges versions and discovers extensions.
-    pub async fn start(channel: russh::Channel<Msg>, timeout: Duration) -> Result<Session> {
-        channel
-            .request_subsystem(true, "sftp")
-            .await
-            .map_err(|e| SftpError::Protocol(format!("cannot start the sftp subsystem: {e}")))?;
-        let (mut read_half, write_half) = channel.split();
+    /// Starts SFTP over `transport` (the subsystem, over SSH), exchanges versions and discovers
+    /// extensions.
+    pub async fn start(transport: Transport, timeout: Duration) -> Result<Session> {
+        let (mut incoming, mut outgoing) = transport.open().await.map_err(SftpError::Protocol)?;
         let mut init = BytesMut::new();
         proto::encode_init(&mut init);
-        write_half
-            .data_bytes(init.freeze())
+        outgoing
+            .send(init.freeze())
             .await
-            .map_err(|_| SftpError::ConnectionLost)?;
+            .map_err(|()| SftpError::ConnectionLost)?;
 
         let mut inbox = BytesMut::new();
         let version = tokio::time::timeout(timeout, async {
@@ -209,15 +205,10 @@ impl Session {
                 if let Some(packet) = proto::split_packet(&mut inbox)? {
                     return Ok(proto::decode_version(packet)?);
                 }
-                match read_half.wait().await {
-                    Some(ChannelMsg::Data { data }) => inbox.extend_from_slice(&data),
-                    Some(ChannelMsg::ExtendedData { .. }) => {}
-                    Some(ChannelMsg::Eof | ChannelMsg::Close) | None => {
-                        return Err(SftpError::Protocol(
-                            "the server closed the sftp subsystem (is SFTP enabled?)".into(),
-                        ));
-                    }
-                    Some(_) => {}
+                if !incoming.receive(&mut inbox).await {
+                    return Err(SftpError::Protocol(
+                        "the server closed the sftp subsystem (is SFTP enabled?)".into(),
+                    ));
                 }
             }
         })
@@ -261,8 +252,8 @@ impl Session {
             stalls: tokio::sync::watch::channel(0).0,
         });
         let (queue, queue_rx) = mpsc::unbounded_channel();
-        tokio::spawn(write_loop(write_half, queue_rx, shared.clone()));
-        tokio::spawn(read_loop(read_half, inbox, shared.clone()));
+        tokio::spawn(write_loop(outgoing, queue_rx, shared.clone()));
+        tokio::spawn(read_loop(incoming, inbox, shared.clone()));
         tokio::spawn(timeout_sweeper(Arc::downgrade(&shared)));
 
         let mut session = Session {
@@ -642,7 +633,7 @@ fn io_len(stated: u64, max_packet: u64) -> u32 {
 }
 
 async fn write_loop(
-    writer: russh::ChannelWriteHalf<Msg>,
+    mut outgoing: Outgoing,
     mut queue: mpsc::UnboundedReceiver<(Bytes, Bytes)>,
     shared: Arc<Shared>,
 ) {
@@ -653,8 +644,8 @@ async fn write_loop(
             // fate known.
             continue;
         }
-        let sent = match writer.data_bytes(head).await {
-            Ok(()) if !tail.is_empty() => writer.data_bytes(tail).await,
+        let sent = match outgoing.send(head).await {
+            Ok(()) if !tail.is_empty() => outgoing.send(tail).await,
             other => other,
         };
         if sent.is_err() {
@@ -673,7 +664,7 @@ async fn write_loop(
 /// Replies are framed by their length: a reply that cannot be used (too long to hold, or with
 /// a body that does not decode) fails the request it answers, and the session goes on with the
 /// next frame. Only a stream that cannot be framed any more ends the session.
-async fn read_loop(mut reader: russh::ChannelReadHalf, mut inbox: BytesMut, shared: Arc<Shared>) {
+async fn read_loop(mut incoming: Incoming, mut inbox: BytesMut, shared: Arc<Shared>) {
     // Bytes of an oversized reply still to be dropped.
     let mut skip = 0usize;
     loop {
@@ -721,16 +712,10 @@ async fn read_loop(mut reader: russh::ChannelReadHalf, mut inbox: BytesMut, shar
                 Err(e) => return shared.kill(e.into()),
             }
         }
-        match reader.wait().await {
-            Some(ChannelMsg::Data { data }) => {
-                shared.table.lock().unwrap().last_progress = Instant::now();
-                inbox.extend_from_slice(&data);
-            }
-            Some(ChannelMsg::Eof | ChannelMsg::Close) | None => {
-                return shared.kill(SftpError::ConnectionLost);
-            }
-            Some(_) => {}
+        if !incoming.receive(&mut inbox).await {
+            return shared.kill(SftpError::ConnectionLost);
         }
+        shared.table.lock().unwrap().last_progress = Instant::now();
     }
 }
 

@@ -12,6 +12,7 @@
 
 #![allow(dead_code)]
 
+pub mod local_server;
 pub mod proxy;
 
 use std::collections::HashMap;

@@ -1,0 +1,91 @@
+//! The byte stream one SFTP session runs over: an SSH channel's `sftp` subsystem, or any pipe to
+//! an SFTP server (a local `sftp-server` started by a test, with no SSH between). The session
+//! sees only whole buffers going out and bytes coming in, so its request table, timeouts and
+//! failure handling are the same over both.
+
+use bytes::{Bytes, BytesMut};
+use russh::ChannelMsg;
+use russh::client::Msg;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+pub type BoxedReader = Box<dyn AsyncRead + Send + Unpin>;
+pub type BoxedWriter = Box<dyn AsyncWrite + Send + Unpin>;
+
+pub enum Transport {
+    /// An SSH session channel; the session asks for the `sftp` subsystem on it.
+    Ssh(russh::Channel<Msg>),
+    /// Already speaking SFTP: the server's input and output.
+    Pipe {
+        from_server: BoxedReader,
+        to_server: BoxedWriter,
+    },
+}
+
+/// The sending half. Data goes out as given: an SSH channel takes a WRITE's payload without a
+/// copy.
+pub(super) enum Outgoing {
+    Ssh(russh::ChannelWriteHalf<Msg>),
+    Pipe(BoxedWriter),
+}
+
+impl Outgoing {
+    /// `Err` once the peer is gone.
+    pub(super) async fn send(&mut self, data: Bytes) -> Result<(), ()> {
+        match self {
+            Outgoing::Ssh(channel) => channel.data_bytes(data).await.map_err(drop),
+            Outgoing::Pipe(pipe) => {
+                pipe.write_all(&data).await.map_err(drop)?;
+                pipe.flush().await.map_err(drop)
+            }
+        }
+    }
+}
+
+/// The receiving half.
+pub(super) enum Incoming {
+    Ssh(russh::ChannelReadHalf),
+    Pipe(BoxedReader),
+}
+
+impl Incoming {
+    /// Appends what arrives next to `inbox`; `false` once the stream has ended.
+    pub(super) async fn receive(&mut self, inbox: &mut BytesMut) -> bool {
+        match self {
+            Incoming::Ssh(channel) => loop {
+                match channel.wait().await {
+                    Some(ChannelMsg::Data { data }) => {
+                        inbox.extend_from_slice(&data);
+                        return true;
+                    }
+                    Some(ChannelMsg::Eof | ChannelMsg::Close) | None => return false,
+                    // Stderr of the subsystem, window changes and the like.
+                    Some(_) => {}
+                }
+            },
+            Incoming::Pipe(pipe) => {
+                inbox.reserve(64 * 1024);
+                matches!(pipe.read_buf(inbox).await, Ok(n) if n > 0)
+            }
+        }
+    }
+}
+
+impl Transport {
+    /// Starts the subsystem where there is one to start, and splits the stream.
+    pub(super) async fn open(self) -> Result<(Incoming, Outgoing), String> {
+        match self {
+            Transport::Ssh(channel) => {
+                channel
+                    .request_subsystem(true, "sftp")
+                    .await
+                    .map_err(|e| format!("cannot start the sftp subsystem: {e}"))?;
+                let (read_half, write_half) = channel.split();
+                Ok((Incoming::Ssh(read_half), Outgoing::Ssh(write_half)))
+            }
+            Transport::Pipe {
+                from_server,
+                to_server,
+            } => Ok((Incoming::Pipe(from_server), Outgoing::Pipe(to_server))),
+        }
+    }
+}

@@ -1,0 +1,344 @@
+//! The filesystem core driven directly, without FUSE or SSH, through a connector whose
+//! connections the test cuts, black-holes and refuses (`tests/common/local_server.rs`: OpenSSH's
+//! real sftp-server over pipes). What a writer and a reader see across each fault, and what
+//! arrived on the server's disk.
+
+mod common;
+
+use std::fs;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use sftpmount::fs::cache::CacheConfig;
+use sftpmount::fs::{Core, CoreConfig, CreateMode, FsResult, IdMapping, KeepCache};
+use sftpmount::remote::{Remote, RemoteSettings};
+use tempfile::TempDir;
+
+use common::local_server::LocalServer;
+use common::random_bytes;
+
+const MIB: usize = 1 << 20;
+const ROOT: u64 = 1;
+const PIECE: usize = 256 * 1024;
+
+struct Fixture {
+    server: Arc<LocalServer>,
+    core: Arc<Core>,
+    dir: TempDir,
+}
+
+fn settings() -> RemoteSettings {
+    RemoteSettings {
+        request_timeout: Duration::from_secs(60),
+        sftp_channels: 4,
+        reconnect: true,
+        reconnect_wait: Duration::from_secs(20),
+    }
+}
+
+async fn start(settings: RemoteSettings) -> Fixture {
+    let dir = TempDir::new().unwrap();
+    let server = LocalServer::new();
+    let remote = Remote::connect(server.clone(), settings)
+        .await
+        .expect("connect to the local sftp-server");
+    let first = remote.current().await.unwrap();
+    let root = Bytes::copy_from_slice(dir.path().as_os_str().as_encoded_bytes());
+    let core = Arc::new(Core::new(
+        remote,
+        &first,
+        root,
+        CoreConfig {
+            ids: IdMapping::default(),
+            write_buffer: 8 * MIB,
+            write_buffer_total: 64 * MIB,
+            short_writes: true,
+            cache: CacheConfig::default(),
+            keep_cache: KeepCache::default(),
+            dir_prefetch: false,
+        },
+    ));
+    tokio::spawn(core.clone().follow_reconnections());
+    Fixture { server, core, dir }
+}
+
+impl Fixture {
+    async fn create(&self, name: &str) -> u64 {
+        let mode = CreateMode {
+            mode: 0o644,
+            umask: 0o022,
+        };
+        let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC;
+        let (_, fh) = self
+            .core
+            .create(ROOT, name.as_bytes(), mode, flags)
+            .await
+            .expect("create");
+        fh
+    }
+
+    async fn open(&self, name: &str, flags: i32) -> u64 {
+        let entry = self
+            .core
+            .lookup(ROOT, name.as_bytes())
+            .await
+            .expect("lookup");
+        self.core
+            .open(entry.attr.ino.0, flags)
+            .await
+            .expect("open")
+            .fh
+    }
+
+    /// Writes all of `data` at `offset` as write(2) would: short counts are written on.
+    async fn write_all(&self, fh: u64, offset: usize, data: &[u8]) -> FsResult<()> {
+        let mut done = 0;
+        while done < data.len() {
+            let piece = Bytes::copy_from_slice(&data[done..]);
+            done += self
+                .core
+                .write(fh, (offset + done) as u64, piece, false)
+                .await? as usize;
+        }
+        Ok(())
+    }
+
+    /// close(2): flush, then release.
+    async fn close(&self, fh: u64) -> FsResult<()> {
+        let flushed = self.core.flush(fh).await;
+        let released = self.core.release(fh).await;
+        flushed.and(released)
+    }
+
+    /// What the server's disk holds.
+    fn on_server(&self, name: &str) -> Vec<u8> {
+        fs::read(self.dir.path().join(name)).unwrap()
+    }
+}
+
+/// Fails with the first difference, not with two multi-megabyte dumps.
+fn assert_same(what: &str, got: &[u8], want: &[u8]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    if let Some(at) = got.iter().zip(want).position(|(a, b)| a != b) {
+        panic!("{what}: first difference at byte {at}");
+    }
+}
+
+async fn within<T>(limit: Duration, what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(limit, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what} took longer than {limit:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_goes_on_across_a_cut_and_every_byte_lands() {
+    let f = start(settings()).await;
+    let data = random_bytes(24 * MIB, 9);
+    let fh = f.create("f").await;
+    for (i, piece) in data.chunks(PIECE).enumerate() {
+        if i * PIECE == 10 * MIB {
+            // Past 2 MiB the file spreads over all four channels: every one of them has
+            // writes in flight at the cut.
+            f.server.cut();
+        }
+        f.write_all(fh, i * PIECE, piece)
+            .await
+            .expect("a write across the cut");
+    }
+    within(Duration::from_secs(60), "close", f.close(fh))
+        .await
+        .expect("close after the cut");
+    assert_eq!(f.server.connections(), 2, "one reconnection");
+    assert_same("the server's file", &f.on_server("f"), &data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_go_on_across_a_cut_and_every_byte_is_right() {
+    let f = start(settings()).await;
+    let data = random_bytes(12 * MIB, 10);
+    fs::write(f.dir.path().join("r"), &data).unwrap();
+    let fh = f.open("r", libc::O_RDONLY).await;
+    let mut read = Vec::new();
+    while read.len() < data.len() {
+        if read.len() == 5 * MIB {
+            f.server.cut();
+        }
+        let got = f
+            .core
+            .read(fh, read.len() as u64, 128 * 1024)
+            .await
+            .expect("read");
+        assert!(!got.is_empty(), "early end of file at {}", read.len());
+        read.extend_from_slice(&got);
+    }
+    assert_same("a sequential read across a cut", &read, &data);
+    // Random reads, with another cut among them.
+    for (i, at) in [11 * MIB + 7, 3, 6 * MIB - 100, 9 * MIB + 4096, 1234567]
+        .into_iter()
+        .enumerate()
+    {
+        if i == 2 {
+            f.server.cut();
+        }
+        let got = f.core.read(fh, at as u64, 4096).await.expect("read");
+        assert_same(
+            "a random read",
+            &got,
+            &data[at..(at + 4096).min(data.len())],
+        );
+    }
+    f.close(fh).await.unwrap();
+    assert_eq!(f.server.connections(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_hole_is_found_and_a_new_connection_carries_the_writes() {
+    // Requests unanswered for 2 s, then a probe unanswered (10 s): the connection is left.
+    let f = start(RemoteSettings {
+        request_timeout: Duration::from_secs(2),
+        ..settings()
+    })
+    .await;
+    let data = random_bytes(6 * MIB, 11);
+    let fh = f.create("b").await;
+    for (i, piece) in data.chunks(PIECE).enumerate() {
+        if i * PIECE == MIB {
+            f.server.black_hole();
+        }
+        within(
+            Duration::from_secs(60),
+            "a write",
+            f.write_all(fh, i * PIECE, piece),
+        )
+        .await
+        .expect("a write across the black hole");
+    }
+    within(Duration::from_secs(60), "close", f.close(fh))
+        .await
+        .expect("close after the black hole");
+    assert_eq!(f.server.connections(), 2);
+    assert_same("the server's file", &f.on_server("b"), &data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_server_stays_away_operations_fail_within_the_bound_then_work_again() {
+    let wait = Duration::from_secs(3);
+    let f = start(RemoteSettings {
+        reconnect_wait: wait,
+        ..settings()
+    })
+    .await;
+    let fh = f.create("kept").await;
+    let first = random_bytes(MIB, 12);
+    f.write_all(fh, 0, &first).await.unwrap();
+    f.core.flush(fh).await.unwrap();
+
+    f.server.refuse();
+    f.server.cut();
+    let started = Instant::now();
+    let lost = within(
+        wait + Duration::from_secs(10),
+        "a lookup while down",
+        f.core.lookup(ROOT, b"nothing-here"),
+    )
+    .await;
+    assert_eq!(
+        lost.err(),
+        Some(libc::EIO),
+        "a lookup while the server is away"
+    );
+    assert!(started.elapsed() >= wait - Duration::from_millis(500));
+    // Past the bound, new operations fail at once.
+    let again = within(
+        Duration::from_secs(2),
+        "a second lookup while down",
+        f.core.lookup(ROOT, b"nothing-here"),
+    )
+    .await;
+    assert_eq!(again.err(), Some(libc::EIO));
+
+    f.server.accept();
+    let back = Instant::now();
+    loop {
+        match f.core.lookup(ROOT, b"kept").await {
+            Ok(_) => break,
+            Err(e) => assert!(
+                back.elapsed() < Duration::from_secs(60),
+                "still failing ({e}) a minute after the server came back"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The file opened before the loss goes on.
+    let second = random_bytes(MIB, 13);
+    f.write_all(fh, MIB, &second)
+        .await
+        .expect("a write after the server came back");
+    f.close(fh).await.expect("close after the server came back");
+    assert_same(
+        "the server's file",
+        &f.on_server("kept"),
+        &[first, second].concat(),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_replaced_during_the_cut_is_left_alone_and_its_writer_gets_eio() {
+    let f = start(settings()).await;
+    let fh = f.create("w").await;
+    f.write_all(fh, 0, &random_bytes(MIB, 14)).await.unwrap();
+    f.core.flush(fh).await.unwrap();
+
+    // Down for a moment, and meanwhile another program puts a new file under the name.
+    f.server.refuse();
+    f.server.cut();
+    let replacement = b"someone else's file\n";
+    let other = f.dir.path().join("other");
+    fs::write(&other, replacement).unwrap();
+    fs::rename(&other, f.dir.path().join("w")).unwrap();
+    f.server.accept();
+
+    let more = random_bytes(MIB, 15);
+    let written = async {
+        f.write_all(fh, MIB, &more).await?;
+        f.core.flush(fh).await
+    };
+    let outcome = within(Duration::from_secs(60), "the writer's outcome", written).await;
+    assert_eq!(
+        outcome.err(),
+        Some(libc::EIO),
+        "the writer of a replaced file"
+    );
+    let _ = f.core.release(fh).await;
+    assert_eq!(
+        f.on_server("w"),
+        replacement,
+        "the replacement is untouched"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_retrying_cannot_mend_ends_the_reconnecting() {
+    let f = start(settings()).await;
+    f.server.refuse_for_good();
+    f.server.cut();
+    let lost = within(
+        Duration::from_secs(30),
+        "a lookup after the refusal",
+        f.core.lookup(ROOT, b"x"),
+    )
+    .await;
+    assert_eq!(lost.err(), Some(libc::EIO));
+    // The supervisor gave up: nothing waits any more, and no connection is tried again.
+    f.server.accept();
+    let again = within(
+        Duration::from_secs(1),
+        "a lookup once given up",
+        f.core.lookup(ROOT, b"x"),
+    )
+    .await;
+    assert_eq!(again.err(), Some(libc::EIO));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(f.server.connections(), 1);
+}
