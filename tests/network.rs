@@ -272,6 +272,35 @@ fn a_black_hole_is_noticed_without_any_fin_and_open_files_go_on_after_it() {
 }
 
 #[test]
+fn a_suspend_of_a_minute_is_survived_with_the_default_settings() {
+    // A laptop asleep for a minute: nothing delivered either way, no FIN. Whatever the mount
+    // notices first (keepalives unanswered after 45 s, requests after 60 s), the writer that
+    // was mid-file finishes without an error once the link is back, and no byte is wrong.
+    let sshd = Sshd::start();
+    let (m, link, log, _logdir) = far_mount_with_log(&sshd, 10, "");
+    let data = random_bytes(32 * MIB, 26);
+    let (writer, accepted) = spawn_writer(m.join("asleep"), &data);
+    assert!(wait_until(Duration::from_secs(60), || accepted() >= 4 * MIB));
+    link.black_hole(true);
+    std::thread::sleep(Duration::from_secs(60));
+    link.black_hole(false);
+    let written = within(Duration::from_secs(180), move || writer.join().unwrap());
+    let log = fs::read_to_string(&log).unwrap_or_default();
+    written.unwrap_or_else(|e| panic!("the writer failed across the suspend: {e}; log: {log}"));
+    let on_server = fs::read(sshd.remote_root().join("asleep")).unwrap();
+    assert!(
+        on_server == *data,
+        "the server's file differs after the suspend"
+    );
+    let path = m.join("after");
+    within(Duration::from_secs(60), move || fs::write(path, b"after")).unwrap();
+    assert_eq!(
+        fs::read(sshd.remote_root().join("after")).unwrap(),
+        b"after"
+    );
+}
+
+#[test]
 fn sshd_restarted_with_another_host_key_is_refused_and_the_mount_stays_down() {
     let mut sshd = Sshd::start();
     let (m, _link, log, _logdir) = far_mount_with_log(&sshd, 2, "reconnect_wait=3");
