@@ -405,6 +405,52 @@ fn a_directory_too_large_to_cache_is_not_fetched_ahead_again_and_again() {
 }
 
 #[test]
+fn names_missing_from_a_directory_made_or_listed_through_the_mount_cost_no_request() {
+    let recorder = SftpRecorder::new();
+    let sshd = Sshd::start_recorded(&recorder);
+    let root = sshd.remote_root();
+    dir_of_empty_files(&root.join("listed"), 3);
+    let m = Mount::new(&sshd, &["-o", "dcache_timeout=4"]);
+    let missing = |path: &Path| {
+        assert_eq!(
+            fs::metadata(path).map_err(errno_of).unwrap_err(),
+            libc::ENOENT,
+            "{}",
+            path.display()
+        )
+    };
+
+    fs::create_dir(m.join("new")).unwrap();
+    assert_eq!(names(&m.join("listed")).len(), 3);
+    let made = Instant::now();
+    let before = recorder.settled();
+    // Untarring into a directory: each name is looked up before it is created.
+    for i in 0..5 {
+        let name = format!("f{i}");
+        missing(&m.join("new").join(&name));
+        fs::write(m.join("new").join(&name), b"x").unwrap();
+    }
+    missing(&m.join("listed").join("none"));
+    fs::remove_file(m.join("new").join("f0")).unwrap();
+    missing(&m.join("new").join("f0"));
+    let cost = recorder.settled().since(&before);
+    assert_eq!(cost.count("LSTAT"), 0, "{cost:?}");
+    assert_eq!(cost.count("REMOVE"), 1, "{cost:?}");
+    assert_eq!(names(&m.join("new")), set_names(&["f1", "f2", "f3", "f4"]));
+
+    // A name the server gained meanwhile appears once the listing's timeout has passed.
+    fs::write(root.join("new").join("late"), b"l").unwrap();
+    missing(&m.join("new").join("late"));
+    assert!(
+        made.elapsed() < Duration::from_secs(3),
+        "the check before the timeout ran late ({:?}); it proves nothing",
+        made.elapsed()
+    );
+    sleep((made + Duration::from_millis(5500)).saturating_duration_since(Instant::now()));
+    assert_eq!(fs::read(m.join("new").join("late")).unwrap(), b"l");
+}
+
+#[test]
 fn negative_timeout_lets_the_kernel_keep_missing_names() {
     let recorder = SftpRecorder::new();
     let sshd = Sshd::start_recorded(&recorder);

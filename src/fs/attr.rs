@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{FileAttr, FileType, INodeNo};
 
 use super::cache::Known;
+use super::handle::ordering_channel;
 use super::{Core, Entry, FsResult, errno, is_symlink};
 use crate::sftp::proto::Attrs;
 
@@ -96,8 +97,17 @@ impl Core {
         }
     }
 
+    /// The attributes the kernel is told for `ino`: the server's, with the size of writes it
+    /// has not acked yet. Their times are remembered (see [`Core::setattr`]).
+    pub(super) fn shown(&self, ino: u64, attrs: &Attrs) -> FileAttr {
+        if let Some(times) = attrs.atime_mtime {
+            self.inodes.lock().unwrap().show_times(ino, times);
+        }
+        self.with_pending_size(ino, self.to_attr(ino, attrs))
+    }
+
     /// Attributes with the size of writes the server has not acked yet.
-    pub(super) fn with_pending_size(&self, ino: u64, mut attr: FileAttr) -> FileAttr {
+    fn with_pending_size(&self, ino: u64, mut attr: FileAttr) -> FileAttr {
         if let Some(w) = self.inode_writes(ino) {
             let floor = w.size_floor();
             if floor > attr.size {
@@ -146,13 +156,19 @@ impl Core {
     pub(super) async fn entry(&self, parent: u64, name: &[u8], path: &[u8]) -> FsResult<Entry> {
         let known = self.inodes.lock().unwrap().child(parent, name);
         let attrs = self.stat_cached(known, path).await?;
+        Ok(self.remember_entry(parent, name, &attrs))
+    }
+
+    /// Records the kernel's new reference to `parent/name`, whose attributes are `attrs`.
+    pub(super) fn remember_entry(&self, parent: u64, name: &[u8], attrs: &Attrs) -> Entry {
         let ino = self
             .inodes
             .lock()
             .unwrap()
-            .remember(parent, name, is_symlink(&attrs));
-        let attr = self.with_pending_size(ino, self.to_attr(ino, &attrs));
-        Ok(Entry { attr })
+            .remember(parent, name, is_symlink(attrs));
+        Entry {
+            attr: self.shown(ino, attrs),
+        }
     }
 
     pub async fn getattr(&self, ino: u64, fh: Option<u64>) -> FsResult<FileAttr> {
@@ -170,7 +186,19 @@ impl Core {
                     .await?
             }
         };
-        Ok(self.with_pending_size(ino, self.to_attr(ino, &attrs)))
+        Ok(self.shown(ino, &attrs))
+    }
+
+    /// Waits until a request about to be queued on `channel` will reach the server after every
+    /// write of `ino` accepted so far (a WRITE landing after a change of times would move the
+    /// modification time again): at once when they are all queued on that channel of a server
+    /// that keeps a channel's order, else once they are acked.
+    async fn after_writes(&self, ino: u64, channel: usize) {
+        if let Some(w) = self.inode_writes(ino)
+            && !(self.features.in_order && w.all_queued_on(channel))
+        {
+            w.settle().await;
+        }
     }
 
     pub async fn setattr(&self, ino: u64, fh: Option<u64>, set: SetAttr) -> FsResult<FileAttr> {
@@ -189,12 +217,19 @@ impl Core {
         if let Some(mode) = set.mode {
             attrs.permissions = Some(mode & 0o7777);
         }
-        let needs_current = (set.uid.is_some() != set.gid.is_some())
-            || (set.atime.is_some() != set.mtime.is_some());
-        let current = if needs_current {
-            Some(self.meta().await?.lstat(&path).await.map_err(errno)?)
+        // SFTP v3 sets owner and group, and both times, together: a change of one keeps the
+        // other as it is. A time the kernel was shown will do (an access time read elsewhere
+        // meanwhile may be put back: the price of not asking), an owner must be current.
+        let owner_partial = set.uid.is_some() != set.gid.is_some();
+        let times_partial = set.atime.is_some() != set.mtime.is_some();
+        let shown_times = self.inodes.lock().unwrap().times_shown(ino);
+        let current = if owner_partial || (times_partial && shown_times.is_none()) {
+            Some(self.stat_cached(Some(ino), &path).await?)
         } else {
-            None
+            shown_times.map(|times| Attrs {
+                atime_mtime: Some(times),
+                ..Default::default()
+            })
         };
         if set.uid.is_some() || set.gid.is_some() {
             let (cur_uid, cur_gid) = current
@@ -221,16 +256,54 @@ impl Core {
             ));
         }
         let symlink = self.inodes.lock().unwrap().is_symlink(ino);
-        let result = match &open {
+        // The attributes after the change are asked right behind it on its channel: a server
+        // that runs a channel in order answers both in one round trip.
+        let times = attrs.atime_mtime.is_some();
+        let (change, after) = match &open {
             Some(file) => {
                 let own = file.handle.live().await?;
-                own.session.fsetstat(own.handle, attrs).await
+                if times {
+                    self.after_writes(ino, own.ordering_channel()).await;
+                }
+                let change = own.session.fsetstat(own.handle.clone(), attrs);
+                let after = self
+                    .features
+                    .in_order
+                    .then(|| own.session.fstat(own.handle));
+                (change, after)
             }
-            None if symlink => self.meta().await?.lsetstat(&path, attrs).await,
-            None => self.meta().await?.setstat(&path, attrs).await,
+            None => {
+                let generation = self.remote.current().await.map_err(|_| libc::EIO)?;
+                if times {
+                    self.after_writes(ino, ordering_channel(generation.id, 0))
+                        .await;
+                }
+                let session = generation.meta();
+                let change = if symlink {
+                    session.lsetstat(&path, attrs)
+                } else {
+                    session.setstat(&path, attrs)
+                };
+                (change, self.features.in_order.then(|| session.lstat(&path)))
+            }
         };
+        let result = change.await;
         self.changed_attrs(ino);
+        let ticket = self.cache.ticket();
         result.map_err(errno)?;
-        self.getattr(ino, fh).await
+        match after {
+            Some(after) => {
+                let attrs = after.await.map_err(errno)?;
+                // The kernel asks again at once when it must clear setuid bits.
+                if let Some(path) = self.linked_path(ino)
+                    && !self.writes_pending(Some(ino))
+                {
+                    self.cache
+                        .put_name(ticket, path, Known::Attrs(attrs.clone()));
+                }
+                Ok(self.shown(ino, &attrs))
+            }
+            None => self.getattr(ino, fh).await,
+        }
     }
 }

@@ -60,6 +60,13 @@ fn parent(path: &[u8]) -> Option<&[u8]> {
     })
 }
 
+/// A path's directory and last component.
+fn split(path: &[u8]) -> Option<(&[u8], &[u8])> {
+    let dir = parent(path)?;
+    let slash = path.iter().rposition(|&b| b == b'/')?;
+    Some((dir, &path[slash + 1..]))
+}
+
 /// What the cache knows about a name.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Known {
@@ -129,12 +136,19 @@ impl MetaCache {
             .map(|t| t.value.clone())
     }
 
+    /// What is known of `path`: its own entry, or else its absence from a fresh listing of its
+    /// directory.
     pub fn name(&self, path: &[u8]) -> Option<Known> {
         if !self.config.enabled {
             return None;
         }
         let mut inner = self.inner.lock().unwrap();
-        Self::fresh(inner.names.get(path), self.config.stat_timeout)
+        if let Some(known) = Self::fresh(inner.names.get(path), self.config.stat_timeout) {
+            return Some(known);
+        }
+        let (dir, name) = split(path)?;
+        let listed = Self::fresh(inner.dirs.get(dir), self.config.dir_timeout)?;
+        (!listed.iter().any(|n| n[..] == *name)).then_some(Known::Missing)
     }
 
     /// Runs `store` unless the cache is off or something was invalidated since `ticket`.
@@ -296,6 +310,59 @@ impl MetaCache {
         }
         for key in below(&mut inner.dirs.iter().map(|(k, _)| k)) {
             inner.pop_listing(&key);
+        }
+    }
+
+    /// `path` was created through the mount (`attrs`: as the server showed it just after).
+    /// Its directory's listing, if cached, gains the name instead of being dropped, so that
+    /// other names of it can still be looked up without a round trip (untarring into a
+    /// directory); a directory just made is known empty.
+    pub fn created(&self, path: &[u8], attrs: Attrs) {
+        let mut inner = self.inner.lock().unwrap();
+        inner.epoch += 1;
+        inner.links.pop(path);
+        inner.pop_listing(path);
+        let made_dir = is_dir(&attrs);
+        if self.config.enabled {
+            inner
+                .names
+                .put(path.to_vec(), Timed::now(Known::Attrs(attrs)));
+        }
+        let Some((dir, name)) = split(path) else {
+            return;
+        };
+        // Its modification time changed.
+        inner.names.pop(dir);
+        if let Some(listing) = inner.dirs.get_mut(dir)
+            && !listing.value.iter().any(|n| n[..] == *name)
+        {
+            listing.value.push(Bytes::copy_from_slice(name));
+            inner.listed += 1;
+        }
+        if made_dir && self.config.enabled {
+            inner.dirs.put(path.to_vec(), Timed::now(Vec::new()));
+        }
+    }
+
+    /// `path` was removed through the mount: known missing, and gone from its directory's
+    /// listing (kept, so that the directory's other names need no round trip).
+    pub fn removed(&self, path: &[u8]) {
+        let mut inner = self.inner.lock().unwrap();
+        inner.epoch += 1;
+        inner.links.pop(path);
+        inner.pop_listing(path);
+        if self.config.enabled {
+            inner.names.put(path.to_vec(), Timed::now(Known::Missing));
+        }
+        let Some((dir, name)) = split(path) else {
+            return;
+        };
+        inner.names.pop(dir);
+        if let Some(listing) = inner.dirs.get_mut(dir)
+            && let Some(at) = listing.value.iter().position(|n| n[..] == *name)
+        {
+            listing.value.swap_remove(at);
+            inner.listed -= 1;
         }
     }
 

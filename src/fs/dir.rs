@@ -294,7 +294,7 @@ impl Core {
                     .lock()
                     .unwrap()
                     .remember(dir.ino, name, is_symlink(attrs));
-                let attr = self.with_pending_size(ino, self.to_attr(ino, attrs));
+                let attr = self.shown(ino, attrs);
                 out.push(DirEntry {
                     ino,
                     offset,

@@ -34,6 +34,18 @@ impl ServerHandle {
     fn lost(&self) -> bool {
         self.session.is_closed()
     }
+
+    /// Its channel among those of every connection: a WRITE re-sent after a reconnection is
+    /// not in the new connection's channel order, so the same index on another connection is
+    /// another channel.
+    pub fn ordering_channel(&self) -> usize {
+        ordering_channel(self.generation, self.channel)
+    }
+}
+
+/// Channel `index` of connection `generation`, as the write ordering names channels.
+pub fn ordering_channel(generation: u64, index: usize) -> usize {
+    ((generation as usize) << 16) | index
 }
 
 /// An open file's handle as of now; `Err` once it cannot be reopened (the file is gone, or it is
@@ -197,11 +209,8 @@ impl WriteLane for SftpLane {
         })
     }
 
-    /// The channel of this connection: a WRITE re-sent after a reconnection is not in the
-    /// new connection's channel order, so the same index on another connection is another
-    /// channel.
     fn channel(&self) -> usize {
-        ((self.handle.generation as usize) << 16) | self.handle.channel
+        self.handle.ordering_channel()
     }
 
     fn usable(&self) -> bool {

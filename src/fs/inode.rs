@@ -37,6 +37,9 @@ struct Node {
     /// Size and mtime when the file was last opened: the kernel's cached pages are kept across
     /// opens only while these stay the same.
     contents_seen: Option<(u64, u32)>,
+    /// Access and modification times last shown to the kernel: a change of one time keeps
+    /// the other without asking the server (SFTP v3 sets both at once).
+    times_shown: Option<(u32, u32)>,
 }
 
 pub struct InodeTable {
@@ -59,6 +62,7 @@ impl InodeTable {
                 linked: true,
                 writes: Arc::default(),
                 contents_seen: None,
+                times_shown: None,
             },
         );
         InodeTable {
@@ -114,6 +118,7 @@ impl InodeTable {
                 linked: true,
                 writes: Arc::default(),
                 contents_seen: None,
+                times_shown: None,
             },
         );
         self.children.insert(key, ino);
@@ -157,6 +162,16 @@ impl InodeTable {
     }
 
     /// Records the size and mtime seen at an open; returns those of the open before.
+    pub fn show_times(&mut self, ino: u64, times: (u32, u32)) {
+        if let Some(node) = self.nodes.get_mut(&ino) {
+            node.times_shown = Some(times);
+        }
+    }
+
+    pub fn times_shown(&self, ino: u64) -> Option<(u32, u32)> {
+        self.nodes.get(&ino)?.times_shown
+    }
+
     pub fn swap_contents_seen(&mut self, ino: u64, seen: Option<(u64, u32)>) -> Option<(u64, u32)> {
         let node = self.nodes.get_mut(&ino)?;
         std::mem::replace(&mut node.contents_seen, seen)

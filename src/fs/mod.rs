@@ -30,7 +30,7 @@ use fuser::FileAttr;
 use crate::remote::{Generation, Remote};
 use crate::sftp::proto::Attrs;
 use crate::sftp::{ServerFeatures, Session, SftpError, StatVfs, StatusCode};
-use cache::{CacheConfig, Known, MetaCache};
+use cache::{CacheConfig, MetaCache};
 use dir::{DirHandle, DirPrefetch, ListingWatch};
 use inode::InodeTable;
 use open_file::OpenFile;
@@ -214,12 +214,6 @@ impl Core {
     /// listing or stat fetched before the change is stored after it.
     fn changed_path(&self, path: &[u8]) {
         self.cache.invalidate(path);
-    }
-
-    /// `path` was removed through the mount: a lookup of it needs no round trip.
-    fn gone_path(&self, path: &[u8]) {
-        let ticket = self.cache.ticket();
-        self.cache.put_name(ticket, path.to_vec(), Known::Missing);
     }
 
     /// The contents or attributes of `ino` changed through the mount.

@@ -9,6 +9,7 @@ use tracing::{error, warn};
 
 use super::cache::Known;
 use super::{Core, Entry, Errno, FsResult, errno, is_dir};
+use crate::sftp::client::Reply;
 use crate::sftp::proto::Attrs;
 use crate::sftp::{SftpError, StatusCode};
 
@@ -54,18 +55,49 @@ impl Core {
             permissions: Some(mode.mode & !mode.umask & 0o7777),
             ..Default::default()
         };
-        let made = self.meta().await?.mkdir(&path, attrs).await;
-        self.changed_path(&path);
-        if let Err(e) = made {
-            return Err(self.refine_exists(e, &path).await);
+        let session = self.meta().await?;
+        let made = session.mkdir(&path, attrs);
+        // Right behind the MKDIR on a server that runs a channel in order: the new directory's
+        // attributes (or, if it failed, whether the name exists) without a round trip of their
+        // own.
+        let after = self.features.in_order.then(|| session.lstat(&path));
+        if let Err(e) = made.await {
+            self.changed_path(&path);
+            return Err(self.refine_exists(e, &path, after).await);
         }
-        self.entry(parent, name, &path).await
+        let attrs = match after {
+            Some(after) => after.await,
+            None => session.lstat(&path).await,
+        };
+        match attrs {
+            Ok(attrs) => {
+                self.cache.created(&path, attrs.clone());
+                Ok(self.remember_entry(parent, name, &attrs))
+            }
+            Err(e) => {
+                self.changed_path(&path);
+                Err(errno(e))
+            }
+        }
     }
 
-    /// OpenSSH turns EEXIST into a bare FAILURE; a stat of the target says whether that was it.
-    pub(super) async fn refine_exists(&self, e: SftpError, path: &[u8]) -> Errno {
-        if e.status() == Some(StatusCode::FAILURE)
-            && let Ok(meta) = self.meta().await
+    /// OpenSSH turns EEXIST into a bare FAILURE; a stat of the target says whether that was it
+    /// (`stat_after`: one already sent behind the failed request).
+    pub(super) async fn refine_exists(
+        &self,
+        e: SftpError,
+        path: &[u8],
+        stat_after: Option<Reply<Attrs>>,
+    ) -> Errno {
+        if e.status() != Some(StatusCode::FAILURE) {
+            return errno(e);
+        }
+        if let Some(after) = stat_after
+            && after.await.is_ok()
+        {
+            return libc::EEXIST;
+        }
+        if let Ok(meta) = self.meta().await
             && meta.lstat(path).await.is_ok()
         {
             return libc::EEXIST;
@@ -77,8 +109,8 @@ impl Core {
         let path = self.child_path(parent, name)?;
         let _names = self.namespace.write().await;
         let removed = self.meta().await?.remove(&path).await;
-        self.changed_path(&path);
         if let Err(e) = removed {
+            self.changed_path(&path);
             if e.status() == Some(StatusCode::FAILURE)
                 && let Ok(a) = self.meta().await?.lstat(&path).await
                 && a.permissions.unwrap_or(0) & libc::S_IFMT == libc::S_IFDIR
@@ -88,7 +120,7 @@ impl Core {
             return Err(errno(e));
         }
         self.inodes.lock().unwrap().unlink(parent, name);
-        self.gone_path(&path);
+        self.cache.removed(&path);
         Ok(())
     }
 
@@ -96,8 +128,8 @@ impl Core {
         let path = self.child_path(parent, name)?;
         let _names = self.namespace.write().await;
         let removed = self.meta().await?.rmdir(&path).await;
-        self.cache.invalidate_tree(&path);
         if let Err(e) = removed {
+            self.cache.invalidate_tree(&path);
             // The common FAILURE of rmdir is a directory that is not empty.
             if e.status() == Some(StatusCode::FAILURE)
                 && self.meta().await?.lstat(&path).await.is_ok()
@@ -107,7 +139,8 @@ impl Core {
             return Err(errno(e));
         }
         self.inodes.lock().unwrap().unlink(parent, name);
-        self.gone_path(&path);
+        // It was empty: nothing cached below it but its own listing.
+        self.cache.removed(&path);
         Ok(())
     }
 
@@ -116,7 +149,7 @@ impl Core {
         let made = self.meta().await?.symlink(&path, target).await;
         self.changed_path(&path);
         if let Err(e) = made {
-            return Err(self.refine_exists(e, &path).await);
+            return Err(self.refine_exists(e, &path, None).await);
         }
         self.entry(parent, name, &path).await
     }
@@ -159,7 +192,7 @@ impl Core {
         }
         if let Err(e) = result {
             return Err(match e {
-                RenameError::Sftp(e) if no_replace => self.refine_exists(e, &to).await,
+                RenameError::Sftp(e) if no_replace => self.refine_exists(e, &to, None).await,
                 RenameError::Sftp(e) => errno(e),
                 RenameError::Errno(e) => e,
             });
@@ -168,7 +201,7 @@ impl Core {
             .lock()
             .unwrap()
             .rename(parent, name, new_parent, new_name);
-        self.gone_path(&from);
+        self.cache.removed(&from);
         Ok(())
     }
 
@@ -247,7 +280,7 @@ impl Core {
         let linked = self.meta().await?.hardlink(&existing, &path).await;
         self.changed_path(&path);
         if let Err(e) = linked {
-            return Err(self.refine_exists(e, &path).await);
+            return Err(self.refine_exists(e, &path, None).await);
         }
         // Each name gets its own inode: our inodes are names, and either may be unlinked.
         self.entry(new_parent, new_name, &path).await

@@ -8,13 +8,13 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use tracing::{debug, error, warn};
 
-use super::cache::Known;
 use super::handle::{FileHandle, ServerHandle, SftpLane, SftpSource};
 use super::namespace::CreateMode;
 use super::read::{self, Prefetcher, ReadSource};
 use super::write::{InodeWrites, WriteLimits, WritePipeline};
 use super::{Core, Entry, Errno, FsResult, KeepCache, errno};
 use crate::remote::Generation;
+use crate::sftp::client::Reply;
 use crate::sftp::proto::{Attrs, open_flags};
 use crate::sftp::{Session, SftpError};
 
@@ -428,14 +428,18 @@ impl Core {
     }
 
     /// OPENs `path` on the metadata channel, or once it holds [`FILES_ON_FIRST_CHANNEL`] files,
-    /// on the channel holding the fewest; counted there until [`Core::close_handles`]. The
-    /// outer error: no connection to open it on.
+    /// on the channel holding the fewest; counted there until [`Core::close_handles`]. With
+    /// `stat_after`, on a server that runs a channel in order, a STAT of `path` (following a
+    /// symlink, as the OPEN did) goes right behind the OPEN: the attributes as the OPEN left
+    /// them, with no round trip of their own.
+    /// The outer error: no connection to open it on.
     async fn open_handle(
         &self,
         path: &[u8],
         pflags: u32,
         attrs: Attrs,
-    ) -> FsResult<Result<ServerHandle, SftpError>> {
+        stat_after: bool,
+    ) -> FsResult<(Result<ServerHandle, SftpError>, Option<Reply<Attrs>>)> {
         let generation = self.remote.current().await.map_err(|_| libc::EIO)?;
         let channels = generation.channels.len().min(self.files_on.len());
         let load = |i: usize| self.files_on[i].load(Ordering::Relaxed);
@@ -446,7 +450,9 @@ impl Core {
         };
         let session = generation.channels[channel].clone();
         self.files_on[channel].fetch_add(1, Ordering::Relaxed);
-        Ok(match session.open(path, pflags, attrs).await {
+        let opened = session.open(path, pflags, attrs);
+        let after = (stat_after && self.features.in_order).then(|| session.stat(path));
+        let opened = match opened.await {
             Ok(handle) => Ok(ServerHandle {
                 generation: generation.id,
                 channel,
@@ -457,7 +463,8 @@ impl Core {
                 self.files_on[channel].fetch_sub(1, Ordering::Relaxed);
                 Err(e)
             }
-        })
+        };
+        Ok((opened, after))
     }
 
     pub async fn open(&self, ino: u64, flags: i32) -> FsResult<Opened> {
@@ -476,11 +483,14 @@ impl Core {
                 None
             }
         };
-        let (handle, attrs) = tokio::join!(self.open_handle(&path, pflags, Attrs::default()), stat);
+        let (handle, attrs) = tokio::join!(
+            self.open_handle(&path, pflags, Attrs::default(), false),
+            stat
+        );
         if truncating {
             self.changed_attrs(ino);
         }
-        let handle = handle?.map_err(errno)?;
+        let handle = handle?.0.map_err(errno)?;
         let seen = attrs
             .as_ref()
             .and_then(|a| Some((a.size?, a.atime_mtime?.1)));
@@ -509,29 +519,36 @@ impl Core {
             ..Default::default()
         };
         let pflags = Self::sftp_open_flags(flags | libc::O_CREAT);
-        let opened = self.open_handle(&path, pflags, attrs).await?;
-        self.changed_path(&path);
+        let (opened, after) = self.open_handle(&path, pflags, attrs, true).await?;
         let opened = match opened {
             Ok(h) => h,
-            Err(e) if flags & libc::O_EXCL != 0 => return Err(self.refine_exists(e, &path).await),
-            Err(e) => return Err(errno(e)),
+            Err(e) => {
+                self.changed_path(&path);
+                if flags & libc::O_EXCL != 0 {
+                    return Err(self.refine_exists(e, &path, after).await);
+                }
+                return Err(errno(e));
+            }
         };
-        let ticket = self.cache.ticket();
-        let attrs = match opened.session.fstat(opened.handle.clone()).await {
+        let attrs = match after {
+            Some(after) => after.await,
+            None => opened.session.fstat(opened.handle.clone()).await,
+        };
+        let attrs = match attrs {
             Ok(a) => a,
             Err(e) => {
+                self.changed_path(&path);
                 let _ = opened.session.close(opened.handle).await;
                 self.files_on[opened.channel].fetch_sub(1, Ordering::Relaxed);
                 return Err(errno(e));
             }
         };
-        self.cache
-            .put_name(ticket, path.clone(), Known::Attrs(attrs.clone()));
+        self.cache.created(&path, attrs.clone());
         let ino = self.inodes.lock().unwrap().remember(parent, name, false);
         let fh = self.register_open(ino, opened, flags, &path, Some(attrs.clone()))?;
         Ok((
             Entry {
-                attr: self.to_attr(ino, &attrs),
+                attr: self.shown(ino, &attrs),
             },
             fh,
         ))

@@ -57,6 +57,8 @@ struct InodeWritesState {
     unacked_end: u64,
     next_chunk: u64,
     in_flight: BTreeMap<u64, Placed>,
+    /// Chunks of accepted writes not yet queued on a channel.
+    unsent: usize,
     /// Chunks that timed out or lost their channel: the server may or may not apply them, at
     /// any time. Kept for the life of the inode.
     unknown_fate: Vec<Placed>,
@@ -95,13 +97,31 @@ fn fate_unknown(errno: Errno) -> bool {
 }
 
 impl InodeWrites {
-    fn begin(&self, end: u64) -> u64 {
+    fn begin(&self, end: u64, chunks: usize) -> u64 {
         let mut s = self.state.lock().unwrap();
         let seq = s.next_seq;
         s.next_seq += 1;
         s.unacked.insert(seq);
         s.unacked_end = s.unacked_end.max(end);
+        s.unsent += chunks;
         seq
+    }
+
+    /// A chunk was queued on its channel, or failed before.
+    fn sent(&self) {
+        self.state.lock().unwrap().unsent -= 1;
+    }
+
+    /// Whether every unacked write of the inode is queued on `channel` (see
+    /// [`super::handle::ServerHandle::ordering_channel`]): a server that runs a channel in order
+    /// applies a request queued there now after them.
+    pub fn all_queued_on(&self, channel: usize) -> bool {
+        let s = self.state.lock().unwrap();
+        s.unsent == 0
+            && s.in_flight
+                .values()
+                .chain(&s.unknown_fate)
+                .all(|p| p.channel == channel)
     }
 
     fn finish(&self, seq: u64) {
@@ -376,8 +396,8 @@ impl WritePipeline {
         let (take, mut permit, write_seq) = self.reserve(data.len(), whole).await?;
         let data = data.slice(..take);
         self.accepted.fetch_add(take as u64, Ordering::Relaxed);
-        let seq = self.inode.begin(offset + take as u64);
         let chunks = take.div_ceil(self.limits.max_write);
+        let seq = self.inode.begin(offset + take as u64, chunks);
         let remaining = Arc::new(AtomicUsize::new(chunks));
         let mut pos = 0;
         while pos < take {
@@ -403,6 +423,7 @@ impl WritePipeline {
                 Ok((id, lane_index)) => {
                     let lane = self.lanes.lock().unwrap()[lane_index].clone();
                     let ack = lane.submit(id, chunk_offset, chunk.clone());
+                    self.inode.sent();
                     tokio::spawn(async move {
                         let result = ack.await;
                         this.inode.landed(id, result);
@@ -413,6 +434,7 @@ impl WritePipeline {
                 }
                 Err(errno) => {
                     // Never sent: it cannot be placed safely behind a write of unknown fate.
+                    self.inode.sent();
                     this.landed(chunk.len(), None, Err(errno));
                     drop(chunk_permit);
                     done(&this);

@@ -168,6 +168,9 @@ impl Shared {
     }
 }
 
+/// The typed reply of a request already queued.
+pub type Reply<T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T>> + Send>>;
+
 /// A reply that has not arrived yet.
 pub struct Pending {
     rx: oneshot::Receiver<Result<Response>>,
@@ -354,13 +357,16 @@ impl Session {
         self.submit(request).response().await
     }
 
-    pub async fn open(&self, path: &[u8], pflags: u32, attrs: Attrs) -> Result<Bytes> {
+    /// Queued at the call, as are the other requests whose methods are not `async`: what is
+    /// called next on this channel reaches the server after it.
+    pub fn open(&self, path: &[u8], pflags: u32, attrs: Attrs) -> Reply<Bytes> {
         let req = Request::Open {
             path: Bytes::copy_from_slice(path),
             pflags,
             attrs,
         };
-        expect_handle(self.call(&req).await, "open")
+        let pending = self.submit(&req);
+        Box::pin(async move { expect_handle(pending.response().await, "open") })
     }
 
     pub async fn opendir(&self, path: &[u8]) -> Result<Bytes> {
@@ -432,48 +438,53 @@ impl Session {
         drop(self.submit(&Request::Close { handle }));
     }
 
-    pub async fn lstat(&self, path: &[u8]) -> Result<Attrs> {
+    pub fn lstat(&self, path: &[u8]) -> Reply<Attrs> {
         let req = Request::Lstat {
             path: Bytes::copy_from_slice(path),
         };
-        expect_attrs(self.call(&req).await, "lstat")
+        let pending = self.submit(&req);
+        Box::pin(async move { expect_attrs(pending.response().await, "lstat") })
     }
 
-    pub async fn stat(&self, path: &[u8]) -> Result<Attrs> {
+    pub fn stat(&self, path: &[u8]) -> Reply<Attrs> {
         let req = Request::Stat {
             path: Bytes::copy_from_slice(path),
         };
-        expect_attrs(self.call(&req).await, "stat")
+        let pending = self.submit(&req);
+        Box::pin(async move { expect_attrs(pending.response().await, "stat") })
     }
 
-    pub async fn fstat(&self, handle: Bytes) -> Result<Attrs> {
-        expect_attrs(self.call(&Request::Fstat { handle }).await, "fstat")
+    pub fn fstat(&self, handle: Bytes) -> Reply<Attrs> {
+        let pending = self.submit(&Request::Fstat { handle });
+        Box::pin(async move { expect_attrs(pending.response().await, "fstat") })
     }
 
-    pub async fn setstat(&self, path: &[u8], attrs: Attrs) -> Result<()> {
+    pub fn setstat(&self, path: &[u8], attrs: Attrs) -> Reply<()> {
         let req = Request::Setstat {
             path: Bytes::copy_from_slice(path),
             attrs,
         };
-        expect_ok(self.call(&req).await, "setstat")
+        let pending = self.submit(&req);
+        Box::pin(async move { expect_ok(pending.response().await, "setstat") })
     }
 
-    pub async fn fsetstat(&self, handle: Bytes, attrs: Attrs) -> Result<()> {
-        expect_ok(
-            self.call(&Request::Fsetstat { handle, attrs }).await,
-            "fsetstat",
-        )
+    pub fn fsetstat(&self, handle: Bytes, attrs: Attrs) -> Reply<()> {
+        let pending = self.submit(&Request::Fsetstat { handle, attrs });
+        Box::pin(async move { expect_ok(pending.response().await, "fsetstat") })
     }
 
     /// setstat that does not follow a final symlink (lsetstat@openssh.com).
-    pub async fn lsetstat(&self, path: &[u8], attrs: Attrs) -> Result<()> {
-        if !self.features.lsetstat {
-            return Err(SftpError::from_status(StatusCode::OP_UNSUPPORTED, b""));
-        }
-        expect_ok(
-            self.call(&Request::lsetstat(path, &attrs)).await,
-            "lsetstat",
-        )
+    pub fn lsetstat(&self, path: &[u8], attrs: Attrs) -> Reply<()> {
+        let pending = self
+            .features
+            .lsetstat
+            .then(|| self.submit(&Request::lsetstat(path, &attrs)));
+        Box::pin(async move {
+            match pending {
+                Some(pending) => expect_ok(pending.response().await, "lsetstat"),
+                None => Err(SftpError::from_status(StatusCode::OP_UNSUPPORTED, b"")),
+            }
+        })
     }
 
     pub async fn remove(&self, path: &[u8]) -> Result<()> {
@@ -483,12 +494,13 @@ impl Session {
         expect_ok(self.call(&req).await, "remove")
     }
 
-    pub async fn mkdir(&self, path: &[u8], attrs: Attrs) -> Result<()> {
+    pub fn mkdir(&self, path: &[u8], attrs: Attrs) -> Reply<()> {
         let req = Request::Mkdir {
             path: Bytes::copy_from_slice(path),
             attrs,
         };
-        expect_ok(self.call(&req).await, "mkdir")
+        let pending = self.submit(&req);
+        Box::pin(async move { expect_ok(pending.response().await, "mkdir") })
     }
 
     pub async fn rmdir(&self, path: &[u8]) -> Result<()> {
