@@ -35,8 +35,19 @@ impl KernelTtl {
         self.attr.min(self.entry)
     }
 
-    fn reply_entry(&self, reply: ReplyEntry, attr: &FileAttr) {
-        reply.entry_with_ttls(&self.attr, &self.entry, attr, GENERATION);
+    fn reply_entry(&self, reply: ReplyEntry, attr: &FileAttr, core: &Core) {
+        let attr_ttl = self.attr_ttl(attr, core);
+        reply.entry_with_ttls(&attr_ttl, &self.entry, attr, GENERATION);
+    }
+
+    /// Attributes ahead of the server (a change still on its way, see `Core::provisional`)
+    /// are not kept: the kernel asks again, and hears the server's truth once it is there.
+    fn attr_ttl(&self, attr: &FileAttr, core: &Core) -> Duration {
+        if core.provisional(attr.ino.0) {
+            Duration::ZERO
+        } else {
+            self.attr
+        }
     }
 }
 
@@ -93,7 +104,7 @@ impl Filesystem for FuseAdapter {
         let ttl = self.ttl;
         self.spawn(|core| async move {
             match core.lookup(parent.0, &name).await {
-                Ok(e) => ttl.reply_entry(reply, &e.attr),
+                Ok(e) => ttl.reply_entry(reply, &e.attr, &core),
                 // Inode 0 is the kernel's "no such name", kept for the entry time.
                 Err(libc::ENOENT) if !ttl.negative.is_zero() => {
                     reply.entry_with_ttls(&Duration::ZERO, &ttl.negative, &dot_attr(0), GENERATION)
@@ -111,7 +122,7 @@ impl Filesystem for FuseAdapter {
         let ttl = self.ttl;
         self.spawn(|core| async move {
             match core.getattr(ino.0, fh.map(|f| f.0)).await {
-                Ok(attr) => reply.attr(&ttl.attr, &attr),
+                Ok(attr) => reply.attr(&ttl.attr_ttl(&attr, &core), &attr),
                 Err(e) => reply.error(errno(e)),
             }
         });
@@ -119,7 +130,7 @@ impl Filesystem for FuseAdapter {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -144,9 +155,10 @@ impl Filesystem for FuseAdapter {
             mtime: mtime.map(time),
         };
         let ttl = self.ttl;
+        let caller = req.pid();
         self.spawn(|core| async move {
-            match core.setattr(ino.0, fh.map(|f| f.0), set).await {
-                Ok(attr) => reply.attr(&ttl.attr, &attr),
+            match core.setattr(ino.0, fh.map(|f| f.0), set, caller).await {
+                Ok(attr) => reply.attr(&ttl.attr_ttl(&attr, &core), &attr),
                 Err(e) => reply.error(errno(e)),
             }
         });
@@ -177,7 +189,7 @@ impl Filesystem for FuseAdapter {
                 .mkdir(parent.0, &name, CreateMode { mode, umask })
                 .await
             {
-                Ok(e) => ttl.reply_entry(reply, &e.attr),
+                Ok(e) => ttl.reply_entry(reply, &e.attr, &core),
                 Err(e) => reply.error(errno(e)),
             }
         });
@@ -216,7 +228,7 @@ impl Filesystem for FuseAdapter {
         let ttl = self.ttl;
         self.spawn(|core| async move {
             match core.symlink(parent.0, &name, &target).await {
-                Ok(e) => ttl.reply_entry(reply, &e.attr),
+                Ok(e) => ttl.reply_entry(reply, &e.attr, &core),
                 Err(e) => reply.error(errno(e)),
             }
         });
@@ -263,15 +275,16 @@ impl Filesystem for FuseAdapter {
         let ttl = self.ttl;
         self.spawn(|core| async move {
             match core.link(ino.0, newparent.0, &name).await {
-                Ok(e) => ttl.reply_entry(reply, &e.attr),
+                Ok(e) => ttl.reply_entry(reply, &e.attr, &core),
                 Err(e) => reply.error(errno(e)),
             }
         });
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let caller = req.pid();
         self.spawn(|core| async move {
-            match core.open(ino.0, flags.0).await {
+            match core.open(ino.0, flags.0, caller).await {
                 Ok(opened) => reply.opened(
                     FileHandle(opened.fh),
                     if opened.keep_cache {
@@ -287,7 +300,7 @@ impl Filesystem for FuseAdapter {
 
     fn create(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
@@ -297,9 +310,10 @@ impl Filesystem for FuseAdapter {
     ) {
         let name = bytes(name);
         let ttl = self.ttl;
+        let caller = req.pid();
         self.spawn(|core| async move {
             match core
-                .create(parent.0, &name, CreateMode { mode, umask }, flags)
+                .create(parent.0, &name, CreateMode { mode, umask }, flags, caller)
                 .await
             {
                 Ok((e, fh)) => reply.created(

@@ -101,8 +101,12 @@ fn own_changes_are_seen_at_once() {
     assert_eq!(fs::metadata(m.join("f")).unwrap().len(), 5013);
     assert_same_as_server(&m.join("f"), &root.join("f"));
 
-    // chmod, truncate, utimes.
+    // chmod, truncate, utimes. A chmod by the program that has the file open for writing is
+    // answered at once and sent behind its writes; the server has it by the next fsync (or
+    // close), which would report its failure.
     fs::set_permissions(m.join("f"), fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(fs::metadata(m.join("f")).unwrap().mode() & 0o7777, 0o600);
+    f.sync_all().unwrap();
     assert_same_as_server(&m.join("f"), &root.join("f"));
     f.set_len(4).unwrap();
     assert_eq!(fs::metadata(m.join("f")).unwrap().len(), 4);

@@ -72,7 +72,7 @@ impl Fixture {
         let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC;
         let (_, fh) = self
             .core
-            .create(ROOT, name.as_bytes(), mode, flags)
+            .create(ROOT, name.as_bytes(), mode, flags, std::process::id())
             .await
             .expect("create");
         fh
@@ -85,7 +85,7 @@ impl Fixture {
             .await
             .expect("lookup");
         self.core
-            .open(entry.attr.ino.0, flags)
+            .open(entry.attr.ino.0, flags, std::process::id())
             .await
             .expect("open")
             .fh
@@ -259,9 +259,11 @@ async fn while_the_server_stays_away_operations_fail_within_the_bound_then_work_
     assert_eq!(again.err(), Some(libc::EIO));
 
     f.server.accept();
+    // A name only the server knows: its lookup cannot be answered from the cache.
+    fs::write(f.dir.path().join("marker"), b"").unwrap();
     let back = Instant::now();
     loop {
-        match f.core.lookup(ROOT, b"kept").await {
+        match f.core.lookup(ROOT, b"marker").await {
             Ok(_) => break,
             Err(e) => assert!(
                 back.elapsed() < Duration::from_secs(60),

@@ -8,41 +8,9 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::fd::IntoRawFd;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-
-/// A small tmpfs as a directory of the server, unmounted (lazily) on drop.
-struct SmallDisk(std::path::PathBuf);
-
-impl SmallDisk {
-    fn new(path: &Path, size: &str) -> SmallDisk {
-        fs::create_dir_all(path).unwrap();
-        run(
-            "mount",
-            &[
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size}"),
-                "tmpfs",
-                path.to_str().unwrap(),
-            ],
-            "/",
-        );
-        SmallDisk(path.to_owned())
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .args(["-l"])
-            .arg(&self.0)
-            .status();
-    }
-}
 
 #[test]
 fn full_disk_reports_enospc_not_eio_and_the_mount_stays_usable() {

@@ -1,13 +1,16 @@
 //! Attributes: the server's SFTP attributes as the kernel's (owners mapped, the size of writes
 //! still in flight counted), stat through the metadata cache, getattr and setattr.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{FileAttr, FileType, INodeNo};
 
 use super::cache::Known;
 use super::handle::ordering_channel;
+use super::open_file::OpenFile;
 use super::{Core, Entry, FsResult, errno, is_symlink};
+use crate::sftp::SftpError;
 use crate::sftp::proto::Attrs;
 
 /// How remote owners and modes are shown locally.
@@ -99,11 +102,27 @@ impl Core {
 
     /// The attributes the kernel is told for `ino`: the server's, with the size of writes it
     /// has not acked yet. Their times are remembered (see [`Core::setattr`]).
+    /// While attribute changes are on their way, the server's attributes are older than what
+    /// the kernel was told: it keeps being told that.
     pub(super) fn shown(&self, ino: u64, attrs: &Attrs) -> FileAttr {
-        if let Some(times) = attrs.atime_mtime {
-            self.inodes.lock().unwrap().show_times(ino, times);
-        }
-        self.with_pending_size(ino, self.to_attr(ino, attrs))
+        let provisional = self.provisional(ino);
+        let attrs = {
+            let mut inodes = self.inodes.lock().unwrap();
+            match inodes.shown(ino) {
+                Some(ahead) if provisional => ahead,
+                _ => {
+                    inodes.show(ino, attrs);
+                    attrs.clone()
+                }
+            }
+        };
+        self.with_pending_size(ino, self.to_attr(ino, &attrs))
+    }
+
+    /// Whether what the kernel is told of `ino` now is ahead of the server (attribute changes
+    /// still on their way): it must not keep it, but ask again.
+    pub fn provisional(&self, ino: u64) -> bool {
+        self.inode_writes(ino).is_some_and(|w| w.attrs_changing())
     }
 
     /// Attributes with the size of writes the server has not acked yet.
@@ -125,8 +144,22 @@ impl Core {
             .is_some_and(|w| w.pending())
     }
 
+    /// The size `ino`'s writes in flight make, for attributes asked from now on: those writes
+    /// may land before or after the request (they travel on other channels), and their acks may
+    /// come before its reply, so only what was in flight when it was sent can be counted.
+    fn size_floor(&self, ino: u64) -> u64 {
+        self.inode_writes(ino).map_or(0, |w| w.size_floor())
+    }
+
     /// lstat of `path` (the inode `ino`, if the kernel holds one), through the cache.
     pub(super) async fn stat_cached(&self, ino: Option<u64>, path: &[u8]) -> FsResult<Attrs> {
+        // Changes on their way: the server does not show them yet, the kernel was told them.
+        if let Some(ino) = ino
+            && self.provisional(ino)
+            && let Some(shown) = self.inodes.lock().unwrap().shown(ino)
+        {
+            return Ok(shown);
+        }
         let cacheable = !self.writes_pending(ino);
         if cacheable {
             match self.cache.name(path) {
@@ -136,9 +169,11 @@ impl Core {
             }
         }
         let ticket = self.cache.ticket();
+        let floor = ino.map_or(0, |ino| self.size_floor(ino));
         let result = self
             .idempotent(|s| async move { s.lstat(path).await })
-            .await;
+            .await
+            .map(|attrs| at_least(attrs, floor));
         if cacheable && !self.writes_pending(ino) {
             let known = match &result {
                 Ok(attrs) => Some(Known::Attrs(attrs.clone())),
@@ -178,7 +213,8 @@ impl Core {
             // An unlinked open file: only its handle still reaches it.
             (None, Some(file)) => {
                 let own = file.handle.now()?;
-                own.session.fstat(own.handle).await.map_err(errno)?
+                let floor = self.size_floor(ino);
+                at_least(own.session.fstat(own.handle).await.map_err(errno)?, floor)
             }
             (None, None) => {
                 let path = &self.path(ino)?;
@@ -187,6 +223,89 @@ impl Core {
             }
         };
         Ok(self.shown(ino, &attrs))
+    }
+
+    /// A file of `ino` open for writing through the mount and not closed since its last write
+    /// (its handle may be closing), if there is one.
+    fn writable_file_of(&self, ino: u64) -> Option<Arc<OpenFile>> {
+        self.files
+            .lock()
+            .unwrap()
+            .values()
+            .find(|f| {
+                f.ino == ino
+                    && f.writer.is_some()
+                    && !f.flushed.load(std::sync::atomic::Ordering::Acquire)
+            })
+            .cloned()
+    }
+
+    /// Sends the change `attrs` through `file`, open for writing, right behind its writes, and
+    /// lets it complete in the background: its failure is reported by the file's next barrier
+    /// (the caller makes sure the change comes from the process that opened it: the error
+    /// must reach the program that caused it)
+    /// (close at the latest), as a write's is; not once the file was closed after its last
+    /// write (the program may be done with it: nothing would report the failure). Only where the order is sure (a server that
+    /// keeps a channel's order, every write of the inode queued on that channel). Returns the
+    /// attributes it will give the file (from `shown`, what the kernel knows), or `None` when
+    /// the change must be waited for.
+    fn change_in_background(
+        &self,
+        file: &Arc<OpenFile>,
+        attrs: &Attrs,
+        shown: Attrs,
+    ) -> Option<Attrs> {
+        let writer = file.writer.as_ref()?;
+        if file.flushed.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
+        }
+        let own = file.handle.now().ok()?;
+        if !self.features.in_order
+            || own.session.is_closed()
+            || !file.inode_writes.all_queued_on(own.ordering_channel())
+        {
+            return None;
+        }
+        let change = own.session.fsetstat(own.handle.clone(), attrs.clone());
+        let handle = file.handle.clone();
+        let resend = attrs.clone();
+        let accepted = writer.track_attr_change(Box::pin(async move {
+            // Setting attributes twice does no harm: one lost with its connection is sent
+            // again on the file's reopened handle.
+            let mut result = change.await;
+            let mut on = own;
+            while matches!(result, Err(SftpError::ConnectionLost)) {
+                on = handle.after(on.generation).await?;
+                result = on.session.fsetstat(on.handle.clone(), resend.clone()).await;
+            }
+            result.map_err(errno)
+        }));
+        if !accepted {
+            // The pipeline failed or closed meanwhile: the change was sent, its reply is not
+            // awaited; the caller sends it again and waits (setting attributes is idempotent).
+            return None;
+        }
+        let mut predicted = shown;
+        if let Some(mode) = attrs.permissions {
+            let kind = predicted.permissions.unwrap_or(0) & libc::S_IFMT;
+            predicted.permissions = Some(kind | mode);
+        }
+        if let Some(owner) = attrs.uid_gid {
+            if predicted.uid_gid != Some(owner) && attrs.permissions.is_none() {
+                // A new owner takes the set-id bits away (Linux, for root too).
+                let mut mode = predicted.permissions.unwrap_or(0);
+                mode &= !libc::S_ISUID;
+                if mode & libc::S_IXGRP != 0 {
+                    mode &= !libc::S_ISGID;
+                }
+                predicted.permissions = Some(mode);
+            }
+            predicted.uid_gid = Some(owner);
+        }
+        if let Some(times) = attrs.atime_mtime {
+            predicted.atime_mtime = Some(times);
+        }
+        Some(predicted)
     }
 
     /// Waits until a request about to be queued on `channel` will reach the server after every
@@ -201,9 +320,20 @@ impl Core {
         }
     }
 
-    pub async fn setattr(&self, ino: u64, fh: Option<u64>, set: SetAttr) -> FsResult<FileAttr> {
+    /// `caller`: the process asking.
+    pub async fn setattr(
+        &self,
+        ino: u64,
+        fh: Option<u64>,
+        set: SetAttr,
+        caller: u32,
+    ) -> FsResult<FileAttr> {
         let path = self.path(ino)?;
-        let open = fh.and_then(|fh| self.file(fh).ok());
+        // The kernel rarely says which descriptor (futimens, fchown and fchmod come without
+        // one): a file open for writing carries the change on its own handle, behind its writes.
+        let open = fh
+            .and_then(|fh| self.file(fh).ok())
+            .or_else(|| self.writable_file_of(ino));
         let mut attrs = Attrs::default();
         if let Some(size) = set.size {
             // Writes already accepted must land before the size changes under them.
@@ -222,14 +352,12 @@ impl Core {
         // meanwhile may be put back: the price of not asking), an owner must be current.
         let owner_partial = set.uid.is_some() != set.gid.is_some();
         let times_partial = set.atime.is_some() != set.mtime.is_some();
-        let shown_times = self.inodes.lock().unwrap().times_shown(ino);
-        let current = if owner_partial || (times_partial && shown_times.is_none()) {
+        let shown = self.inodes.lock().unwrap().shown(ino);
+        let provisional = self.provisional(ino);
+        let current = if owner_partial && !provisional || (times_partial && shown.is_none()) {
             Some(self.stat_cached(Some(ino), &path).await?)
         } else {
-            shown_times.map(|times| Attrs {
-                atime_mtime: Some(times),
-                ..Default::default()
-            })
+            shown.clone()
         };
         if set.uid.is_some() || set.gid.is_some() {
             let (cur_uid, cur_gid) = current
@@ -255,10 +383,20 @@ impl Core {
                 set.mtime.map(secs).unwrap_or(cur_m),
             ));
         }
+        if set.size.is_none()
+            && let (Some(file), Some(shown)) = (&open, shown)
+            && file.opener == caller
+            && let Some(predicted) = self.change_in_background(file, &attrs, shown)
+        {
+            self.changed_attrs(ino);
+            self.inodes.lock().unwrap().show(ino, &predicted);
+            return Ok(self.with_pending_size(ino, self.to_attr(ino, &predicted)));
+        }
         let symlink = self.inodes.lock().unwrap().is_symlink(ino);
         // The attributes after the change are asked right behind it on its channel: a server
         // that runs a channel in order answers both in one round trip.
         let times = attrs.atime_mtime.is_some();
+        let floor = self.size_floor(ino);
         let (change, after) = match &open {
             Some(file) => {
                 let own = file.handle.live().await?;
@@ -293,7 +431,7 @@ impl Core {
         result.map_err(errno)?;
         match after {
             Some(after) => {
-                let attrs = after.await.map_err(errno)?;
+                let attrs = at_least(after.await.map_err(errno)?, floor);
                 // The kernel asks again at once when it must clear setuid bits.
                 if let Some(path) = self.linked_path(ino)
                     && !self.writes_pending(Some(ino))
@@ -306,4 +444,12 @@ impl Core {
             None => self.getattr(ino, fh).await,
         }
     }
+}
+
+/// `attrs` with a size of at least `floor` (see [`Core::size_floor`]).
+fn at_least(mut attrs: Attrs, floor: u64) -> Attrs {
+    if attrs.size.is_some_and(|size| size < floor) {
+        attrs.size = Some(floor);
+    }
+    attrs
 }

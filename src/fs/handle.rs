@@ -93,7 +93,7 @@ impl FileHandle {
     }
 
     /// Waits for a handle on a connection newer than `lost`.
-    async fn after(&self, lost: u64) -> Current {
+    pub async fn after(&self, lost: u64) -> Current {
         let mut rx = self.current.subscribe();
         let waited = tokio::time::timeout(
             self.wait,

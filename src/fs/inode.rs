@@ -8,6 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::write::InodeWrites;
+use crate::sftp::proto::Attrs;
 
 pub const ROOT: u64 = 1;
 
@@ -37,9 +38,10 @@ struct Node {
     /// Size and mtime when the file was last opened: the kernel's cached pages are kept across
     /// opens only while these stay the same.
     contents_seen: Option<(u64, u32)>,
-    /// Access and modification times last shown to the kernel: a change of one time keeps
-    /// the other without asking the server (SFTP v3 sets both at once).
-    times_shown: Option<(u32, u32)>,
+    /// The attributes last shown to the kernel: a change of one time keeps the other without
+    /// asking the server (SFTP v3 sets both at once), and an attribute change carried out in
+    /// the background is answered from them.
+    shown: Option<Attrs>,
 }
 
 pub struct InodeTable {
@@ -62,7 +64,7 @@ impl InodeTable {
                 linked: true,
                 writes: Arc::default(),
                 contents_seen: None,
-                times_shown: None,
+                shown: None,
             },
         );
         InodeTable {
@@ -118,7 +120,7 @@ impl InodeTable {
                 linked: true,
                 writes: Arc::default(),
                 contents_seen: None,
-                times_shown: None,
+                shown: None,
             },
         );
         self.children.insert(key, ino);
@@ -162,14 +164,14 @@ impl InodeTable {
     }
 
     /// Records the size and mtime seen at an open; returns those of the open before.
-    pub fn show_times(&mut self, ino: u64, times: (u32, u32)) {
+    pub fn show(&mut self, ino: u64, attrs: &Attrs) {
         if let Some(node) = self.nodes.get_mut(&ino) {
-            node.times_shown = Some(times);
+            node.shown = Some(attrs.clone());
         }
     }
 
-    pub fn times_shown(&self, ino: u64) -> Option<(u32, u32)> {
-        self.nodes.get(&ino)?.times_shown
+    pub fn shown(&self, ino: u64) -> Option<Attrs> {
+        self.nodes.get(&ino)?.shown.clone()
     }
 
     pub fn swap_contents_seen(&mut self, ino: u64, seen: Option<(u64, u32)>) -> Option<(u64, u32)> {

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use tracing::{debug, error, warn};
 
+use super::cache::Known;
 use super::handle::{FileHandle, ServerHandle, SftpLane, SftpSource};
 use super::namespace::CreateMode;
 use super::read::{self, Prefetcher, ReadSource};
@@ -32,11 +33,6 @@ const SPREAD_AFTER_BYTES: u64 = 2 * 1024 * 1024;
 
 /// OpenSSH's sshd grants each session channel a 2 MiB window (CHAN_SES_WINDOW_DEFAULT).
 const LANE_TARGET: usize = 2 * 1024 * 1024;
-
-/// Open files whose handles stay on the metadata channel; past this many, a file opens on the
-/// channel holding the fewest. Servers cap the handles of one session (Green End's at 128;
-/// OpenSSH's sftp-server at its descriptor limit), and one channel's window is shared by all.
-const FILES_ON_FIRST_CHANNEL: usize = 64;
 
 /// Read-ahead per open file, at most (a far link needs rate x round trip: 250 MB/s x 40 ms).
 const MAX_PREFETCH: usize = 16 * 1024 * 1024;
@@ -64,6 +60,11 @@ pub(super) struct OpenFile {
     pub(super) spreading: std::sync::atomic::AtomicBool,
     /// The inode's write failures this descriptor has reported (fsync reports each once).
     pub(super) failures_seen: AtomicU64,
+    /// The process that opened it: its attribute changes may be reported at its close.
+    pub(super) opener: u32,
+    /// A close (flush) came after the last write: the program may be done with the file, so a
+    /// change of its attributes is no longer one its close can report.
+    pub(super) flushed: std::sync::atomic::AtomicBool,
 }
 
 /// Whether `attrs`, seen at a reopen, can be the file `file` had open: the same type, and a
@@ -155,6 +156,7 @@ impl Core {
         flags: i32,
         path: &[u8],
         identity: Option<Attrs>,
+        opener: u32,
     ) -> FsResult<u64> {
         let channel = opened.channel;
         let Some(inode_writes) = self.inode_writes(ino) else {
@@ -208,6 +210,8 @@ impl Core {
                 inode_writes,
                 lane_handles: Mutex::new(Some(Vec::new())),
                 spreading: Default::default(),
+                flushed: Default::default(),
+                opener,
                 failures_seen,
             }),
         );
@@ -352,7 +356,8 @@ impl Core {
         let path = Bytes::from(path);
         let mut opening = tokio::task::JoinSet::new();
         let others = generation.channels.iter().enumerate();
-        for (index, channel) in others.filter(|(index, _)| *index != own.channel) {
+        // Not on the metadata channel either (see `open_handle`).
+        for (index, channel) in others.filter(|(index, _)| *index != own.channel && *index != 0) {
             let channel = channel.clone();
             let generation = generation.id;
             let (file, writer) = (file.clone(), writer.clone());
@@ -427,8 +432,10 @@ impl Core {
         closed.map_err(errno)
     }
 
-    /// OPENs `path` on the metadata channel, or once it holds [`FILES_ON_FIRST_CHANNEL`] files,
-    /// on the channel holding the fewest; counted there until [`Core::close_handles`]. With
+    /// OPENs `path` on the channel holding the fewest files, never on the metadata channel when
+    /// there is another: a lookup or a listing must not wait behind megabytes of a file's
+    /// WRITEs in that channel's window (`ls -l` during an upload). Servers also cap the handles
+    /// of one session (Green End's at 128). Counted there until [`Core::close_handles`]. With
     /// `stat_after`, on a server that runs a channel in order, a STAT of `path` (following a
     /// symlink, as the OPEN did) goes right behind the OPEN: the attributes as the OPEN left
     /// them, with no round trip of their own.
@@ -443,11 +450,7 @@ impl Core {
         let generation = self.remote.current().await.map_err(|_| libc::EIO)?;
         let channels = generation.channels.len().min(self.files_on.len());
         let load = |i: usize| self.files_on[i].load(Ordering::Relaxed);
-        let channel = if load(0) < FILES_ON_FIRST_CHANNEL {
-            0
-        } else {
-            (0..channels).min_by_key(|&i| load(i)).unwrap_or(0)
-        };
+        let channel = (1..channels).min_by_key(|&i| load(i)).unwrap_or(0);
         let session = generation.channels[channel].clone();
         self.files_on[channel].fetch_add(1, Ordering::Relaxed);
         let opened = session.open(path, pflags, attrs);
@@ -467,7 +470,8 @@ impl Core {
         Ok((opened, after))
     }
 
-    pub async fn open(&self, ino: u64, flags: i32) -> FsResult<Opened> {
+    /// `caller`: the process opening it.
+    pub async fn open(&self, ino: u64, flags: i32, caller: u32) -> FsResult<Opened> {
         let (path, linked) = self.path_and_linked(ino)?;
         let pflags = Self::sftp_open_flags(flags & !(libc::O_CREAT | libc::O_EXCL));
         let truncating = pflags & open_flags::TRUNC != 0;
@@ -501,7 +505,7 @@ impl Core {
             KeepCache::Always => true,
         };
         Ok(Opened {
-            fh: self.register_open(ino, handle, flags, &path, attrs)?,
+            fh: self.register_open(ino, handle, flags, &path, attrs, caller)?,
             keep_cache,
         })
     }
@@ -512,6 +516,7 @@ impl Core {
         name: &[u8],
         mode: CreateMode,
         flags: i32,
+        caller: u32,
     ) -> FsResult<(Entry, u64)> {
         let path = self.child_path(parent, name)?;
         let attrs = Attrs {
@@ -545,7 +550,7 @@ impl Core {
         };
         self.cache.created(&path, attrs.clone());
         let ino = self.inodes.lock().unwrap().remember(parent, name, false);
-        let fh = self.register_open(ino, opened, flags, &path, Some(attrs.clone()))?;
+        let fh = self.register_open(ino, opened, flags, &path, Some(attrs.clone()), caller)?;
         Ok((
             Entry {
                 attr: self.shown(ino, &attrs),
@@ -570,6 +575,16 @@ impl Core {
         let source = SftpSource {
             file: file.handle.clone(),
         };
+        // Where the file ends, as last known: a READ of one byte there goes out right behind
+        // the others, so that the end of the file (which only the server's EOF may tell, see
+        // `read_on`) is confirmed in the same round trip rather than one more: a small file is
+        // read in one.
+        let known_end = self
+            .inodes
+            .lock()
+            .unwrap()
+            .shown(file.ino)
+            .and_then(|a| a.size);
         let max = self.features.max_read;
         let chunks: Vec<_> = (0..size)
             .step_by(max as usize)
@@ -579,9 +594,27 @@ impl Core {
                 (at, len, source.read(at, len))
             })
             .collect();
+        let mut end_probe = known_end
+            .filter(|&end| end > offset && end < offset + size as u64)
+            .map(|end| (end, source.read(end, 1)));
         let mut out = bytes::BytesMut::with_capacity(size as usize);
         for (at, len, pending) in chunks {
-            let data = read::read_on(&source, at, len, pending.await?).await?;
+            let first = pending.await?;
+            let short_at = at + first.len() as u64;
+            let confirmed_end = match end_probe.take() {
+                Some((end, probe)) if short_at == end && first.len() < len as usize => {
+                    probe.await?.is_empty()
+                }
+                other => {
+                    end_probe = other;
+                    false
+                }
+            };
+            let data = if confirmed_end {
+                first
+            } else {
+                read::read_on(&source, at, len, first).await?
+            };
             out.extend_from_slice(&data);
             if data.len() < len as usize {
                 break;
@@ -604,6 +637,7 @@ impl Core {
         if self.shutting_down.load(Ordering::Acquire) {
             writer.close();
         }
+        file.flushed.store(false, Ordering::Release);
         let written = writer.write(offset, data, whole).await?;
         // After the write is pending, so that no stat from before it is stored after it.
         self.changed_attrs(file.ino);
@@ -622,10 +656,31 @@ impl Core {
     /// is returned here.
     pub async fn flush(&self, fh: u64) -> FsResult<()> {
         let file = self.file(fh)?;
-        match &file.writer {
-            Some(writer) => writer.settle().await,
-            None => Ok(()),
+        let Some(writer) = &file.writer else {
+            return Ok(());
+        };
+        file.flushed.store(true, Ordering::Release);
+        // The attributes the writes leave (the server's new mtime and size), asked right behind
+        // them on their channel: a stat after close (git, cp -p, make) needs no round trip.
+        let after = match file.handle.now() {
+            Ok(own)
+                if self.features.in_order
+                    && file.inode_writes.pending()
+                    && file.inode_writes.all_queued_on(own.ordering_channel()) =>
+            {
+                Some((self.cache.ticket(), own.session.fstat(own.handle)))
+            }
+            _ => None,
+        };
+        writer.settle().await?;
+        if let Some((ticket, after)) = after
+            && let Ok(attrs) = after.await
+            && !file.inode_writes.pending()
+            && let Some(path) = self.linked_path(file.ino)
+        {
+            self.cache.put_name(ticket, path, Known::Attrs(attrs));
         }
+        Ok(())
     }
 
     /// fsync(2) through any descriptor of the file, a read-only one too (`sync FILE`): every

@@ -59,6 +59,9 @@ struct InodeWritesState {
     in_flight: BTreeMap<u64, Placed>,
     /// Chunks of accepted writes not yet queued on a channel.
     unsent: usize,
+    /// Attribute changes queued behind the writes and not yet answered (see
+    /// [`WritePipeline::track_attr_change`]).
+    attr_changes: usize,
     /// Chunks that timed out or lost their channel: the server may or may not apply them, at
     /// any time. Kept for the life of the inode.
     unknown_fate: Vec<Placed>,
@@ -105,6 +108,12 @@ impl InodeWrites {
         s.unacked_end = s.unacked_end.max(end);
         s.unsent += chunks;
         seq
+    }
+
+    /// Whether attribute changes sent in the background are still unanswered: until they are,
+    /// the server's attributes are older than what the kernel was told.
+    pub fn attrs_changing(&self) -> bool {
+        self.state.lock().unwrap().attr_changes > 0
     }
 
     /// A chunk was queued on its channel, or failed before.
@@ -299,6 +308,8 @@ struct PipelineState {
     lane_load: Vec<usize>,
     /// Bytes accepted that never reached the server (their write failed).
     lost_bytes: u64,
+    /// The first failure of an attribute change, until a barrier reports it.
+    attr_failed: Option<Errno>,
 }
 
 /// The write side of one open file.
@@ -602,16 +613,65 @@ impl WritePipeline {
         }
     }
 
-    /// Waits until every write accepted before this call is acked (a writer that goes on
-    /// writing does not hold it up); returns the latched failure, if any.
+    /// Takes an attribute change (chmod, chown, utimes) already queued behind this file's
+    /// writes, so that the program need not wait for it: barriers wait for it as for a write,
+    /// and the next one reports its failure, once (a later write does not: it is not the
+    /// data's). Refused (`false`) once the pipeline is closed or has failed: the caller waits
+    /// for the change itself then.
+    pub fn track_attr_change(self: &Arc<Self>, ack: AckFuture) -> bool {
+        let seq = {
+            let mut s = self.state.lock().unwrap();
+            if s.latched.is_some() || self.closed.load(Ordering::Acquire) {
+                return false;
+            }
+            let seq = s.next_seq;
+            s.next_seq += 1;
+            s.unacked.insert(seq);
+            seq
+        };
+        let inode_seq = self.inode.begin(0, 0);
+        self.inode.state.lock().unwrap().attr_changes += 1;
+        let this = self.clone();
+        tokio::spawn(async move {
+            let result = ack.await;
+            {
+                let mut inode = this.inode.state.lock().unwrap();
+                inode.attr_changes -= 1;
+                if let Err(errno) = result {
+                    inode.failures += 1;
+                    inode.last_failure = errno;
+                }
+            }
+            this.inode.finish(inode_seq);
+            let mut s = this.state.lock().unwrap();
+            if let Err(errno) = result {
+                warn!(
+                    "attribute change failed: {}",
+                    std::io::Error::from_raw_os_error(errno)
+                );
+                s.attr_failed.get_or_insert(errno);
+            }
+            s.unacked.remove(&seq);
+            drop(s);
+            this.changed.send_replace(());
+        });
+        true
+    }
+
+    /// Waits until every write (and attribute change) accepted before this call is acked (a
+    /// writer that goes on writing does not hold it up); returns the latched failure, if any,
+    /// or else an attribute change's not reported yet.
     pub async fn settle(&self) -> Result<(), Errno> {
         let mut rx = self.changed.subscribe();
         let horizon = self.state.lock().unwrap().next_seq;
         loop {
             {
-                let s = self.state.lock().unwrap();
+                let mut s = self.state.lock().unwrap();
                 if s.unacked.first().is_none_or(|&oldest| oldest >= horizon) {
-                    return s.latched.map_or(Ok(()), Err);
+                    if let Some(errno) = s.latched {
+                        return Err(errno);
+                    }
+                    return s.attr_failed.take().map_or(Ok(()), Err);
                 }
             }
             if rx.changed().await.is_err() {

@@ -1413,6 +1413,37 @@ impl Sshd {
     }
 }
 
+/// A small tmpfs as a directory of the server, unmounted (lazily) on drop.
+pub struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    pub fn new(path: &Path, size: &str) -> SmallDisk {
+        fs::create_dir_all(path).unwrap();
+        run(
+            "mount",
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "tmpfs",
+                path.to_str().unwrap(),
+            ],
+            "/",
+        );
+        SmallDisk(path.to_owned())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .args(["-l"])
+            .arg(&self.0)
+            .status();
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // A server that misbehaves
 // ---------------------------------------------------------------------------------------------
