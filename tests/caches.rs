@@ -12,7 +12,7 @@ use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt, symlink};
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::thread::sleep;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use common::*;
 
@@ -299,8 +299,10 @@ fn cached_pages_survive_a_reopen_until_the_file_changes() {
     let remote = sshd.remote_root().join("f");
     random_file(&remote, 8 << 20, 1);
     set_mtime(&remote, 1_500_000_000);
-    let m = Mount::new(&sshd, &["-o", "dcache_timeout=2"]);
+    let m = Mount::new(&sshd, &["-o", "dcache_timeout=4"]);
 
+    // The attributes the mount keeps are at most this old.
+    let filled = Instant::now();
     assert!(fs::read(m.join("f")).unwrap() == fs::read(&remote).unwrap());
     let before = recorder.settled();
     assert!(fs::read(m.join("f")).unwrap() == fs::read(&remote).unwrap());
@@ -313,14 +315,18 @@ fn cached_pages_survive_a_reopen_until_the_file_changes() {
         "second read of an unchanged file: {cost:?}"
     );
 
-    // Same size, new contents and mtime, on the server.
+    // Same size, new contents and mtime, on the server: not seen before the attributes the
+    // mount keeps have expired (they were fetched after `filled`), seen after.
     random_file(&remote, 8 << 20, 2);
     set_mtime(&remote, 1_600_000_000);
-    let now = SystemTime::now();
-    assert!(wait_until(Duration::from_secs(10), || {
+    assert!(wait_until(Duration::from_secs(15), || {
         fs::read(m.join("f")).unwrap() == fs::read(&remote).unwrap()
     }));
-    assert!(now.elapsed().unwrap() >= Duration::from_secs(1));
+    assert!(
+        filled.elapsed() >= Duration::from_secs(4),
+        "the server's change was seen after {:?}, before the 4 s timeout",
+        filled.elapsed()
+    );
     // And the new pages are kept in turn, once the kernel has the new attributes too (it
     // drops pages itself when it first sees the new mtime).
     sleep(Duration::from_millis(1500));
