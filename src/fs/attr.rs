@@ -242,11 +242,11 @@ impl Core {
 
     /// Sends the change `attrs` through `file`, open for writing, right behind its writes, and
     /// lets it complete in the background: its failure is reported by the file's next barrier
-    /// (the caller makes sure the change comes from the process that opened it: the error
-    /// must reach the program that caused it)
-    /// (close at the latest), as a write's is; not once the file was closed after its last
-    /// write (the program may be done with it: nothing would report the failure). Only where the order is sure (a server that
-    /// keeps a channel's order, every write of the inode queued on that channel). Returns the
+    /// (close at the latest), as a write's is. The caller makes sure the change comes from the
+    /// process that opened the file (the error must reach the program that caused it). Not
+    /// once the file was closed after its last write (the program may be done with it: nothing
+    /// would report the failure), and only where the order is sure (a server that keeps a
+    /// channel's order, every write of the inode queued on that channel). Returns the
     /// attributes it will give the file (from `shown`, what the kernel knows), or `None` when
     /// the change must be waited for.
     fn change_in_background(
