@@ -8,7 +8,7 @@ use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::Write;
 use std::net::TcpListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -267,10 +267,22 @@ fn no_dev_fuse() {
     assert!(stderr_line(&out).contains("no /dev/fuse"));
 }
 
+/// Unmounts a mount made with mount(8) when the test ends, also when it fails midway.
+struct UnmountOnDrop(PathBuf);
+
+impl Drop for UnmountOnDrop {
+    fn drop(&mut self) {
+        if mount_info(&self.0).is_some() {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
 #[test]
 fn fstab_helper_mode_through_mount_fuse3() {
     let sshd = Sshd::start();
     let mp = tempfile::tempdir().unwrap();
+    let _unmount = UnmountOnDrop(mp.path().to_owned());
     let opts = format!(
         "port={},IdentityFile={},UserKnownHostsFile={},_netdev,noatime,x-systemd.automount",
         sshd.port(),
@@ -326,6 +338,7 @@ fn an_fstab_line_keeps_nosuid_nodev_and_the_command_line_may_lift_them() {
     let sshd = Sshd::start();
     let mp = tempfile::tempdir().unwrap();
     let mp_path = mp.path().canonicalize().unwrap();
+    let _unmount = UnmountOnDrop(mp_path.clone());
     let fstab = tempfile::NamedTempFile::new().unwrap();
     fs::write(
         fstab.path(),
