@@ -126,6 +126,11 @@ impl MetaCache {
         }
     }
 
+    /// `known`, if the cache keeps anything.
+    fn known(&self, known: Known) -> Option<Known> {
+        self.config.enabled.then_some(known)
+    }
+
     pub fn ticket(&self) -> Ticket {
         Ticket(self.inner.lock().unwrap().epoch)
     }
@@ -319,20 +324,11 @@ impl MetaCache {
     /// directory); a directory just made is known empty.
     pub fn created(&self, path: &[u8], attrs: Attrs) {
         let mut inner = self.inner.lock().unwrap();
-        inner.epoch += 1;
-        inner.links.pop(path);
-        inner.pop_listing(path);
         let made_dir = is_dir(&attrs);
-        if self.config.enabled {
-            inner
-                .names
-                .put(path.to_vec(), Timed::now(Known::Attrs(attrs)));
-        }
-        let Some((dir, name)) = split(path) else {
+        let Some((dir, name)) = inner.changed_in_place(path, self.known(Known::Attrs(attrs)))
+        else {
             return;
         };
-        // Its modification time changed.
-        inner.names.pop(dir);
         if let Some(listing) = inner.dirs.get_mut(dir)
             && !listing.value.iter().any(|n| n[..] == *name)
         {
@@ -348,16 +344,9 @@ impl MetaCache {
     /// listing (kept, so that the directory's other names need no round trip).
     pub fn removed(&self, path: &[u8]) {
         let mut inner = self.inner.lock().unwrap();
-        inner.epoch += 1;
-        inner.links.pop(path);
-        inner.pop_listing(path);
-        if self.config.enabled {
-            inner.names.put(path.to_vec(), Timed::now(Known::Missing));
-        }
-        let Some((dir, name)) = split(path) else {
+        let Some((dir, name)) = inner.changed_in_place(path, self.known(Known::Missing)) else {
             return;
         };
-        inner.names.pop(dir);
         if let Some(listing) = inner.dirs.get_mut(dir)
             && let Some(at) = listing.value.iter().position(|n| n[..] == *name)
         {
@@ -375,6 +364,27 @@ impl MetaCache {
 }
 
 impl Inner {
+    /// What a creation or removal of `path` through the mount makes stale, dropped: its target,
+    /// its listing, its directory's attributes (their mtime moved); `now` is what the name is
+    /// known to be. The directory's listing is left for the caller to edit. Returns the
+    /// directory and the name.
+    fn changed_in_place<'p>(
+        &mut self,
+        path: &'p [u8],
+        now: Option<Known>,
+    ) -> Option<(&'p [u8], &'p [u8])> {
+        self.epoch += 1;
+        self.links.pop(path);
+        self.pop_listing(path);
+        match now {
+            Some(known) => self.names.put(path.to_vec(), Timed::now(known)),
+            None => self.names.pop(path),
+        };
+        let (dir, name) = split(path)?;
+        self.names.pop(dir);
+        Some((dir, name))
+    }
+
     fn pop_listing(&mut self, dir: &[u8]) {
         if let Some(old) = self.dirs.pop(dir) {
             self.listed -= old.value.len();

@@ -116,6 +116,27 @@ impl InodeWrites {
         self.state.lock().unwrap().attr_changes > 0
     }
 
+    /// An attribute change was sent behind the inode's writes: barriers wait for it as for a
+    /// write, and the attributes the kernel was told stay ahead of the server's until it ends.
+    fn begin_attr_change(&self) -> u64 {
+        let seq = self.begin(0, 0);
+        self.state.lock().unwrap().attr_changes += 1;
+        seq
+    }
+
+    /// Its reply came: a failure counts as a write's does (fsync reports it).
+    fn end_attr_change(&self, seq: u64, result: Result<(), Errno>) {
+        {
+            let mut s = self.state.lock().unwrap();
+            s.attr_changes -= 1;
+            if let Err(errno) = result {
+                s.failures += 1;
+                s.last_failure = errno;
+            }
+        }
+        self.finish(seq);
+    }
+
     /// A chunk was queued on its channel, or failed before.
     fn sent(&self) {
         self.state.lock().unwrap().unsent -= 1;
@@ -295,6 +316,16 @@ pub struct WriteLimits {
     /// The server executes a channel's requests in order: an overlapping chunk may follow the
     /// chunks it overlaps on their channel instead of waiting for their acks.
     pub in_order: bool,
+}
+
+impl PipelineState {
+    /// Numbers a write (or attribute change) taken now, unacked until it lands.
+    fn begin(&mut self) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.unacked.insert(seq);
+        seq
+    }
 }
 
 #[derive(Default)]
@@ -503,10 +534,7 @@ impl WritePipeline {
                 };
                 if let Some(take) = take {
                     s.buffered += take;
-                    let seq = s.next_seq;
-                    s.next_seq += 1;
-                    s.unacked.insert(seq);
-                    break (take, seq);
+                    break (take, s.begin());
                 }
             }
             if rx.changed().await.is_err() {
@@ -624,25 +652,13 @@ impl WritePipeline {
             if s.latched.is_some() || self.closed.load(Ordering::Acquire) {
                 return false;
             }
-            let seq = s.next_seq;
-            s.next_seq += 1;
-            s.unacked.insert(seq);
-            seq
+            s.begin()
         };
-        let inode_seq = self.inode.begin(0, 0);
-        self.inode.state.lock().unwrap().attr_changes += 1;
+        let inode_seq = self.inode.begin_attr_change();
         let this = self.clone();
         tokio::spawn(async move {
             let result = ack.await;
-            {
-                let mut inode = this.inode.state.lock().unwrap();
-                inode.attr_changes -= 1;
-                if let Err(errno) = result {
-                    inode.failures += 1;
-                    inode.last_failure = errno;
-                }
-            }
-            this.inode.finish(inode_seq);
+            this.inode.end_attr_change(inode_seq, result);
             let mut s = this.state.lock().unwrap();
             if let Err(errno) = result {
                 warn!(
