@@ -31,6 +31,12 @@ pub struct Opened {
 /// done before a second handle would pay for its open and close.
 const SPREAD_AFTER_BYTES: u64 = 2 * 1024 * 1024;
 
+/// Files read whole by one kernel READ: opened on the metadata channel (see `open_handle`).
+const SMALL_FILE: u64 = 128 * 1024;
+/// Small files open there at once, at most: the rest go to the data channels, so that a program
+/// holding thousands open neither fills one session's handle table nor crowds out lookups.
+const SMALL_FILES_ON_METADATA_CHANNEL: usize = 32;
+
 /// OpenSSH's sshd grants each session channel a 2 MiB window (CHAN_SES_WINDOW_DEFAULT).
 const LANE_TARGET: usize = 2 * 1024 * 1024;
 
@@ -434,8 +440,11 @@ impl Core {
 
     /// OPENs `path` on the channel holding the fewest files, never on the metadata channel when
     /// there is another: a lookup or a listing must not wait behind megabytes of a file's
-    /// WRITEs in that channel's window (`ls -l` during an upload). Servers also cap the handles
-    /// of one session (Green End's at 128). Counted there until [`Core::close_handles`]. With
+    /// WRITEs in that channel's window (`ls -l` during an upload). The exception is `small`: a
+    /// file only read and known to be small is as light as a lookup, and the data channels may
+    /// hold megabytes of an upload queued ahead of it (`cat` of a small file during an upload
+    /// waited a round trip or two more there). Servers also cap the handles of one session
+    /// (Green End's at 128). Counted there until [`Core::close_handles`]. With
     /// `stat_after`, on a server that runs a channel in order, a STAT of `path` (following a
     /// symlink, as the OPEN did) goes right behind the OPEN: the attributes as the OPEN left
     /// them, with no round trip of their own.
@@ -446,11 +455,16 @@ impl Core {
         pflags: u32,
         attrs: Attrs,
         stat_after: bool,
+        small: bool,
     ) -> FsResult<(Result<ServerHandle, SftpError>, Option<Reply<Attrs>>)> {
         let generation = self.remote.current().await.map_err(|_| libc::EIO)?;
         let channels = generation.channels.len().min(self.files_on.len());
         let load = |i: usize| self.files_on[i].load(Ordering::Relaxed);
-        let channel = (1..channels).min_by_key(|&i| load(i)).unwrap_or(0);
+        let channel = if small && load(0) < SMALL_FILES_ON_METADATA_CHANNEL {
+            0
+        } else {
+            (1..channels).min_by_key(|&i| load(i)).unwrap_or(0)
+        };
         let session = generation.channels[channel].clone();
         self.files_on[channel].fetch_add(1, Ordering::Relaxed);
         let opened = session.open(path, pflags, attrs);
@@ -487,8 +501,16 @@ impl Core {
                 None
             }
         };
+        let small = flags & libc::O_ACCMODE == libc::O_RDONLY
+            && self
+                .inodes
+                .lock()
+                .unwrap()
+                .shown(ino)
+                .and_then(|a| a.size)
+                .is_some_and(|size| size <= SMALL_FILE);
         let (handle, attrs) = tokio::join!(
-            self.open_handle(&path, pflags, Attrs::default(), false),
+            self.open_handle(&path, pflags, Attrs::default(), false, small),
             stat
         );
         if truncating {
@@ -524,7 +546,7 @@ impl Core {
             ..Default::default()
         };
         let pflags = Self::sftp_open_flags(flags | libc::O_CREAT);
-        let (opened, after) = self.open_handle(&path, pflags, attrs, true).await?;
+        let (opened, after) = self.open_handle(&path, pflags, attrs, true, false).await?;
         let opened = match opened {
             Ok(h) => h,
             Err(e) => {

@@ -324,6 +324,7 @@ pub async fn connect(target: Arc<Target>) -> Result<Handle<ClientHandler>, SshEr
                 source,
             })?;
         stream.set_nodelay(true).ok();
+        limit_unsent(&stream);
         let handle = client::connect_stream(config, stream, handler).await;
         handle.map_err(|e| host_key_error(&target, &verdict, e))
     })
@@ -334,6 +335,32 @@ pub async fn connect(target: Arc<Target>) -> Result<Handle<ClientHandler>, SshEr
     })??;
     authenticate(&mut handle, &target).await?;
     Ok(handle)
+}
+
+/// Bytes the kernel may hold unsent for the socket. Unsent bytes are a queue every channel
+/// shares: a lookup sent during an upload waits behind all of them (measured: 3 MB queued, a
+/// `stat` 20 ms instead of 0.5 at RTT 0). Bulk data waits in its own channel's queue instead,
+/// where the next small request need not. Enough to keep the link busy between writes.
+const UNSENT_LIMIT: libc::c_int = 128 * 1024;
+
+fn limit_unsent(stream: &tokio::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid socket and an int option of the right size.
+    let r = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            (&UNSENT_LIMIT as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        debug!(
+            "TCP_NOTSENT_LOWAT not set: {}",
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 fn host_key_error(
