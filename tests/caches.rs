@@ -497,3 +497,104 @@ fn noauto_cache_reads_afresh_at_every_open() {
     let cost = recorder.settled().since(&before);
     assert!(cost.read_bytes >= 1 << 20, "{cost:?}");
 }
+
+/// Reads every file of `dir` through the mount in listing order (as `cat *` would), checking
+/// each against the server's copy; returns how many there were.
+fn read_in_listing_order(m: &Mount, root: &Path, dir: &str) -> usize {
+    let mut files: Vec<_> = fs::read_dir(m.join(dir))
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().unwrap().is_file())
+        .map(|e| e.file_name())
+        .collect();
+    // read_dir yields the listing's order; nothing to sort.
+    for name in &mut files {
+        let rel = Path::new(dir).join(&*name);
+        assert!(
+            fs::read(m.join(&rel)).unwrap() == fs::read(root.join(&rel)).unwrap(),
+            "{} differs from the server's",
+            rel.display()
+        );
+    }
+    files.len()
+}
+
+#[test]
+fn small_files_read_one_after_another_are_read_ahead_and_stay_the_servers() {
+    let recorder = SftpRecorder::new();
+    let sshd = Sshd::start_recorded(&recorder);
+    let root = sshd.remote_root();
+    // Sizes the read-ahead must tell apart: empty, a few bytes, one READ's worth, the
+    // 128 KiB bound and just over it (not read ahead); a subdirectory among them.
+    fs::create_dir(root.join("src")).unwrap();
+    for i in 0..30u64 {
+        let len = [0, 10, 5000, 128 << 10, (128 << 10) + 1][i as usize % 5];
+        random_file(root.join(format!("src/f{i:02}")), len, i);
+    }
+    fs::create_dir(root.join("src/sub")).unwrap();
+    fs::create_dir(root.join("more")).unwrap();
+    for i in 0..8u64 {
+        random_file(root.join(format!("more/g{i}")), 3000, 100 + i);
+    }
+    let m = Mount::new(&sshd, &["-o", "dcache_timeout=8"]);
+
+    // A whole directory read file by file: every byte the server's, each file opened once at
+    // the server (one read ahead is not opened again when the program opens it).
+    let before = recorder.settled();
+    let files = read_in_listing_order(&m, &root, "src");
+    let cost = recorder.settled().since(&before);
+    assert_eq!(files, 30);
+    assert_eq!(cost.count("OPEN"), 30, "{cost:?}");
+
+    // Served from memory: a file read ahead and then removed on the server still reads as it
+    // was, until the attribute timeout (as a cached page would), and not after.
+    let listed: Vec<_> = fs::read_dir(m.join("more"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    let filled = Instant::now();
+    let name = |k: usize| listed[k].to_str().unwrap().to_owned();
+    let old_next = fs::read(root.join("more").join(name(1))).unwrap();
+    let before = recorder.settled();
+    fs::read(m.join("more").join(name(0))).unwrap();
+    let cost = recorder.settled().since(&before);
+    assert_eq!(
+        cost.count("OPEN"),
+        3,
+        "the first and the next two: {cost:?}"
+    );
+    fs::remove_file(root.join("more").join(name(1))).unwrap();
+    assert!(fs::read(m.join("more").join(name(1))).unwrap() == old_next);
+    assert!(
+        filled.elapsed() < Duration::from_secs(7),
+        "the check before the timeout ran late ({:?}); it proves nothing",
+        filled.elapsed()
+    );
+    assert!(wait_until(Duration::from_secs(15), || {
+        fs::read(m.join("more").join(name(1)))
+            .map_err(errno_of)
+            .err()
+            == Some(libc::ENOENT)
+    }));
+
+    // Changes through the mount drop what was read ahead. Reading on fetched the next ones.
+    fs::read(m.join("more").join(name(2))).unwrap();
+    recorder.settled();
+    let new = random_bytes(3000, 7);
+    fs::write(m.join("more").join(name(3)), &new).unwrap();
+    assert!(fs::read(root.join("more").join(name(3))).unwrap() == new);
+    assert!(fs::read(m.join("more").join(name(3))).unwrap() == new);
+    // A descriptor served from memory sees a write through another one.
+    let reader = File::open(m.join("more").join(name(4))).unwrap();
+    let newer = random_bytes(3000, 8);
+    let writer = fs::OpenOptions::new()
+        .write(true)
+        .open(m.join("more").join(name(4)))
+        .unwrap();
+    writer.write_all_at(&newer, 0).unwrap();
+    drop(writer);
+    let mut seen = vec![0; 3000];
+    reader.read_exact_at(&mut seen, 0).unwrap();
+    assert!(seen == newer);
+    assert!(fs::read(root.join("more").join(name(4))).unwrap() == newer);
+}

@@ -1,7 +1,8 @@
 //! The metadata cache: what the server told us about names (attributes, "no such name"),
 //! symlink targets and directory listings, each kept for its timeout (sshfs's `dcache_*`
 //! options) in bounded LRUs, so that `ls -l` twice or a build's thousands of stats do not each
-//! cost a round trip.
+//! cost a round trip. Small files read ahead whole (see `small_files.rs`) are kept here too,
+//! beside their names: whatever makes a name's attributes stale makes its contents stale.
 //!
 //! Everything is keyed by remote path, as the server names things, so that listings can be
 //! fetched ahead for directories the kernel has not heard of yet. The core invalidates what its
@@ -74,6 +75,9 @@ pub enum Known {
     Missing,
 }
 
+/// A name's path and attributes.
+pub type PathAttrs = (Vec<u8>, Attrs);
+
 /// Taken before a fetch; the fetch's result is stored only if nothing was invalidated since.
 #[derive(Debug, Clone, Copy)]
 pub struct Ticket(u64);
@@ -102,7 +106,14 @@ struct Inner {
     /// Directories whose listing was too large to keep, and when that was seen: fetching
     /// them ahead again and again would be all cost.
     too_large: LruCache<Vec<u8>, Instant>,
+    /// Whole contents of small files, with the attributes they were read under.
+    contents: LruCache<Vec<u8>, Timed<(Attrs, Bytes)>>,
+    /// Bytes in `contents`.
+    contents_bytes: usize,
 }
+
+/// Bytes of small files' contents kept at most.
+const MAX_CONTENTS_BYTES: usize = 16 * 1024 * 1024;
 
 pub struct MetaCache {
     config: CacheConfig,
@@ -122,6 +133,8 @@ impl MetaCache {
                 dirs: LruCache::new(cap),
                 listed: 0,
                 too_large: LruCache::new(NonZeroUsize::new(256).expect("non-zero")),
+                contents: LruCache::new(cap),
+                contents_bytes: 0,
             }),
         }
     }
@@ -165,6 +178,38 @@ impl MetaCache {
         if inner.epoch == ticket.0 {
             store(&mut inner);
         }
+    }
+
+    /// The whole contents of `path`, read while the name had the attributes it has now (size
+    /// and mtime), within the attribute timeout.
+    pub fn contents(&self, path: &[u8]) -> Option<(Attrs, Bytes)> {
+        if !self.config.enabled {
+            return None;
+        }
+        let mut inner = self.inner.lock().unwrap();
+        let Known::Attrs(now) = Self::fresh(inner.names.get(path), self.config.stat_timeout)?
+        else {
+            return None;
+        };
+        let (then, data) = Self::fresh(inner.contents.get(path), self.config.stat_timeout)?;
+        let key = |a: &Attrs| (a.size, a.atime_mtime.map(|t| t.1));
+        (key(&now) == key(&then)).then_some((then, data))
+    }
+
+    /// Keeps `data` as the whole contents of `path` while it has `attrs`.
+    pub fn put_contents(&self, ticket: Ticket, path: Vec<u8>, attrs: Attrs, data: Bytes) {
+        self.store_if_current(ticket, |inner| {
+            inner.contents_bytes += data.len();
+            if let Some(old) = inner.contents.put(path, Timed::now((attrs, data))) {
+                inner.contents_bytes -= old.value.1.len();
+            }
+            while inner.contents_bytes > MAX_CONTENTS_BYTES {
+                match inner.contents.pop_lru() {
+                    Some((_, old)) => inner.contents_bytes -= old.value.1.len(),
+                    None => break,
+                }
+            }
+        });
     }
 
     pub fn put_name(&self, ticket: Ticket, path: Vec<u8>, known: Known) {
@@ -211,6 +256,48 @@ impl MetaCache {
             }
         }
         Some(out)
+    }
+
+    /// Where `name` stands in the fresh listing of `dir` (looked for at `hint` first), and the
+    /// names after it whose fresh attributes `wanted` accepts, `n` at most, as paths.
+    pub fn names_after(
+        &self,
+        dir: &[u8],
+        name: &[u8],
+        hint: usize,
+        n: usize,
+        wanted: impl Fn(&Attrs) -> bool,
+    ) -> Option<(usize, Vec<PathAttrs>)> {
+        if !self.config.enabled {
+            return None;
+        }
+        let mut inner = self.inner.lock().unwrap();
+        let listing = inner
+            .dirs
+            .get(dir)
+            .filter(|t| t.at.elapsed() < self.config.dir_timeout)?;
+        let names = &listing.value;
+        let at = if names.get(hint).is_some_and(|n| n[..] == *name) {
+            hint
+        } else {
+            names.iter().position(|n| n[..] == *name)?
+        };
+        // Not the whole listing: a directory of thousands is read one file at a time.
+        let ahead: Vec<Bytes> = names[at + 1..].iter().take(4 * n + 16).cloned().collect();
+        let mut out = Vec::new();
+        for next in &ahead {
+            if out.len() == n {
+                break;
+            }
+            let path = join(dir, next);
+            if let Some(Known::Attrs(attrs)) =
+                Self::fresh(inner.names.get(&path), self.config.stat_timeout)
+                && wanted(&attrs)
+            {
+                out.push((path, attrs));
+            }
+        }
+        Some((at, out))
     }
 
     /// Whether `dir` was listed within the listing timeout and had more names than the cache
@@ -291,6 +378,7 @@ impl MetaCache {
         let mut inner = self.inner.lock().unwrap();
         inner.epoch += 1;
         inner.names.pop(path);
+        inner.pop_contents(path);
         inner.links.pop(path);
         inner.pop_listing(path);
         if let Some(dir) = parent(path) {
@@ -309,6 +397,9 @@ impl MetaCache {
         };
         for key in below(&mut inner.names.iter().map(|(k, _)| k)) {
             inner.names.pop(&key);
+        }
+        for key in below(&mut inner.contents.iter().map(|(k, _)| k)) {
+            inner.pop_contents(&key);
         }
         for key in below(&mut inner.links.iter().map(|(k, _)| k)) {
             inner.links.pop(&key);
@@ -360,6 +451,7 @@ impl MetaCache {
         let mut inner = self.inner.lock().unwrap();
         inner.epoch += 1;
         inner.names.pop(path);
+        inner.pop_contents(path);
     }
 }
 
@@ -376,6 +468,7 @@ impl Inner {
         self.epoch += 1;
         self.links.pop(path);
         self.pop_listing(path);
+        self.pop_contents(path);
         match now {
             Some(known) => self.names.put(path.to_vec(), Timed::now(known)),
             None => self.names.pop(path),
@@ -383,6 +476,12 @@ impl Inner {
         let (dir, name) = split(path)?;
         self.names.pop(dir);
         Some((dir, name))
+    }
+
+    fn pop_contents(&mut self, path: &[u8]) {
+        if let Some(old) = self.contents.pop(path) {
+            self.contents_bytes -= old.value.1.len();
+        }
     }
 
     fn pop_listing(&mut self, dir: &[u8]) {
@@ -441,6 +540,68 @@ mod tests {
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(c.name(b"/r/a"), None);
         assert_eq!(c.name(b"/r/gone"), None);
+    }
+
+    #[test]
+    fn contents_are_kept_while_their_name_has_the_attributes_they_were_read_under() {
+        let c = cache(10_000, 100);
+        let data = Bytes::from_static(b"abc");
+        let store = |path: &[u8], size| {
+            let t = c.ticket();
+            c.put_name(t, path.to_vec(), Known::Attrs(attrs(size)));
+            c.put_contents(t, path.to_vec(), attrs(size), data.clone());
+        };
+        store(b"/r/a", 3);
+        assert_eq!(c.contents(b"/r/a").map(|(_, d)| d), Some(data.clone()));
+        // The name seen again with other attributes: the contents are another file's.
+        c.put_name(c.ticket(), b"/r/a".to_vec(), Known::Attrs(attrs(4)));
+        assert_eq!(c.contents(b"/r/a"), None);
+        // Each change through the mount drops them.
+        type Change = fn(&MetaCache);
+        let changes: [Change; 5] = [
+            |c| c.invalidate_attrs(b"/r/a"),
+            |c| c.invalidate(b"/r/a"),
+            |c| c.invalidate_tree(b"/r"),
+            |c| c.removed(b"/r/a"),
+            |c| c.created(b"/r/a", attrs(3)),
+        ];
+        for change in changes {
+            store(b"/r/a", 3);
+            assert!(c.contents(b"/r/a").is_some());
+            change(&c);
+            assert_eq!(c.contents(b"/r/a"), None);
+        }
+        // A read that raced a change is not kept.
+        let before = c.ticket();
+        c.put_name(before, b"/r/b".to_vec(), Known::Attrs(attrs(3)));
+        c.invalidate_attrs(b"/r/other");
+        c.put_contents(before, b"/r/b".to_vec(), attrs(3), data.clone());
+        assert_eq!(c.contents(b"/r/b"), None);
+        // They expire with the attributes.
+        let c = cache(50, 100);
+        let t = c.ticket();
+        c.put_name(t, b"/r/a".to_vec(), Known::Attrs(attrs(3)));
+        c.put_contents(t, b"/r/a".to_vec(), attrs(3), data);
+        assert!(c.contents(b"/r/a").is_some());
+        std::thread::sleep(Duration::from_millis(80));
+        assert_eq!(c.contents(b"/r/a"), None);
+    }
+
+    #[test]
+    fn names_after_follow_the_listing_order() {
+        let c = cache(10_000, 100);
+        let mut list = entries(&[b"a", b"d", b"b", b"c"]);
+        list[1].1.permissions = Some(0o040755);
+        c.put_listing(c.ticket(), b"/r", &list, |_| true);
+        let files = |a: &Attrs| a.permissions == Some(0o100644);
+        let (at, after) = c.names_after(b"/r", b"a", 0, 8, files).unwrap();
+        assert_eq!(at, 0);
+        let paths: Vec<&[u8]> = after.iter().map(|(p, _)| &p[..]).collect();
+        assert_eq!(paths, [&b"/r/b"[..], b"/r/c"]);
+        // A wrong hint costs a search, not a wrong answer.
+        let (at, after) = c.names_after(b"/r", b"b", 0, 1, files).unwrap();
+        assert_eq!((at, after.len()), (2, 1));
+        assert!(c.names_after(b"/r", b"zz", 0, 8, files).is_none());
     }
 
     #[test]

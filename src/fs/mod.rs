@@ -13,6 +13,7 @@ pub mod inode;
 mod namespace;
 mod open_file;
 pub mod read;
+mod small_files;
 pub mod write;
 
 pub use attr::{IdMapping, SetAttr};
@@ -61,6 +62,10 @@ fn errno(e: SftpError) -> Errno {
 
 fn is_symlink(attrs: &Attrs) -> bool {
     attrs.permissions.unwrap_or(0) & libc::S_IFMT == libc::S_IFLNK
+}
+
+fn is_regular(attrs: &Attrs) -> bool {
+    attrs.permissions.unwrap_or(0) & libc::S_IFMT == libc::S_IFREG
 }
 
 fn is_dir(attrs: &Attrs) -> bool {
@@ -119,6 +124,7 @@ pub struct Core {
     dirs: Mutex<HashMap<u64, Arc<DirHandle>>>,
     next_handle: AtomicU64,
     cache: MetaCache,
+    small_files: small_files::SmallFiles,
     dir_prefetch: Mutex<DirPrefetch>,
     listings_in_flight: Mutex<HashMap<Vec<u8>, ListingWatch>>,
     /// Held (shared) while a file is opened again by its path for more lanes, and exclusively
@@ -147,6 +153,7 @@ impl Core {
             dirs: Mutex::default(),
             next_handle: AtomicU64::new(1),
             cache: MetaCache::new(config.cache),
+            small_files: Default::default(),
             dir_prefetch: Mutex::default(),
             listings_in_flight: Mutex::default(),
             namespace: tokio::sync::RwLock::new(()),

@@ -11,7 +11,7 @@ use tracing::{debug, error, warn};
 use super::cache::Known;
 use super::handle::{FileHandle, ServerHandle, SftpLane, SftpSource};
 use super::namespace::CreateMode;
-use super::read::{self, Prefetcher, ReadSource};
+use super::read::{self, Prefetcher};
 use super::write::{InodeWrites, WriteLimits, WritePipeline};
 use super::{Core, Entry, Errno, FsResult, KeepCache, errno};
 use crate::remote::Generation;
@@ -31,8 +31,9 @@ pub struct Opened {
 /// done before a second handle would pay for its open and close.
 const SPREAD_AFTER_BYTES: u64 = 2 * 1024 * 1024;
 
-/// Files read whole by one kernel READ: opened on the metadata channel (see `open_handle`).
-const SMALL_FILE: u64 = 128 * 1024;
+/// Files read whole by one kernel READ: opened on the metadata channel (see `open_handle`),
+/// and read ahead whole when their directory is read file by file (see `small_files.rs`).
+pub(super) const SMALL_FILE: u64 = 128 * 1024;
 /// Small files open there at once, at most: the rest go to the data channels, so that a program
 /// holding thousands open neither fills one session's handle table nor crowds out lookups.
 const SMALL_FILES_ON_METADATA_CHANNEL: usize = 32;
@@ -449,7 +450,7 @@ impl Core {
     /// symlink, as the OPEN did) goes right behind the OPEN: the attributes as the OPEN left
     /// them, with no round trip of their own.
     /// The outer error: no connection to open it on.
-    async fn open_handle(
+    pub(super) async fn open_handle(
         &self,
         path: &[u8],
         pflags: u32,
@@ -485,10 +486,17 @@ impl Core {
     }
 
     /// `caller`: the process opening it.
-    pub async fn open(&self, ino: u64, flags: i32, caller: u32) -> FsResult<Opened> {
+    pub async fn open(self: &Arc<Self>, ino: u64, flags: i32, caller: u32) -> FsResult<Opened> {
         let (path, linked) = self.path_and_linked(ino)?;
         let pflags = Self::sftp_open_flags(flags & !(libc::O_CREAT | libc::O_EXCL));
         let truncating = pflags & open_flags::TRUNC != 0;
+        let read_only = flags & libc::O_ACCMODE == libc::O_RDONLY && !truncating;
+        if read_only
+            && linked
+            && let Some(opened) = self.open_from_contents(ino, &path).await
+        {
+            return Ok(opened);
+        }
         if truncating && let Some(w) = self.inode_writes(ino) {
             w.settle().await;
         }
@@ -501,7 +509,7 @@ impl Core {
                 None
             }
         };
-        let small = flags & libc::O_ACCMODE == libc::O_RDONLY
+        let small = read_only
             && self
                 .inodes
                 .lock()
@@ -517,19 +525,24 @@ impl Core {
             self.changed_attrs(ino);
         }
         let handle = handle?.0.map_err(errno)?;
-        let seen = attrs
-            .as_ref()
-            .and_then(|a| Some((a.size?, a.atime_mtime?.1)));
+        let keep_cache = self.keep_cache(ino, attrs.as_ref());
+        let fh = self.register_open(ino, handle, flags, &path, attrs, caller)?;
+        if small && linked {
+            self.read_ahead_after(&path);
+        }
+        Ok(Opened { fh, keep_cache })
+    }
+
+    /// Whether the kernel may keep the pages it cached for `ino`, opened with `attrs` (its
+    /// size and mtime unchanged since the last open).
+    pub(super) fn keep_cache(&self, ino: u64, attrs: Option<&Attrs>) -> bool {
+        let seen = attrs.and_then(|a| Some((a.size?, a.atime_mtime?.1)));
         let before = self.inodes.lock().unwrap().swap_contents_seen(ino, seen);
-        let keep_cache = match self.config.keep_cache {
+        match self.config.keep_cache {
             KeepCache::Never => false,
             KeepCache::WhileUnchanged => seen.is_some() && before == seen,
             KeepCache::Always => true,
-        };
-        Ok(Opened {
-            fh: self.register_open(ino, handle, flags, &path, attrs, caller)?,
-            keep_cache,
-        })
+        }
     }
 
     pub async fn create(
@@ -582,6 +595,9 @@ impl Core {
     }
 
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
+        if let Some(whole) = self.small_files.open_file(fh) {
+            return self.read_whole(&whole, offset, size).await;
+        }
         let file = self.file(fh)?;
         // A read sees every earlier write through the mount.
         file.inode_writes.settle().await;
@@ -592,57 +608,16 @@ impl Core {
         {
             return Ok(data);
         }
-        // The READs go out at once; each reply that comes back short is read on from where
-        // it stopped, so a short result means the end of the file and nothing else.
         let source = SftpSource {
             file: file.handle.clone(),
         };
-        // Where the file ends, as last known: a READ of one byte there goes out right behind
-        // the others, so that the end of the file (which only the server's EOF may tell, see
-        // `read_on`) is confirmed in the same round trip rather than one more: a small file is
-        // read in one.
         let known_end = self
             .inodes
             .lock()
             .unwrap()
             .shown(file.ino)
             .and_then(|a| a.size);
-        let max = self.features.max_read;
-        let chunks: Vec<_> = (0..size)
-            .step_by(max as usize)
-            .map(|pos| {
-                let len = (size - pos).min(max);
-                let at = offset + pos as u64;
-                (at, len, source.read(at, len))
-            })
-            .collect();
-        let mut end_probe = known_end
-            .filter(|&end| end > offset && end < offset + size as u64)
-            .map(|end| (end, source.read(end, 1)));
-        let mut out = bytes::BytesMut::with_capacity(size as usize);
-        for (at, len, pending) in chunks {
-            let first = pending.await?;
-            let short_at = at + first.len() as u64;
-            let confirmed_end = match end_probe.take() {
-                Some((end, probe)) if short_at == end && first.len() < len as usize => {
-                    probe.await?.is_empty()
-                }
-                other => {
-                    end_probe = other;
-                    false
-                }
-            };
-            let data = if confirmed_end {
-                first
-            } else {
-                read::read_on(&source, at, len, first).await?
-            };
-            out.extend_from_slice(&data);
-            if data.len() < len as usize {
-                break;
-            }
-        }
-        Ok(out.freeze())
+        read::read_range(&source, offset, size, self.features.max_read, known_end).await
     }
 
     /// `whole`: the request must be taken entirely (pages written back from a shared mmap: the
@@ -677,6 +652,9 @@ impl Core {
     /// close(2) of one descriptor: every write accepted so far is on the server, or its error
     /// is returned here.
     pub async fn flush(&self, fh: u64) -> FsResult<()> {
+        if self.small_files.open_file(fh).is_some() {
+            return Ok(());
+        }
         let file = self.file(fh)?;
         let Some(writer) = &file.writer else {
             return Ok(());
@@ -710,6 +688,9 @@ impl Core {
     /// any of them since this descriptor was opened is reported, once, as Linux does. Then the
     /// server is asked to fsync (when it can).
     pub async fn fsync(&self, fh: u64) -> FsResult<()> {
+        if let Some(whole) = self.small_files.open_file(fh) {
+            return self.fsync_whole(&whole).await;
+        }
         let file = self.file(fh)?;
         file.inode_writes.settle().await;
         let own = match &file.writer {
@@ -726,6 +707,9 @@ impl Core {
     }
 
     pub async fn release(&self, fh: u64) -> FsResult<()> {
+        if self.release_whole(fh) {
+            return Ok(());
+        }
         let Some(file) = self.files.lock().unwrap().remove(&fh) else {
             return Err(libc::EBADF);
         };

@@ -55,6 +55,56 @@ pub async fn read_on(
     Ok(out.freeze())
 }
 
+/// Reads `size` bytes at `offset` with no read-ahead: the READs go out at once, each reply that
+/// comes back short is read on from where it stopped (see [`read_on`]), so a short result means
+/// the end of the file and nothing else. `known_end`: where the file ends, as last known: a
+/// READ of one byte there goes out right behind the others, so that the end of the file (which
+/// only the server's EOF may tell) is confirmed in the same round trip rather than one more: a
+/// small file is read in one.
+pub async fn read_range(
+    source: &dyn ReadSource,
+    offset: u64,
+    size: u32,
+    max_read: u32,
+    known_end: Option<u64>,
+) -> Result<Bytes, Errno> {
+    let chunks: Vec<_> = (0..size)
+        .step_by(max_read as usize)
+        .map(|pos| {
+            let len = (size - pos).min(max_read);
+            let at = offset + pos as u64;
+            (at, len, source.read(at, len))
+        })
+        .collect();
+    let mut end_probe = known_end
+        .filter(|&end| end > offset && end < offset + size as u64)
+        .map(|end| (end, source.read(end, 1)));
+    let mut out = BytesMut::with_capacity(size as usize);
+    for (at, len, pending) in chunks {
+        let first = pending.await?;
+        let short_at = at + first.len() as u64;
+        let confirmed_end = match end_probe.take() {
+            Some((end, probe)) if short_at == end && first.len() < len as usize => {
+                probe.await?.is_empty()
+            }
+            other => {
+                end_probe = other;
+                false
+            }
+        };
+        let data = if confirmed_end {
+            first
+        } else {
+            read_on(source, at, len, first).await?
+        };
+        out.extend_from_slice(&data);
+        if data.len() < len as usize {
+            break;
+        }
+    }
+    Ok(out.freeze())
+}
+
 /// First window, once the reader has shown it reads on.
 const INITIAL_WINDOW: usize = 512 * 1024;
 /// Bytes a reader must have read in one sequential run before anything is fetched ahead: two

@@ -1,0 +1,275 @@
+//! Read-ahead across a directory's small files. `cat *`, `grep -r`, `tar -c` and `find -exec`
+//! open one small file after another, in the order the directory lists them, and each costs
+//! two round trips the program waits for (OPEN, then READ): reading a source tree over a far
+//! link is all waiting. Once a program opens a small file of a directory whose listing the mount
+//! holds, the next small files of that listing are fetched whole ahead of it, several at once
+//! (a window that doubles while the program keeps to the listing's order), and kept in the
+//! metadata cache beside their names; an open of one is answered from memory, with no round
+//! trip, and so are its reads.
+//!
+//! What is served is what the kernel's own page cache would serve: contents read within the
+//! attribute timeout, while the name still has the size and mtime they were read under; any
+//! change through the mount drops them (the cache's invalidation), and a write through the
+//! mount while such a file is open sends its later reads to the server.
+
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use lru::LruCache;
+use tokio::sync::watch;
+
+use super::handle::{FileHandle, SftpSource};
+use super::open_file::{Opened, SMALL_FILE};
+use super::read::read_range;
+use super::write::InodeWrites;
+use super::{Core, FsResult, errno, is_regular};
+use crate::sftp::proto::{Attrs, open_flags};
+
+/// Files fetched ahead after the first open in a directory; doubled on each open that keeps to
+/// the listing's order, up to `MAX_WINDOW`.
+const FIRST_WINDOW: usize = 2;
+const MAX_WINDOW: usize = 16;
+/// Directories whose reading order is followed at once.
+const STREAMS: usize = 64;
+
+/// Where a program reading a directory's small files has got to.
+#[derive(Clone, Copy)]
+struct Stream {
+    /// Position in the listing of the file opened last.
+    at: usize,
+    window: usize,
+}
+
+struct State {
+    streams: LruCache<Vec<u8>, Stream>,
+    /// Paths being fetched; the value turns true when the fetch ends (stored or not).
+    fetching: HashMap<Vec<u8>, watch::Receiver<bool>>,
+    /// Descriptors served from memory.
+    open: HashMap<u64, Arc<WholeFile>>,
+}
+
+pub(super) struct SmallFiles {
+    state: Mutex<State>,
+}
+
+impl Default for SmallFiles {
+    fn default() -> Self {
+        SmallFiles {
+            state: Mutex::new(State {
+                streams: LruCache::new(NonZeroUsize::new(STREAMS).expect("non-zero")),
+                fetching: HashMap::new(),
+                open: HashMap::new(),
+            }),
+        }
+    }
+}
+
+impl SmallFiles {
+    pub(super) fn open_file(&self, fh: u64) -> Option<Arc<WholeFile>> {
+        self.state.lock().unwrap().open.get(&fh).cloned()
+    }
+
+    /// Waits for a fetch of `path` under way, if there is one.
+    async fn fetched(&self, path: &[u8]) {
+        let fetch = self.state.lock().unwrap().fetching.get(path).cloned();
+        if let Some(mut done) = fetch {
+            let _ = done.wait_for(|&done| done).await;
+        }
+    }
+}
+
+struct BriefHandle {
+    source: SftpSource,
+    channel: usize,
+}
+
+impl BriefHandle {
+    /// Not waited for: nothing of what was read depends on it.
+    fn close(self, core: &Core) {
+        if let Ok(own) = self.source.file.now() {
+            own.session.close_unawaited(own.handle);
+        }
+        core.files_on[self.channel].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A descriptor of a file read whole ahead: no server handle.
+pub(super) struct WholeFile {
+    ino: u64,
+    data: Bytes,
+    writes: Arc<InodeWrites>,
+    /// The inode's contents generation at the open: a write through the mount since changes it.
+    generation: u64,
+    failures_seen: AtomicU64,
+}
+
+impl Core {
+    /// Opens `ino` (at `path`) for reading from contents read ahead, if there are any that are
+    /// still the file's.
+    pub(super) async fn open_from_contents(
+        self: &Arc<Self>,
+        ino: u64,
+        path: &[u8],
+    ) -> Option<Opened> {
+        self.small_files.fetched(path).await;
+        let writes = self.inode_writes(ino)?;
+        if writes.pending() {
+            return None;
+        }
+        let (attrs, data) = self.cache.contents(path)?;
+        let keep_cache = self.keep_cache(ino, Some(&attrs));
+        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        let file = WholeFile {
+            ino,
+            data,
+            generation: writes.generation(),
+            failures_seen: AtomicU64::new(writes.failures()),
+            writes,
+        };
+        self.small_files
+            .state
+            .lock()
+            .unwrap()
+            .open
+            .insert(fh, Arc::new(file));
+        self.read_ahead_after(path);
+        Some(Opened { fh, keep_cache })
+    }
+
+    /// A small file at `path` was opened for reading: fetch the small files after it in its
+    /// directory's listing, as far as the window reaches.
+    pub(super) fn read_ahead_after(self: &Arc<Self>, path: &[u8]) {
+        let Some(slash) = path.iter().rposition(|&b| b == b'/') else {
+            return;
+        };
+        let (dir, name) = (&path[..slash.max(1)], &path[slash + 1..]);
+        let last = self
+            .small_files
+            .state
+            .lock()
+            .unwrap()
+            .streams
+            .get(dir)
+            .copied();
+        let hint = last.map_or(0, |s| s.at + 1);
+        let small = |a: &Attrs| is_regular(a) && a.size.is_some_and(|s| s <= SMALL_FILE);
+        let Some((at, ahead)) = self.cache.names_after(dir, name, hint, MAX_WINDOW, small) else {
+            return;
+        };
+        let mut state = self.small_files.state.lock().unwrap();
+        let window = match last {
+            // Within what was fetched ahead for it: the program follows the listing.
+            Some(s) if at > s.at && at <= s.at + 1 + s.window => (s.window * 2).min(MAX_WINDOW),
+            Some(s) if at == s.at => s.window,
+            _ => FIRST_WINDOW,
+        };
+        state.streams.put(dir.to_vec(), Stream { at, window });
+        for (path, attrs) in ahead.into_iter().take(window) {
+            if state.fetching.contains_key(&path) || self.cache.contents(&path).is_some() {
+                continue;
+            }
+            let (done, fetch) = watch::channel(false);
+            state.fetching.insert(path.clone(), fetch);
+            let core = self.clone();
+            tokio::spawn(async move {
+                core.fetch_whole(&path, attrs).await;
+                core.small_files
+                    .state
+                    .lock()
+                    .unwrap()
+                    .fetching
+                    .remove(&path);
+                done.send_replace(true);
+            });
+        }
+    }
+
+    /// OPEN, READ of all of it with the end confirmed in the same round trip, CLOSE not waited
+    /// for; kept only if it is all of the file `attrs` describe, and nothing changed through
+    /// the mount meanwhile (the cache's ticket).
+    async fn fetch_whole(&self, path: &[u8], attrs: Attrs) {
+        let ticket = self.cache.ticket();
+        let Some(size) = attrs.size else { return };
+        let Ok(file) = self.open_briefly(path).await else {
+            return;
+        };
+        // One byte past the end: the READ of that byte must come back empty.
+        let max = self.features.max_read;
+        let data = read_range(&file.source, 0, size as u32 + 1, max, Some(size)).await;
+        file.close(self);
+        if let Ok(data) = data
+            && data.len() as u64 == size
+        {
+            self.cache.put_contents(ticket, path.to_vec(), attrs, data);
+        }
+    }
+
+    /// A read through a descriptor served from memory; once the file was written through the
+    /// mount, from the server.
+    pub(super) async fn read_whole(
+        &self,
+        file: &WholeFile,
+        offset: u64,
+        size: u32,
+    ) -> FsResult<Bytes> {
+        file.writes.settle().await;
+        if file.writes.generation() == file.generation {
+            let start = (offset as usize).min(file.data.len());
+            let end = (start + size as usize).min(file.data.len());
+            return Ok(file.data.slice(start..end));
+        }
+        let brief = self.open_briefly(&self.path(file.ino)?).await?;
+        let max = self.features.max_read;
+        let data = read_range(&brief.source, offset, size, max, None).await;
+        brief.close(self);
+        data
+    }
+
+    /// fsync(2) of a descriptor served from memory, as of any other: waits for the inode's
+    /// writes, reports their failures once, and, if there were any since it was opened, asks
+    /// the server to sync the file.
+    pub(super) async fn fsync_whole(&self, file: &WholeFile) -> FsResult<()> {
+        file.writes.settle().await;
+        if let Some(e) = file.writes.failure_since(&file.failures_seen) {
+            return Err(e);
+        }
+        if file.writes.generation() == file.generation {
+            return Ok(());
+        }
+        let brief = self.open_briefly(&self.path(file.ino)?).await?;
+        let synced = match brief.source.file.now() {
+            Ok(own) => own.session.fsync(&own.handle).await.map_err(errno),
+            Err(e) => Err(e),
+        };
+        brief.close(self);
+        synced
+    }
+
+    /// A handle for one read, on the metadata channel when there is room (see `open_handle`).
+    async fn open_briefly(&self, path: &[u8]) -> FsResult<BriefHandle> {
+        let (opened, _) = self
+            .open_handle(path, open_flags::READ, Attrs::default(), false, true)
+            .await?;
+        let opened = opened.map_err(errno)?;
+        Ok(BriefHandle {
+            channel: opened.channel,
+            source: SftpSource {
+                file: FileHandle::new(opened, self.remote.settings().reconnect_wait),
+            },
+        })
+    }
+
+    /// Closes a descriptor served from memory; `false` if `fh` is not one.
+    pub(super) fn release_whole(&self, fh: u64) -> bool {
+        self.small_files
+            .state
+            .lock()
+            .unwrap()
+            .open
+            .remove(&fh)
+            .is_some()
+    }
+}
