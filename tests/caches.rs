@@ -443,10 +443,20 @@ fn names_missing_from_a_directory_made_or_listed_through_the_mount_cost_no_reque
     missing(&m.join("listed").join("none"));
     fs::remove_file(m.join("new").join("f0")).unwrap();
     missing(&m.join("new").join("f0"));
+    // A lock file renamed into place (git, editors) leaves the listing known.
+    fs::write(m.join("new/cfg.lock"), b"[core]\n").unwrap();
+    fs::rename(m.join("new/cfg.lock"), m.join("new/cfg")).unwrap();
+    missing(&m.join("new").join("cfg.lock"));
+    missing(&m.join("new").join("g"));
+    assert_eq!(fs::metadata(m.join("new/cfg")).unwrap().len(), 7);
     let cost = recorder.settled().since(&before);
     assert_eq!(cost.count("LSTAT"), 0, "{cost:?}");
     assert_eq!(cost.count("REMOVE"), 1, "{cost:?}");
-    assert_eq!(names(&m.join("new")), set_names(&["f1", "f2", "f3", "f4"]));
+    assert_eq!(
+        names(&m.join("new")),
+        set_names(&["f1", "f2", "f3", "f4", "cfg"])
+    );
+    assert_eq!(fs::read(root.join("new/cfg")).unwrap(), b"[core]\n");
 
     // A name the server gained meanwhile appears once the listing's timeout has passed.
     fs::write(root.join("new").join("late"), b"l").unwrap();
@@ -458,6 +468,17 @@ fn names_missing_from_a_directory_made_or_listed_through_the_mount_cost_no_reque
     );
     sleep((made + Duration::from_millis(5500)).saturating_duration_since(Instant::now()));
     assert_eq!(fs::read(m.join("new").join("late")).unwrap(), b"l");
+
+    // A small file read whole is kept: reading it again opens nothing at the server, until
+    // it changes.
+    assert_eq!(fs::read(m.join("new/cfg")).unwrap(), b"[core]\n");
+    let before = recorder.settled();
+    assert_eq!(fs::read(m.join("new/cfg")).unwrap(), b"[core]\n");
+    let cost = recorder.settled().since(&before);
+    assert_eq!(cost.count("OPEN"), 0, "{cost:?}");
+    fs::write(m.join("new/cfg"), b"[user]\n").unwrap();
+    assert_eq!(fs::read(m.join("new/cfg")).unwrap(), b"[user]\n");
+    assert_eq!(fs::read(root.join("new/cfg")).unwrap(), b"[user]\n");
 }
 
 #[test]
@@ -496,6 +517,13 @@ fn noauto_cache_reads_afresh_at_every_open() {
     assert_eq!(fs::read(m.join("f")).unwrap().len(), 1 << 20);
     let cost = recorder.settled().since(&before);
     assert!(cost.read_bytes >= 1 << 20, "{cost:?}");
+    // Small files too: none is kept in memory.
+    fs::write(sshd.remote_root().join("small"), b"s").unwrap();
+    assert_eq!(fs::read(m.join("small")).unwrap(), b"s");
+    let before = recorder.settled();
+    assert_eq!(fs::read(m.join("small")).unwrap(), b"s");
+    let cost = recorder.settled().since(&before);
+    assert_eq!(cost.count("OPEN"), 1, "{cost:?}");
 }
 
 /// Reads every file of `dir` through the mount in listing order (as `cat *` would), checking

@@ -181,13 +181,27 @@ impl Core {
             self.rename_replacing(&from, &to).await
         };
         // A directory takes everything cached below it along; a file (known as one) only
-        // its own entries, which spares a scan of the cache for each of rsync's renames.
-        let known_file = matches!(self.cache.name(&from), Some(Known::Attrs(a)) if !is_dir(&a));
-        for path in [&from, &to] {
-            if known_file {
-                self.changed_path(path);
-            } else {
-                self.cache.invalidate_tree(path);
+        // its own entries, which spares a scan of the cache for each of rsync's renames. A
+        // file renamed keeps its attributes, and the listings it moved between are edited, not
+        // dropped: a lock file renamed into place (git, editors) leaves the names around it
+        // known.
+        let known_file = match self.cache.name(&from) {
+            Some(Known::Attrs(a)) if !is_dir(&a) => Some(a),
+            _ => None,
+        };
+        let known_dir_or_unknown = known_file.is_none();
+        match (&result, known_file) {
+            (Ok(()), Some(attrs)) => {
+                self.cache.removed(&from);
+                self.cache.created(&to, attrs);
+            }
+            (Err(_), Some(_)) => {
+                self.changed_path(&from);
+                self.changed_path(&to);
+            }
+            (_, None) => {
+                self.cache.invalidate_tree(&from);
+                self.cache.invalidate_tree(&to);
             }
         }
         if let Err(e) = result {
@@ -201,7 +215,9 @@ impl Core {
             .lock()
             .unwrap()
             .rename(parent, name, new_parent, new_name);
-        self.cache.removed(&from);
+        if known_dir_or_unknown {
+            self.cache.removed(&from);
+        }
         Ok(())
     }
 

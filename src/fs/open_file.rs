@@ -617,7 +617,27 @@ impl Core {
             .unwrap()
             .shown(file.ino)
             .and_then(|a| a.size);
-        read::read_range(&source, offset, size, self.features.max_read, known_end).await
+        let ticket = self.cache.ticket();
+        let generation = file.inode_writes.generation();
+        let data =
+            read::read_range(&source, offset, size, self.features.max_read, known_end).await?;
+        // A small file read whole, from its start to the end the server confirmed: kept as
+        // one read ahead would be (see `small_files.rs`), so that opening it again (git reads
+        // its config a dozen times) costs nothing while it is unchanged.
+        if offset == 0
+            && self.keeps_contents()
+            && data.len() < size as usize
+            && data.len() as u64 <= SMALL_FILE
+            && file.flags & libc::O_ACCMODE == libc::O_RDONLY
+            && file.inode_writes.generation() == generation
+            && !file.inode_writes.pending()
+            && let Some(path) = self.linked_path(file.ino)
+            && let Some(Known::Attrs(attrs)) = self.cache.name(&path)
+            && attrs.size == Some(data.len() as u64)
+        {
+            self.cache.put_contents(ticket, path, attrs, data.clone());
+        }
+        Ok(data)
     }
 
     /// `whole`: the request must be taken entirely (pages written back from a shared mmap: the

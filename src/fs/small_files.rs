@@ -25,7 +25,7 @@ use super::handle::{FileHandle, SftpSource};
 use super::open_file::{Opened, SMALL_FILE};
 use super::read::read_range;
 use super::write::InodeWrites;
-use super::{Core, FsResult, errno, is_regular};
+use super::{Core, FsResult, KeepCache, errno, is_regular};
 use crate::sftp::proto::{Attrs, open_flags};
 
 /// Files fetched ahead after the first open in a directory; doubled on each open that keeps to
@@ -114,6 +114,9 @@ impl Core {
         ino: u64,
         path: &[u8],
     ) -> Option<Opened> {
+        if !self.keeps_contents() {
+            return None;
+        }
         self.small_files.fetched(path).await;
         let writes = self.inode_writes(ino)?;
         if writes.pending() {
@@ -139,9 +142,18 @@ impl Core {
         Some(Opened { fh, keep_cache })
     }
 
+    /// Whether small files' contents are kept at all: `noauto_cache` asks for every open to
+    /// read afresh.
+    pub(super) fn keeps_contents(&self) -> bool {
+        self.config.keep_cache != KeepCache::Never
+    }
+
     /// A small file at `path` was opened for reading: fetch the small files after it in its
     /// directory's listing, as far as the window reaches.
     pub(super) fn read_ahead_after(self: &Arc<Self>, path: &[u8]) {
+        if !self.keeps_contents() {
+            return;
+        }
         let Some(slash) = path.iter().rposition(|&b| b == b'/') else {
             return;
         };
