@@ -78,6 +78,11 @@ pub enum Known {
 /// A name's path and attributes.
 pub type PathAttrs = (Vec<u8>, Attrs);
 
+/// A directory's attributes asked right behind a change in it, on the same channel (a server
+/// that runs a channel in order answers them as the change left them), with the ticket taken
+/// before the change was sent: they are kept only if nothing else changed since.
+pub type DirAfter = Option<(Ticket, Attrs)>;
+
 /// Taken before a fetch; the fetch's result is stored only if nothing was invalidated since.
 #[derive(Debug, Clone, Copy)]
 pub struct Ticket(u64);
@@ -413,10 +418,16 @@ impl MetaCache {
     /// Its directory's listing, if cached, gains the name instead of being dropped, so that
     /// other names of it can still be looked up without a round trip (untarring into a
     /// directory); a directory just made is known empty.
-    pub fn created(&self, path: &[u8], attrs: Attrs) {
+    pub fn created(&self, path: &[u8], attrs: Attrs, dir_after: DirAfter) {
         let mut inner = self.inner.lock().unwrap();
+        self.created_in(&mut inner, path, attrs, dir_after);
+    }
+
+    fn created_in(&self, inner: &mut Inner, path: &[u8], attrs: Attrs, dir_after: DirAfter) {
         let made_dir = is_dir(&attrs);
-        let Some((dir, name)) = inner.changed_in_place(path, self.known(Known::Attrs(attrs)))
+        let dir_after = dir_after.filter(|_| self.config.enabled);
+        let Some((dir, name)) =
+            inner.changed_in_place(path, self.known(Known::Attrs(attrs)), dir_after)
         else {
             return;
         };
@@ -433,9 +444,26 @@ impl MetaCache {
 
     /// `path` was removed through the mount: known missing, and gone from its directory's
     /// listing (kept, so that the directory's other names need no round trip).
-    pub fn removed(&self, path: &[u8]) {
+    pub fn removed(&self, path: &[u8], dir_after: DirAfter) {
         let mut inner = self.inner.lock().unwrap();
-        let Some((dir, name)) = inner.changed_in_place(path, self.known(Known::Missing)) else {
+        self.removed_in(&mut inner, path, dir_after);
+    }
+
+    /// A file renamed through the mount from `from` to `to`, both in the directory `dir_after`
+    /// describes (if given): it keeps `attrs`, and the listing is edited, not dropped.
+    pub fn renamed(&self, from: &[u8], to: &[u8], attrs: Attrs, dir_after: DirAfter) {
+        let mut inner = self.inner.lock().unwrap();
+        let dir_after = dir_after.filter(|(ticket, _)| ticket.0 == inner.epoch);
+        self.removed_in(&mut inner, from, None);
+        // One change: the ticket checked above holds for both halves.
+        let dir_after = dir_after.map(|(_, attrs)| (Ticket(inner.epoch), attrs));
+        self.created_in(&mut inner, to, attrs, dir_after);
+    }
+
+    fn removed_in(&self, inner: &mut Inner, path: &[u8], dir_after: DirAfter) {
+        let dir_after = dir_after.filter(|_| self.config.enabled);
+        let Some((dir, name)) = inner.changed_in_place(path, self.known(Known::Missing), dir_after)
+        else {
             return;
         };
         if let Some(listing) = inner.dirs.get_mut(dir)
@@ -457,14 +485,18 @@ impl MetaCache {
 
 impl Inner {
     /// What a creation or removal of `path` through the mount makes stale, dropped: its target,
-    /// its listing, its directory's attributes (their mtime moved); `now` is what the name is
-    /// known to be. The directory's listing is left for the caller to edit. Returns the
-    /// directory and the name.
+    /// its listing, its directory's attributes (their mtime moved), unless `dir_after` has them
+    /// as the change left them; `now` is what the name is known to be. The directory's listing
+    /// is left for the caller to edit. Returns the directory and the name.
     fn changed_in_place<'p>(
         &mut self,
         path: &'p [u8],
         now: Option<Known>,
+        dir_after: DirAfter,
     ) -> Option<(&'p [u8], &'p [u8])> {
+        let dir_now = dir_after
+            .filter(|(ticket, _)| ticket.0 == self.epoch)
+            .map(|(_, attrs)| attrs);
         self.epoch += 1;
         self.links.pop(path);
         self.pop_listing(path);
@@ -474,7 +506,12 @@ impl Inner {
             None => self.names.pop(path),
         };
         let (dir, name) = split(path)?;
-        self.names.pop(dir);
+        match dir_now {
+            Some(attrs) => self
+                .names
+                .put(dir.to_vec(), Timed::now(Known::Attrs(attrs))),
+            None => self.names.pop(dir),
+        };
         Some((dir, name))
     }
 
@@ -562,8 +599,8 @@ mod tests {
             |c| c.invalidate_attrs(b"/r/a"),
             |c| c.invalidate(b"/r/a"),
             |c| c.invalidate_tree(b"/r"),
-            |c| c.removed(b"/r/a"),
-            |c| c.created(b"/r/a", attrs(3)),
+            |c| c.removed(b"/r/a", None),
+            |c| c.created(b"/r/a", attrs(3), None),
         ];
         for change in changes {
             store(b"/r/a", 3);
@@ -585,6 +622,32 @@ mod tests {
         assert!(c.contents(b"/r/a").is_some());
         std::thread::sleep(Duration::from_millis(80));
         assert_eq!(c.contents(b"/r/a"), None);
+    }
+
+    #[test]
+    fn a_directory_keeps_the_attributes_asked_behind_a_change_in_it_if_nothing_else_changed() {
+        let c = cache(10_000, 100);
+        let dir = |c: &MetaCache| match c.name(b"/r") {
+            Some(Known::Attrs(a)) => a.size,
+            _ => None,
+        };
+        c.put_listing(c.ticket(), b"/r", &entries(&[b"a"]), |_| true);
+        // Created, the directory's attributes from right behind the change: kept.
+        let before = c.ticket();
+        c.created(b"/r/b", attrs(1), Some((before, attrs(7))));
+        assert_eq!(dir(&c), Some(7));
+        // Something else changed between the request and the reply: dropped.
+        let before = c.ticket();
+        c.invalidate_attrs(b"/elsewhere");
+        c.removed(b"/r/a", Some((before, attrs(8))));
+        assert_eq!(dir(&c), None);
+        // A rename within the directory: the listing edited, the file's attributes moved.
+        let before = c.ticket();
+        c.renamed(b"/r/b", b"/r/c", attrs(1), Some((before, attrs(9))));
+        assert_eq!(dir(&c), Some(9));
+        assert_eq!(c.name(b"/r/b"), Some(Known::Missing));
+        assert_eq!(c.name(b"/r/c"), Some(Known::Attrs(attrs(1))));
+        assert_eq!(c.name(b"/r/zz"), Some(Known::Missing));
     }
 
     #[test]

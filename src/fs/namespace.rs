@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use tracing::{error, warn};
 
-use super::cache::Known;
+use super::cache::{DirAfter, Known, Ticket};
 use super::{Core, Entry, Errno, FsResult, errno, is_dir};
 use crate::sftp::client::Reply;
 use crate::sftp::proto::Attrs;
@@ -55,12 +55,15 @@ impl Core {
             permissions: Some(mode.mode & !mode.umask & 0o7777),
             ..Default::default()
         };
+        let dir = self.path(parent)?;
         let session = self.meta().await?;
+        let ticket = self.cache.ticket();
         let made = session.mkdir(&path, attrs);
         // Right behind the MKDIR on a server that runs a channel in order: the new directory's
-        // attributes (or, if it failed, whether the name exists) without a round trip of their
-        // own.
+        // attributes (or, if it failed, whether the name exists) and its parent's, without a
+        // round trip of their own.
         let after = self.features.in_order.then(|| session.lstat(&path));
+        let parent_after = self.features.in_order.then(|| session.lstat(&dir));
         if let Err(e) = made.await {
             self.changed_path(&path);
             return Err(self.refine_exists(e, &path, after).await);
@@ -71,7 +74,8 @@ impl Core {
         };
         match attrs {
             Ok(attrs) => {
-                self.cache.created(&path, attrs.clone());
+                let dir_after = dir_after(ticket, parent_after).await;
+                self.cache.created(&path, attrs.clone(), dir_after);
                 Ok(self.remember_entry(parent, name, &attrs))
             }
             Err(e) => {
@@ -107,9 +111,13 @@ impl Core {
 
     pub async fn unlink(&self, parent: u64, name: &[u8]) -> FsResult<()> {
         let path = self.child_path(parent, name)?;
+        let dir = self.path(parent)?;
         let _names = self.namespace.write().await;
-        let removed = self.meta().await?.remove(&path).await;
-        if let Err(e) = removed {
+        let session = self.meta().await?;
+        let ticket = self.cache.ticket();
+        let removed = session.remove(&path);
+        let parent_after = self.features.in_order.then(|| session.lstat(&dir));
+        if let Err(e) = removed.await {
             self.changed_path(&path);
             if e.status() == Some(StatusCode::FAILURE)
                 && let Ok(a) = self.meta().await?.lstat(&path).await
@@ -120,15 +128,20 @@ impl Core {
             return Err(errno(e));
         }
         self.inodes.lock().unwrap().unlink(parent, name);
-        self.cache.removed(&path);
+        let dir_after = dir_after(ticket, parent_after).await;
+        self.cache.removed(&path, dir_after);
         Ok(())
     }
 
     pub async fn rmdir(&self, parent: u64, name: &[u8]) -> FsResult<()> {
         let path = self.child_path(parent, name)?;
+        let dir = self.path(parent)?;
         let _names = self.namespace.write().await;
-        let removed = self.meta().await?.rmdir(&path).await;
-        if let Err(e) = removed {
+        let session = self.meta().await?;
+        let ticket = self.cache.ticket();
+        let removed = session.rmdir(&path);
+        let parent_after = self.features.in_order.then(|| session.lstat(&dir));
+        if let Err(e) = removed.await {
             self.cache.invalidate_tree(&path);
             // The common FAILURE of rmdir is a directory that is not empty.
             if e.status() == Some(StatusCode::FAILURE)
@@ -140,7 +153,8 @@ impl Core {
         }
         self.inodes.lock().unwrap().unlink(parent, name);
         // It was empty: nothing cached below it but its own listing.
-        self.cache.removed(&path);
+        let dir_after = dir_after(ticket, parent_after).await;
+        self.cache.removed(&path, dir_after);
         Ok(())
     }
 
@@ -165,6 +179,8 @@ impl Core {
         let from = self.child_path(parent, name)?;
         let to = self.child_path(new_parent, new_name)?;
         let _names = self.namespace.write().await;
+        let ticket = self.cache.ticket();
+        let mut parent_after = None;
         let result = if no_replace {
             // The plain v3 RENAME never replaces (OpenSSH does link + unlink), which is
             // exactly RENAME_NOREPLACE.
@@ -177,6 +193,13 @@ impl Core {
             };
             crate::sftp::client::expect_ok(self.meta().await?.call(&req).await, "rename")
                 .map_err(RenameError::Sftp)
+        } else if self.features.posix_rename && parent == new_parent {
+            // One request; the directory's attributes right behind it.
+            let session = self.meta().await?;
+            let renamed = session.rename(&from, &to);
+            let dir = self.path(parent)?;
+            parent_after = self.features.in_order.then(|| session.lstat(&dir));
+            renamed.await.map_err(RenameError::Sftp)
         } else {
             self.rename_replacing(&from, &to).await
         };
@@ -192,8 +215,8 @@ impl Core {
         let known_dir_or_unknown = known_file.is_none();
         match (&result, known_file) {
             (Ok(()), Some(attrs)) => {
-                self.cache.removed(&from);
-                self.cache.created(&to, attrs);
+                let dir_after = dir_after(ticket, parent_after).await;
+                self.cache.renamed(&from, &to, attrs, dir_after);
             }
             (Err(_), Some(_)) => {
                 self.changed_path(&from);
@@ -216,7 +239,7 @@ impl Core {
             .unwrap()
             .rename(parent, name, new_parent, new_name);
         if known_dir_or_unknown {
-            self.cache.removed(&from);
+            self.cache.removed(&from, None);
         }
         Ok(())
     }
@@ -300,5 +323,13 @@ impl Core {
         }
         // Each name gets its own inode: our inodes are names, and either may be unlinked.
         self.entry(new_parent, new_name, &path).await
+    }
+}
+
+/// The directory's attributes asked behind a change (see [`super::cache::DirAfter`]).
+async fn dir_after(ticket: Ticket, reply: Option<Reply<Attrs>>) -> DirAfter {
+    match reply {
+        Some(reply) => reply.await.ok().map(|attrs| (ticket, attrs)),
+        None => None,
     }
 }

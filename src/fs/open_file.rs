@@ -446,18 +446,23 @@ impl Core {
     /// hold megabytes of an upload queued ahead of it (`cat` of a small file during an upload
     /// waited a round trip or two more there). Servers also cap the handles of one session
     /// (Green End's at 128). Counted there until [`Core::close_handles`]. With
-    /// `stat_after`, on a server that runs a channel in order, a STAT of `path` (following a
-    /// symlink, as the OPEN did) goes right behind the OPEN: the attributes as the OPEN left
-    /// them, with no round trip of their own.
+    /// `stat_after` (the directory holding `path`), on a server that runs a channel in order, a
+    /// STAT of `path` (following a symlink, as the OPEN did) and an LSTAT of the directory go
+    /// right behind the OPEN: the attributes as the OPEN left them, with no round trip of their
+    /// own.
     /// The outer error: no connection to open it on.
     pub(super) async fn open_handle(
         &self,
         path: &[u8],
         pflags: u32,
         attrs: Attrs,
-        stat_after: bool,
+        stat_after: Option<&[u8]>,
         small: bool,
-    ) -> FsResult<(Result<ServerHandle, SftpError>, Option<Reply<Attrs>>)> {
+    ) -> FsResult<(
+        Result<ServerHandle, SftpError>,
+        Option<Reply<Attrs>>,
+        Option<Reply<Attrs>>,
+    )> {
         let generation = self.remote.current().await.map_err(|_| libc::EIO)?;
         let channels = generation.channels.len().min(self.files_on.len());
         let load = |i: usize| self.files_on[i].load(Ordering::Relaxed);
@@ -469,7 +474,12 @@ impl Core {
         let session = generation.channels[channel].clone();
         self.files_on[channel].fetch_add(1, Ordering::Relaxed);
         let opened = session.open(path, pflags, attrs);
-        let after = (stat_after && self.features.in_order).then(|| session.stat(path));
+        let (after, dir_after) = match stat_after {
+            Some(dir) if self.features.in_order => {
+                (Some(session.stat(path)), Some(session.lstat(dir)))
+            }
+            _ => (None, None),
+        };
         let opened = match opened.await {
             Ok(handle) => Ok(ServerHandle {
                 generation: generation.id,
@@ -482,7 +492,7 @@ impl Core {
                 Err(e)
             }
         };
-        Ok((opened, after))
+        Ok((opened, after, dir_after))
     }
 
     /// `caller`: the process opening it.
@@ -518,7 +528,7 @@ impl Core {
                 .and_then(|a| a.size)
                 .is_some_and(|size| size <= SMALL_FILE);
         let (handle, attrs) = tokio::join!(
-            self.open_handle(&path, pflags, Attrs::default(), false, small),
+            self.open_handle(&path, pflags, Attrs::default(), None, small),
             stat
         );
         if truncating {
@@ -559,7 +569,11 @@ impl Core {
             ..Default::default()
         };
         let pflags = Self::sftp_open_flags(flags | libc::O_CREAT);
-        let (opened, after) = self.open_handle(&path, pflags, attrs, true, false).await?;
+        let dir = self.path(parent)?;
+        let ticket = self.cache.ticket();
+        let (opened, after, parent_after) = self
+            .open_handle(&path, pflags, attrs, Some(&dir), false)
+            .await?;
         let opened = match opened {
             Ok(h) => h,
             Err(e) => {
@@ -583,7 +597,11 @@ impl Core {
                 return Err(errno(e));
             }
         };
-        self.cache.created(&path, attrs.clone());
+        let dir_after = match parent_after {
+            Some(reply) => reply.await.ok().map(|attrs| (ticket, attrs)),
+            None => None,
+        };
+        self.cache.created(&path, attrs.clone(), dir_after);
         let ino = self.inodes.lock().unwrap().remember(parent, name, false);
         let fh = self.register_open(ino, opened, flags, &path, Some(attrs.clone()), caller)?;
         Ok((

@@ -262,8 +262,8 @@ impl Core {
 
     /// A handle for one read, on the metadata channel when there is room (see `open_handle`).
     async fn open_briefly(&self, path: &[u8]) -> FsResult<BriefHandle> {
-        let (opened, _) = self
-            .open_handle(path, open_flags::READ, Attrs::default(), false, true)
+        let (opened, _, _) = self
+            .open_handle(path, open_flags::READ, Attrs::default(), None, true)
             .await?;
         let opened = opened.map_err(errno)?;
         Ok(BriefHandle {

@@ -487,11 +487,12 @@ impl Session {
         })
     }
 
-    pub async fn remove(&self, path: &[u8]) -> Result<()> {
+    pub fn remove(&self, path: &[u8]) -> Reply<()> {
         let req = Request::Remove {
             path: Bytes::copy_from_slice(path),
         };
-        expect_ok(self.call(&req).await, "remove")
+        let pending = self.submit(&req);
+        Box::pin(async move { expect_ok(pending.response().await, "remove") })
     }
 
     pub fn mkdir(&self, path: &[u8], attrs: Attrs) -> Reply<()> {
@@ -503,11 +504,12 @@ impl Session {
         Box::pin(async move { expect_ok(pending.response().await, "mkdir") })
     }
 
-    pub async fn rmdir(&self, path: &[u8]) -> Result<()> {
+    pub fn rmdir(&self, path: &[u8]) -> Reply<()> {
         let req = Request::Rmdir {
             path: Bytes::copy_from_slice(path),
         };
-        expect_ok(self.call(&req).await, "rmdir")
+        let pending = self.submit(&req);
+        Box::pin(async move { expect_ok(pending.response().await, "rmdir") })
     }
 
     pub async fn realpath(&self, path: &[u8]) -> Result<Bytes> {
@@ -544,7 +546,7 @@ impl Session {
     }
 
     /// Renames, replacing an existing `to` atomically when the server has posix-rename.
-    pub async fn rename(&self, from: &[u8], to: &[u8]) -> Result<()> {
+    pub fn rename(&self, from: &[u8], to: &[u8]) -> Reply<()> {
         let req = if self.features.posix_rename {
             Request::posix_rename(from, to)
         } else {
@@ -553,7 +555,8 @@ impl Session {
                 to: Bytes::copy_from_slice(to),
             }
         };
-        expect_ok(self.call(&req).await, "rename")
+        let pending = self.submit(&req);
+        Box::pin(async move { expect_ok(pending.response().await, "rename") })
     }
 
     pub async fn hardlink(&self, existing: &[u8], new: &[u8]) -> Result<()> {

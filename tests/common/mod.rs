@@ -1257,6 +1257,8 @@ pub struct SftpRequests {
     pub read_bytes: u64,
     /// OPENDIR paths (as sent: absolute), with how often each was opened.
     pub opened_dirs: HashMap<String, u64>,
+    /// LSTAT paths, with how often each was asked.
+    pub lstat_paths: HashMap<String, u64>,
 }
 
 impl SftpRequests {
@@ -1276,21 +1278,17 @@ impl SftpRequests {
             .map(|(k, v)| (*k, v - earlier.count(k)))
             .filter(|(_, v)| *v > 0)
             .collect();
-        let opened_dirs = self
-            .opened_dirs
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.clone(),
-                    v - earlier.opened_dirs.get(k).copied().unwrap_or(0),
-                )
-            })
-            .filter(|(_, v)| *v > 0)
-            .collect();
+        let since = |now: &HashMap<String, u64>, then: &HashMap<String, u64>| {
+            now.iter()
+                .map(|(k, v)| (k.clone(), v - then.get(k).copied().unwrap_or(0)))
+                .filter(|(_, v)| *v > 0)
+                .collect()
+        };
         SftpRequests {
             by_type,
             read_bytes: self.read_bytes - earlier.read_bytes,
-            opened_dirs,
+            opened_dirs: since(&self.opened_dirs, &earlier.opened_dirs),
+            lstat_paths: since(&self.lstat_paths, &earlier.lstat_paths),
         }
     }
 }
@@ -1371,10 +1369,15 @@ impl SftpRecorder {
                 let body = &data[pos + 4..pos + 4 + len];
                 let kind = sftp_request_name(body[0]);
                 *out.by_type.entry(kind).or_default() += 1;
-                if kind == "OPENDIR" {
+                if kind == "OPENDIR" || kind == "LSTAT" {
                     let plen = u32::from_be_bytes(body[5..9].try_into().unwrap()) as usize;
                     let path = String::from_utf8_lossy(&body[9..9 + plen]).into_owned();
-                    *out.opened_dirs.entry(path).or_default() += 1;
+                    let paths = if kind == "LSTAT" {
+                        &mut out.lstat_paths
+                    } else {
+                        &mut out.opened_dirs
+                    };
+                    *paths.entry(path).or_default() += 1;
                 }
                 if kind == "READ" {
                     // id, handle (string), offset (u64), len (u32)
