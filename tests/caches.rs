@@ -640,3 +640,53 @@ fn small_files_read_one_after_another_are_read_ahead_and_stay_the_servers() {
     assert!(seen == newer);
     assert!(fs::read(root.join("more").join(name(4))).unwrap() == newer);
 }
+
+#[test]
+fn a_small_file_written_whole_is_kept_and_never_stands_for_other_bytes() {
+    let recorder = SftpRecorder::new();
+    let sshd = Sshd::start_recorded(&recorder);
+    let root = sshd.remote_root();
+    // A far link, so that a writer's last WRITE is still in flight when it closes (that is
+    // when what it wrote is kept).
+    let m = Mount::far(&sshd, 20, &[]);
+    let server = |name: &str| fs::read(root.join(name)).unwrap();
+
+    // Written whole through one descriptor, then renamed into place (git's config.lock):
+    // reading it back opens nothing at the server.
+    fs::write(m.join("cfg.lock"), b"[core]\n\tbare = false\n").unwrap();
+    fs::rename(m.join("cfg.lock"), m.join("cfg")).unwrap();
+    let before = recorder.settled();
+    assert_eq!(fs::read(m.join("cfg")).unwrap(), server("cfg"));
+    let cost = recorder.settled().since(&before);
+    assert_eq!(cost.count("OPEN"), 0, "{cost:?}");
+
+    // Another descriptor wrote over part of it between the writer's writes: what is read is
+    // the server's file, not what the writer wrote.
+    let writer = File::create(m.join("two")).unwrap();
+    writer.write_all_at(b"aaaa", 0).unwrap();
+    let other = fs::OpenOptions::new()
+        .write(true)
+        .open(m.join("two"))
+        .unwrap();
+    other.write_all_at(b"bb", 0).unwrap();
+    drop(other);
+    writer.write_all_at(b"cccc", 4).unwrap();
+    drop(writer);
+    assert_eq!(server("two"), b"bbaacccc");
+    assert_eq!(fs::read(m.join("two")).unwrap(), b"bbaacccc");
+
+    // Truncated and grown back to the same size meanwhile: zeros where the server has them.
+    let writer = File::create(m.join("cut")).unwrap();
+    writer.write_all_at(b"cccc", 0).unwrap();
+    for len in [0, 4] {
+        let other = fs::OpenOptions::new()
+            .write(true)
+            .open(m.join("cut"))
+            .unwrap();
+        other.set_len(len).unwrap();
+    }
+    writer.write_all_at(b"dddd", 4).unwrap();
+    drop(writer);
+    assert_eq!(server("cut"), b"\0\0\0\0dddd");
+    assert_eq!(fs::read(m.join("cut")).unwrap(), b"\0\0\0\0dddd");
+}

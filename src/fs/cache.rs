@@ -454,10 +454,19 @@ impl MetaCache {
     pub fn renamed(&self, from: &[u8], to: &[u8], attrs: Attrs, dir_after: DirAfter) {
         let mut inner = self.inner.lock().unwrap();
         let dir_after = dir_after.filter(|(ticket, _)| ticket.0 == inner.epoch);
+        // The contents go along with the name.
+        let contents = inner.contents.pop(from);
+        if let Some(c) = &contents {
+            inner.contents_bytes -= c.value.1.len();
+        }
         self.removed_in(&mut inner, from, None);
         // One change: the ticket checked above holds for both halves.
         let dir_after = dir_after.map(|(_, attrs)| (Ticket(inner.epoch), attrs));
         self.created_in(&mut inner, to, attrs, dir_after);
+        if let Some(c) = contents {
+            inner.contents_bytes += c.value.1.len();
+            inner.contents.put(to.to_vec(), c);
+        }
     }
 
     fn removed_in(&self, inner: &mut Inner, path: &[u8], dir_after: DirAfter) {

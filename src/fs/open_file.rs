@@ -72,6 +72,11 @@ pub(super) struct OpenFile {
     /// A close (flush) came after the last write: the program may be done with the file, so a
     /// change of its attributes is no longer one its close can report.
     pub(super) flushed: std::sync::atomic::AtomicBool,
+    /// What this descriptor wrote, while that is all of a small file it created or truncated:
+    /// kept as the file's contents at close (git writes its config, then reads it back). With
+    /// the inode's contents generation it expects: anything else that changed the file (another
+    /// descriptor's write, a truncate) moves it past that.
+    written: Mutex<Option<(bytes::BytesMut, u64)>>,
 }
 
 /// Whether `attrs`, seen at a reopen, can be the file `file` had open: the same type, and a
@@ -220,6 +225,7 @@ impl Core {
                 flushed: Default::default(),
                 opener,
                 failures_seen,
+                written: Mutex::new(None),
             }),
         );
         Ok(fh)
@@ -537,6 +543,9 @@ impl Core {
         let handle = handle?.0.map_err(errno)?;
         let keep_cache = self.keep_cache(ino, attrs.as_ref());
         let fh = self.register_open(ino, handle, flags, &path, attrs, caller)?;
+        if truncating {
+            self.capture_writes(fh);
+        }
         if small && linked {
             self.read_ahead_after(&path);
         }
@@ -604,6 +613,9 @@ impl Core {
         self.cache.created(&path, attrs.clone(), dir_after);
         let ino = self.inodes.lock().unwrap().remember(parent, name, false);
         let fh = self.register_open(ino, opened, flags, &path, Some(attrs.clone()), caller)?;
+        if attrs.size == Some(0) {
+            self.capture_writes(fh);
+        }
         Ok((
             Entry {
                 attr: self.shown(ino, &attrs),
@@ -673,7 +685,19 @@ impl Core {
             writer.close();
         }
         file.flushed.store(false, Ordering::Release);
-        let written = writer.write(offset, data, whole).await?;
+        let written = writer.write(offset, data.clone(), whole).await?;
+        {
+            let mut captured = file.written.lock().unwrap();
+            let end = offset + written as u64;
+            match captured.as_mut() {
+                Some((buf, expected)) if offset == buf.len() as u64 && end <= SMALL_FILE => {
+                    buf.extend_from_slice(&data[..written as usize]);
+                    // This write's own step of the generation.
+                    *expected += 1;
+                }
+                _ => *captured = None,
+            }
+        }
         // After the write is pending, so that no stat from before it is stored after it.
         self.changed_attrs(file.ino);
         if self.files_on.len() > 1
@@ -711,14 +735,45 @@ impl Core {
             _ => None,
         };
         writer.settle().await?;
+        let written = file.written.lock().unwrap().take();
         if let Some((ticket, after)) = after
             && let Ok(attrs) = after.await
             && !file.inode_writes.pending()
             && let Some(path) = self.linked_path(file.ino)
         {
-            self.cache.put_name(ticket, path, Known::Attrs(attrs));
+            self.cache
+                .put_name(ticket, path.clone(), Known::Attrs(attrs.clone()));
+            // All of the file is what this descriptor wrote, and no other may have written.
+            if let Some((data, expected)) = written
+                && expected == file.inode_writes.generation()
+                && attrs.size == Some(data.len() as u64)
+                && self.keeps_contents()
+                && !self.other_writers(file.ino, fh)
+            {
+                self.cache.put_contents(ticket, path, attrs, data.freeze());
+            }
         }
         Ok(())
+    }
+
+    /// Starts keeping what `fh` writes (see `OpenFile::written`): the file is empty now.
+    fn capture_writes(&self, fh: u64) {
+        if let Ok(file) = self.file(fh)
+            && file.writer.is_some()
+            && !self.other_writers(file.ino, fh)
+        {
+            let now = file.inode_writes.generation();
+            *file.written.lock().unwrap() = Some((bytes::BytesMut::new(), now));
+        }
+    }
+
+    /// Whether a descriptor of `ino` other than `fh` may write to it.
+    fn other_writers(&self, ino: u64, fh: u64) -> bool {
+        self.files
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(&other, f)| other != fh && f.ino == ino && f.writer.is_some())
     }
 
     /// fsync(2) through any descriptor of the file, a read-only one too (`sync FILE`): every
