@@ -11,7 +11,7 @@ use super::cache::{DirAfter, Known, Ticket};
 use super::{Core, Entry, Errno, FsResult, errno, is_dir};
 use crate::sftp::client::Reply;
 use crate::sftp::proto::Attrs;
-use crate::sftp::{SftpError, StatusCode};
+use crate::sftp::{Session, SftpError, StatusCode};
 
 /// Attributes of a new file or directory, as the kernel asked for them.
 #[derive(Debug, Clone, Copy)]
@@ -55,31 +55,45 @@ impl Core {
             permissions: Some(mode.mode & !mode.umask & 0o7777),
             ..Default::default()
         };
-        let dir = self.path(parent)?;
         let session = self.meta().await?;
         let ticket = self.cache.ticket();
         let made = session.mkdir(&path, attrs);
-        // Right behind the MKDIR on a server that runs a channel in order: the new directory's
-        // attributes (or, if it failed, whether the name exists) and its parent's, without a
-        // round trip of their own.
-        let after = self.features.in_order.then(|| session.lstat(&path));
+        self.made(parent, name, &path, &session, ticket, made).await
+    }
+
+    /// The end of a creation by path (mkdir, symlink, link) whose request `made` was just
+    /// queued on `session` (`ticket`: taken before): right behind it, on a server that runs a
+    /// channel in order, the new name's attributes (or, if it failed, whether the name exists)
+    /// and its directory's, without a round trip of their own; the directory's cached listing
+    /// gains the name.
+    async fn made(
+        &self,
+        parent: u64,
+        name: &[u8],
+        path: &[u8],
+        session: &Session,
+        ticket: Ticket,
+        made: Reply<()>,
+    ) -> FsResult<Entry> {
+        let dir = self.path(parent)?;
+        let after = self.features.in_order.then(|| session.lstat(path));
         let parent_after = self.features.in_order.then(|| session.lstat(&dir));
         if let Err(e) = made.await {
-            self.changed_path(&path);
-            return Err(self.refine_exists(e, &path, after).await);
+            self.changed_path(path);
+            return Err(self.refine_exists(e, path, after).await);
         }
         let attrs = match after {
             Some(after) => after.await,
-            None => session.lstat(&path).await,
+            None => session.lstat(path).await,
         };
         match attrs {
             Ok(attrs) => {
                 let dir_after = dir_after(ticket, parent_after).await;
-                self.cache.created(&path, attrs.clone(), dir_after);
+                self.cache.created(path, attrs.clone(), dir_after);
                 Ok(self.remember_entry(parent, name, &attrs))
             }
             Err(e) => {
-                self.changed_path(&path);
+                self.changed_path(path);
                 Err(errno(e))
             }
         }
@@ -160,12 +174,10 @@ impl Core {
 
     pub async fn symlink(&self, parent: u64, name: &[u8], target: &[u8]) -> FsResult<Entry> {
         let path = self.child_path(parent, name)?;
-        let made = self.meta().await?.symlink(&path, target).await;
-        self.changed_path(&path);
-        if let Err(e) = made {
-            return Err(self.refine_exists(e, &path, None).await);
-        }
-        self.entry(parent, name, &path).await
+        let session = self.meta().await?;
+        let ticket = self.cache.ticket();
+        let made = session.symlink(&path, target);
+        self.made(parent, name, &path, &session, ticket, made).await
     }
 
     pub async fn rename(
@@ -316,13 +328,12 @@ impl Core {
     pub async fn link(&self, ino: u64, new_parent: u64, new_name: &[u8]) -> FsResult<Entry> {
         let existing = self.path(ino)?;
         let path = self.child_path(new_parent, new_name)?;
-        let linked = self.meta().await?.hardlink(&existing, &path).await;
-        self.changed_path(&path);
-        if let Err(e) = linked {
-            return Err(self.refine_exists(e, &path, None).await);
-        }
+        let session = self.meta().await?;
+        let ticket = self.cache.ticket();
+        let linked = session.hardlink(&existing, &path);
         // Each name gets its own inode: our inodes are names, and either may be unlinked.
-        self.entry(new_parent, new_name, &path).await
+        self.made(new_parent, new_name, &path, &session, ticket, linked)
+            .await
     }
 }
 

@@ -536,13 +536,14 @@ impl Session {
         }
     }
 
-    pub async fn symlink(&self, link: &[u8], target: &[u8]) -> Result<()> {
+    pub fn symlink(&self, link: &[u8], target: &[u8]) -> Reply<()> {
         let req = Request::Symlink {
             link: Bytes::copy_from_slice(link),
             target: Bytes::copy_from_slice(target),
             draft_order: self.features.symlink_draft_order,
         };
-        expect_ok(self.call(&req).await, "symlink")
+        let pending = self.submit(&req);
+        Box::pin(async move { expect_ok(pending.response().await, "symlink") })
     }
 
     /// Renames, replacing an existing `to` atomically when the server has posix-rename.
@@ -559,14 +560,14 @@ impl Session {
         Box::pin(async move { expect_ok(pending.response().await, "rename") })
     }
 
-    pub async fn hardlink(&self, existing: &[u8], new: &[u8]) -> Result<()> {
+    pub fn hardlink(&self, existing: &[u8], new: &[u8]) -> Reply<()> {
         if !self.features.hardlink {
-            return Err(SftpError::from_status(StatusCode::OP_UNSUPPORTED, b""));
+            return Box::pin(async {
+                Err(SftpError::from_status(StatusCode::OP_UNSUPPORTED, b""))
+            });
         }
-        expect_ok(
-            self.call(&Request::hardlink(existing, new)).await,
-            "hardlink",
-        )
+        let pending = self.submit(&Request::hardlink(existing, new));
+        Box::pin(async move { expect_ok(pending.response().await, "hardlink") })
     }
 
     pub async fn statvfs(&self, path: &[u8]) -> Result<StatVfs> {
