@@ -114,7 +114,9 @@ impl Core {
         ino: u64,
         path: &[u8],
     ) -> Option<Opened> {
-        if !self.keeps_contents() {
+        // A mount that lost its connection answers nothing from memory: it is down, and says
+        // so (EIO), until it is back.
+        if !self.keeps_contents() || self.remote.current_now().is_none() {
             return None;
         }
         self.small_files.fetched(path).await;

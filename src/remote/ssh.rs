@@ -7,7 +7,7 @@ use russh::client::Handle;
 use tracing::warn;
 
 use super::{BoxFuture, ConnectError, Connection, Connector, Link, RemoteSettings};
-use crate::sftp::{Session, Transport};
+use crate::sftp::{Session, Transport, WireGate};
 use crate::ssh::{self, ClientHandler, Target};
 
 pub struct SshConnector {
@@ -55,7 +55,13 @@ async fn establish(target: &Arc<Target>, settings: &RemoteSettings) -> Result<Li
         .channel_open_session()
         .await
         .map_err(ConnectError::Channel)?;
-    let first = Session::start(Transport::Ssh(channel), settings.request_timeout).await?;
+    let gate = WireGate::new();
+    let first = Session::start(
+        Transport::Ssh(channel),
+        settings.request_timeout,
+        gate.clone(),
+    )
+    .await?;
     let mut channels = vec![first];
     // The others all at once. A server that allows fewer sessions (sshd's MaxSessions) just
     // gives us fewer: the mount works with any number.
@@ -63,9 +69,12 @@ async fn establish(target: &Arc<Target>, settings: &RemoteSettings) -> Result<Li
     for _ in 1..settings.sftp_channels {
         let handle = handle.clone();
         let timeout = settings.request_timeout;
+        let gate = gate.clone();
         pending.spawn(async move {
             let channel = handle.channel_open_session().await.ok()?;
-            Session::start(Transport::Ssh(channel), timeout).await.ok()
+            Session::start(Transport::Ssh(channel), timeout, gate)
+                .await
+                .ok()
         });
     }
     while let Some(done) = pending.join_next().await {

@@ -14,6 +14,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
+use super::gate::{GatePermit, WireGate};
 use super::proto::{
     self, Attrs, DecodeError, Limits, NameEntry, Request, Response, StatVfs, StatusCode,
 };
@@ -92,6 +93,8 @@ const WRITE_HEADER_ROOM: u64 = 1024;
 
 struct InFlight {
     reply: oneshot::Sender<Result<Response>>,
+    /// A WRITE's room on the wire (see `gate.rs`), given back with the entry.
+    on_wire: Option<GatePermit>,
     submitted_at: Instant,
     sent_at: Option<Instant>,
     /// Past its timeout since then, waiting for the verdict on the connection (see
@@ -138,6 +141,8 @@ impl Table {
 
 struct Shared {
     table: Mutex<Table>,
+    /// Shared by every channel of the connection.
+    gate: Arc<WireGate>,
     timeout: Duration,
     /// Becomes true once the session is unusable (see [`Session::closed`]).
     dead: tokio::sync::watch::Sender<bool>,
@@ -193,7 +198,12 @@ pub struct Session {
 impl Session {
     /// Starts SFTP over `transport` (the subsystem, over SSH), exchanges versions and discovers
     /// extensions.
-    pub async fn start(transport: Transport, timeout: Duration) -> Result<Session> {
+    /// `gate`: the connection's, shared by all its channels.
+    pub async fn start(
+        transport: Transport,
+        timeout: Duration,
+        gate: Arc<WireGate>,
+    ) -> Result<Session> {
         let (mut incoming, mut outgoing) = transport.open().await.map_err(SftpError::Protocol)?;
         let mut init = BytesMut::new();
         proto::encode_init(&mut init);
@@ -250,6 +260,7 @@ impl Session {
 
         let shared = Arc::new(Shared {
             table: Mutex::new(Table::default()),
+            gate,
             timeout,
             dead: tokio::sync::watch::channel(false).0,
             stalls: tokio::sync::watch::channel(0).0,
@@ -345,6 +356,7 @@ impl Session {
             id,
             InFlight {
                 reply: tx,
+                on_wire: None,
                 submitted_at: Instant::now(),
                 sent_at: None,
                 expired_at: None,
@@ -655,10 +667,20 @@ async fn write_loop(
 ) {
     while let Some((head, tail)) = queue.recv().await {
         let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]);
-        if !shared.table.lock().unwrap().in_flight.contains_key(&id) {
-            // Timed out while queued: its caller has its error; never sending it keeps its
-            // fate known.
-            continue;
+        // A WRITE's data goes out only when the connection has room for it on the wire.
+        let on_wire = if tail.is_empty() {
+            None
+        } else {
+            Some(shared.gate.admit(tail.len()).await)
+        };
+        {
+            let mut table = shared.table.lock().unwrap();
+            match table.in_flight.get_mut(&id) {
+                Some(entry) => entry.on_wire = on_wire,
+                // Timed out while queued: its caller has its error; never sending it keeps its
+                // fate known.
+                None => continue,
+            }
         }
         let sent = match outgoing.send(head).await {
             Ok(()) if !tail.is_empty() => outgoing.send(tail).await,
@@ -716,6 +738,11 @@ async fn read_loop(mut incoming: Incoming, mut inbox: BytesMut, shared: Arc<Shar
                     let entry = shared.table.lock().unwrap().in_flight.remove(&id);
                     match entry {
                         Some(entry) => {
+                            if entry.on_wire.is_none()
+                                && let Some(sent) = entry.sent_at
+                            {
+                                shared.gate.sample(sent.elapsed());
+                            }
                             let _ = entry.reply.send(Ok(response));
                         }
                         None => debug!(id, "reply to a request that is no longer waited for"),
@@ -781,6 +808,7 @@ mod tests {
     fn entry(submitted_ago: Duration, sent_ago: Option<Duration>, now: Instant) -> InFlight {
         InFlight {
             reply: oneshot::channel().0,
+            on_wire: None,
             submitted_at: now - submitted_ago,
             sent_at: sent_ago.map(|ago| now - ago),
             expired_at: None,

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use sftpmount::remote::{BoxFuture, ConnectError, Connection, Connector, Link, RemoteSettings};
-use sftpmount::sftp::{Session, Transport};
+use sftpmount::sftp::{Session, Transport, WireGate};
 use sftpmount::ssh::SshError;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::process::Command;
@@ -118,6 +118,7 @@ impl LocalServer {
         }
         let (link, state) = watch::channel(LinkState::Open);
         let mut channels = Vec::new();
+        let gate = WireGate::new();
         for _ in 0..settings.sftp_channels {
             let mut child = Command::new(&self.program)
                 .stdin(Stdio::piped())
@@ -143,7 +144,7 @@ impl LocalServer {
                 from_server: Box::new(from_server),
                 to_server: Box::new(to_server),
             };
-            channels.push(Session::start(transport, settings.request_timeout).await?);
+            channels.push(Session::start(transport, settings.request_timeout, gate.clone()).await?);
         }
         *self.link.lock().unwrap() = Some(link);
         self.connections.fetch_add(1, Ordering::SeqCst);
