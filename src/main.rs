@@ -20,7 +20,7 @@ fn main() -> ExitCode {
     };
     let to_syslog = !opts.foreground && opts.logfile.is_none();
     if let Err(e) = init_logging(opts.debug, opts.logfile.as_deref(), to_syslog) {
-        eprintln!("sftpmount: {e:#}");
+        eprintln!("sftpmount: {}", mount::one_line(&e));
         return ExitCode::FAILURE;
     }
     if mount::started_by_mount8() {
@@ -29,7 +29,7 @@ fn main() -> ExitCode {
     let mountpoint = match mount::check_local(&opts.mountpoint) {
         Ok(m) => m,
         Err(e) => {
-            eprintln!("sftpmount: {e:#}");
+            eprintln!("sftpmount: {}", mount::one_line(&e));
             return ExitCode::FAILURE;
         }
     };
@@ -39,7 +39,7 @@ fn main() -> ExitCode {
         match mount::daemonize() {
             Ok(pipe) => Some(pipe),
             Err(e) => {
-                eprintln!("sftpmount: {e:#}");
+                eprintln!("sftpmount: {}", mount::one_line(&e));
                 return ExitCode::FAILURE;
             }
         }
@@ -47,7 +47,7 @@ fn main() -> ExitCode {
     match mount::run(opts, mountpoint, ready) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("sftpmount: {e:#}");
+            eprintln!("sftpmount: {}", mount::one_line(&e));
             ExitCode::FAILURE
         }
     }

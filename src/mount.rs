@@ -24,6 +24,23 @@ use crate::ssh::Target;
 const DISPATCH_THREADS: usize = 4;
 
 /// Refuses a mount point that cannot work, before any network traffic.
+/// An error and its causes on one line, each cause once: an error that already names its cause
+/// in its own message (`cannot connect to h:22: Connection refused`) does not repeat it.
+pub fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
 pub fn check_local(mountpoint: &Path) -> anyhow::Result<PathBuf> {
     if !Path::new("/dev/fuse").exists() {
         bail!("no /dev/fuse: install fuse3 and load the module (modprobe fuse)");
@@ -152,7 +169,7 @@ pub fn run(opts: Options, mountpoint: PathBuf, ready: Option<ReadyPipe>) -> anyh
         Ok(ok) => ok,
         Err(e) => {
             if let Some(ready) = ready {
-                ready.send(format!("{e:#}").as_bytes());
+                ready.send(one_line(&e).as_bytes());
                 std::process::exit(1);
             }
             return Err(e);

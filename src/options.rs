@@ -32,7 +32,8 @@ Mount options (-o opt[,opt=value...], repeatable; also accepted from fstab):
   User=NAME                 remote user (default: from ~/.ssh/config, else the local user)
   IdentityFile=PATH         private key to try (repeatable; default ~/.ssh/id_ed25519,
                             id_ecdsa, id_rsa)
-  UserKnownHostsFile=PATH   extra known_hosts file (repeatable; ~/.ssh/known_hosts is always read)
+  UserKnownHostsFile=PATH   known_hosts file, repeatable; replaces ~/.ssh/known_hosts as in
+                            OpenSSH (none: no file; /dev/null with accept-new: remember nothing)
   StrictHostKeyChecking=yes|accept-new|no
                             unknown host key: refuse (yes, default), learn it (accept-new), or
                             learn it (no); a changed host key is always refused

@@ -308,3 +308,52 @@ fn ssh_config_host_alias() {
     drop(m);
     fs::remove_file(ssh_dir.join("config")).unwrap();
 }
+
+#[test]
+fn user_known_hosts_file_replaces_the_default_and_dev_null_remembers_nothing() {
+    let sshd = Sshd::start();
+    let dir = tempfile::tempdir().unwrap();
+    // The host's key in ~/.ssh/known_hosts: read when no UserKnownHostsFile is given...
+    let ssh_dir = sshd.client_home().join(".ssh");
+    fs::create_dir_all(&ssh_dir).unwrap();
+    let default = ssh_dir.join("known_hosts");
+    fs::write(
+        &default,
+        format!("[127.0.0.1]:{} {}\n", sshd.port(), sshd.host_key_pub()),
+    )
+    .unwrap();
+    // ... and with `~` in IdentityFile, expanded as ssh_config's would be.
+    fs::copy(sshd.user_key_path(), ssh_dir.join("key")).unwrap();
+    let without = vec![
+        "-p".to_string(),
+        sshd.port().to_string(),
+        "-o".into(),
+        "IdentityFile=~/.ssh/key".into(),
+        "-o".into(),
+        "StrictHostKeyChecking=yes".into(),
+    ];
+    let m = Mount::try_with(&sshd, &sshd.source(), &without, None).expect("default file");
+    assert_works(&sshd, &m);
+    drop(m);
+
+    // ... but not once UserKnownHostsFile names another file, as with OpenSSH.
+    let empty = dir.path().join("empty");
+    fs::write(&empty, "").unwrap();
+    let args = host_key_args(&sshd, &empty, "yes");
+    let line = refusal(Mount::try_with(&sshd, &sshd.source(), &args, None).unwrap_err());
+    assert!(line.contains("not known"), "{line}");
+
+    // /dev/null, the usual way to say "a throwaway host": accepted with accept-new and no,
+    // recorded nowhere, refused with yes.
+    let null = std::path::Path::new("/dev/null");
+    for strict in ["accept-new", "no"] {
+        let args = host_key_args(&sshd, null, strict);
+        let m = Mount::try_with(&sshd, &sshd.source(), &args, None).expect(strict);
+        assert_works(&sshd, &m);
+    }
+    let args = host_key_args(&sshd, null, "yes");
+    let line = refusal(Mount::try_with(&sshd, &sshd.source(), &args, None).unwrap_err());
+    assert!(line.contains("not known"), "{line}");
+    assert_eq!(fs::metadata(null).unwrap().len(), 0);
+    assert_eq!(fs::read_to_string(&empty).unwrap(), "", "nothing learned");
+}

@@ -145,6 +145,10 @@ fn unreachable_host_and_silent_server() {
         &args,
         &["cannot connect", &port.to_string()],
     );
+    // The cause once, not again after itself.
+    let out = Mount::try_with(&sshd, &sshd.source(), &args, None).unwrap_err();
+    let line = stderr_line(&out);
+    assert_eq!(line.matches("Connection refused").count(), 1, "{line}");
 
     // A server that accepts and never speaks: refused within ConnectTimeout.
     let silent = TcpListener::bind("127.0.0.1:0").unwrap();

@@ -66,8 +66,9 @@ pub struct Target {
     /// Explicit identity files must exist; defaults are tried when present.
     pub identity_files_explicit: bool,
     pub known_hosts_files: Vec<PathBuf>,
-    /// Where a learned host key is written.
-    pub learn_into: PathBuf,
+    /// Where a learned host key is written; `None` (`UserKnownHostsFile=none`) or a device
+    /// such as /dev/null: accepted for this mount, recorded nowhere.
+    pub learn_into: Option<PathBuf>,
     pub strict: StrictHostKeyChecking,
     pub connect_timeout: Duration,
     pub keepalive_interval: Duration,
@@ -124,7 +125,11 @@ impl Target {
                     .replace("%h", &host),
             )
         };
-        let mut identity_files = opts.identity_files.clone();
+        // Command-line values take the same `~` and %-tokens as ssh_config's, as with ssh(1).
+        let expand_all = |paths: &[PathBuf]| -> Vec<PathBuf> {
+            paths.iter().map(|p| expand(&p.to_string_lossy())).collect()
+        };
+        let mut identity_files = expand_all(&opts.identity_files);
         identity_files.extend(
             host_config
                 .get_all("identityfile")
@@ -138,17 +143,18 @@ impl Target {
                 .map(|n| home.join(".ssh").join(n))
                 .collect();
         }
-        let mut user_files = opts.user_known_hosts_files.clone();
+        let mut user_files = expand_all(&opts.user_known_hosts_files);
         for value in host_config.get_all("userknownhostsfile") {
             user_files.extend(value.split_whitespace().map(expand));
         }
-        let default_known_hosts = home.join(".ssh/known_hosts");
-        let learn_into = user_files
-            .first()
-            .cloned()
-            .unwrap_or_else(|| default_known_hosts.clone());
+        // As in OpenSSH: UserKnownHostsFile replaces ~/.ssh/known_hosts, `none` names no file,
+        // and the system-wide file is read as well.
+        if user_files.is_empty() {
+            user_files.push(home.join(".ssh/known_hosts"));
+        }
+        user_files.retain(|p| p != Path::new("none"));
+        let learn_into = user_files.first().cloned();
         let mut known_hosts_files = user_files;
-        known_hosts_files.push(default_known_hosts);
         known_hosts_files.push(PathBuf::from("/etc/ssh/ssh_known_hosts"));
         known_hosts_files.dedup();
         let secs = |o: Option<Duration>, key: &str, default: u64| {
@@ -285,25 +291,42 @@ fn check_host_key(target: &Target, key: &PublicKey) -> HostKeyVerdict {
     if target.strict == StrictHostKeyChecking::Yes {
         return HostKeyVerdict::Unknown { fingerprint };
     }
+    // /dev/null (the usual way to say "a throwaway host, remember nothing") cannot be appended
+    // to as a file: accept the key for this mount only, as ssh does in effect.
+    let Some(learn_into) = target.learn_into.as_ref().filter(|f| !is_device(f)) else {
+        info!(
+            "accepted host key for {} ({fingerprint}) for this mount only: UserKnownHostsFile \
+             names no file to record it in",
+            target.known_hosts_name()
+        );
+        return HostKeyVerdict::Known;
+    };
     match russh::keys::known_hosts::learn_known_hosts_path(
         &target.host,
         target.port,
         key,
-        &target.learn_into,
+        learn_into,
     ) {
         Ok(()) => {
             info!(
                 "learned host key for {} ({fingerprint}) into {}",
                 target.known_hosts_name(),
-                target.learn_into.display()
+                learn_into.display()
             );
             HostKeyVerdict::Known
         }
         Err(e) => HostKeyVerdict::LearnFailed {
-            file: target.learn_into.clone(),
+            file: learn_into.clone(),
             why: e.to_string(),
         },
     }
+}
+
+/// A character or block device, such as /dev/null.
+fn is_device(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(path)
+        .is_ok_and(|m| m.file_type().is_char_device() || m.file_type().is_block_device())
 }
 
 /// Connects, verifies the host and authenticates, all within the connect timeout (prompts for
