@@ -62,10 +62,12 @@ fn init_logging(
     to_syslog: bool,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
+    // fuser warns when it cannot unmount what the user already unmounted (every clean
+    // foreground `umount`): not worth a line.
     let default = if debug {
-        "sftpmount=debug,info"
+        "sftpmount=debug,info,fuser::session=error"
     } else {
-        "warn"
+        "warn,fuser::session=error"
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("SFTPMOUNT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
@@ -93,7 +95,14 @@ fn init_logging(
                 .with_writer(SyslogLine::default)
                 .init();
         }
-        None => builder.with_writer(std::io::stderr).init(),
+        None => {
+            use std::io::IsTerminal;
+            // Colour only for a person at a terminal, never into a file or a pipe.
+            builder
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_writer(std::io::stderr)
+                .init()
+        }
     }
     Ok(())
 }

@@ -255,6 +255,21 @@ where
                 ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
                     Ok(Parsed::Print(e.render().to_string()))
                 }
+                ErrorKind::MissingRequiredArgument => {
+                    // clap lists them on the lines after its first.
+                    let text = e.render().to_string();
+                    let missing: Vec<&str> = text
+                        .lines()
+                        .skip(1)
+                        .take_while(|l| !l.trim().is_empty())
+                        .map(str::trim)
+                        .collect();
+                    Err(format!(
+                        "missing {}: usage: sftpmount [user@]host:[dir] MOUNTPOINT [-o OPTIONS] \
+                         (see sftpmount --help)",
+                        missing.join(" and ")
+                    ))
+                }
                 _ => {
                     let text = e.render().to_string();
                     let first = text.lines().next().unwrap_or("bad arguments");

@@ -486,6 +486,66 @@ fn foreground_mode_exits_zero_on_sigterm() {
 }
 
 #[test]
+fn a_foreground_mount_unmounted_by_umount_exits_quietly_and_logs_without_colour() {
+    let sshd = Sshd::start();
+    let mp = tempfile::tempdir().unwrap();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut child = sftpmount_command()
+        .env("HOME", sshd.client_home())
+        .arg(sshd.source())
+        .arg(mp.path())
+        .args(["-f", "-d"])
+        .args(sshd.ssh_opts())
+        .stdout(Stdio::null())
+        .stderr(log.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    let live = wait_until(Duration::from_secs(20), || {
+        mount_info(mp.path()).is_some_and(|i| i.fs_type == "fuse.sftpmount")
+    });
+    if !live {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("foreground mount never came up");
+    }
+    fs::write(mp.path().join("f"), b"x").unwrap();
+    let umounted = Command::new("umount").arg(mp.path()).status().unwrap();
+    assert!(umounted.success());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("foreground daemon did not exit after umount");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0));
+    let text = fs::read_to_string(log.path()).unwrap();
+    assert!(!text.is_empty(), "-d logs something");
+    assert!(
+        !text.contains('\x1b'),
+        "colour escapes in a redirected log: {text:?}"
+    );
+    assert!(!text.contains("WARN"), "{text}");
+}
+
+#[test]
+fn no_arguments_say_which_are_missing() {
+    let out = run_sftpmount::<&str>(&[]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(text.trim().lines().count(), 1, "{text}");
+    assert!(
+        text.contains("<SOURCE>") && text.contains("<MOUNTPOINT>") && text.contains("usage"),
+        "{text}"
+    );
+}
+
+#[test]
 fn umount_and_fusermount_unmount_cleanly() {
     for tool in ["umount", "fusermount3"] {
         let sshd = Sshd::start();

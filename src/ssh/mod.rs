@@ -53,6 +53,21 @@ pub enum SshError {
     Config(#[from] config::ConfigError),
     #[error("SSH error: {0}")]
     Protocol(#[from] russh::Error),
+    #[error("SSH session with {addr} failed: {why}")]
+    Session { addr: String, why: String },
+}
+
+impl SshError {
+    /// The error, naming the server where it does not yet.
+    fn at(self, addr: &str) -> SshError {
+        match self {
+            SshError::Protocol(e) => SshError::Session {
+                addr: addr.to_string(),
+                why: e.to_string(),
+            },
+            other => other,
+        }
+    }
 }
 
 /// Where and how to connect, after the command line and ssh_config are merged.
@@ -191,6 +206,11 @@ impl Target {
             secrets: Arc::default(),
             user,
         })
+    }
+
+    /// host:port as people write it: an IPv6 literal in brackets (`[::1]:22`).
+    pub fn addr(&self) -> String {
+        host_port(&self.host, self.port)
     }
 
     /// The host as known_hosts names it.
@@ -332,7 +352,12 @@ fn is_device(path: &Path) -> bool {
 /// Connects, verifies the host and authenticates, all within the connect timeout (prompts for
 /// secrets excluded: a person typing is not a network wait).
 pub async fn connect(target: Arc<Target>) -> Result<Handle<ClientHandler>, SshError> {
-    let addr = format!("{}:{}", target.host, target.port);
+    let addr = target.addr();
+    connect_to(target).await.map_err(|e: SshError| e.at(&addr))
+}
+
+async fn connect_to(target: Arc<Target>) -> Result<Handle<ClientHandler>, SshError> {
+    let addr = target.addr();
     let verdict = Arc::new(Mutex::new(None));
     let handler = ClientHandler {
         target: target.clone(),
@@ -412,7 +437,7 @@ fn host_key_error(
         },
         Some(HostKeyVerdict::Known) | None => match error {
             russh::Error::IO(source) => SshError::Unreachable {
-                addr: format!("{}:{}", target.host, target.port),
+                addr: target.addr(),
                 source,
             },
             other => SshError::Protocol(other),
@@ -668,5 +693,24 @@ fn read_key(path: &Path, explicit: bool) -> Result<Option<russh::keys::PrivateKe
             path: path.display().to_string(),
             why: e.to_string(),
         }),
+    }
+}
+
+fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_literals_are_written_in_brackets() {
+        assert_eq!(host_port("::1", 22), "[::1]:22");
+        assert_eq!(host_port("example.org", 2222), "example.org:2222");
     }
 }
