@@ -51,6 +51,14 @@ pub fn check_local(mountpoint: &Path) -> anyhow::Result<PathBuf> {
             mountpoint.display(),
             mountpoint.display()
         ),
+        // What a FUSE mount whose daemon died (kill -9, a crash) answers.
+        _ if e.raw_os_error() == Some(libc::ENOTCONN) => anyhow!(
+            "{} is a mount whose daemon is gone: unmount it first (umount {}, or fusermount3 -u \
+             {} as its user)",
+            mountpoint.display(),
+            mountpoint.display(),
+            mountpoint.display()
+        ),
         _ => anyhow!("cannot use mount point {}: {e}", mountpoint.display()),
     })?;
     if !meta.is_dir() {

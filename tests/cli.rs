@@ -127,6 +127,19 @@ fn bad_mount_points_are_refused_before_connecting() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr_line(&out).contains("already a mount point"));
     assert_eq!(mount_info(m.path()).unwrap().fs_type, "fuse.sftpmount");
+    // A mount whose daemon was killed: says to unmount it.
+    let dead = Mount::new(&sshd, &[]);
+    assert!(dead.signal_daemon(libc::SIGKILL));
+    assert!(dead.wait_daemon_exit(Duration::from_secs(10)));
+    let mut args: Vec<String> = vec![sshd.source(), dead.path().display().to_string()];
+    args.extend(sshd.ssh_opts());
+    let out = run_sftpmount(&args);
+    assert_eq!(out.status.code(), Some(1));
+    let line = stderr_line(&out);
+    assert!(
+        line.contains("daemon is gone") && line.contains("umount"),
+        "{line}"
+    );
 }
 
 #[test]
