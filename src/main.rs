@@ -26,6 +26,9 @@ fn main() -> ExitCode {
     if mount::started_by_mount8() {
         opts.drop_suid_dev();
     }
+    for note in &opts.notes {
+        eprintln!("sftpmount: note: {note}");
+    }
     let mountpoint = match mount::check_local(&opts.mountpoint) {
         Ok(m) => m,
         Err(e) => {

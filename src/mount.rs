@@ -314,9 +314,12 @@ pub fn started_by_mount8() -> bool {
 
 fn mount_options(opts: &Options) -> Vec<MountOption> {
     let mut options = vec![
-        MountOption::FSName(source_name(opts)),
+        MountOption::FSName(opts.fsname.clone().unwrap_or_else(|| source_name(opts))),
         // fuser drops Subtype when it mounts with mount(2) itself; as a raw option it reaches the kernel.
-        MountOption::CUSTOM("subtype=sftpmount".into()),
+        MountOption::CUSTOM(format!(
+            "subtype={}",
+            opts.subtype.as_deref().unwrap_or("sftpmount")
+        )),
         MountOption::NoDev,
         MountOption::NoSuid,
     ];

@@ -24,6 +24,8 @@ pub enum OptionError {
     },
     #[error("bad remote '{0}': expected [user@]host:[dir], e.g. alice@example.com:/srv/data")]
     BadSource(String),
+    #[error("option '{name}' is sshfs's and cannot work here: {why}")]
+    Unsupported { name: String, why: &'static str },
 }
 
 const OPTIONS_HELP: &str = "\
@@ -44,6 +46,11 @@ Mount options (-o opt[,opt=value...], repeatable; also accepted from fstab):
   reconnect_wait=SECONDS    how long operations wait for a lost connection (default 20)
   password_stdin            read the password from standard input
   allow_other               let other users access the mount
+  fsname=NAME, subtype=TYPE the mount's source and type as mount(8) and df show them
+                            (default: the remote, and fuse.sftpmount)
+  delay_connect, nonempty, sync_readdir
+                            sshfs's; accepted (see README: connecting is never delayed, a mount
+                            over a non-empty directory is allowed, listings are read in order)
   default_permissions       let the kernel check permissions from the file modes
   ro | rw                   read-only or read-write mount
   uid=N, gid=N              show every file as owned by this user / group
@@ -221,6 +228,11 @@ pub struct Options {
     pub kernel_flags: Vec<fuser::MountOption>,
     /// `logfile=PATH`: the log goes (appended) to this file, also in the background.
     pub logfile: Option<PathBuf>,
+    /// `fsname=`, `subtype=`: what mount(8) and df show as the source and the type.
+    pub fsname: Option<String>,
+    pub subtype: Option<String>,
+    /// One-line notes on options accepted that do not do here what they did in sshfs.
+    pub notes: Vec<String>,
 }
 
 impl Options {
@@ -321,6 +333,9 @@ where
         dir_prefetch: true,
         logfile: None,
         kernel_flags: Vec::new(),
+        fsname: None,
+        subtype: None,
+        notes: Vec::new(),
     };
     for group in &cli.options {
         for opt in group.split(',').filter(|o| !o.is_empty()) {
@@ -507,6 +522,24 @@ impl Options {
             "noatime" => self.kernel_flags.push(M::NoAtime),
             "auto" | "noauto" | "_netdev" | "user" | "users" | "nouser" | "nofail" | "defaults"
             | "comment" => {}
+            "fsname" => self.fsname = Some(need()?.to_string()),
+            "subtype" => self.subtype = Some(need()?.to_string()),
+            // FUSE 3 mounts over a non-empty directory anyway; a listing is always read whole
+            // and in order.
+            "nonempty" | "sync_readdir" => {}
+            "delay_connect" => self.notes.push(
+                "delay_connect: sftpmount connects when mounting (a wrong host, key or \
+                 password fails the mount at once) and reconnects by itself after a loss"
+                    .into(),
+            ),
+            "ssh_command" | "sftp_server" | "directport" | "slave" | "passive" => {
+                return Err(OptionError::Unsupported {
+                    name: name.to_string(),
+                    why: "sftpmount speaks SSH and SFTP itself and runs no ssh or sftp-server \
+                          program; remove the option (ssh_config's settings are read as ssh \
+                          reads them)",
+                });
+            }
             n if n.starts_with("x-systemd.") || n.starts_with("x-") => {}
             _ => return Err(OptionError::Unknown(opt.to_string())),
         }

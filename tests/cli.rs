@@ -579,3 +579,33 @@ fn umount_and_fusermount_unmount_cleanly() {
         assert_eq!(fs::read(sshd.remote_root().join("f")).unwrap(), data);
     }
 }
+
+#[test]
+fn sshfs_options_that_fit_work_and_those_that_cannot_are_refused_with_the_reason() {
+    let sshd = Sshd::start();
+    let m = Mount::new(
+        &sshd,
+        &[
+            "-o",
+            "fsname=backup,subtype=sshfs,nonempty,sync_readdir,delay_connect",
+        ],
+    );
+    let info = m.info().expect("mounted");
+    assert_eq!(info.fs_type, "fuse.sshfs");
+    assert_eq!(info.source, "backup");
+    let said = String::from_utf8_lossy(&m.mount_output().stderr).to_string();
+    assert!(said.contains("note: delay_connect"), "{said}");
+    fs::write(m.join("f"), b"x").unwrap();
+    assert_eq!(fs::read(sshd.remote_root().join("f")).unwrap(), b"x");
+    drop(m);
+
+    for opt in [
+        "ssh_command=ssh -v",
+        "sftp_server=/usr/lib/openssh/sftp-server",
+    ] {
+        let mut args = sshd.ssh_opts();
+        args.extend(["-o".to_string(), opt.to_string()]);
+        let name = opt.split('=').next().unwrap();
+        assert_refused(&sshd, &sshd.source(), &args, &[name, "runs no ssh"]);
+    }
+}

@@ -636,9 +636,10 @@ impl Mount {
             return Err(output);
         }
         match mount_info(&mount.mountpoint) {
-            Some(info) if info.fs_type == "fuse.sftpmount" => {}
+            // fuse.sftpmount, or the subtype= a test asked for.
+            Some(info) if info.fs_type.starts_with("fuse.") => {}
             other => panic!(
-                "sftpmount exited 0 but no fuse.sftpmount mount is live at {} (found: {other:?}); \
+                "sftpmount exited 0 but no fuse mount is live at {} (found: {other:?}); \
                  stderr: {}",
                 mount.mountpoint.display(),
                 String::from_utf8_lossy(&mount.output.stderr)
