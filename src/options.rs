@@ -24,7 +24,7 @@ pub enum OptionError {
     },
     #[error("bad remote '{0}': expected [user@]host:[dir], e.g. alice@example.com:/srv/data")]
     BadSource(String),
-    #[error("option '{name}' is sshfs's and cannot work here: {why}")]
+    #[error("option '{name}' cannot work here: {why}")]
     Unsupported { name: String, why: &'static str },
 }
 
@@ -532,6 +532,13 @@ impl Options {
                  password fails the mount at once) and reconnects by itself after a loss"
                     .into(),
             ),
+            "proxyjump" | "proxycommand" => {
+                return Err(OptionError::Unsupported {
+                    name: name.to_string(),
+                    why: "sftpmount cannot reach a server through a jump host or a command yet; \
+                          mount from a host that reaches it directly, or use sshfs for now",
+                });
+            }
             "ssh_command" | "sftp_server" | "directport" | "slave" | "passive" => {
                 return Err(OptionError::Unsupported {
                     name: name.to_string(),

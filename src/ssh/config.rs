@@ -1,7 +1,9 @@
 //! The subset of ssh_config(5) a mount needs: `Host` blocks with wildcard and negated patterns,
 //! first value wins (IdentityFile and UserKnownHostsFile accumulate), `Include`, and the keys
 //! HostName, User, Port, IdentityFile, UserKnownHostsFile, StrictHostKeyChecking, ConnectTimeout,
-//! ServerAliveInterval, ServerAliveCountMax. Unknown keys are ignored, as ssh itself must.
+//! ServerAliveInterval, ServerAliveCountMax. Unknown keys are ignored, as ssh itself must,
+//! except ProxyJump and ProxyCommand: a host reached through them is refused (see `Target`),
+//! never connected to directly.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

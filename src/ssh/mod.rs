@@ -55,6 +55,14 @@ pub enum SshError {
     Protocol(#[from] russh::Error),
     #[error("SSH session with {addr} failed: {why}")]
     Session { addr: String, why: String },
+    #[error(
+        "{key} {value} (ssh_config, host {host}) is not supported yet: sftpmount would connect to {host} directly instead; mount from a host that reaches it directly, or use sshfs for now"
+    )]
+    Unsupported {
+        key: &'static str,
+        value: String,
+        host: String,
+    },
 }
 
 impl SshError {
@@ -117,6 +125,18 @@ impl Target {
             None => config::HostConfig::default(),
         };
         let home = std::env::home_dir().unwrap_or_else(|| PathBuf::from("/"));
+        // Never connect directly to a host that the user's ssh reaches another way.
+        for (key, lower) in [("ProxyJump", "proxyjump"), ("ProxyCommand", "proxycommand")] {
+            if let Some(value) = host_config.get(lower)
+                && !value.eq_ignore_ascii_case("none")
+            {
+                return Err(SshError::Unsupported {
+                    key,
+                    value: value.to_string(),
+                    host: opts.source.host.clone(),
+                });
+            }
+        }
         let host = host_config
             .get("hostname")
             .map(|h| h.replace("%h", &opts.source.host))
