@@ -452,44 +452,57 @@ fn files_equal_bytes(path: &Path, expected: &[u8]) -> bool {
     fs::read(path).is_ok_and(|d| d == expected)
 }
 
-#[test]
-fn foreground_mode_exits_zero_on_sigterm() {
-    let sshd = Sshd::start();
-    let mp = tempfile::tempdir().unwrap();
+/// Starts `sftpmount -f` on `mp` with `extra` arguments and `stderr`, and waits until the mount
+/// is live (killing the child and failing if it never is).
+fn foreground_mount(sshd: &Sshd, mp: &Path, extra: &[&str], stderr: Stdio) -> std::process::Child {
     let mut child = sftpmount_command()
         .env("HOME", sshd.client_home())
         .arg(sshd.source())
-        .arg(mp.path())
+        .arg(mp)
         .arg("-f")
+        .args(extra)
         .args(sshd.ssh_opts())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     let live = wait_until(Duration::from_secs(20), || {
-        mount_info(mp.path()).is_some_and(|i| i.fs_type == "fuse.sftpmount")
+        mount_info(mp).is_some_and(|i| i.fs_type == "fuse.sftpmount")
     });
     if !live {
         let _ = child.kill();
         let _ = child.wait();
         panic!("foreground mount never came up");
     }
-    let mut f = File::create(mp.path().join("fg")).unwrap();
-    f.write_all(&random_bytes(4 << 20, 1)).unwrap();
-    drop(f);
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child
+}
+
+/// Waits (30 s at most) for a foreground daemon to exit after `what`.
+fn wait_exit(child: &mut std::process::Child, what: &str) -> std::process::ExitStatus {
     let started = Instant::now();
-    let status = loop {
+    loop {
         if let Some(s) = child.try_wait().unwrap() {
-            break s;
+            return s;
         }
         if started.elapsed() > Duration::from_secs(30) {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("foreground daemon did not exit on SIGTERM");
+            panic!("foreground daemon did not exit after {what}");
         }
         std::thread::sleep(Duration::from_millis(50));
-    };
+    }
+}
+
+#[test]
+fn foreground_mode_exits_zero_on_sigterm() {
+    let sshd = Sshd::start();
+    let mp = tempfile::tempdir().unwrap();
+    let mut child = foreground_mount(&sshd, mp.path(), &[], Stdio::null());
+    let mut f = File::create(mp.path().join("fg")).unwrap();
+    f.write_all(&random_bytes(4 << 20, 1)).unwrap();
+    drop(f);
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = wait_exit(&mut child, "SIGTERM");
     assert_eq!(status.code(), Some(0));
     assert!(mount_info(mp.path()).is_none());
     assert_eq!(
@@ -503,39 +516,11 @@ fn a_foreground_mount_unmounted_by_umount_exits_quietly_and_logs_without_colour(
     let sshd = Sshd::start();
     let mp = tempfile::tempdir().unwrap();
     let log = tempfile::NamedTempFile::new().unwrap();
-    let mut child = sftpmount_command()
-        .env("HOME", sshd.client_home())
-        .arg(sshd.source())
-        .arg(mp.path())
-        .args(["-f", "-d"])
-        .args(sshd.ssh_opts())
-        .stdout(Stdio::null())
-        .stderr(log.reopen().unwrap())
-        .spawn()
-        .unwrap();
-    let live = wait_until(Duration::from_secs(20), || {
-        mount_info(mp.path()).is_some_and(|i| i.fs_type == "fuse.sftpmount")
-    });
-    if !live {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("foreground mount never came up");
-    }
+    let mut child = foreground_mount(&sshd, mp.path(), &["-d"], log.reopen().unwrap().into());
     fs::write(mp.path().join("f"), b"x").unwrap();
     let umounted = Command::new("umount").arg(mp.path()).status().unwrap();
     assert!(umounted.success());
-    let started = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if started.elapsed() > Duration::from_secs(30) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("foreground daemon did not exit after umount");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = wait_exit(&mut child, "umount");
     assert_eq!(status.code(), Some(0));
     let text = fs::read_to_string(log.path()).unwrap();
     assert!(!text.is_empty(), "-d logs something");
