@@ -386,7 +386,14 @@ async fn connect(opts: &Options) -> anyhow::Result<Core> {
             opts.source.host
         );
     }
-    let remote_ids = attrs.uid_gid.unwrap_or((0, 0));
+    // idmap=user maps the login's ids, as sshfs does: the owner of the directory a session
+    // starts in (the login's home), not of the one mounted.
+    let remote_ids = match opts.idmap {
+        IdMap::User => session.stat(b".").await.ok().and_then(|home| home.uid_gid),
+        IdMap::None => None,
+    }
+    .or(attrs.uid_gid)
+    .unwrap_or((0, 0));
     // SAFETY: getuid/getgid cannot fail.
     let local_ids = unsafe { (libc::getuid(), libc::getgid()) };
     let ids = IdMapping {

@@ -520,17 +520,30 @@ fn ro_uid_gid_umask_and_idmap_options() {
     assert_eq!(meta.mode() & 0o777, 0o640);
     drop(m);
 
-    // idmap=user: the remote user's ids (those of the mounted directory's owner) show as ours.
-    std::os::unix::fs::chown(sshd.remote_root(), Some(4242), Some(4343)).unwrap();
-    let m = Mount::new(&sshd, &["-o", "idmap=user"]);
+    // idmap=user: the login's ids (those of its home, as sshfs takes them) show as ours, not
+    // those of the mounted directory's owner; other owners are left alone.
+    let sshd = Sshd::start_with_password_auth();
+    let (source, mut args) = sshd.password_login("idmap-test");
+    args.extend(["-o".to_string(), "idmap=user".to_string()]);
+    let home = fs::metadata(format!("/home/{PASSWORD_USER}")).unwrap();
+    let (login_uid, login_gid) = (home.uid(), home.gid());
+    let root = sshd.remote_root();
+    fs::write(root.join("f"), b"data").unwrap();
+    std::os::unix::fs::chown(root.join("f"), Some(4242), Some(4343)).unwrap();
+    fs::write(root.join("mine"), b"").unwrap();
+    std::os::unix::fs::chown(root.join("mine"), Some(login_uid), Some(login_gid)).unwrap();
+    // The mounted directory is someone else's (readable by the login).
+    std::os::unix::fs::chown(&root, Some(4242), Some(4343)).unwrap();
+    fs::set_permissions(&root, fs::Permissions::from_mode(0o777)).unwrap();
+    let m = Mount::try_with(&sshd, &source, &args, Some(b"idmap-test\n")).expect("mount");
+    // SAFETY: getuid/getgid cannot fail.
+    let local = unsafe { (libc::getuid(), libc::getgid()) };
+    let meta = fs::metadata(m.join("mine")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), local, "the login's file");
     let meta = fs::metadata(m.join("f")).unwrap();
-    assert_eq!((meta.uid(), meta.gid()), (0, 0));
-    fs::write(sshd.remote_root().join("g"), b"").unwrap();
-    std::os::unix::fs::chown(sshd.remote_root().join("g"), Some(77), Some(78)).unwrap();
-    let meta = fs::metadata(m.join("g")).unwrap();
     assert_eq!(
         (meta.uid(), meta.gid()),
-        (77, 78),
-        "other owners are left alone"
+        (4242, 4343),
+        "the mounted directory's owner is not the login"
     );
 }
