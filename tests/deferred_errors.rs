@@ -111,13 +111,18 @@ fn creating_where_the_login_may_not_write_fails_with_eacces() {
     assert!(!locked.join("f").exists());
 }
 
+/// A mount that made the directory `d` and so holds its listing: empty.
+fn mount_knowing_empty_d(sshd: &Sshd) -> Mount {
+    let m = Mount::new(sshd, &[]);
+    fs::create_dir(m.join("d")).unwrap();
+    assert!(fs::read_dir(m.join("d")).unwrap().next().is_none());
+    m
+}
+
 #[test]
 fn a_create_in_a_directory_removed_on_the_server_fails_with_enoent() {
     let sshd = Sshd::start();
-    let m = Mount::new(&sshd, &[]);
-    fs::create_dir(m.join("d")).unwrap();
-    // The mount knows `d` (it made it) and that it is empty.
-    assert!(fs::read_dir(m.join("d")).unwrap().next().is_none());
+    let m = mount_knowing_empty_d(&sshd);
     fs::remove_dir(sshd.remote_root().join("d")).unwrap();
     let result = File::create(m.join("d/f")).and_then(|mut f| f.write_all(b"x"));
     assert_eq!(result.map_err(errno_of).err(), Some(libc::ENOENT));
@@ -127,10 +132,8 @@ fn a_create_in_a_directory_removed_on_the_server_fails_with_enoent() {
 #[test]
 fn an_exclusive_create_of_a_name_the_server_gained_fails_with_eexist() {
     let sshd = Sshd::start();
-    let m = Mount::new(&sshd, &[]);
-    fs::create_dir(m.join("d")).unwrap();
-    // The mount holds `d`'s listing: empty. The server gains the name behind its back.
-    assert!(fs::read_dir(m.join("d")).unwrap().next().is_none());
+    let m = mount_knowing_empty_d(&sshd);
+    // The server gains the name behind the mount's back.
     fs::write(sshd.remote_root().join("d/x"), b"the server's\n").unwrap();
     let result = OpenOptions::new()
         .write(true)

@@ -204,16 +204,7 @@ impl MetaCache {
     /// Keeps `data` as the whole contents of `path` while it has `attrs`.
     pub fn put_contents(&self, ticket: Ticket, path: Vec<u8>, attrs: Attrs, data: Bytes) {
         self.store_if_current(ticket, |inner| {
-            inner.contents_bytes += data.len();
-            if let Some(old) = inner.contents.put(path, Timed::now((attrs, data))) {
-                inner.contents_bytes -= old.value.1.len();
-            }
-            while inner.contents_bytes > MAX_CONTENTS_BYTES {
-                match inner.contents.pop_lru() {
-                    Some((_, old)) => inner.contents_bytes -= old.value.1.len(),
-                    None => break,
-                }
-            }
+            inner.keep_contents(path, Timed::now((attrs, data)));
         });
     }
 
@@ -455,17 +446,13 @@ impl MetaCache {
         let mut inner = self.inner.lock().unwrap();
         let dir_after = dir_after.filter(|(ticket, _)| ticket.0 == inner.epoch);
         // The contents go along with the name.
-        let contents = inner.contents.pop(from);
-        if let Some(c) = &contents {
-            inner.contents_bytes -= c.value.1.len();
-        }
+        let contents = inner.pop_contents(from);
         self.removed_in(&mut inner, from, None);
         // One change: the ticket checked above holds for both halves.
         let dir_after = dir_after.map(|(_, attrs)| (Ticket(inner.epoch), attrs));
         self.created_in(&mut inner, to, attrs, dir_after);
-        if let Some(c) = contents {
-            inner.contents_bytes += c.value.1.len();
-            inner.contents.put(to.to_vec(), c);
+        if let Some(contents) = contents {
+            inner.keep_contents(to.to_vec(), contents);
         }
     }
 
@@ -524,9 +511,23 @@ impl Inner {
         Some((dir, name))
     }
 
-    fn pop_contents(&mut self, path: &[u8]) {
-        if let Some(old) = self.contents.pop(path) {
+    fn pop_contents(&mut self, path: &[u8]) -> Option<Timed<(Attrs, Bytes)>> {
+        let old = self.contents.pop(path)?;
+        self.contents_bytes -= old.value.1.len();
+        Some(old)
+    }
+
+    /// Keeps `contents` for `path`, the least recently used going once they are too many bytes.
+    fn keep_contents(&mut self, path: Vec<u8>, contents: Timed<(Attrs, Bytes)>) {
+        self.contents_bytes += contents.value.1.len();
+        if let Some(old) = self.contents.put(path, contents) {
             self.contents_bytes -= old.value.1.len();
+        }
+        while self.contents_bytes > MAX_CONTENTS_BYTES {
+            match self.contents.pop_lru() {
+                Some((_, old)) => self.contents_bytes -= old.value.1.len(),
+                None => break,
+            }
         }
     }
 

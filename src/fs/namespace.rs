@@ -338,7 +338,7 @@ impl Core {
 }
 
 /// The directory's attributes asked behind a change (see [`super::cache::DirAfter`]).
-async fn dir_after(ticket: Ticket, reply: Option<Reply<Attrs>>) -> DirAfter {
+pub(super) async fn dir_after(ticket: Ticket, reply: Option<Reply<Attrs>>) -> DirAfter {
     match reply {
         Some(reply) => reply.await.ok().map(|attrs| (ticket, attrs)),
         None => None,

@@ -606,10 +606,7 @@ impl Core {
                 return Err(errno(e));
             }
         };
-        let dir_after = match parent_after {
-            Some(reply) => reply.await.ok().map(|attrs| (ticket, attrs)),
-            None => None,
-        };
+        let dir_after = super::namespace::dir_after(ticket, parent_after).await;
         self.cache.created(&path, attrs.clone(), dir_after);
         let ino = self.inodes.lock().unwrap().remember(parent, name, false);
         let fh = self.register_open(ino, opened, flags, &path, Some(attrs.clone()), caller)?;

@@ -11,7 +11,9 @@
 //! never binds (40 ms: 80 MB, above the write buffers), on a near one it keeps the queue short.
 //! Round trips are taken from small requests (not WRITEs) answered while little bulk was in
 //! flight, so that the queue the bulk makes does not raise them; the lowest of the last minute
-//! or two counts, so that a path that got longer is noticed.
+//! or two counts, so that a path that got longer is noticed. The price, where the cap binds (a
+//! near server): a channel whose server stalls keeps its share until its requests time out
+//! (`request_timeout`), and the other channels' WRITEs wait behind it meanwhile.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
