@@ -104,6 +104,12 @@ struct Cli {
     /// SSH port
     #[arg(short = 'p', value_name = "PORT")]
     port: Option<u16>,
+    /// Compress the SSH stream (same as -o Compression=yes)
+    #[arg(short = 'C')]
+    compression: bool,
+    /// SSH protocol 1: refused (insecure, gone from OpenSSH)
+    #[arg(short = '1', hide = true)]
+    protocol_1: bool,
     /// ssh_config file to read instead of ~/.ssh/config
     #[arg(short = 'F', value_name = "SSH_CONFIG")]
     ssh_config: Option<PathBuf>,
@@ -116,24 +122,6 @@ struct Cli {
     /// Mount options, see below
     #[arg(short = 'o', value_name = "OPT[,OPT=VALUE...]")]
     options: Vec<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StrictHostKeyChecking {
-    Yes,
-    AcceptNew,
-    No,
-}
-
-impl StrictHostKeyChecking {
-    pub fn parse(value: &str) -> Option<Self> {
-        match value.to_ascii_lowercase().as_str() {
-            "yes" | "ask" => Some(Self::Yes),
-            "accept-new" => Some(Self::AcceptNew),
-            "no" | "off" => Some(Self::No),
-            _ => None,
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -183,14 +171,9 @@ pub struct Options {
     pub foreground: bool,
     pub debug: bool,
     pub ssh_config: Option<PathBuf>,
-    pub port: Option<u16>,
-    pub user: Option<String>,
-    pub identity_files: Vec<PathBuf>,
-    pub user_known_hosts_files: Vec<PathBuf>,
-    pub strict_host_key_checking: Option<StrictHostKeyChecking>,
-    pub connect_timeout: Option<Duration>,
-    pub server_alive_interval: Option<Duration>,
-    pub server_alive_count_max: Option<u32>,
+    /// ssh_config keywords given on the command line (`-o Port=22`, `-p`, `-C`), lower-cased,
+    /// in order: read before any ssh_config file, as ssh reads its `-o`.
+    pub ssh_options: Vec<(String, String)>,
     pub reconnect: bool,
     /// How long an operation waits for a lost connection to come back.
     pub reconnect_wait: Duration,
@@ -297,14 +280,7 @@ where
         foreground: cli.foreground || cli.debug,
         debug: cli.debug,
         ssh_config: cli.ssh_config,
-        port: cli.port,
-        user: None,
-        identity_files: Vec::new(),
-        user_known_hosts_files: Vec::new(),
-        strict_host_key_checking: None,
-        connect_timeout: None,
-        server_alive_interval: None,
-        server_alive_count_max: None,
+        ssh_options: Vec::new(),
         reconnect: true,
         reconnect_wait: Duration::from_secs(20),
         password_stdin: false,
@@ -337,6 +313,22 @@ where
         subtype: None,
         notes: Vec::new(),
     };
+    if cli.protocol_1 {
+        return Err(OptionError::Unsupported {
+            name: "-1".into(),
+            why: "SSH protocol 1 is insecure and gone from OpenSSH since 7.6; sftpmount speaks \
+                  protocol 2 only: remove the option",
+        }
+        .to_string());
+    }
+    if let Some(port) = cli.port {
+        options.ssh_options.push(("port".into(), port.to_string()));
+    }
+    if cli.compression {
+        options
+            .ssh_options
+            .push(("compression".into(), "yes".into()));
+    }
     for group in &cli.options {
         for opt in group.split(',').filter(|o| !o.is_empty()) {
             options.apply(opt).map_err(|e| e.to_string())?;
@@ -421,20 +413,17 @@ impl Options {
             _ => Err(bad("expected yes or no")),
         };
         match name.to_ascii_lowercase().as_str() {
-            "port" => self.port = Some(need()?.parse().map_err(|_| bad("expected a port"))?),
-            "user" if value.is_some() => self.user = Some(need()?.to_string()),
-            "identityfile" => self.identity_files.push(need()?.into()),
-            "userknownhostsfile" => self.user_known_hosts_files.push(need()?.into()),
-            "stricthostkeychecking" => {
-                self.strict_host_key_checking = Some(
-                    StrictHostKeyChecking::parse(need()?)
-                        .ok_or_else(|| bad("expected yes, accept-new or no"))?,
-                )
+            // sshfs passes ssh_config keywords to ssh; they are read here as ssh reads `-o`.
+            "user" if value.is_none() => {}
+            n if crate::ssh::config::keyword(n).is_some() => {
+                self.ssh_options.push((n.to_string(), need()?.to_string()))
             }
-            "connecttimeout" => self.connect_timeout = Some(seconds()?),
-            "serveraliveinterval" => self.server_alive_interval = Some(seconds()?),
-            "serveralivecountmax" => {
-                self.server_alive_count_max = Some(number("expected a count")?)
+            "ssh_protocol" => {
+                return Err(OptionError::Unsupported {
+                    name: name.to_string(),
+                    why: "SSH protocol 1 is insecure and gone from OpenSSH since 7.6; \
+                          sftpmount speaks protocol 2 only: remove the option",
+                });
             }
             "request_timeout" => self.request_timeout = seconds()?,
             "sftp_channels" => {
@@ -520,7 +509,7 @@ impl Options {
             "noexec" => self.kernel_flags.push(M::NoExec),
             "atime" => self.kernel_flags.push(M::Atime),
             "noatime" => self.kernel_flags.push(M::NoAtime),
-            "auto" | "noauto" | "_netdev" | "user" | "users" | "nouser" | "nofail" | "defaults"
+            "auto" | "noauto" | "_netdev" | "users" | "nouser" | "nofail" | "defaults"
             | "comment" => {}
             "fsname" => self.fsname = Some(need()?.to_string()),
             "subtype" => self.subtype = Some(need()?.to_string()),
@@ -532,13 +521,6 @@ impl Options {
                  password fails the mount at once) and reconnects by itself after a loss"
                     .into(),
             ),
-            "proxyjump" | "proxycommand" => {
-                return Err(OptionError::Unsupported {
-                    name: name.to_string(),
-                    why: "sftpmount cannot reach a server through a jump host or a command yet; \
-                          mount from a host that reaches it directly, or use sshfs for now",
-                });
-            }
             "ssh_command" | "sftp_server" | "directport" | "slave" | "passive" => {
                 return Err(OptionError::Unsupported {
                     name: name.to_string(),
@@ -603,11 +585,19 @@ mod tests {
             "-o",
             "ro,uid=5,umask=027,idmap=user,_netdev,x-systemd.automount,nodev,reconnect",
         ]);
-        assert_eq!(o.port, Some(2200));
-        assert_eq!(o.identity_files.len(), 2);
+        let ssh: Vec<(&str, &str)> = o
+            .ssh_options
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         assert_eq!(
-            o.strict_host_key_checking,
-            Some(StrictHostKeyChecking::AcceptNew)
+            ssh,
+            [
+                ("port", "2200"),
+                ("identityfile", "/a"),
+                ("identityfile", "/b"),
+                ("stricthostkeychecking", "accept-new")
+            ]
         );
         assert!(o.read_only && o.reconnect);
         assert_eq!((o.uid, o.umask, o.idmap), (Some(5), 0o27, IdMap::User));
@@ -703,8 +693,10 @@ mod tests {
         assert!(!e.contains('\n'));
         let e = error(&["h:", "/m", "-o", "umask=9z"]);
         assert!(e.contains("umask"), "{e}");
-        let e = error(&["h:", "/m", "-o", "StrictHostKeyChecking=maybe"]);
-        assert!(e.contains("accept-new"), "{e}");
+        let e = error(&["h:", "/m", "-o", "Frobnicate=yes"]);
+        assert!(e.contains("'Frobnicate=yes'"), "{e}");
+        let e = error(&["h:", "/m", "-1"]);
+        assert!(e.contains("protocol 1"), "{e}");
         let e = error(&["h:"]);
         assert!(!e.contains('\n'), "{e}");
         let e = error(&["nohost", "/m"]);

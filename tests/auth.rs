@@ -7,8 +7,6 @@ mod common;
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::process::Command;
-use std::time::Duration;
 
 use common::*;
 
@@ -27,56 +25,10 @@ fn refusal(out: std::process::Output) -> String {
     text
 }
 
-/// An ssh-agent of our own, holding the user key; killed by its pid on drop.
-struct Agent {
-    pid: u32,
-    socket: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Agent {
-    fn start(key: &std::path::Path) -> Agent {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("agent.sock");
-        let out = run(
-            "ssh-agent",
-            &[OsStr::new("-a"), socket.as_os_str(), OsStr::new("-s")],
-            "/",
-        );
-        let text = String::from_utf8_lossy(&out.stdout);
-        let pid = text
-            .split("SSH_AGENT_PID=")
-            .nth(1)
-            .and_then(|s| s.split(';').next())
-            .and_then(|s| s.parse().ok())
-            .expect("agent pid");
-        let agent = Agent {
-            pid,
-            socket,
-            _dir: dir,
-        };
-        let out = output_with_timeout(
-            Command::new("ssh-add")
-                .env("SSH_AUTH_SOCK", &agent.socket)
-                .arg(key),
-            None,
-            Duration::from_secs(10),
-        );
-        assert!(out.status.success(), "ssh-add: {out:?}");
-        agent
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        unsafe { libc::kill(self.pid as i32, libc::SIGTERM) };
-    }
-}
-
 #[test]
 fn agent_key() {
     let sshd = Sshd::start();
-    let agent = Agent::start(&sshd.user_key_path());
+    let agent = SshAgent::start(&sshd.user_key_path());
     let m = Mount::try_with_env(
         &sshd,
         &sshd.source(),
@@ -153,6 +105,20 @@ fn encrypted_key_asks_for_its_passphrase() {
         line.contains("enc_key") && line.contains("passphrase"),
         "{line}"
     );
+    // Nobody to ask (no terminal, no askpass; or BatchMode): the one line says why the key was
+    // not used, and nothing else is printed.
+    let out = Mount::try_with_env(&sshd, &sshd.source(), &args, None, &[]).unwrap_err();
+    let line = refusal(out);
+    assert!(
+        line.contains("authentication refused")
+            && line.contains(&format!("skipped encrypted key {}", key.display()))
+            && line.contains("ssh-agent")
+            && !line.contains('\x1b'),
+        "{line}"
+    );
+    args.extend(["-o".into(), "BatchMode=yes".into()]);
+    let out = Mount::try_with_env(&sshd, &sshd.source(), &args, None, &envs).unwrap_err();
+    assert!(refusal(out).contains("skipped encrypted key"));
 }
 
 #[test]

@@ -594,38 +594,3 @@ fn sshfs_options_that_fit_work_and_those_that_cannot_are_refused_with_the_reason
         assert_refused(&sshd, &sshd.source(), &args, &[name, "runs no ssh"]);
     }
 }
-
-#[test]
-fn a_host_reached_through_a_jump_host_is_refused_not_connected_to_directly() {
-    let sshd = Sshd::start();
-    // Where the alias points: a listener that must never see a connection.
-    let target = TcpListener::bind("127.0.0.1:0").unwrap();
-    target.set_nonblocking(true).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("config");
-    fs::write(
-        &config,
-        format!(
-            "Host jumped\n  HostName 127.0.0.1\n  Port {}\n  ProxyJump gateway\n",
-            target.local_addr().unwrap().port()
-        ),
-    )
-    .unwrap();
-    let mut args = sshd.ssh_opts();
-    args.truncate(0);
-    args.extend(["-F".to_string(), config.display().to_string()]);
-    assert_refused(
-        &sshd,
-        "jumped:/",
-        &args,
-        &["ProxyJump gateway", "not supported yet"],
-    );
-    assert_eq!(
-        target.accept().map(|_| ()).map_err(|e| e.kind()),
-        Err(std::io::ErrorKind::WouldBlock),
-        "it connected to the host directly"
-    );
-    let mut args = sshd.ssh_opts();
-    args.extend(["-o".to_string(), "ProxyJump=gateway".to_string()]);
-    assert_refused(&sshd, &sshd.source(), &args, &["ProxyJump", "jump host"]);
-}

@@ -1,18 +1,115 @@
-//! The subset of ssh_config(5) a mount needs: `Host` blocks with wildcard and negated patterns,
-//! first value wins (IdentityFile and UserKnownHostsFile accumulate), `Include`, and the keys
-//! HostName, User, Port, IdentityFile, UserKnownHostsFile, StrictHostKeyChecking, ConnectTimeout,
-//! ServerAliveInterval, ServerAliveCountMax. Unknown keys are ignored, as ssh itself must,
-//! except ProxyJump and ProxyCommand: a host reached through them is refused (see `Target`),
-//! never connected to directly.
+//! ssh_config(5) as OpenSSH reads it for one host: `Host` and `Match` blocks, `Include`, first
+//! value wins (IdentityFile, CertificateFile and UserKnownHostsFile accumulate; ProxyJump and
+//! ProxyCommand exclude each other, the first given wins), and `-o Keyword=value` from the
+//! command line read before any file, as ssh reads its `-o`. Which keywords a mount acts on is
+//! [`keyword`]'s table, one place for the command line's validation and the README.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot read ssh config {path}: {source}")]
-pub struct ConfigError {
-    path: PathBuf,
-    source: std::io::Error,
+pub enum ConfigError {
+    #[error("cannot read ssh config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("ssh config {path} line {line}: {why}")]
+    Bad {
+        path: PathBuf,
+        line: usize,
+        why: String,
+    },
+}
+
+/// What a mount does with an ssh_config keyword.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeywordUse {
+    /// Acted on as ssh does.
+    Used,
+    /// Accepted (ssh's own behaviour, nothing a mount can do with it), no effect.
+    NoEffect,
+}
+
+/// The ssh_config keywords a mount reads, and those it accepts without effect. Any other
+/// keyword given with `-o` is an error (ssh says "Bad configuration option" for it too); in a
+/// config file it is ignored, since the file also serves ssh.
+pub fn keyword(name: &str) -> Option<KeywordUse> {
+    const USED: &[&str] = &[
+        "hostname",
+        "user",
+        "port",
+        "identityfile",
+        "identitiesonly",
+        "identityagent",
+        "certificatefile",
+        "userknownhostsfile",
+        "globalknownhostsfile",
+        "stricthostkeychecking",
+        "hostkeyalias",
+        "hostkeyalgorithms",
+        "ciphers",
+        "kexalgorithms",
+        "macs",
+        "compression",
+        "connecttimeout",
+        "serveraliveinterval",
+        "serveralivecountmax",
+        "proxyjump",
+        "proxycommand",
+        "batchmode",
+        "passwordauthentication",
+        "pubkeyauthentication",
+        "kbdinteractiveauthentication",
+        "challengeresponseauthentication",
+    ];
+    // Interactive ssh's business (terminals, forwarding, multiplexing, logging), or choices
+    // whose effect a mount has anyway.
+    const NO_EFFECT: &[&str] = &[
+        "addkeystoagent",
+        "addressfamily",
+        "canonicaldomains",
+        "canonicalizefallbacklocal",
+        "canonicalizehostname",
+        "canonicalizemaxdots",
+        "canonicalizepermittedcnames",
+        "checkhostip",
+        "controlmaster",
+        "controlpath",
+        "controlpersist",
+        "escapechar",
+        "exitonforwardfailure",
+        "forwardagent",
+        "forwardx11",
+        "forwardx11timeout",
+        "forwardx11trusted",
+        "gssapiauthentication",
+        "gssapidelegatecredentials",
+        "hashknownhosts",
+        "ipqos",
+        "loglevel",
+        "nohostauthenticationforlocalhost",
+        "numberofpasswordprompts",
+        "preferredauthentications",
+        "protocol",
+        "requesttty",
+        "sendenv",
+        "setenv",
+        "tcpkeepalive",
+        "updatehostkeys",
+        "verifyhostkeydns",
+        "visualhostkey",
+        "logintime",
+        "serveraliveintervalms",
+    ];
+    let name = name.to_ascii_lowercase();
+    if USED.contains(&name.as_str()) {
+        Some(KeywordUse::Used)
+    } else if NO_EFFECT.contains(&name.as_str()) {
+        Some(KeywordUse::NoEffect)
+    } else {
+        None
+    }
 }
 
 /// Settings that apply to one host, keys lower-cased.
@@ -36,19 +133,51 @@ impl HostConfig {
             .unwrap_or(&[])
     }
 
-    fn set(&mut self, key: &str, value: String) {
-        let entry = self.values.entry(key.to_string()).or_default();
-        let accumulates = matches!(key, "identityfile" | "userknownhostsfile");
+    /// Sets `key` as ssh does: the first value given wins.
+    pub fn set(&mut self, key: &str, value: String) {
+        let key = key.to_ascii_lowercase();
+        // "whichever is specified first will prevent later instances of the other from
+        // taking effect" (ssh_config(5), ProxyJump).
+        let rival = match key.as_str() {
+            "proxyjump" => Some("proxycommand"),
+            "proxycommand" => Some("proxyjump"),
+            _ => None,
+        };
+        if rival.is_some_and(|r| self.values.contains_key(r)) {
+            return;
+        }
+        let accumulates = matches!(
+            key.as_str(),
+            "identityfile" | "userknownhostsfile" | "certificatefile"
+        );
+        let entry = self.values.entry(key).or_default();
         if accumulates || entry.is_empty() {
             entry.push(value);
         }
     }
 }
 
-/// Reads `path` (a missing file is an empty config) and returns what applies to `host`.
-pub fn load(path: &Path, host: &str) -> Result<HostConfig, ConfigError> {
+/// Who is asking, for `Match` criteria and `%` tokens.
+pub struct Lookup<'a> {
+    /// The host as given on the command line (or in a ProxyJump list).
+    pub host: &'a str,
+    pub local_user: &'a str,
+}
+
+/// What applies to `lookup.host`: `first` (the command line's `-o` settings, keys as given)
+/// over the file at `path` (a missing file is an empty config).
+pub fn load(
+    first: &[(String, String)],
+    path: Option<&Path>,
+    lookup: &Lookup,
+) -> Result<HostConfig, ConfigError> {
     let mut config = HostConfig::default();
-    apply_file(path, host, &mut config, 0)?;
+    for (key, value) in first {
+        config.set(key, value.clone());
+    }
+    if let Some(path) = path {
+        apply_file(path, lookup, &mut config, 0)?;
+    }
     Ok(config)
 }
 
@@ -59,7 +188,7 @@ pub fn default_path() -> Option<PathBuf> {
 
 fn apply_file(
     path: &Path,
-    host: &str,
+    lookup: &Lookup,
     config: &mut HostConfig,
     depth: usize,
 ) -> Result<(), ConfigError> {
@@ -67,36 +196,41 @@ fn apply_file(
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && depth == 0 => return Ok(()),
         Err(source) => {
-            return Err(ConfigError {
+            return Err(ConfigError::Read {
                 path: path.to_owned(),
                 source,
             });
         }
     };
-    apply_text(&text, host, config, depth)
+    apply_text(&text, path, lookup, config, depth)
 }
 
 fn apply_text(
     text: &str,
-    host: &str,
+    path: &Path,
+    lookup: &Lookup,
     config: &mut HostConfig,
     depth: usize,
 ) -> Result<(), ConfigError> {
     let mut active = true;
-    for line in text.lines() {
+    for (number, line) in text.lines().enumerate() {
         let Some((key, value)) = split_line(line) else {
             continue;
         };
         let key = key.to_ascii_lowercase();
         match key.as_str() {
-            "host" => active = host_matches(host, &value),
-            // Match needs the full rule engine; treating its block as not matching is the
-            // conservative reading (it never applies settings the user did not mean here).
-            "match" => active = false,
-            "include" if active && depth < 8 => {
+            "host" => active = host_matches(lookup.host, &value),
+            "match" => {
+                active = match_block(&value, lookup, config).map_err(|why| ConfigError::Bad {
+                    path: path.to_owned(),
+                    line: number + 1,
+                    why,
+                })?
+            }
+            "include" if active && depth < 16 => {
                 for pattern in value.split_whitespace() {
                     for file in include_files(pattern) {
-                        apply_file(&file, host, config, depth + 1)?;
+                        apply_file(&file, lookup, config, depth + 1)?;
                     }
                 }
             }
@@ -105,6 +239,131 @@ fn apply_text(
         }
     }
     Ok(())
+}
+
+/// Whether a `Match` line's criteria all hold. One pass is made, as OpenSSH's final one (so
+/// `canonical` and `final` hold); `host` is the HostName so far, `user` the remote user so far.
+fn match_block(value: &str, lookup: &Lookup, config: &HostConfig) -> Result<bool, String> {
+    let words = split_words(value);
+    let mut words = words.iter();
+    let mut all = true;
+    while let Some(word) = words.next() {
+        let (negate, criterion) = match word.strip_prefix('!') {
+            Some(c) => (true, c.to_ascii_lowercase()),
+            None => (false, word.to_ascii_lowercase()),
+        };
+        let mut argument = || {
+            words
+                .next()
+                .cloned()
+                .ok_or_else(|| format!("Match {criterion} needs an argument"))
+        };
+        let hostname = || {
+            config
+                .get("hostname")
+                .map(|h| expand_percent_h(h, lookup.host))
+                .unwrap_or_else(|| lookup.host.to_string())
+        };
+        let user = || config.get("user").unwrap_or(lookup.local_user).to_string();
+        let holds = match criterion.as_str() {
+            "all" | "canonical" | "final" => true,
+            "host" => pattern_list_matches(&hostname(), &argument()?),
+            "originalhost" => pattern_list_matches(lookup.host, &argument()?),
+            "user" => pattern_list_matches(&user(), &argument()?),
+            "localuser" => pattern_list_matches(lookup.local_user, &argument()?),
+            "tagged" => pattern_list_matches(config.get("tag").unwrap_or(""), &argument()?),
+            "exec" => {
+                let command = argument()?;
+                // ssh skips an exec once the line cannot match any more.
+                all && {
+                    let port = config.get("port").unwrap_or("22");
+                    let command = expand_tokens(
+                        &command,
+                        &[
+                            ('h', &hostname()),
+                            ('n', lookup.host),
+                            ('p', port),
+                            ('r', &user()),
+                            ('u', lookup.local_user),
+                        ],
+                    );
+                    std::process::Command::new("/bin/sh")
+                        .arg("-c")
+                        .arg(&command)
+                        .stdin(std::process::Stdio::null())
+                        .status()
+                        .is_ok_and(|s| s.success())
+                }
+            }
+            other => {
+                return Err(format!(
+                    "Match {other} is not supported (supported: all, host, originalhost, user, \
+                     localuser, exec, tagged, canonical, final)"
+                ));
+            }
+        };
+        all &= holds != negate;
+    }
+    Ok(all)
+}
+
+/// Words of a line, `"quoted words"` kept whole.
+fn split_words(text: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut quoted = false;
+    let mut any = false;
+    for c in text.chars() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                any = true;
+            }
+            c if c.is_whitespace() && !quoted => {
+                if any {
+                    words.push(std::mem::take(&mut word));
+                    any = false;
+                }
+            }
+            c => {
+                word.push(c);
+                any = true;
+            }
+        }
+    }
+    if any {
+        words.push(word);
+    }
+    words
+}
+
+/// `%h` (and `%%`) in HostName.
+pub fn expand_percent_h(value: &str, host: &str) -> String {
+    expand_tokens(value, &[('h', host)])
+}
+
+/// ssh_config's `%` tokens: each `%c` in `tokens` replaced, `%%` a percent sign, others kept.
+pub fn expand_tokens(value: &str, tokens: &[(char, &str)]) -> String {
+    let mut out = String::with_capacity(value.len());
+    let mut chars = value.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('%') => out.push('%'),
+            Some(t) => match tokens.iter().find(|(k, _)| *k == t) {
+                Some((_, v)) => out.push_str(v),
+                None => {
+                    out.push('%');
+                    out.push(t);
+                }
+            },
+            None => out.push('%'),
+        }
+    }
+    out
 }
 
 fn split_line(line: &str) -> Option<(&str, String)> {
@@ -127,14 +386,24 @@ fn unquote(value: &str) -> String {
         .to_string()
 }
 
+/// `Host` patterns: whitespace-separated, any positive match without a negated one.
 fn host_matches(host: &str, patterns: &str) -> bool {
+    list_matches(host, patterns.split_whitespace())
+}
+
+/// `Match` arguments: comma-separated patterns, the same rule.
+fn pattern_list_matches(text: &str, patterns: &str) -> bool {
+    list_matches(text, patterns.split(','))
+}
+
+fn list_matches<'a>(text: &str, patterns: impl Iterator<Item = &'a str>) -> bool {
     let mut matched = false;
-    for pattern in patterns.split_whitespace() {
+    for pattern in patterns {
         if let Some(negated) = pattern.strip_prefix('!') {
-            if wildcard_match(negated, host) {
+            if wildcard_match(negated, text) {
                 return false;
             }
-        } else if wildcard_match(pattern, host) {
+        } else if wildcard_match(pattern, text) {
             matched = true;
         }
     }
@@ -204,10 +473,21 @@ pub fn expand_tilde(path: &str) -> PathBuf {
 mod tests {
     use super::*;
 
-    fn resolve(text: &str, host: &str) -> HostConfig {
+    fn resolve_as(text: &str, host: &str, first: &[(&str, &str)]) -> HostConfig {
         let mut config = HostConfig::default();
-        apply_text(text, host, &mut config, 0).unwrap();
+        for (k, v) in first {
+            config.set(k, v.to_string());
+        }
+        let lookup = Lookup {
+            host,
+            local_user: "me",
+        };
+        apply_text(text, Path::new("cfg"), &lookup, &mut config, 0).unwrap();
         config
+    }
+
+    fn resolve(text: &str, host: &str) -> HostConfig {
+        resolve_as(text, host, &[])
     }
 
     #[test]
@@ -222,6 +502,9 @@ mod tests {
         let other = resolve(text, "elsewhere");
         assert_eq!(other.get("hostname"), None);
         assert_eq!(other.get("port"), Some("22"));
+        // The command line's -o comes first.
+        let c = resolve_as(text, "box", &[("Port", "7")]);
+        assert_eq!(c.get("port"), Some("7"));
     }
 
     #[test]
@@ -235,8 +518,52 @@ mod tests {
     }
 
     #[test]
-    fn match_blocks_do_not_apply() {
-        let c = resolve("Match all\n  User nobody\nHost *\n  User me\n", "h");
-        assert_eq!(c.get("user"), Some("me"));
+    fn match_blocks_apply_as_in_openssh() {
+        let text = "Host short\n  HostName long.example.com\n\
+                    Match host *.example.com user alice\n  Port 2200\n\
+                    Match originalhost short !localuser me\n  Port 2300\n\
+                    Match localuser me\n  Compression yes\n\
+                    Match all\n  User nobody\n";
+        let c = resolve_as(text, "short", &[("user", "alice")]);
+        assert_eq!(c.get("port"), Some("2200"));
+        assert_eq!(c.get("compression"), Some("yes"));
+        let c = resolve_as(text, "short", &[("user", "bob")]);
+        assert_eq!(c.get("port"), None, "user bob, localuser me: neither block");
+        assert_eq!(c.get("user"), Some("bob"));
+        assert_eq!(resolve(text, "x").get("user"), Some("nobody"));
+        let c = resolve("Match exec \"test %h = x\"\n  Port 1\n", "x");
+        assert_eq!(c.get("port"), Some("1"));
+        let c = resolve("Match exec \"test %h = x\"\n  Port 1\n", "y");
+        assert_eq!(c.get("port"), None);
+        let mut config = HostConfig::default();
+        let lookup = Lookup {
+            host: "h",
+            local_user: "me",
+        };
+        let e = apply_text(
+            "Match localnetwork 10.0.0.0/8\n",
+            Path::new("f"),
+            &lookup,
+            &mut config,
+            0,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("f line 1: Match localnetwork"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn proxy_jump_and_command_exclude_each_other() {
+        let c = resolve("ProxyCommand nc %h %p\nProxyJump j\n", "h");
+        assert_eq!(c.get("proxycommand"), Some("nc %h %p"));
+        assert_eq!(c.get("proxyjump"), None);
+    }
+
+    #[test]
+    fn tokens() {
+        assert_eq!(expand_percent_h("%h.lan%%", "a"), "a.lan%");
+        assert_eq!(expand_tokens("%x %p", &[('p', "22")]), "%x 22");
     }
 }

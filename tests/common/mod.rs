@@ -417,6 +417,52 @@ impl Drop for Sshd {
     }
 }
 
+/// An ssh-agent of our own, holding the user key; killed by its pid on drop.
+pub struct SshAgent {
+    pid: u32,
+    pub socket: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SshAgent {
+    pub fn start(key: &std::path::Path) -> SshAgent {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("agent.sock");
+        let out = run(
+            "ssh-agent",
+            &[OsStr::new("-a"), socket.as_os_str(), OsStr::new("-s")],
+            "/",
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let pid = text
+            .split("SSH_AGENT_PID=")
+            .nth(1)
+            .and_then(|s| s.split(';').next())
+            .and_then(|s| s.parse().ok())
+            .expect("agent pid");
+        let agent = SshAgent {
+            pid,
+            socket,
+            _dir: dir,
+        };
+        let out = output_with_timeout(
+            Command::new("ssh-add")
+                .env("SSH_AUTH_SOCK", &agent.socket)
+                .arg(key),
+            None,
+            Duration::from_secs(10),
+        );
+        assert!(out.status.success(), "ssh-add: {out:?}");
+        agent
+    }
+}
+
+impl Drop for SshAgent {
+    fn drop(&mut self) {
+        send_signal(self.pid, libc::SIGTERM);
+    }
+}
+
 /// Creates an unencrypted ed25519 key pair at `path` and `path.pub`.
 pub fn keygen(path: &Path, comment: &str) {
     run(
@@ -897,8 +943,18 @@ fn unescape_mountinfo(field: &str) -> Vec<u8> {
 
 /// A `Command` for the binary under test, with no ssh-agent.
 pub fn sftpmount_command() -> Command {
+    use std::os::unix::process::CommandExt;
     let mut cmd = Command::new(BIN);
     cmd.env_remove("SSH_AUTH_SOCK");
+    // No controlling terminal, as in CI, wherever the tests run: a prompt for a password or a
+    // passphrase must never wait for someone at the developer's terminal.
+    // SAFETY: setsid(2) is async-signal-safe and touches no memory.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
     cmd
 }
 
