@@ -55,11 +55,28 @@ pub struct FuseAdapter {
     core: Arc<Core>,
     rt: tokio::runtime::Handle,
     ttl: KernelTtl,
+    /// Flags every open file gets (`direct_io`: FOPEN_DIRECT_IO).
+    open_flags: FopenFlags,
 }
 
 impl FuseAdapter {
-    pub fn new(core: Arc<Core>, rt: tokio::runtime::Handle, ttl: KernelTtl) -> Self {
-        FuseAdapter { core, rt, ttl }
+    pub fn new(
+        core: Arc<Core>,
+        rt: tokio::runtime::Handle,
+        ttl: KernelTtl,
+        direct_io: bool,
+    ) -> Self {
+        let open_flags = if direct_io {
+            FopenFlags::FOPEN_DIRECT_IO
+        } else {
+            FopenFlags::empty()
+        };
+        FuseAdapter {
+            core,
+            rt,
+            ttl,
+            open_flags,
+        }
     }
 
     fn spawn<F>(&self, task: impl FnOnce(Arc<Core>) -> F)
@@ -283,14 +300,15 @@ impl Filesystem for FuseAdapter {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let caller = req.pid();
+        let open_flags = self.open_flags;
         self.spawn(|core| async move {
             match core.open(ino.0, flags.0, caller).await {
                 Ok(opened) => reply.opened(
                     FileHandle(opened.fh),
                     if opened.keep_cache {
-                        FopenFlags::FOPEN_KEEP_CACHE
+                        open_flags | FopenFlags::FOPEN_KEEP_CACHE
                     } else {
-                        FopenFlags::empty()
+                        open_flags
                     },
                 ),
                 Err(e) => reply.error(errno(e)),
@@ -311,18 +329,15 @@ impl Filesystem for FuseAdapter {
         let name = bytes(name);
         let ttl = self.ttl;
         let caller = req.pid();
+        let open_flags = self.open_flags;
         self.spawn(|core| async move {
             match core
                 .create(parent.0, &name, CreateMode { mode, umask }, flags, caller)
                 .await
             {
-                Ok((e, fh)) => reply.created(
-                    &ttl.both(),
-                    &e.attr,
-                    GENERATION,
-                    FileHandle(fh),
-                    FopenFlags::empty(),
-                ),
+                Ok((e, fh)) => {
+                    reply.created(&ttl.both(), &e.attr, GENERATION, FileHandle(fh), open_flags)
+                }
                 Err(e) => reply.error(errno(e)),
             }
         });

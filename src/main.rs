@@ -19,7 +19,11 @@ fn main() -> ExitCode {
         }
     };
     let to_syslog = !opts.foreground && opts.logfile.is_none();
-    if let Err(e) = init_logging(opts.debug, opts.logfile.as_deref(), to_syslog) {
+    let logging = Logging {
+        debug: opts.debug,
+        requests: opts.debug || opts.debug_requests,
+    };
+    if let Err(e) = init_logging(logging, opts.logfile.as_deref(), to_syslog) {
         eprintln!("sftpmount: {}", mount::one_line(&e));
         return ExitCode::FAILURE;
     }
@@ -59,19 +63,33 @@ fn main() -> ExitCode {
 /// Logs to stderr, or to `logfile` (opened here, before going to the background, so that a
 /// relative path means what the user meant), or, in the background without a logfile, to
 /// syslog (the systemd journal reads it): a lost connection must be told somewhere.
-fn init_logging(
+/// What is logged besides warnings and errors.
+#[derive(Clone, Copy)]
+struct Logging {
+    /// `-d`: sftpmount's debug lines (connecting, authenticating, reconnections, ...).
     debug: bool,
+    /// `-d` or `sshfs_debug`: a line per SFTP request, with its answer and its latency.
+    requests: bool,
+}
+
+fn init_logging(
+    logging: Logging,
     logfile: Option<&std::path::Path>,
     to_syslog: bool,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
     // fuser warns when it cannot unmount what the user already unmounted (every clean
     // foreground `umount`): not worth a line.
-    let default = if debug {
-        "sftpmount=debug,info,fuser::session=error"
+    let mut default = if logging.debug {
+        "sftpmount=debug,info,fuser::session=error".to_string()
     } else {
-        "warn,fuser::session=error"
+        "warn,fuser::session=error".to_string()
     };
+    default.push_str(if logging.requests {
+        ",sftpmount::requests=debug"
+    } else {
+        ",sftpmount::requests=off"
+    });
     let filter = tracing_subscriber::EnvFilter::try_from_env("SFTPMOUNT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()

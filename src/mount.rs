@@ -13,7 +13,7 @@ use bytes::Bytes;
 use fuser::{MountOption, SessionACL};
 use tracing::{error, info, warn};
 
-use crate::fs::{Core, CoreConfig, IdMapping};
+use crate::fs::{Core, CoreConfig, IdMapping, SymlinkMode};
 use crate::fuse::{FuseAdapter, KernelTtl};
 use crate::options::{IdMap, Options};
 use crate::remote::ssh::SshConnector;
@@ -44,6 +44,14 @@ pub fn one_line(e: &anyhow::Error) -> String {
 pub fn check_local(mountpoint: &Path) -> anyhow::Result<PathBuf> {
     if !Path::new("/dev/fuse").exists() {
         bail!("no /dev/fuse: install fuse3 and load the module (modprobe fuse)");
+    }
+    // SAFETY: access(2) with a valid C string.
+    if unsafe { libc::access(c"/dev/fuse".as_ptr(), libc::R_OK | libc::W_OK) } != 0 {
+        bail!(
+            "cannot open /dev/fuse: {}: this user may not use FUSE (as root: chmod 0666 \
+             /dev/fuse, Debian's default)",
+            std::io::Error::last_os_error()
+        );
     }
     let meta = std::fs::metadata(mountpoint).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => anyhow!(
@@ -190,11 +198,15 @@ pub fn run(opts: Options, mountpoint: PathBuf, ready: Option<ReadyPipe>) -> anyh
         entry: opts.entry_timeout,
         negative: opts.negative_timeout,
     };
-    let adapter = FuseAdapter::new(core.clone(), runtime.handle().clone(), ttl);
+    let adapter = FuseAdapter::new(core.clone(), runtime.handle().clone(), ttl, opts.direct_io);
     let mut config = fuser::Config::default();
     config.mount_options = mount_options(&opts);
+    // auto_unmount goes through fusermount3, which takes it only with allow_other or
+    // allow_root: allow_root's checks (fuser's) keep the mount to its owner (and root).
     config.acl = if opts.allow_other {
         SessionACL::All
+    } else if opts.allow_root || opts.auto_unmount {
+        SessionACL::RootAndOwner
     } else {
         SessionACL::Owner
     };
@@ -344,6 +356,12 @@ fn mount_options(opts: &Options) -> Vec<MountOption> {
     } else {
         MountOption::RW
     });
+    if opts.auto_unmount {
+        options.push(MountOption::AutoUnmount);
+    }
+    if let Some(max_read) = opts.max_read {
+        options.push(MountOption::CUSTOM(format!("max_read={max_read}")));
+    }
     options
 }
 
@@ -351,11 +369,13 @@ async fn connect(opts: &Options) -> anyhow::Result<Core> {
     let target = Arc::new(Target::resolve(opts)?);
     let settings = RemoteSettings {
         request_timeout: opts.request_timeout,
-        sftp_channels: opts.sftp_channels,
+        // Every connection carries at least one channel.
+        sftp_channels: opts.sftp_channels.max(opts.max_conns),
         reconnect: opts.reconnect,
         reconnect_wait: opts.reconnect_wait,
     };
-    let remote = Remote::connect(Arc::new(SshConnector::new(target)), settings)
+    let connector = SshConnector::new(target, opts.max_conns);
+    let remote = Remote::connect(Arc::new(connector), settings)
         .await
         .map_err(|e| match e {
             ConnectError::Ssh(e) => anyhow!(e),
@@ -390,16 +410,29 @@ async fn connect(opts: &Options) -> anyhow::Result<Core> {
     // starts in (the login's home), not of the one mounted.
     let remote_ids = match opts.idmap {
         IdMap::User => session.stat(b".").await.ok().and_then(|home| home.uid_gid),
-        IdMap::None => None,
+        IdMap::None | IdMap::File => None,
     }
     .or(attrs.uid_gid)
     .unwrap_or((0, 0));
     // SAFETY: getuid/getgid cannot fail.
     let local_ids = unsafe { (libc::getuid(), libc::getgid()) };
+    let (uids, gids) = match opts.idmap {
+        IdMap::User => (
+            vec![(remote_ids.0, local_ids.0)],
+            vec![(remote_ids.1, local_ids.1)],
+        ),
+        IdMap::File => (
+            read_id_file(opts.uidfile.as_deref(), IdKind::User)?,
+            read_id_file(opts.gidfile.as_deref(), IdKind::Group)?,
+        ),
+        IdMap::None => (Vec::new(), Vec::new()),
+    };
     let ids = IdMapping {
         uid: opts.uid,
         gid: opts.gid,
-        remote_to_local: (opts.idmap == IdMap::User).then_some((remote_ids, local_ids)),
+        uids,
+        gids,
+        unmapped: (opts.idmap == IdMap::File && opts.nomap_error).then_some(NOBODY),
         umask: opts.umask,
     };
     Ok(Core::new(
@@ -414,6 +447,81 @@ async fn connect(opts: &Options) -> anyhow::Result<Core> {
             cache: opts.cache_config(),
             keep_cache: opts.keep_cache,
             dir_prefetch: opts.dir_prefetch,
+            readahead: opts.readahead,
+            sync_writes: opts.sync_writes,
+            symlinks: SymlinkMode {
+                follow: opts.follow_symlinks,
+                transform: opts.transform_symlinks,
+            },
+            hardlinks: opts.hardlinks,
+            rename_failure_is_exdev: opts.rename_failure_is_exdev,
         },
     ))
+}
+
+/// The overflow ids (nobody, nogroup): what idmap=file with nomap=error shows for an id
+/// without a mapping (sshfs fails the stat instead, which fails whole listings).
+const NOBODY: (u32, u32) = (65534, 65534);
+
+#[derive(Clone, Copy)]
+enum IdKind {
+    User,
+    Group,
+}
+
+/// An idmap=file file: `name:remote id` lines; each name's local id comes from the local
+/// passwd or group database. A name unknown here is skipped with a warning.
+fn read_id_file(path: Option<&Path>, kind: IdKind) -> anyhow::Result<Vec<(u32, u32)>> {
+    let Some(path) = path else {
+        return Ok(Vec::new());
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read idmap file {}", path.display()))?;
+    let mut pairs = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let parsed = line
+            .split_once(':')
+            .and_then(|(name, id)| Some((name, id.trim().parse::<u32>().ok()?)));
+        let Some((name, remote)) = parsed else {
+            bail!(
+                "{} line {}: expected name:id, found '{line}'",
+                path.display(),
+                n + 1
+            );
+        };
+        match local_id(name, kind) {
+            Some(local) => pairs.push((remote, local)),
+            None => warn!(
+                "{} line {}: no local {} named {name}; its id {remote} is not mapped",
+                path.display(),
+                n + 1,
+                match kind {
+                    IdKind::User => "user",
+                    IdKind::Group => "group",
+                }
+            ),
+        }
+    }
+    Ok(pairs)
+}
+
+fn local_id(name: &str, kind: IdKind) -> Option<u32> {
+    let name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: getpwnam/getgrnam return null or a pointer into static storage, read at once.
+    unsafe {
+        match kind {
+            IdKind::User => {
+                let pw = libc::getpwnam(name.as_ptr());
+                (!pw.is_null()).then(|| (*pw).pw_uid)
+            }
+            IdKind::Group => {
+                let gr = libc::getgrnam(name.as_ptr());
+                (!gr.is_null()).then(|| (*gr).gr_gid)
+            }
+        }
+    }
 }

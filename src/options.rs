@@ -107,6 +107,9 @@ struct Cli {
     /// Compress the SSH stream (same as -o Compression=yes)
     #[arg(short = 'C')]
     compression: bool,
+    /// sshfs's single-threaded mode: accepted, no effect (requests never wait on each other)
+    #[arg(short = 's', hide = true)]
+    single_threaded: bool,
     /// SSH protocol 1: refused (insecure, gone from OpenSSH)
     #[arg(short = '1', hide = true)]
     protocol_1: bool,
@@ -129,6 +132,8 @@ pub enum IdMap {
     #[default]
     None,
     User,
+    /// uidfile= and gidfile=: `name:remote id` lines, shown as the local ids of those names.
+    File,
 }
 
 /// Remote location as typed: `[user@]host:[dir]`.
@@ -185,7 +190,13 @@ pub struct Options {
     pub gid: Option<u32>,
     pub umask: u32,
     pub idmap: IdMap,
+    pub uidfile: Option<PathBuf>,
+    pub gidfile: Option<PathBuf>,
+    /// idmap=file, nomap=error (sshfs's default): ids without a mapping shown as nobody.
+    pub nomap_error: bool,
     pub request_timeout: Duration,
+    /// max_conns=N: SSH connections, the SFTP channels spread over them.
+    pub max_conns: usize,
     pub sftp_channels: usize,
     pub write_buffer: usize,
     pub write_buffer_total: usize,
@@ -216,6 +227,26 @@ pub struct Options {
     pub subtype: Option<String>,
     /// One-line notes on options accepted that do not do here what they did in sshfs.
     pub notes: Vec<String>,
+    /// `no_readahead` turns reading ahead off.
+    pub readahead: bool,
+    /// `sshfs_sync`.
+    pub sync_writes: bool,
+    pub follow_symlinks: bool,
+    pub transform_symlinks: bool,
+    /// `disable_hardlink` turns link(2) off.
+    pub hardlinks: bool,
+    /// `workaround=renamexdev`.
+    pub rename_failure_is_exdev: bool,
+    /// Every open bypasses the kernel's page cache (`direct_io`).
+    pub direct_io: bool,
+    /// `auto_unmount`: fusermount3 unmounts if the daemon dies.
+    pub auto_unmount: bool,
+    /// `allow_root`: root may use the mount too.
+    pub allow_root: bool,
+    /// `max_read=N`, passed to the kernel.
+    pub max_read: Option<u32>,
+    /// `sshfs_debug`: log each SFTP request, also in the background (to logfile=).
+    pub debug_requests: bool,
 }
 
 impl Options {
@@ -291,6 +322,10 @@ where
         gid: None,
         umask: 0,
         idmap: IdMap::None,
+        uidfile: None,
+        gidfile: None,
+        nomap_error: true,
+        max_conns: 1,
         request_timeout: Duration::from_secs(60),
         sftp_channels: DEFAULT_SFTP_CHANNELS,
         write_buffer: DEFAULT_WRITE_BUFFER,
@@ -312,6 +347,17 @@ where
         fsname: None,
         subtype: None,
         notes: Vec::new(),
+        readahead: true,
+        sync_writes: false,
+        follow_symlinks: false,
+        transform_symlinks: false,
+        hardlinks: true,
+        rename_failure_is_exdev: false,
+        direct_io: false,
+        auto_unmount: false,
+        allow_root: false,
+        max_read: None,
+        debug_requests: false,
     };
     if cli.protocol_1 {
         return Err(OptionError::Unsupported {
@@ -333,6 +379,12 @@ where
         for opt in group.split(',').filter(|o| !o.is_empty()) {
             options.apply(opt).map_err(|e| e.to_string())?;
         }
+    }
+    if options.idmap == IdMap::File && options.uidfile.is_none() && options.gidfile.is_none() {
+        return Err("idmap=file needs uidfile=FILE and/or gidfile=FILE (lines of name:id)".into());
+    }
+    if options.allow_other && options.allow_root {
+        return Err("allow_other and allow_root exclude each other: give one".into());
     }
     if options.write_buffer_total < options.write_buffer {
         return Err(format!(
@@ -498,8 +550,107 @@ impl Options {
                 self.idmap = match need()? {
                     "none" => IdMap::None,
                     "user" => IdMap::User,
-                    _ => return Err(bad("expected none or user")),
+                    "file" => IdMap::File,
+                    _ => return Err(bad("expected none, user or file")),
                 }
+            }
+            "uidfile" => self.uidfile = Some(need()?.into()),
+            "gidfile" => self.gidfile = Some(need()?.into()),
+            "nomap" => {
+                self.nomap_error = match need()? {
+                    "ignore" => false,
+                    "error" => true,
+                    _ => return Err(bad("expected ignore or error")),
+                }
+            }
+            "max_conns" => {
+                self.max_conns = need()?
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=32).contains(n))
+                    .ok_or_else(|| bad("expected a count from 1 to 32"))?
+            }
+            "no_readahead" => self.readahead = false,
+            "sshfs_sync" => self.sync_writes = true,
+            "follow_symlinks" => self.follow_symlinks = true,
+            "transform_symlinks" => self.transform_symlinks = true,
+            // transform_symlinks only ever rewrites a target inside the mounted directory, so
+            // a rewritten link cannot lead out of the mount: containment needs no option.
+            "contain_symlinks" => {}
+            "disable_hardlink" => self.hardlinks = false,
+            "workaround" => {
+                for item in need()?.split(':') {
+                    match item {
+                        "none" => self.rename_failure_is_exdev = false,
+                        "renamexdev" | "all" => self.rename_failure_is_exdev = true,
+                        "rename" | "truncate" | "fstat" | "buflimit" | "createmode"
+                        | "nobuflimit" | "nofstat" | "norename" | "notruncate" | "nocreatemode"
+                        | "norenamexdev" => {}
+                        _ => {
+                            return Err(bad(
+                                "expected none, all, rename, renamexdev, truncate, fstat, \
+                                 buflimit or createmode (separated by :)",
+                            ));
+                        }
+                    }
+                }
+            }
+            "direct_io" => self.direct_io = true,
+            "auto_unmount" => self.auto_unmount = true,
+            "allow_root" => self.allow_root = true,
+            "max_read" => {
+                self.max_read = Some(
+                    need()?
+                        .parse()
+                        .ok()
+                        .filter(|n| *n >= 4096)
+                        .ok_or_else(|| bad("expected a size in bytes, at least 4096"))?,
+                )
+            }
+            "sshfs_debug" | "debug" => self.debug_requests = true,
+            // libfuse's high-level options: sftpmount speaks FUSE's low-level protocol, with
+            // its own inode numbers, and these have nothing to change there.
+            "hard_remove"
+            | "use_ino"
+            | "readdir_ino"
+            | "noforget"
+            | "nopath"
+            | "intr"
+            | "large_read"
+            | "async_read"
+            | "sync_read"
+            | "no_remote_lock"
+            | "no_remote_posix_lock"
+            | "no_remote_flock"
+            | "splice_read"
+            | "splice_write"
+            | "splice_move"
+            | "no_splice_read"
+            | "no_splice_write"
+            | "no_splice_move"
+            | "no_check_root"
+            | "remember"
+            | "intr_signal"
+            | "ac_attr_timeout"
+            | "max_background"
+            | "congestion_threshold"
+            | "max_readahead"
+            | "max_write"
+            | "blksize"
+            | "writeback_cache"
+            | "no_writeback_cache"
+            | "async_dio"
+            | "no_async_dio"
+            | "auto_inval_data"
+            | "no_auto_inval_data"
+            | "atomic_o_trunc"
+            | "big_writes" => {}
+            "modules" => {
+                return Err(OptionError::Unsupported {
+                    name: name.to_string(),
+                    why: "FUSE modules (subdir, iconv) are libfuse's; mount the subdirectory \
+                          itself (host:/dir/sub); file names are passed as the server has them",
+                });
             }
             "dev" => self.kernel_flags.push(M::Dev),
             "nodev" => self.kernel_flags.push(M::NoDev),

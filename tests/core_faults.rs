@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use sftpmount::fs::cache::CacheConfig;
-use sftpmount::fs::{Core, CoreConfig, CreateMode, FsResult, IdMapping, KeepCache};
+use sftpmount::fs::{Core, CoreConfig, CreateMode, FsResult, IdMapping, KeepCache, SymlinkMode};
 use sftpmount::remote::{Remote, RemoteSettings};
 use tempfile::TempDir;
 
@@ -57,6 +57,11 @@ async fn start(settings: RemoteSettings) -> Fixture {
             cache: CacheConfig::default(),
             keep_cache: KeepCache::default(),
             dir_prefetch: false,
+            readahead: true,
+            sync_writes: false,
+            symlinks: SymlinkMode::default(),
+            hardlinks: true,
+            rename_failure_is_exdev: false,
         },
     ));
     tokio::spawn(core.clone().follow_reconnections());

@@ -331,3 +331,54 @@ fn ssh_keywords_given_with_o_reach_the_connection() {
     let line = refusal(Mount::try_with_env(&sshd, &source, &a, None, &env).unwrap_err());
     assert!(line.contains("authentication refused"), "{line}");
 }
+
+#[test]
+fn a_user_certificate_is_offered_with_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca");
+    keygen(&ca, "test-ca");
+    let sshd = Sshd::start_with(SshdOptions {
+        extra_config: vec![format!("TrustedUserCAKeys {}.pub", ca.display())],
+        ..SshdOptions::default()
+    });
+    // A key sshd does not list, certified by the CA it trusts for the login root.
+    let key = dir.path().join("certified");
+    keygen(&key, "certified");
+    run(
+        "ssh-keygen",
+        &[
+            "-q",
+            "-s",
+            ca.to_str().unwrap(),
+            "-I",
+            "test-user",
+            "-n",
+            "root",
+            &format!("{}.pub", key.display()),
+        ],
+        "/",
+    );
+    let beside = dir.path().join("certified-cert.pub");
+    assert!(beside.exists());
+    let args = |extra: &[String]| {
+        let mut a = sshd.ssh_opts_without_key();
+        a.extend(["-o".to_string(), format!("IdentityFile={}", key.display())]);
+        a.extend(extra.iter().cloned());
+        a
+    };
+    // KEY-cert.pub beside the key is found, as ssh finds it.
+    let m = Mount::try_with(&sshd, &sshd.source(), &args(&[]), None).expect("certificate");
+    assert_works(&sshd, &m, "cert-beside");
+    drop(m);
+    // CertificateFile names one elsewhere.
+    let elsewhere = dir.path().join("moved.pub");
+    fs::rename(&beside, &elsewhere).unwrap();
+    let line = refusal(Mount::try_with(&sshd, &sshd.source(), &args(&[]), None).unwrap_err());
+    assert!(line.contains("authentication refused"), "{line}");
+    let cert = [
+        "-o".to_string(),
+        format!("CertificateFile={}", elsewhere.display()),
+    ];
+    let m = Mount::try_with(&sshd, &sshd.source(), &args(&cert), None).expect("CertificateFile");
+    assert_works(&sshd, &m, "cert-file");
+}

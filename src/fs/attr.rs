@@ -10,45 +10,60 @@ use super::cache::Known;
 use super::handle::ordering_channel;
 use super::open_file::OpenFile;
 use super::{Core, Entry, FsResult, errno, is_symlink};
-use crate::sftp::SftpError;
 use crate::sftp::proto::Attrs;
+use crate::sftp::{Session, SftpError, StatusCode};
 
 /// How remote owners and modes are shown locally.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct IdMapping {
     /// Show every file as owned by this uid / gid.
     pub uid: Option<u32>,
     pub gid: Option<u32>,
-    /// idmap=user: the remote user's uid/gid shown as the local user's.
-    pub remote_to_local: Option<((u32, u32), (u32, u32))>,
+    /// (remote, local) pairs: idmap=user's login ids as the local user's, idmap=file's
+    /// names' ids as the local ids of the same names.
+    pub uids: Vec<(u32, u32)>,
+    pub gids: Vec<(u32, u32)>,
+    /// idmap=file with nomap=error: what an id without a mapping is shown as.
+    pub unmapped: Option<(u32, u32)>,
     pub umask: u32,
 }
 
 impl IdMapping {
     fn local(&self, uid: u32, gid: u32) -> (u32, u32) {
-        let (mut uid, mut gid) = (uid, gid);
-        if let Some(((ruid, rgid), (luid, lgid))) = self.remote_to_local {
-            if uid == ruid {
-                uid = luid;
-            }
-            if gid == rgid {
-                gid = lgid;
-            }
-        }
+        let map = |pairs: &[(u32, u32)], id: u32, unmapped: Option<u32>| match pairs
+            .iter()
+            .find(|(remote, _)| *remote == id)
+        {
+            Some(&(_, local)) => local,
+            None => unmapped.unwrap_or(id),
+        };
+        let uid = map(&self.uids, uid, self.unmapped.map(|u| u.0));
+        let gid = map(&self.gids, gid, self.unmapped.map(|u| u.1));
         (self.uid.unwrap_or(uid), self.gid.unwrap_or(gid))
     }
 
     fn remote(&self, uid: u32, gid: u32) -> (u32, u32) {
-        let (mut uid, mut gid) = (uid, gid);
-        if let Some(((ruid, rgid), (luid, lgid))) = self.remote_to_local {
-            if uid == luid {
-                uid = ruid;
-            }
-            if gid == lgid {
-                gid = rgid;
-            }
-        }
-        (uid, gid)
+        let map = |pairs: &[(u32, u32)], id: u32| match pairs.iter().find(|(_, l)| *l == id) {
+            Some(&(remote, _)) => remote,
+            None => id,
+        };
+        (map(&self.uids, uid), map(&self.gids, gid))
+    }
+}
+
+/// The attributes the mount shows for `path`: its own (LSTAT), or with `follow`
+/// (`follow_symlinks`) those of what it points to, a dangling symlink's own.
+pub(super) async fn attrs_of(
+    session: Arc<Session>,
+    path: &[u8],
+    follow: bool,
+) -> Result<Attrs, SftpError> {
+    if !follow {
+        return session.lstat(path).await;
+    }
+    match session.stat(path).await {
+        Err(e) if e.status() == Some(StatusCode::NO_SUCH_FILE) => session.lstat(path).await,
+        other => other,
     }
 }
 
@@ -170,8 +185,9 @@ impl Core {
         }
         let ticket = self.cache.ticket();
         let floor = ino.map_or(0, |ino| self.size_floor(ino));
+        let follow = self.config.symlinks.follow;
         let result = self
-            .idempotent(|s| async move { s.lstat(path).await })
+            .idempotent(|s| attrs_of(s, path, follow))
             .await
             .map(|attrs| at_least(attrs, floor));
         if cacheable && !self.writes_pending(ino) {
@@ -218,8 +234,8 @@ impl Core {
             }
             (None, None) => {
                 let path = &self.path(ino)?;
-                self.idempotent(|s| async move { s.lstat(path).await })
-                    .await?
+                let follow = self.config.symlinks.follow;
+                self.idempotent(|s| attrs_of(s, path, follow)).await?
             }
         };
         Ok(self.shown(ino, &attrs))

@@ -213,8 +213,15 @@ impl Core {
     /// coming) and the CLOSE is not waited for: on a far link a listing costs two round trips
     /// where one READDIR at a time would cost one per batch, plus one for the end, plus the CLOSE.
     async fn list_dir(&self, path: &[u8]) -> FsResult<Vec<(Bytes, Attrs)>> {
-        self.idempotent(|session| Self::list_dir_on(session, path))
-            .await
+        let follow = self.config.symlinks.follow;
+        self.idempotent(|session| async move {
+            let mut entries = Self::list_dir_on(session.clone(), path).await?;
+            if follow {
+                follow_links(&session, path, &mut entries).await;
+            }
+            Ok(entries)
+        })
+        .await
     }
 
     async fn list_dir_on(
@@ -320,5 +327,21 @@ impl Core {
 
     pub fn releasedir(&self, fh: u64) {
         self.dirs.lock().unwrap().remove(&fh);
+    }
+}
+
+/// `follow_symlinks`: the listing's symlinks carry what they point to (STATs sent together);
+/// a dangling one keeps its own attributes.
+async fn follow_links(session: &Session, dir: &[u8], entries: &mut [(Bytes, Attrs)]) {
+    let stats: Vec<_> = entries
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, attrs))| is_symlink(attrs))
+        .map(|(i, (name, _))| (i, session.stat(&join(dir, name))))
+        .collect();
+    for (i, stat) in stats {
+        if let Ok(attrs) = stat.await {
+            entries[i].1 = attrs;
+        }
     }
 }

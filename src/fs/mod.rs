@@ -85,6 +85,27 @@ pub struct CoreConfig {
     pub keep_cache: KeepCache,
     /// Fetch the listings of subdirectories of a directory being read, into the cache.
     pub dir_prefetch: bool,
+    /// Read ahead of what programs ask: a file's next bytes, a directory's next small files
+    /// (sshfs's `no_readahead` turns both off).
+    pub readahead: bool,
+    /// `sshfs_sync`: a write returns once the server has it (its error to that write).
+    pub sync_writes: bool,
+    pub symlinks: SymlinkMode,
+    /// `disable_hardlink`: link(2) answers ENOSYS.
+    pub hardlinks: bool,
+    /// `workaround=renamexdev`: a rename the server fails with a bare FAILURE is EXDEV, so
+    /// mv copies instead (servers say FAILURE for a rename across their filesystems).
+    pub rename_failure_is_exdev: bool,
+}
+
+/// How symlinks on the server are shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SymlinkMode {
+    /// `follow_symlinks`: a symlink shows as what it points to (a dangling one as a symlink).
+    pub follow: bool,
+    /// `transform_symlinks`: an absolute target inside the mounted directory is shown
+    /// relative to the link, so it resolves inside the mount; others are shown unchanged.
+    pub transform: bool,
 }
 
 /// When the kernel may keep the pages it cached of a file across a close and an open.

@@ -42,7 +42,12 @@ impl Core {
             return Ok(target);
         }
         let ticket = self.cache.ticket();
-        let target = self.meta().await?.readlink(&path).await.map_err(errno)?;
+        let mut target = self.meta().await?.readlink(&path).await.map_err(errno)?;
+        if self.config.symlinks.transform
+            && let Some(relative) = relative_target(&self.root, &path, &target)
+        {
+            target = relative;
+        }
         if linked {
             self.cache.put_link(ticket, path, target.clone());
         }
@@ -241,8 +246,19 @@ impl Core {
         }
         if let Err(e) = result {
             return Err(match e {
-                RenameError::Sftp(e) if no_replace => self.refine_exists(e, &to, None).await,
-                RenameError::Sftp(e) => errno(e),
+                RenameError::Sftp(e) => {
+                    let failure = e.status() == Some(StatusCode::FAILURE);
+                    let found = if no_replace {
+                        self.refine_exists(e, &to, None).await
+                    } else {
+                        errno(e)
+                    };
+                    if failure && found == libc::EIO && self.config.rename_failure_is_exdev {
+                        libc::EXDEV
+                    } else {
+                        found
+                    }
+                }
                 RenameError::Errno(e) => e,
             });
         }
@@ -326,6 +342,9 @@ impl Core {
     }
 
     pub async fn link(&self, ino: u64, new_parent: u64, new_name: &[u8]) -> FsResult<Entry> {
+        if !self.config.hardlinks {
+            return Err(libc::ENOSYS);
+        }
         let existing = self.path(ino)?;
         let path = self.child_path(new_parent, new_name)?;
         let session = self.meta().await?;
@@ -342,5 +361,72 @@ pub(super) async fn dir_after(ticket: Ticket, reply: Option<Reply<Attrs>>) -> Di
     match reply {
         Some(reply) => reply.await.ok().map(|attrs| (ticket, attrs)),
         None => None,
+    }
+}
+
+/// `transform_symlinks`: an absolute `target` inside the mounted directory `root`, as a path
+/// relative to the link at `link` (both server paths), so that it resolves inside the mount.
+/// `None` for a relative target or one outside `root`: shown as the server has it.
+fn relative_target(root: &[u8], link: &[u8], target: &[u8]) -> Option<Bytes> {
+    let components = |p: &[u8]| -> Vec<Vec<u8>> {
+        p.split(|&b| b == b'/')
+            .filter(|c| !c.is_empty() && *c != b".")
+            .map(<[u8]>::to_vec)
+            .collect()
+    };
+    if !target.starts_with(b"/") {
+        return None;
+    }
+    let (root, target) = (components(root), components(target));
+    if target.iter().any(|c| c == b"..") || !target.starts_with(&root) {
+        return None;
+    }
+    let mut dir = components(link);
+    dir.pop();
+    let common = dir.iter().zip(&target).take_while(|(a, b)| a == b).count();
+    let mut out: Vec<u8> = Vec::new();
+    for _ in common..dir.len() {
+        out.extend_from_slice(b"../");
+    }
+    for c in &target[common..] {
+        out.extend_from_slice(c);
+        out.push(b'/');
+    }
+    out.pop();
+    if out.is_empty() {
+        out = b".".to_vec();
+    }
+    Some(Bytes::from(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::relative_target;
+
+    #[test]
+    fn absolute_targets_inside_the_mount_become_relative() {
+        let t = |link: &str, target: &str| {
+            relative_target(b"/srv/data", link.as_bytes(), target.as_bytes())
+                .map(|b| String::from_utf8(b.to_vec()).unwrap())
+        };
+        assert_eq!(
+            t("/srv/data/a/link", "/srv/data/b/f").as_deref(),
+            Some("../b/f")
+        );
+        assert_eq!(t("/srv/data/link", "/srv/data/b/f").as_deref(), Some("b/f"));
+        assert_eq!(
+            t("/srv/data/a/b/link", "/srv/data/a").as_deref(),
+            Some("..")
+        );
+        assert_eq!(t("/srv/data/a/link", "/srv/data").as_deref(), Some(".."));
+        assert_eq!(t("/srv/data/link", "/srv/data").as_deref(), Some("."));
+        assert_eq!(
+            t("/srv/data/link", "/etc/passwd"),
+            None,
+            "outside: unchanged"
+        );
+        assert_eq!(t("/srv/data/link", "/srv/database/x"), None);
+        assert_eq!(t("/srv/data/link", "/srv/data/../../etc"), None);
+        assert_eq!(t("/srv/data/link", "rel/x"), None);
     }
 }

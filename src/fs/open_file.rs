@@ -197,7 +197,8 @@ impl Core {
                 flags & libc::O_APPEND != 0,
             )
         });
-        let prefetch = (flags & libc::O_ACCMODE != libc::O_WRONLY).then(|| {
+        let reads = flags & libc::O_ACCMODE != libc::O_WRONLY;
+        let prefetch = (reads && self.config.readahead).then(|| {
             Prefetcher::new(
                 Arc::new(SftpSource {
                     file: handle.clone(),
@@ -683,6 +684,9 @@ impl Core {
         }
         file.flushed.store(false, Ordering::Release);
         let written = writer.write(offset, data.clone(), whole).await?;
+        if self.config.sync_writes {
+            writer.settle().await?;
+        }
         {
             let mut captured = file.written.lock().unwrap();
             let end = offset + written as u64;

@@ -153,7 +153,7 @@ impl Core {
     /// A small file at `path` was opened for reading: fetch the small files after it in its
     /// directory's listing, as far as the window reaches.
     pub(super) fn read_ahead_after(self: &Arc<Self>, path: &[u8]) {
-        if !self.keeps_contents() {
+        if !self.keeps_contents() || !self.config.readahead {
             return;
         }
         let Some(slash) = path.iter().rposition(|&b| b == b'/') else {

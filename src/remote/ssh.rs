@@ -1,5 +1,5 @@
-//! The mount's [`Connector`]: an SSH connection (authenticated with what worked the first time,
-//! the host key checked every time) and SFTP on its session channels.
+//! The mount's [`Connector`]: SSH connections (authenticated with what worked the first time,
+//! the host key checked every time; one, or `max_conns`) and SFTP on their session channels.
 
 use std::sync::Arc;
 
@@ -12,11 +12,17 @@ use crate::ssh::{self, ClientHandler, Target};
 
 pub struct SshConnector {
     target: Arc<Target>,
+    /// SSH connections per link (sshfs's max_conns): each has its own TCP window and its own
+    /// sshd process, hence its own core for the server's encryption.
+    connections: usize,
 }
 
 impl SshConnector {
-    pub fn new(target: Arc<Target>) -> SshConnector {
-        SshConnector { target }
+    pub fn new(target: Arc<Target>, connections: usize) -> SshConnector {
+        SshConnector {
+            target,
+            connections: connections.max(1),
+        }
     }
 }
 
@@ -29,28 +35,49 @@ impl Connector for SshConnector {
         &'a self,
         settings: &'a RemoteSettings,
     ) -> BoxFuture<'a, Result<Link, ConnectError>> {
-        Box::pin(establish(&self.target, settings))
+        Box::pin(establish(&self.target, self.connections, settings))
     }
 }
 
-struct SshConnection(Arc<Handle<ClientHandler>>);
+/// The link's SSH connections: it answers when every one of them does.
+struct SshConnection(Vec<Arc<Handle<ClientHandler>>>);
 
 impl Connection for SshConnection {
     fn answers(&self) -> BoxFuture<'_, bool> {
         Box::pin(async move {
-            match self.0.channel_open_session().await {
-                Ok(channel) => {
-                    let _ = channel.close().await;
-                    true
+            for handle in &self.0 {
+                match handle.channel_open_session().await {
+                    Ok(channel) => {
+                        let _ = channel.close().await;
+                    }
+                    Err(_) => return false,
                 }
-                Err(_) => false,
             }
+            true
         })
     }
 }
 
-async fn establish(target: &Arc<Target>, settings: &RemoteSettings) -> Result<Link, ConnectError> {
-    let handle = Arc::new(ssh::connect(target.clone()).await?);
+async fn establish(
+    target: &Arc<Target>,
+    connections: usize,
+    settings: &RemoteSettings,
+) -> Result<Link, ConnectError> {
+    // The first alone: it asks for secrets, if any, which the others then re-use.
+    let mut handles = vec![Arc::new(ssh::connect(target.clone()).await?)];
+    let mut more = tokio::task::JoinSet::new();
+    for _ in 1..connections {
+        let target = target.clone();
+        more.spawn(async move { ssh::connect(target).await });
+    }
+    while let Some(done) = more.join_next().await {
+        match done {
+            Ok(Ok(handle)) => handles.push(Arc::new(handle)),
+            Ok(Err(e)) => return Err(e.into()),
+            Err(e) => warn!("a connection attempt failed: {e}"),
+        }
+    }
+    let handle = handles[0].clone();
     let channel = handle
         .channel_open_session()
         .await
@@ -66,22 +93,26 @@ async fn establish(target: &Arc<Target>, settings: &RemoteSettings) -> Result<Li
     // The others all at once. A server that allows fewer sessions (sshd's MaxSessions) just
     // gives us fewer: the mount works with any number.
     let mut pending = tokio::task::JoinSet::new();
-    for _ in 1..settings.sftp_channels {
-        let handle = handle.clone();
+    // Channel i on connection i mod n: the metadata channel (0) on the first.
+    for i in 1..settings.sftp_channels {
+        let handle = handles[i % handles.len()].clone();
         let timeout = settings.request_timeout;
         let gate = gate.clone();
         pending.spawn(async move {
             let channel = handle.channel_open_session().await.ok()?;
-            Session::start(Transport::Ssh(channel), timeout, gate)
-                .await
-                .ok()
+            let session = Session::start(Transport::Ssh(channel), timeout, gate).await;
+            Some((i, session.ok()?))
         });
     }
+    // In the order asked, so that the channels alternate between connections.
+    let mut opened = Vec::new();
     while let Some(done) = pending.join_next().await {
         if let Ok(Some(session)) = done {
-            channels.push(session);
+            opened.push(session);
         }
     }
+    opened.sort_by_key(|(i, _)| *i);
+    channels.extend(opened.into_iter().map(|(_, s)| s));
     if channels.len() < settings.sftp_channels {
         warn!(
             "the server granted {} of {} SFTP channels",
@@ -91,6 +122,6 @@ async fn establish(target: &Arc<Target>, settings: &RemoteSettings) -> Result<Li
     }
     Ok(Link {
         channels,
-        connection: Box::new(SshConnection(handle)),
+        connection: Box::new(SshConnection(handles)),
     })
 }

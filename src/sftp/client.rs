@@ -91,11 +91,16 @@ const DEFAULT_IO_LEN: u32 = 32 * 1024;
 /// Room left in a packet for the WRITE header under a server's max-packet-length.
 const WRITE_HEADER_ROOM: u64 = 1024;
 
+/// The log target of one line per SFTP request (sshfs's `-d`/`sshfs_debug`).
+pub const REQUEST_LOG: &str = "sftpmount::requests";
+
 struct InFlight {
     reply: oneshot::Sender<Result<Response>>,
     /// A WRITE's room on the wire (see `gate.rs`), given back with the entry.
     on_wire: Option<GatePermit>,
     submitted_at: Instant,
+    /// What the request was, kept only while requests are logged (`-d`, `sshfs_debug`).
+    logged_as: Option<String>,
     sent_at: Option<Instant>,
     /// Past its timeout since then, waiting for the verdict on the connection (see
     /// [`Session::stalls`]).
@@ -358,6 +363,8 @@ impl Session {
                 reply: tx,
                 on_wire: None,
                 submitted_at: Instant::now(),
+                logged_as: tracing::enabled!(target: REQUEST_LOG, tracing::Level::DEBUG)
+                    .then(|| request.describe()),
                 sent_at: None,
                 expired_at: None,
             },
@@ -738,6 +745,14 @@ async fn read_loop(mut incoming: Incoming, mut inbox: BytesMut, shared: Arc<Shar
                     let entry = shared.table.lock().unwrap().in_flight.remove(&id);
                     match entry {
                         Some(entry) => {
+                            if let Some(what) = &entry.logged_as {
+                                debug!(
+                                    target: REQUEST_LOG,
+                                    "{what} -> {} in {:.1} ms",
+                                    response.describe(),
+                                    entry.submitted_at.elapsed().as_secs_f64() * 1000.0
+                                );
+                            }
                             if entry.on_wire.is_none()
                                 && let Some(sent) = entry.sent_at
                             {
@@ -810,6 +825,7 @@ mod tests {
             reply: oneshot::channel().0,
             on_wire: None,
             submitted_at: now - submitted_ago,
+            logged_as: None,
             sent_at: sent_ago.map(|ago| now - ago),
             expired_at: None,
         }

@@ -249,6 +249,45 @@ pub enum Request {
 }
 
 impl Request {
+    /// One line for the request log: its type and its path or handle and range.
+    pub fn describe(&self) -> String {
+        let path = |p: &Bytes| String::from_utf8_lossy(p).into_owned();
+        let handle = |h: &Bytes| h.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        match self {
+            Request::Open {
+                path: p, pflags, ..
+            } => format!("OPEN {} flags {pflags:#x}", path(p)),
+            Request::Close { handle: h } => format!("CLOSE {}", handle(h)),
+            Request::Read {
+                handle: h,
+                offset,
+                len,
+            } => format!("READ {} {offset}+{len}", handle(h)),
+            Request::Write {
+                handle: h,
+                offset,
+                data,
+            } => format!("WRITE {} {offset}+{}", handle(h), data.len()),
+            Request::Lstat { path: p } => format!("LSTAT {}", path(p)),
+            Request::Fstat { handle: h } => format!("FSTAT {}", handle(h)),
+            Request::Setstat { path: p, .. } => format!("SETSTAT {}", path(p)),
+            Request::Fsetstat { handle: h, .. } => format!("FSETSTAT {}", handle(h)),
+            Request::Opendir { path: p } => format!("OPENDIR {}", path(p)),
+            Request::Readdir { handle: h } => format!("READDIR {}", handle(h)),
+            Request::Remove { path: p } => format!("REMOVE {}", path(p)),
+            Request::Mkdir { path: p, .. } => format!("MKDIR {}", path(p)),
+            Request::Rmdir { path: p } => format!("RMDIR {}", path(p)),
+            Request::Realpath { path: p } => format!("REALPATH {}", path(p)),
+            Request::Stat { path: p } => format!("STAT {}", path(p)),
+            Request::Rename { from, to } => format!("RENAME {} {}", path(from), path(to)),
+            Request::Readlink { path: p } => format!("READLINK {}", path(p)),
+            Request::Symlink { link, target, .. } => {
+                format!("SYMLINK {} -> {}", path(link), path(target))
+            }
+            Request::Extended { name, .. } => format!("EXTENDED {name}"),
+        }
+    }
+
     pub fn posix_rename(from: &[u8], to: &[u8]) -> Self {
         Self::extended_with(ext::POSIX_RENAME, |buf| {
             put_string(buf, from);
@@ -465,6 +504,39 @@ pub enum Response {
     Name(Vec<NameEntry>),
     Attrs(Attrs),
     ExtendedReply(Bytes),
+}
+
+impl Response {
+    /// The reply's gist for the request log.
+    pub fn describe(&self) -> String {
+        match self {
+            Response::Status { code, .. } => {
+                const NAMES: [&str; 9] = [
+                    "OK",
+                    "EOF",
+                    "NO_SUCH_FILE",
+                    "PERMISSION_DENIED",
+                    "FAILURE",
+                    "BAD_MESSAGE",
+                    "NO_CONNECTION",
+                    "CONNECTION_LOST",
+                    "OP_UNSUPPORTED",
+                ];
+                match NAMES.get(code.0 as usize) {
+                    Some(name) => name.to_string(),
+                    None => format!("STATUS {}", code.0),
+                }
+            }
+            Response::Handle(_) => "HANDLE".into(),
+            Response::Data(d) => format!("DATA {} bytes", d.len()),
+            Response::Name(n) => format!("NAME {} entries", n.len()),
+            Response::Attrs(a) => match a.size {
+                Some(size) => format!("ATTRS size {size}"),
+                None => "ATTRS".into(),
+            },
+            Response::ExtendedReply(d) => format!("EXTENDED_REPLY {} bytes", d.len()),
+        }
+    }
 }
 
 /// The server's answer to INIT.

@@ -154,6 +154,7 @@ fn connect_to(
         let verdict = Arc::new(Mutex::new(None));
         let config = Arc::new(client_config(&target));
         let timeout = target.connect_timeout;
+        debug!("connecting to {addr} as {}", target.user);
         let connected = tokio::time::timeout(timeout, async {
             let result = match &target.route {
                 Route::Direct => {
@@ -224,7 +225,9 @@ fn connect_to(
             addr: addr.clone(),
             secs: timeout.as_secs(),
         })??;
+        debug!("connected to {addr}, host key verified; authenticating");
         auth::authenticate(&mut handle, &target).await?;
+        debug!("logged in to {addr} as {}", target.user);
         Ok(handle)
     })
 }

@@ -1,0 +1,369 @@
+//! sshfs's own options, as fstab lines carry them, on real mounts: symlinks followed or made
+//! relative, hard links turned off, renamexdev letting mv copy across the server's
+//! filesystems, direct_io, sshfs_sync, no_readahead, idmap=file, max_conns, auto_unmount,
+//! max_read, the request log of -d, and the flags accepted or refused with their reason.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, symlink};
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+
+fn with(sshd: &Sshd, extra: &[&str]) -> Result<Mount, std::process::Output> {
+    let mut args = sshd.ssh_opts();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Mount::try_with(sshd, &sshd.source(), &args, None)
+}
+
+fn refusal(out: std::process::Output) -> String {
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert_eq!(text.lines().count(), 1, "{text}");
+    text
+}
+
+#[test]
+fn follow_symlinks_shows_targets_and_transform_symlinks_keeps_them_inside() {
+    let sshd = Sshd::start();
+    let root = sshd.remote_root();
+    fs::create_dir_all(root.join("sub/deeper")).unwrap();
+    fs::write(root.join("sub/f"), b"0123456789").unwrap();
+    symlink(root.join("sub/f"), root.join("abs")).unwrap();
+    symlink(root.join("sub"), root.join("sub/deeper/up")).unwrap();
+    symlink("/etc/hostname", root.join("outside")).unwrap();
+    symlink("nowhere", root.join("dangling")).unwrap();
+
+    // Default: symlinks as the server has them.
+    let m = with(&sshd, &[]).unwrap();
+    assert!(fs::symlink_metadata(m.join("abs")).unwrap().is_symlink());
+    assert_eq!(fs::read_link(m.join("abs")).unwrap(), root.join("sub/f"));
+    drop(m);
+
+    let m = with(&sshd, &["-o", "follow_symlinks"]).unwrap();
+    let meta = fs::symlink_metadata(m.join("abs")).unwrap();
+    assert!(meta.is_file() && meta.len() == 10, "{meta:?}");
+    assert!(
+        fs::symlink_metadata(m.join("sub/deeper/up"))
+            .unwrap()
+            .is_dir()
+    );
+    assert_eq!(fs::read(m.join("abs")).unwrap(), b"0123456789");
+    // The listing says the same as lookups do (ls -l reads both).
+    let listed: Vec<(String, bool)> = fs::read_dir(m.path())
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                e.file_type().unwrap().is_symlink(),
+            )
+        })
+        .collect();
+    assert!(listed.contains(&("abs".into(), false)), "{listed:?}");
+    assert!(
+        fs::symlink_metadata(m.join("dangling"))
+            .unwrap()
+            .is_symlink()
+    );
+    assert!(listed.contains(&("dangling".into(), true)), "{listed:?}");
+    drop(m);
+
+    let m = with(&sshd, &["-o", "transform_symlinks"]).unwrap();
+    assert_eq!(
+        fs::read_link(m.join("abs")).unwrap().to_str(),
+        Some("sub/f")
+    );
+    assert_eq!(
+        fs::read_link(m.join("sub/deeper/up")).unwrap().to_str(),
+        Some("..")
+    );
+    assert_eq!(fs::read(m.join("abs")).unwrap(), b"0123456789");
+    // A target outside the mounted directory is never rewritten to lead out of the mount.
+    assert_eq!(
+        fs::read_link(m.join("outside")).unwrap().to_str(),
+        Some("/etc/hostname")
+    );
+    assert_eq!(
+        fs::read_link(m.join("dangling")).unwrap().to_str(),
+        Some("nowhere")
+    );
+}
+
+#[test]
+fn disable_hardlink_and_renamexdev() {
+    let sshd = Sshd::start();
+    let m = with(&sshd, &["-o", "disable_hardlink"]).unwrap();
+    fs::write(m.join("a"), b"a").unwrap();
+    // ENOSYS from the filesystem, which the kernel gives link(2) as EPERM: "the filesystem
+    // does not support hard links".
+    let e = fs::hard_link(m.join("a"), m.join("b")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{e}");
+    assert!(!sshd.remote_root().join("b").exists());
+    drop(m);
+
+    // A directory on another filesystem of the server: its rename fails there with EXDEV,
+    // which OpenSSH's sftp-server answers as a bare FAILURE.
+    let other_fs = sshd.remote_root().join("other");
+    fs::create_dir(&other_fs).unwrap();
+    let mounted = run(
+        "mount",
+        &["-t", "tmpfs", "tmpfs", other_fs.to_str().unwrap()],
+        "/",
+    );
+    assert!(mounted.status.success(), "{mounted:?}");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _tmpfs = Unmount(other_fs.clone());
+    let data = random_bytes(300_000, 3);
+    fs::write(sshd.remote_root().join("f"), &data).unwrap();
+
+    let m = with(&sshd, &[]).unwrap();
+    let out = try_run("mv", &[m.join("f"), m.join("other/f")], "/");
+    assert!(
+        !out.status.success(),
+        "mv across the server's filesystems: {out:?}"
+    );
+    drop(m);
+    let m = with(&sshd, &["-o", "workaround=renamexdev"]).unwrap();
+    let out = try_run("mv", &[m.join("f"), m.join("other/f")], "/");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(fs::read(other_fs.join("f")).unwrap(), data);
+    assert!(!sshd.remote_root().join("f").exists());
+    drop(m);
+    let line = refusal(with(&sshd, &["-o", "workaround=frobnicate"]).unwrap_err());
+    assert!(line.contains("renamexdev"), "{line}");
+}
+
+#[test]
+fn direct_io_reads_the_server_each_time() {
+    let sshd = Sshd::start();
+    let file = sshd.remote_root().join("f");
+    fs::write(&file, b"first!").unwrap();
+    let change = || {
+        // Same size, same mtime: only the bytes differ, nothing tells a cache they did.
+        let mtime = fs::metadata(&file).unwrap().modified().unwrap();
+        fs::write(&file, b"second").unwrap();
+        fs::File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+    };
+    let m = with(&sshd, &["-o", "direct_io,kernel_cache,dir_cache=no"]).unwrap();
+    assert_eq!(fs::read(m.join("f")).unwrap(), b"first!");
+    change();
+    assert_eq!(fs::read(m.join("f")).unwrap(), b"second");
+    drop(m);
+    // Without it the kernel keeps the pages it read (kernel_cache): the test sees a difference.
+    fs::write(&file, b"first!").unwrap();
+    let m = with(&sshd, &["-o", "kernel_cache,dir_cache=no"]).unwrap();
+    assert_eq!(fs::read(m.join("f")).unwrap(), b"first!");
+    change();
+    assert_eq!(fs::read(m.join("f")).unwrap(), b"first!");
+}
+
+#[test]
+fn sshfs_sync_returns_from_write_once_the_server_has_it() {
+    let sshd = Sshd::start();
+    let m = Mount::far(&sshd, 20, &["-o", "sshfs_sync"]);
+    let mut f = fs::File::create(m.join("f")).unwrap();
+    let data = random_bytes(1 << 20, 9);
+    use std::io::Write;
+    f.write_all(&data).unwrap();
+    // Still open, nothing flushed: the bytes are on the server already.
+    assert_eq!(fs::read(sshd.remote_root().join("f")).unwrap(), data);
+    drop(f);
+}
+
+#[test]
+fn no_readahead_reads_only_what_is_asked() {
+    let recorder = SftpRecorder::new();
+    let sshd = Sshd::start_with(SshdOptions {
+        sftp_server: Some(recorder.subsystem()),
+        ..SshdOptions::default()
+    });
+    random_file(sshd.remote_root().join("big"), 8 << 20, 5);
+    let read_first_mib = |m: &Mount| {
+        let before = recorder.requests();
+        let out = try_run(
+            "dd",
+            &[
+                &format!("if={}", m.join("big").display()),
+                "of=/dev/null",
+                "bs=128k",
+                "count=8",
+            ],
+            "/",
+        );
+        assert!(out.status.success(), "{out:?}");
+        std::thread::sleep(Duration::from_millis(500));
+        recorder.requests().since(&before).read_bytes
+    };
+    let m = with(&sshd, &["-o", "no_readahead"]).unwrap();
+    let without = read_first_mib(&m);
+    drop(m);
+    let m = with(&sshd, &[]).unwrap();
+    let default = read_first_mib(&m);
+    assert!(
+        (1 << 20..=1_500_000).contains(&without),
+        "no_readahead read {without}"
+    );
+    assert!(default > 1_500_000, "the default reads ahead: {default}");
+}
+
+#[test]
+fn idmap_file_maps_names_ids_and_nomap_decides_the_rest() {
+    let sshd = Sshd::start();
+    let root = sshd.remote_root();
+    fs::write(root.join("mapped"), b"").unwrap();
+    fs::write(root.join("unmapped"), b"").unwrap();
+    std::os::unix::fs::chown(root.join("mapped"), Some(4242), Some(4343)).unwrap();
+    std::os::unix::fs::chown(root.join("unmapped"), Some(5151), Some(5252)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // The server's ids by name; the local ids of those names (root, daemon) are shown.
+    fs::write(dir.path().join("uids"), "root:4242\nno-such-user-here:77\n").unwrap();
+    fs::write(dir.path().join("gids"), "daemon:4343\n").unwrap();
+    let files = format!(
+        "idmap=file,uidfile={},gidfile={}",
+        dir.path().join("uids").display(),
+        dir.path().join("gids").display()
+    );
+    let m = with(&sshd, &["-o", &files]).unwrap();
+    let meta = fs::metadata(m.join("mapped")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (0, 1));
+    let meta = fs::metadata(m.join("unmapped")).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid()),
+        (65534, 65534),
+        "nomap=error: nobody"
+    );
+    // A chown through the mount goes back through the map.
+    std::os::unix::fs::chown(m.join("unmapped"), Some(0), Some(1)).unwrap();
+    let server = fs::metadata(root.join("unmapped")).unwrap();
+    assert_eq!((server.uid(), server.gid()), (4242, 4343));
+    drop(m);
+    let m = with(&sshd, &["-o", &format!("{files},nomap=ignore")]).unwrap();
+    std::os::unix::fs::chown(root.join("unmapped"), Some(5151), Some(5252)).unwrap();
+    let meta = fs::metadata(m.join("unmapped")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (5151, 5252));
+    drop(m);
+    let e = refusal(with(&sshd, &["-o", "idmap=file"]).unwrap_err());
+    assert!(e.contains("uidfile"), "{e}");
+}
+
+#[test]
+fn max_conns_spreads_the_channels_over_several_connections() {
+    let sshd = Sshd::start_with(SshdOptions {
+        extra_config: vec!["LogLevel INFO".into()],
+        ..SshdOptions::default()
+    });
+    let m = with(&sshd, &["-o", "max_conns=3"]).unwrap();
+    let logins = sshd.log().matches("Accepted publickey").count();
+    assert_eq!(logins, 3, "{}", sshd.log());
+    let data = random_bytes(24 << 20, 11);
+    fs::write(m.join("big"), &data).unwrap();
+    assert_eq!(fs::read(sshd.remote_root().join("big")).unwrap(), data);
+    // A cut of all of them: the mount comes back with three again.
+    assert!(sshd.kill_connections() > 0);
+    fs::write(m.join("after"), b"after the cut").unwrap();
+    assert_eq!(
+        fs::read(sshd.remote_root().join("after")).unwrap(),
+        b"after the cut"
+    );
+    assert_eq!(sshd.log().matches("Accepted publickey").count(), 6);
+}
+
+#[test]
+fn auto_unmount_leaves_no_dead_mount_and_max_read_reaches_the_kernel() {
+    let sshd = Sshd::start();
+    let m = with(&sshd, &["-o", "auto_unmount,max_read=65536"]).unwrap();
+    let info = m.info().expect("mounted");
+    assert!(info.super_options.contains("max_read=65536"), "{info:?}");
+    assert!(m.signal_daemon(libc::SIGKILL));
+    assert!(
+        wait_until(Duration::from_secs(10), || m.info().is_none()),
+        "the mount stayed after its daemon was killed"
+    );
+}
+
+#[test]
+fn flags_sshfs_takes_are_accepted_or_refused_with_the_reason() {
+    let sshd = Sshd::start();
+    let m = with(
+        &sshd,
+        &[
+            "-s",
+            "-C",
+            "-o",
+            "contain_symlinks,kernel_cache,workaround=rename:truncate,use_ino,no_check_root",
+            "-o",
+            "hard_remove,max_readahead=131072,allow_root",
+        ],
+    )
+    .unwrap();
+    fs::write(m.join("f"), b"x").unwrap();
+    assert_eq!(fs::read(sshd.remote_root().join("f")).unwrap(), b"x");
+    drop(m);
+    let line = refusal(with(&sshd, &["-1"]).unwrap_err());
+    assert!(line.contains("protocol 1"), "{line}");
+    let line = refusal(with(&sshd, &["-o", "ssh_protocol=1"]).unwrap_err());
+    assert!(line.contains("protocol 1"), "{line}");
+    let line = refusal(with(&sshd, &["-o", "modules=subdir"]).unwrap_err());
+    assert!(line.contains("modules"), "{line}");
+    let line = refusal(with(&sshd, &["-o", "allow_other,allow_root"]).unwrap_err());
+    assert!(line.contains("allow_root"), "{line}");
+}
+
+#[test]
+fn debug_logs_each_request_with_its_latency() {
+    let sshd = Sshd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mp = dir.path().join("mnt");
+    fs::create_dir(&mp).unwrap();
+    let log = dir.path().join("log");
+    let mut child = sftpmount_command()
+        .env("HOME", sshd.client_home())
+        .arg(sshd.source())
+        .arg(&mp)
+        .arg("-d")
+        .args(sshd.ssh_opts())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let live = wait_until(Duration::from_secs(20), || mount_info(&mp).is_some());
+    if live {
+        let _ = fs::metadata(mp.join("no-such-name"));
+        fs::write(mp.join("f"), b"x").unwrap();
+    }
+    let _ = std::process::Command::new("umount").arg(&mp).status();
+    let status = within(Duration::from_secs(30), move || child.wait().unwrap());
+    assert!(
+        live && status.success(),
+        "{}",
+        fs::read_to_string(&log).unwrap()
+    );
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(text.contains("logged in to 127.0.0.1:"), "{text}");
+    let lstat = text
+        .lines()
+        .find(|l| l.contains("LSTAT") && l.contains("no-such-name"))
+        .unwrap_or_else(|| panic!("no LSTAT line: {text}"));
+    assert!(
+        lstat.contains("NO_SUCH_FILE in ") && lstat.ends_with(" ms"),
+        "{lstat}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.contains("WRITE ") && l.contains("-> OK in ")),
+        "{text}"
+    );
+}
