@@ -8,7 +8,7 @@ use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::Write;
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -282,17 +282,6 @@ fn no_dev_fuse() {
     );
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(stderr_line(&out).contains("no /dev/fuse"));
-}
-
-/// Unmounts a mount made with mount(8) when the test ends, also when it fails midway.
-struct UnmountOnDrop(PathBuf);
-
-impl Drop for UnmountOnDrop {
-    fn drop(&mut self) {
-        if mount_info(&self.0).is_some() {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
 }
 
 #[test]

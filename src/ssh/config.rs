@@ -99,8 +99,6 @@ pub fn keyword(name: &str) -> Option<KeywordUse> {
         "updatehostkeys",
         "verifyhostkeydns",
         "visualhostkey",
-        "logintime",
-        "serveraliveintervalms",
     ];
     let name = name.to_ascii_lowercase();
     if USED.contains(&name.as_str()) {

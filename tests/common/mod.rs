@@ -876,6 +876,17 @@ fn detach(path: &Path) {
     }
 }
 
+/// Unmounts a mount made with mount(8) when the test ends, also when it fails midway.
+pub struct UnmountOnDrop(pub PathBuf);
+
+impl Drop for UnmountOnDrop {
+    fn drop(&mut self) {
+        if mount_info(&self.0).is_some() {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
 /// One line of /proc/self/mountinfo.
 #[derive(Clone, Debug)]
 pub struct MountInfo {

@@ -5,7 +5,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{FromArgMatches, Parser};
+
+pub mod table;
 
 use crate::fs::KeepCache;
 use crate::fs::cache::CacheConfig;
@@ -28,76 +30,15 @@ pub enum OptionError {
     Unsupported { name: String, why: &'static str },
 }
 
-const OPTIONS_HELP: &str = "\
-Mount options (-o opt[,opt=value...], repeatable; also accepted from fstab):
-  port=N                    SSH port (same as -p)
-  User=NAME                 remote user (default: from ~/.ssh/config, else the local user)
-  IdentityFile=PATH         private key to try (repeatable; default ~/.ssh/id_ed25519,
-                            id_ecdsa, id_rsa)
-  UserKnownHostsFile=PATH   known_hosts file, repeatable; replaces ~/.ssh/known_hosts as in
-                            OpenSSH (none: no file; /dev/null with accept-new: remember nothing)
-  StrictHostKeyChecking=yes|accept-new|no
-                            unknown host key: refuse (yes, default), learn it (accept-new), or
-                            learn it (no); a changed host key is always refused
-  ConnectTimeout=SECONDS    give up connecting after this long (default 15)
-  ServerAliveInterval=SECONDS, ServerAliveCountMax=N
-                            keepalive probes (default 15 s, 3)
-  reconnect[=no]            re-establish a lost connection (default yes)
-  reconnect_wait=SECONDS    how long operations wait for a lost connection (default 20)
-  password_stdin            read the password from standard input
-  allow_other               let other users access the mount
-  fsname=NAME, subtype=TYPE the mount's source and type as mount(8) and df show them
-                            (default: the remote, and fuse.sftpmount)
-  delay_connect, nonempty, sync_readdir
-                            sshfs's; accepted (see README: connecting is never delayed, a mount
-                            over a non-empty directory is allowed, listings are read in order)
-  default_permissions       let the kernel check permissions from the file modes
-  ro | rw                   read-only or read-write mount
-  uid=N, gid=N              show every file as owned by this user / group
-  umask=OCTAL               mask these permission bits from every file
-  idmap=none|user           user: show the remote user's files as the local user's
-  request_timeout=SECONDS   fail an SFTP request the server has not answered (default 60)
-  sftp_channels=N           SFTP channels over the SSH connection; a large file's writes spread
-                            over all of them, since one channel's window caps a far link (default 8)
-  write_buffer=SIZE         unacked data one open file may hold (default 32M; K, M, G suffixes)
-  write_buffer_total=SIZE   unacked data all files together may hold (default 64M)
-  no_short_writes           make a write wait until all of it fits in the buffer instead of
-                            taking part of it (for programs that mishandle short writes)
-  dir_cache=yes|no          cache attributes, listings, symlink targets and missing names
-                            (default yes); changes made through the mount are seen at once,
-                            changes made on the server after the timeout
-  dcache_timeout=SECONDS    how long the cache trusts what the server said (default 20)
-  dcache_stat_timeout=, dcache_dir_timeout=, dcache_link_timeout=SECONDS
-                            the same for attributes, listings, symlink targets only
-  dcache_max_size=N         names kept at most (default 10000)
-  dir_prefetch=yes|no       while a directory is read, fetch its subdirectories' listings into
-                            the cache, 8 at a time, so a tree walk (ls -lR, find, du) does not
-                            wait a round trip per directory (default yes; needs dir_cache)
-  attr_timeout=, entry_timeout=SECONDS
-                            how long the kernel trusts attributes and names (default 1)
-  auto_cache | kernel_cache | noauto_cache
-                            keep the kernel's cached file pages across opens while the file's
-                            size and mtime are unchanged (auto_cache, default), always
-                            (kernel_cache), or never (noauto_cache)
-  negative_timeout=SECONDS  how long the kernel trusts that a name does not exist (default 0:
-                            it asks sftpmount, whose cache answers within dcache_timeout)
-  Accepted and passed on or ignored, as mount(8) sends them: dev, nodev, suid, nosuid, exec,
-  noexec, atime, noatime, auto, noauto, _netdev, user, users, nouser, nofail, defaults,
-  x-systemd.*, comment=*
-
-Unmount with `umount MOUNTPOINT` or `fusermount3 -u MOUNTPOINT`; data in flight is written
-first. fstab: `alice@host:/srv /mnt/srv fuse.sftpmount _netdev,IdentityFile=/root/.ssh/id 0 0`";
-
 /// sftpmount — mount a directory of a remote SFTP server.
 #[derive(Debug, Parser)]
 #[command(
     name = "sftpmount",
     version,
-    about = "Mount a directory of a remote SFTP server (OpenSSH) through FUSE",
-    after_help = OPTIONS_HELP
+    about = "Mount a directory of a remote SFTP server (OpenSSH) through FUSE"
 )]
 struct Cli {
-    /// Remote directory: [user@]host:[dir] (dir relative to the remote home when not absolute)
+    /// Remote directory: [user@]host:[dir] (a relative dir is under the remote home)
     source: String,
     /// Local directory to mount on
     mountpoint: PathBuf,
@@ -260,6 +201,13 @@ impl Options {
     }
 }
 
+/// The command line's definition, with the option table as its help's epilogue (also what the
+/// man page is made from).
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    Cli::command().after_help(table::help_text(100))
+}
+
 /// What parsing the command line asks the program to do.
 pub enum Parsed {
     Mount(Box<Options>),
@@ -273,7 +221,10 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    let cli = match Cli::try_parse_from(args) {
+    let cli = match command()
+        .try_get_matches_from(args)
+        .and_then(|m| Cli::from_arg_matches(&m))
+    {
         Ok(cli) => cli,
         Err(e) => {
             use clap::error::ErrorKind;
@@ -852,6 +803,117 @@ mod tests {
         assert!(!e.contains('\n'), "{e}");
         let e = error(&["nohost", "/m"]);
         assert!(e.contains("[user@]host:[dir]"), "{e}");
+    }
+
+    /// Every option sshfs 3.7 documents (sshfs.rst, its --help, and the FUSE options it passes
+    /// on) is either taken or refused with its reason, never "unknown".
+    #[test]
+    fn every_sshfs_option_is_known() {
+        let taken = [
+            "reconnect",
+            "delay_connect",
+            "sshfs_sync",
+            "no_readahead",
+            "sync_readdir",
+            "sshfs_debug",
+            "cache=yes",
+            "cache_timeout=5",
+            "cache_stat_timeout=5",
+            "cache_dir_timeout=5",
+            "cache_link_timeout=5",
+            "cache_max_size=10",
+            "cache_clean_interval=5",
+            "cache_min_clean_interval=5",
+            "dir_cache=no",
+            "dcache_max_size=10",
+            "dcache_timeout=5",
+            "dcache_stat_timeout=5",
+            "dcache_link_timeout=5",
+            "dcache_dir_timeout=5",
+            "dcache_clean_interval=5",
+            "dcache_min_clean_interval=5",
+            "workaround=none",
+            "workaround=all",
+            "workaround=rename:renamexdev:truncate:fstat:buflimit:createmode",
+            "idmap=none",
+            "idmap=user",
+            "idmap=file,uidfile=/u",
+            "gidfile=/g,idmap=file",
+            "nomap=ignore",
+            "nomap=error",
+            "disable_hardlink",
+            "transform_symlinks",
+            "follow_symlinks",
+            "contain_symlinks",
+            "no_check_root",
+            "password_stdin",
+            "max_conns=4",
+            "port=22",
+            "compression=yes",
+            "ServerAliveInterval=15",
+            "IdentityFile=/k",
+            "allow_other",
+            "allow_root",
+            "auto_unmount",
+            "default_permissions",
+            "kernel_cache",
+            "auto_cache",
+            "noauto_cache",
+            "umask=022",
+            "uid=1",
+            "gid=1",
+            "entry_timeout=1",
+            "negative_timeout=1",
+            "attr_timeout=1",
+            "ac_attr_timeout=1",
+            "direct_io",
+            "max_read=65536",
+            "fsname=x",
+            "subtype=y",
+            "nonempty",
+            "large_read",
+            "hard_remove",
+            "use_ino",
+            "readdir_ino",
+            "max_write=131072",
+            "max_readahead=131072",
+            "async_read",
+            "sync_read",
+            "big_writes",
+            "noforget",
+            "remember=5",
+            "intr",
+            "intr_signal=10",
+            "blksize=4096",
+        ];
+        for opt in taken {
+            mount(&["h:", "/m", "-o", opt]);
+        }
+        for flags in [
+            &["-C"][..],
+            &["-s"],
+            &["-p", "22"],
+            &["-F", "/c"],
+            &["-f"],
+            &["-d"],
+        ] {
+            let mut args = vec!["h:", "/m"];
+            args.extend_from_slice(flags);
+            mount(&args);
+        }
+        for opt in [
+            "ssh_command=ssh",
+            "sftp_server=/x",
+            "directport=22",
+            "slave",
+            "passive",
+            "ssh_protocol=1",
+            "modules=subdir",
+        ] {
+            let e = error(&["h:", "/m", "-o", opt]);
+            assert!(e.contains("cannot work here"), "{opt}: {e}");
+        }
+        assert!(error(&["h:", "/m", "-1"]).contains("protocol 1"));
     }
 
     #[test]
