@@ -482,22 +482,16 @@ pub fn keygen(path: &Path, comment: &str) {
     );
 }
 
-/// Makes sure the local user `user` exists (created with a home and /bin/sh) and has the
-/// password `password`, for tests of password authentication (see
-/// [`Sshd::start_with_password_auth`], [`PASSWORD_USER`], [`Sshd::chown_remote_root`]).
-pub fn ensure_password_user(user: &str, password: &str) {
+/// Makes sure the local user `user` exists (created with a home and /bin/sh); returns its uid
+/// and gid.
+pub fn ensure_user(user: &str) -> (u32, u32) {
     static LOCK: Mutex<()> = Mutex::new(());
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let exists = || {
-        Command::new("id")
-            .arg("-u")
-            .arg(user)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
+    let id = |flag: &str| -> Option<u32> {
+        let out = Command::new("id").arg(flag).arg(user).output().ok()?;
+        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
     };
-    if !exists() {
+    if id("-u").is_none() {
         let out = try_run(
             "useradd",
             &["--create-home", "--shell", "/bin/sh", user],
@@ -505,11 +499,19 @@ pub fn ensure_password_user(user: &str, password: &str) {
         );
         // Another test process may have created it meanwhile.
         assert!(
-            out.status.success() || exists(),
+            out.status.success() || id("-u").is_some(),
             "useradd {user} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    (id("-u").expect("uid"), id("-g").expect("gid"))
+}
+
+/// Makes sure the local user `user` exists (created with a home and /bin/sh) and has the
+/// password `password`, for tests of password authentication (see
+/// [`Sshd::start_with_password_auth`], [`PASSWORD_USER`], [`Sshd::chown_remote_root`]).
+pub fn ensure_password_user(user: &str, password: &str) {
+    ensure_user(user);
     let input = format!("{user}:{password}\n");
     let mut last = None;
     for _ in 0..20 {
