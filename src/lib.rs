@@ -3,7 +3,8 @@
 //! Layers, top to bottom: `options` (command line), `mount` (FUSE session, daemon, signals),
 //! `fuse` (kernel adapter), `fs` (the filesystem core and its write pipeline), `remote` (the
 //! connection and its channels, replaced when lost), `sftp` (codec and client), `ssh`
-//! (transport, host keys, authentication).
+//! (transport, host keys, authentication). Beside them, `status` (the `sftpmount status`
+//! command and the daemon's side of it).
 
 pub mod fs;
 pub mod fuse;
@@ -12,3 +13,4 @@ pub mod options;
 pub mod remote;
 pub mod sftp;
 pub mod ssh;
+pub mod status;

@@ -7,6 +7,21 @@ use sftpmount::mount;
 use sftpmount::options::{self, Parsed};
 
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    if args.get(1).is_some_and(|a| a == "status") {
+        return match sftpmount::status::command(&args[2..]) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(msg) => {
+                eprintln!("sftpmount status: {msg}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let mut opts = match options::parse(std::env::args_os()) {
         Ok(Parsed::Mount(opts)) => *opts,
         Ok(Parsed::Print(text)) => {

@@ -224,6 +224,16 @@ pub fn run(opts: Options, mountpoint: PathBuf, ready: Option<ReadyPipe>) -> anyh
         }
     };
     info!("mounted {} on {}", source_name(&opts), mountpoint.display());
+    let _status = {
+        let _in_runtime = runtime.enter();
+        crate::status::serve(
+            core.clone(),
+            crate::status::MountIdentity {
+                mountpoint: mountpoint.clone(),
+                source: opts.fsname.clone().unwrap_or_else(|| source_name(&opts)),
+            },
+        )
+    };
     if let Some(ready) = ready {
         ready.send(&[0]);
         detach();

@@ -123,6 +123,19 @@ pub enum KeepCache {
 /// Read-ahead of all open files together, at most.
 const MAX_PREFETCH_TOTAL: usize = 64 * 1024 * 1024;
 
+/// The open files as `sftpmount status` shows them.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FilesStatus {
+    pub open_files: usize,
+    /// Written by programs, not yet acknowledged by the server.
+    pub unacked_bytes: u64,
+    /// Open files with a write failure their program has not been told of yet (it will be, by
+    /// its next write, fsync or close).
+    pub files_with_errors: usize,
+    /// Bytes of open files whose WRITE failed.
+    pub lost_bytes: u64,
+}
+
 /// An entry the kernel is told about: the inode and its attributes.
 #[derive(Debug, Clone)]
 pub struct Entry {
@@ -181,6 +194,35 @@ impl Core {
             shutting_down: Default::default(),
             config,
         }
+    }
+
+    /// The connection's state, for `sftpmount status`.
+    pub fn link_state(&self) -> crate::remote::LinkState {
+        self.remote.link_state()
+    }
+
+    /// What `sftpmount status` reports of the files: see [`FilesStatus`].
+    pub fn files_status(&self) -> FilesStatus {
+        let files = self.files.lock().unwrap();
+        let mut status = FilesStatus {
+            open_files: files.len() + self.small_files.open_count(),
+            unacked_bytes: (self.config.write_buffer_total - self.budget.available()) as u64,
+            ..Default::default()
+        };
+        for file in files.values() {
+            let failures = file.inode_writes.failures();
+            if failures
+                > file
+                    .failures_seen
+                    .load(std::sync::atomic::Ordering::Acquire)
+            {
+                status.files_with_errors += 1;
+            }
+            if let Some(writer) = &file.writer {
+                status.lost_bytes += writer.lost_bytes();
+            }
+        }
+        status
     }
 
     /// Runs a request that may be sent twice (it only reads) on the metadata channel; one lost

@@ -68,6 +68,11 @@ impl Default for SmallFiles {
 }
 
 impl SmallFiles {
+    /// Descriptors served from memory.
+    pub(super) fn open_count(&self) -> usize {
+        self.state.lock().unwrap().open.len()
+    }
+
     pub(super) fn open_file(&self, fh: u64) -> Option<Arc<WholeFile>> {
         self.state.lock().unwrap().open.get(&fh).cloned()
     }

@@ -73,12 +73,15 @@ pub struct Generation {
     /// The SFTP channels, the metadata channel first.
     pub channels: Vec<Arc<Session>>,
     connection: Box<dyn Connection>,
+    /// When it was established.
+    pub since: Instant,
 }
 
 impl Generation {
     fn new(id: u64, link: Link) -> Generation {
         Generation {
             id,
+            since: Instant::now(),
             channels: link.channels.into_iter().map(Arc::new).collect(),
             connection: link.connection,
         }
@@ -114,6 +117,21 @@ enum State {
     /// Lost for good: reconnecting is off, or the server refused us in a way retrying cannot
     /// change (host key, authentication).
     Gone,
+}
+
+/// What [`Remote::link_state`] reports; `generation` counts connections (1: the first).
+#[derive(Debug, Clone, Copy)]
+pub enum LinkState {
+    Connected {
+        since: Instant,
+        generation: u64,
+    },
+    Reconnecting {
+        since: Instant,
+        generation: u64,
+    },
+    /// Lost for good (reconnect=no, or the server refused us for good).
+    Down,
 }
 
 /// How long a connection suspected dead has to answer a probe.
@@ -197,6 +215,26 @@ impl Remote {
         match &*found {
             State::Up(g) => Some(g.clone()),
             _ => None,
+        }
+    }
+
+    /// The connection's state as `sftpmount status` reports it.
+    pub fn link_state(&self) -> LinkState {
+        match &*self.state.borrow() {
+            State::Up(g) if !g.is_closed() => LinkState::Connected {
+                since: g.since,
+                generation: g.id,
+            },
+            // Lost a moment ago; the supervisor has not said so yet.
+            State::Up(g) => LinkState::Reconnecting {
+                since: Instant::now(),
+                generation: g.id,
+            },
+            State::Down { since } => LinkState::Reconnecting {
+                since: *since,
+                generation: self.next_id.load(std::sync::atomic::Ordering::Relaxed) - 1,
+            },
+            State::Gone => LinkState::Down,
         }
     }
 

@@ -758,6 +758,15 @@ async fn read_loop(mut incoming: Incoming, mut inbox: BytesMut, shared: Arc<Shar
                             {
                                 shared.gate.sample(sent.elapsed());
                             }
+                            match (&response, &entry.on_wire) {
+                                (Response::Status { code, .. }, Some(permit))
+                                    if *code == StatusCode::OK =>
+                                {
+                                    super::traffic::count_written(permit.bytes())
+                                }
+                                (Response::Data(data), _) => super::traffic::count_read(data.len()),
+                                _ => {}
+                            }
                             let _ = entry.reply.send(Ok(response));
                         }
                         None => debug!(id, "reply to a request that is no longer waited for"),

@@ -54,6 +54,13 @@ pub struct GatePermit {
     len: usize,
 }
 
+impl GatePermit {
+    /// The WRITE's data bytes this permit holds on the wire.
+    pub fn bytes(&self) -> usize {
+        self.len
+    }
+}
+
 impl Drop for GatePermit {
     fn drop(&mut self) {
         self.gate.release(self.len);
