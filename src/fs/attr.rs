@@ -106,7 +106,12 @@ impl Core {
             crtime: time(mtime),
             kind,
             perm: (mode & 0o7777 & !self.config.ids.umask) as u16,
-            nlink: 1,
+            // No name reaches an inode unlinked (or renamed over) through the mount.
+            nlink: if self.inodes.lock().unwrap().is_unlinked(ino) {
+                0
+            } else {
+                1
+            },
             uid,
             gid,
             rdev: 0,
@@ -223,7 +228,11 @@ impl Core {
     }
 
     pub async fn getattr(&self, ino: u64, fh: Option<u64>) -> FsResult<FileAttr> {
-        let open = fh.and_then(|fh| self.file(fh).ok());
+        // An unlinked file is reached through any of its open descriptors: stat of
+        // /proc/PID/fd/N passes none (the tmpfile pattern: open, unlink, keep using it).
+        let open = fh
+            .and_then(|fh| self.file(fh).ok())
+            .or_else(|| self.any_open_file(ino));
         let attrs = match (self.linked_path(ino), open) {
             (Some(path), _) => self.stat_cached(Some(ino), &path).await?,
             // An unlinked open file: only its handle still reaches it.
@@ -239,6 +248,16 @@ impl Core {
             }
         };
         Ok(self.shown(ino, &attrs))
+    }
+
+    /// Some descriptor's open file of `ino`, if any is open through the mount.
+    fn any_open_file(&self, ino: u64) -> Option<Arc<OpenFile>> {
+        self.files
+            .lock()
+            .unwrap()
+            .values()
+            .find(|f| f.ino == ino)
+            .cloned()
     }
 
     /// A file of `ino` open for writing through the mount and not closed since its last write

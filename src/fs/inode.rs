@@ -156,6 +156,11 @@ impl InodeTable {
             .and_then(|(path, linked)| linked.then_some(path))
     }
 
+    /// Whether `ino` lost its name through the mount (it lives on for open descriptors).
+    pub fn is_unlinked(&self, ino: u64) -> bool {
+        self.nodes.get(&ino).is_some_and(|n| !n.linked)
+    }
+
     /// The inode of `parent/name`, if the kernel holds one.
     pub fn child(&self, parent: u64, name: &[u8]) -> Option<u64> {
         self.children
