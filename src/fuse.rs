@@ -192,7 +192,7 @@ impl Filesystem for FuseAdapter {
 
     fn mkdir(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
@@ -201,9 +201,10 @@ impl Filesystem for FuseAdapter {
     ) {
         let name = bytes(name);
         let ttl = self.ttl;
+        let owner = (req.uid(), req.gid());
         self.spawn(|core| async move {
             match core
-                .mkdir(parent.0, &name, CreateMode { mode, umask })
+                .mkdir(parent.0, &name, CreateMode { mode, umask, owner })
                 .await
             {
                 Ok(e) => ttl.reply_entry(reply, &e.attr, &core),
@@ -234,7 +235,7 @@ impl Filesystem for FuseAdapter {
 
     fn symlink(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         link_name: &OsStr,
         target: &Path,
@@ -243,8 +244,9 @@ impl Filesystem for FuseAdapter {
         let name = bytes(link_name);
         let target = bytes(target.as_os_str());
         let ttl = self.ttl;
+        let owner = (req.uid(), req.gid());
         self.spawn(|core| async move {
-            match core.symlink(parent.0, &name, &target).await {
+            match core.symlink(parent.0, &name, &target, owner).await {
                 Ok(e) => ttl.reply_entry(reply, &e.attr, &core),
                 Err(e) => reply.error(errno(e)),
             }
@@ -329,10 +331,17 @@ impl Filesystem for FuseAdapter {
         let name = bytes(name);
         let ttl = self.ttl;
         let caller = req.pid();
+        let owner = (req.uid(), req.gid());
         let open_flags = self.open_flags;
         self.spawn(|core| async move {
             match core
-                .create(parent.0, &name, CreateMode { mode, umask }, flags, caller)
+                .create(
+                    parent.0,
+                    &name,
+                    CreateMode { mode, umask, owner },
+                    flags,
+                    caller,
+                )
                 .await
             {
                 Ok((e, fh)) => {

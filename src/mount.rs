@@ -410,6 +410,10 @@ async fn connect(opts: &Options) -> anyhow::Result<Core> {
     let session = first.meta();
     let root = session.realpath(dir.as_bytes()).await.map_err(missing)?;
     let attrs = session.stat(&root).await.map_err(missing)?;
+    let name_max = match session.statvfs(&root).await {
+        Ok(vfs) if vfs.namemax > 0 => vfs.namemax.min(4096) as usize,
+        _ => 255,
+    };
     if attrs.permissions.unwrap_or(0) & libc::S_IFMT != libc::S_IFDIR {
         bail!(
             "remote path {dir} on {} is not a directory",
@@ -418,12 +422,8 @@ async fn connect(opts: &Options) -> anyhow::Result<Core> {
     }
     // idmap=user maps the login's ids, as sshfs does: the owner of the directory a session
     // starts in (the login's home), not of the one mounted.
-    let remote_ids = match opts.idmap {
-        IdMap::User => session.stat(b".").await.ok().and_then(|home| home.uid_gid),
-        IdMap::None | IdMap::File => None,
-    }
-    .or(attrs.uid_gid)
-    .unwrap_or((0, 0));
+    let login_ids = session.stat(b".").await.ok().and_then(|home| home.uid_gid);
+    let remote_ids = login_ids.or(attrs.uid_gid).unwrap_or((0, 0));
     // SAFETY: getuid/getgid cannot fail.
     let local_ids = unsafe { (libc::getuid(), libc::getgid()) };
     let (uids, gids) = match opts.idmap {
@@ -465,6 +465,9 @@ async fn connect(opts: &Options) -> anyhow::Result<Core> {
             },
             hardlinks: opts.hardlinks,
             rename_failure_is_exdev: opts.rename_failure_is_exdev,
+            name_max,
+            // Only root may give a file away (chown); others' files stay the login's.
+            owner_from_caller: opts.allow_other && login_ids.is_some_and(|(uid, _)| uid == 0),
         },
     ))
 }

@@ -62,6 +62,8 @@ async fn start(settings: RemoteSettings) -> Fixture {
             symlinks: SymlinkMode::default(),
             hardlinks: true,
             rename_failure_is_exdev: false,
+            name_max: 255,
+            owner_from_caller: false,
         },
     ));
     tokio::spawn(core.clone().follow_reconnections());
@@ -73,6 +75,7 @@ impl Fixture {
         let mode = CreateMode {
             mode: 0o644,
             umask: 0o022,
+            owner: (0, 0),
         };
         let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC;
         let (_, fh) = self

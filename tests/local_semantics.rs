@@ -63,3 +63,150 @@ fn an_open_file_whose_name_was_removed_still_stats() {
         assert!(!server.join("g").exists());
     });
 }
+
+#[test]
+fn ctime_moves_with_each_change_through_the_mount_and_only_then() {
+    let sshd = Sshd::start();
+    each_way(&sshd, |dir, user, _| {
+        let who = match user {
+            Some((uid, gid)) => format!("{uid}:{gid}"),
+            None => "0:0".to_string(),
+        };
+        // Each change: ctime at or after the moment it was made, later than before, and never
+        // below mtime; a change that fails leaves it.
+        let script = format!(
+            "echo data > f; echo other > g
+             before=$(stat -c %Z f)
+             check() {{
+                 file=$1; shift
+                 sleep 1.1; t=$(date +%s); \"$@\"
+                 c=$(stat -c %Z $file); m=$(stat -c %Y $file)
+                 [ $c -ge $t ] && [ $c -gt $before ] && [ $c -ge $m ] || {{
+                     echo \"$*: ctime $c, made at $t, before $before, mtime $m\"; exit 1; }}
+                 before=$c
+             }}
+             check f chmod 600 f
+             check f chown {who} f
+             check f ln f f2
+             check f3 mv f f3
+             mv f3 f
+             check f truncate -s 2 f
+             check f sh -c 'echo more >> f'
+             check f touch -d @1000000000 f
+             sleep 1.1
+             if ln g f 2>/dev/null; then echo 'ln over f worked'; exit 1; fi
+             [ $(stat -c %Z f) -eq $before ] || {{ echo 'a failed ln moved ctime'; exit 1; }}
+             echo ok"
+        );
+        assert_eq!(sh(dir, user, &script), "ok\n");
+    });
+}
+
+/// `stat -c FORMAT` of a server path, as the server's own filesystem has it.
+fn server_stat(path: &Path, format: &str) -> String {
+    let out = run("stat", &["-c", format, path.to_str().unwrap()], "/");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn new_files_get_the_mode_asked_and_their_creators_owner() {
+    let sshd = Sshd::start();
+    each_way(&sshd, |dir, user, server| {
+        let (uid, gid) = user.unwrap_or((0, 0));
+        sh(
+            dir,
+            user,
+            "umask 0; mkdir -m 777 d; : > f; mkdir -m 2775 sg
+             perl -MFcntl -e 'sysopen(my $f, \"s\", O_CREAT|O_WRONLY, 04777) or die $!'
+             ln -s f l; umask 022; : > sg/inherits",
+        );
+        // What the server has: the modes asked, whatever its umask, and the creator's ids.
+        assert_eq!(
+            server_stat(&server.join("d"), "%a %u:%g"),
+            format!("777 {uid}:{gid}")
+        );
+        assert_eq!(
+            server_stat(&server.join("f"), "%a %u:%g"),
+            format!("666 {uid}:{gid}")
+        );
+        assert_eq!(
+            server_stat(&server.join("s"), "%a %u:%g"),
+            format!("4777 {uid}:{gid}")
+        );
+        assert_eq!(
+            server_stat(&server.join("l"), "%u:%g"),
+            format!("{uid}:{gid}")
+        );
+        assert_eq!(server_stat(&server.join("sg"), "%a"), "2775");
+        // In a setgid directory, a new file takes the directory's group.
+        let sg_gid = server_stat(&server.join("sg"), "%g");
+        assert_eq!(
+            server_stat(&server.join("sg/inherits"), "%a %u:%g"),
+            format!("644 {uid}:{sg_gid}")
+        );
+        // ... and the mount shows the same.
+        assert_eq!(
+            sh(dir, user, "stat -c '%a %u:%g' d f s"),
+            format!("777 {uid}:{gid}\n666 {uid}:{gid}\n4777 {uid}:{gid}\n")
+        );
+    });
+}
+
+#[test]
+fn hard_links_made_through_the_mount_share_one_inode() {
+    let sshd = Sshd::start();
+    each_way(&sshd, |dir, user, _| {
+        let out = sh(
+            dir,
+            user,
+            "echo a > a; ln a b; stat -c '%i %h' a b
+             ln b c; stat -c '%h' a
+             chmod 640 b; stat -c '%a' a
+             rm b; stat -c '%h' a c
+             mv c d; echo more >> d; stat -c '%h %s' a",
+        );
+        let lines: Vec<&str> = out.lines().collect();
+        let (first, second) = (lines[0], lines[1]);
+        assert_eq!(first.split(' ').next(), second.split(' ').next(), "{out}");
+        assert!(first.ends_with(" 2") && second.ends_with(" 2"), "{out}");
+        assert_eq!(&lines[2..], ["3", "640", "2", "2", "2 7"], "{out}");
+    });
+}
+
+#[test]
+fn errnos_are_those_of_a_local_filesystem() {
+    let sshd = Sshd::start();
+    // What the server's own filesystem says to a truncate past its largest file.
+    let native = {
+        let probe = sshd.remote_root().join("native");
+        let out = try_run("truncate", &["-s", "16T", probe.to_str().unwrap()], "/");
+        let _ = fs::remove_file(&probe);
+        String::from_utf8_lossy(&out.stderr).trim().to_string()
+    };
+    each_way(&sshd, |dir, user, _| {
+        let long = "n".repeat(256);
+        let script = format!(
+            "for op in 'touch' 'mkdir' 'stat' 'ls -d'; do
+                 if $op {long} 2>err; then echo \"$op worked\"; fi
+                 grep -q 'File name too long' err || {{ echo \"$op: $(cat err)\"; }}
+             done
+             mkdir -p full/x empty
+             perl -e 'rename(\"empty\", \"full\") or print \"$!\\n\"'
+             : > f; truncate -s 16T f 2>&1 | sed 's/.*: //' || true"
+        );
+        let out = sh(dir, user, &script);
+        let expected_truncate = native.rsplit(": ").next().unwrap_or("").to_string();
+        assert_eq!(
+            out,
+            format!(
+                "Directory not empty\n{}",
+                if native.is_empty() {
+                    String::new()
+                } else {
+                    format!("{expected_truncate}\n")
+                }
+            ),
+            "native truncate said: {native}"
+        );
+    });
+}

@@ -42,6 +42,11 @@ impl IdMapping {
         (self.uid.unwrap_or(uid), self.gid.unwrap_or(gid))
     }
 
+    /// Local ids as the server knows them.
+    pub(super) fn to_remote(&self, uid: u32, gid: u32) -> (u32, u32) {
+        self.remote(uid, gid)
+    }
+
     fn remote(&self, uid: u32, gid: u32) -> (u32, u32) {
         let map = |pairs: &[(u32, u32)], id: u32| match pairs.iter().find(|(_, l)| *l == id) {
             Some(&(remote, _)) => remote,
@@ -95,23 +100,26 @@ impl Core {
         let (atime, mtime) = a.atime_mtime.unwrap_or((0, 0));
         let time = |s: u32| UNIX_EPOCH + Duration::from_secs(s as u64);
         let size = a.size.unwrap_or(0);
+        let (names, own_ctime) = {
+            let inodes = self.inodes.lock().unwrap();
+            (inodes.names(ino), inodes.ctime(ino))
+        };
         FileAttr {
             ino: INodeNo(ino),
             size,
             blocks: size.div_ceil(512),
             atime: time(atime),
             mtime: time(mtime),
-            // SFTP v3 carries no ctime; mtime is the closest the server tells.
-            ctime: time(mtime),
+            // SFTP v3 carries no ctime: the server's mtime, or the last change of the inode's
+            // status through the mount, whichever is later.
+            ctime: own_ctime.map_or(time(mtime), |c| c.max(time(mtime))),
             crtime: time(mtime),
             kind,
             perm: (mode & 0o7777 & !self.config.ids.umask) as u16,
-            // No name reaches an inode unlinked (or renamed over) through the mount.
-            nlink: if self.inodes.lock().unwrap().is_unlinked(ino) {
-                0
-            } else {
-                1
-            },
+            // The names the mount knows: 0 once unlinked (or renamed over) through it, more
+            // for hard links made through it. Links made elsewhere are not known (SFTP v3
+            // carries no link count).
+            nlink: names,
             uid,
             gid,
             rdev: 0,
@@ -363,6 +371,35 @@ impl Core {
         set: SetAttr,
         caller: u32,
     ) -> FsResult<FileAttr> {
+        let attr = self.setattr_on_server(ino, fh, set, caller).await?;
+        Ok(self.status_changed(ino, attr))
+    }
+
+    /// The inode's status changed through the mount now (chmod, chown, utimes, truncate,
+    /// write, link, rename): its ctime, which SFTP v3 does not carry, is the mount's from now
+    /// on. `attr` is what the kernel is told, with that ctime.
+    pub(super) fn status_changed(&self, ino: u64, mut attr: FileAttr) -> FileAttr {
+        let now = std::time::SystemTime::now();
+        let aliases = {
+            let mut inodes = self.inodes.lock().unwrap();
+            inodes.set_ctime(ino, now);
+            inodes.alias_paths(ino)
+        };
+        // What the cache holds under the inode's other names is older than this change.
+        for path in aliases {
+            self.cache.invalidate_attrs(&path);
+        }
+        attr.ctime = attr.ctime.max(now);
+        attr
+    }
+
+    async fn setattr_on_server(
+        &self,
+        ino: u64,
+        fh: Option<u64>,
+        set: SetAttr,
+        caller: u32,
+    ) -> FsResult<FileAttr> {
         let path = self.path(ino)?;
         // The kernel rarely says which descriptor (futimens, fchown and fchmod come without
         // one): a file open for writing carries the change on its own handle, behind its writes.
@@ -463,7 +500,11 @@ impl Core {
         let result = change.await;
         self.changed_attrs(ino);
         let ticket = self.cache.ticket();
-        result.map_err(errno)?;
+        result.map_err(|e| match e.status() {
+            // OpenSSH says FAILURE for EFBIG (and for little else a truncate meets).
+            Some(StatusCode::FAILURE) if set.size.is_some() => libc::EFBIG,
+            _ => errno(e),
+        })?;
         match after {
             Some(after) => {
                 let attrs = at_least(after.await.map_err(errno)?, floor);

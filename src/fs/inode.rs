@@ -42,6 +42,10 @@ struct Node {
     /// asking the server (SFTP v3 sets both at once), and an attribute change carried out in
     /// the background is answered from them.
     shown: Option<Attrs>,
+    /// When the inode's status last changed through the mount (SFTP v3 has no ctime).
+    ctime: Option<std::time::SystemTime>,
+    /// Its other names, hard links made through the mount: (parent, name).
+    aliases: Vec<(u64, Bytes)>,
 }
 
 pub struct InodeTable {
@@ -65,6 +69,8 @@ impl InodeTable {
                 writes: Arc::default(),
                 contents_seen: None,
                 shown: None,
+                ctime: None,
+                aliases: Vec::new(),
             },
         );
         InodeTable {
@@ -121,6 +127,8 @@ impl InodeTable {
                 writes: Arc::default(),
                 contents_seen: None,
                 shown: None,
+                ctime: None,
+                aliases: Vec::new(),
             },
         );
         self.children.insert(key, ino);
@@ -140,6 +148,9 @@ impl InodeTable {
             if node.linked {
                 self.children.remove(&(node.parent, node.name));
             }
+            for alias in node.aliases {
+                self.children.remove(&alias);
+            }
         }
     }
 
@@ -154,6 +165,16 @@ impl InodeTable {
     pub fn linked_path(&self, ino: u64) -> Option<Vec<u8>> {
         self.path_and_linked(ino)
             .and_then(|(path, linked)| linked.then_some(path))
+    }
+
+    pub fn set_ctime(&mut self, ino: u64, at: std::time::SystemTime) {
+        if let Some(node) = self.nodes.get_mut(&ino) {
+            node.ctime = Some(at);
+        }
+    }
+
+    pub fn ctime(&self, ino: u64) -> Option<std::time::SystemTime> {
+        self.nodes.get(&ino)?.ctime
     }
 
     /// Whether `ino` lost its name through the mount (it lives on for open descriptors).
@@ -192,27 +213,73 @@ impl InodeTable {
         self.nodes.get(&ino).map(|n| n.writes.clone())
     }
 
-    /// The name is gone on the server; the inode stays for whoever still holds it open.
+    /// The name is gone on the server; the inode stays for whoever still holds it open, and
+    /// under its other names, if it has any.
     pub fn unlink(&mut self, parent: u64, name: &[u8]) {
-        if let Some(ino) = self
-            .children
-            .remove(&(parent, Bytes::copy_from_slice(name)))
+        let key = (parent, Bytes::copy_from_slice(name));
+        if let Some(ino) = self.children.remove(&key)
             && let Some(node) = self.nodes.get_mut(&ino)
         {
-            node.linked = false;
+            if (node.parent, &node.name) != (key.0, &key.1) {
+                node.aliases.retain(|alias| *alias != key);
+            } else if let Some((parent, name)) = node.aliases.pop() {
+                node.parent = parent;
+                node.name = name;
+            } else {
+                node.linked = false;
+            }
         }
     }
 
+    /// `new_parent/new_name` is a new name of `ino` (a hard link made through the mount); the
+    /// kernel counts the link's reply as a lookup.
+    pub fn link(&mut self, ino: u64, new_parent: u64, new_name: &[u8]) {
+        let key = (new_parent, Bytes::copy_from_slice(new_name));
+        if let Some(node) = self.nodes.get_mut(&ino) {
+            node.lookups += 1;
+            node.aliases.push(key.clone());
+            self.children.insert(key, ino);
+        }
+    }
+
+    /// The names the mount knows `ino` by: its link count as shown.
+    pub fn names(&self, ino: u64) -> u32 {
+        match self.nodes.get(&ino) {
+            Some(node) if node.linked => 1 + node.aliases.len() as u32,
+            Some(_) => 0,
+            None => 1,
+        }
+    }
+
+    /// The paths of `ino`'s other names.
+    pub fn alias_paths(&self, ino: u64) -> Vec<Vec<u8>> {
+        let Some(node) = self.nodes.get(&ino) else {
+            return Vec::new();
+        };
+        node.aliases
+            .iter()
+            .filter_map(|(parent, name)| self.child_path(*parent, name))
+            .collect()
+    }
+
     pub fn rename(&mut self, parent: u64, name: &[u8], new_parent: u64, new_name: &[u8]) {
-        self.unlink(new_parent, new_name);
+        let old_key = (parent, Bytes::copy_from_slice(name));
         let new_key = (new_parent, Bytes::copy_from_slice(new_name));
-        if let Some(ino) = self
-            .children
-            .remove(&(parent, Bytes::copy_from_slice(name)))
+        // rename(2) of one name of a file onto another name of it does nothing.
+        if self.children.contains_key(&old_key)
+            && self.children.get(&old_key) == self.children.get(&new_key)
         {
+            return;
+        }
+        self.unlink(new_parent, new_name);
+        if let Some(ino) = self.children.remove(&old_key) {
             if let Some(node) = self.nodes.get_mut(&ino) {
-                node.parent = new_parent;
-                node.name = new_key.1.clone();
+                if (node.parent, &node.name) == (old_key.0, &old_key.1) {
+                    node.parent = new_parent;
+                    node.name = new_key.1.clone();
+                } else if let Some(alias) = node.aliases.iter_mut().find(|a| **a == old_key) {
+                    *alias = new_key.clone();
+                }
             }
             self.children.insert(new_key, ino);
         }
@@ -252,6 +319,28 @@ mod tests {
         assert!(t.path(f).is_none());
         assert_eq!(t.len(), 1);
         assert_ne!(t.remember(ROOT, b"x\xff", false), f);
+    }
+
+    #[test]
+    fn hard_links_are_names_of_one_inode() {
+        let mut t = InodeTable::new(Bytes::from_static(b"/r"));
+        let a = t.remember(ROOT, b"a", false);
+        t.link(a, ROOT, b"b");
+        t.link(a, ROOT, b"c");
+        assert_eq!(t.child(ROOT, b"b"), Some(a));
+        assert_eq!(t.names(a), 3);
+        t.unlink(ROOT, b"a");
+        assert_eq!(t.names(a), 2);
+        assert!(!t.is_unlinked(a));
+        assert_eq!(t.path(a).unwrap(), b"/r/c", "another name took over");
+        t.rename(ROOT, b"b", ROOT, b"d");
+        assert_eq!(t.alias_paths(a), vec![b"/r/d".to_vec()]);
+        t.unlink(ROOT, b"c");
+        t.unlink(ROOT, b"d");
+        assert!(t.is_unlinked(a));
+        assert_eq!(t.names(a), 0);
+        t.forget(a, 3);
+        assert!(t.path(a).is_none());
     }
 
     #[test]

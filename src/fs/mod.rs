@@ -96,6 +96,11 @@ pub struct CoreConfig {
     /// `workaround=renamexdev`: a rename the server fails with a bare FAILURE is EXDEV, so
     /// mv copies instead (servers say FAILURE for a rename across their filesystems).
     pub rename_failure_is_exdev: bool,
+    /// The longest name the server's filesystem takes (statvfs's f_namemax; else 255).
+    pub name_max: usize,
+    /// New files are given to the local user who made them (`allow_other` with a login that
+    /// may chown: root).
+    pub owner_from_caller: bool,
 }
 
 /// How symlinks on the server are shown.
@@ -254,6 +259,11 @@ impl Core {
         if name.contains(&b'/') {
             return Err(libc::EINVAL);
         }
+        // OpenSSH answers a name over the limit with BAD_MESSAGE (EINVAL): every operation,
+        // lookup included, says what a local filesystem says.
+        if name.len() > self.config.name_max {
+            return Err(libc::ENAMETOOLONG);
+        }
         self.inodes
             .lock()
             .unwrap()
@@ -289,6 +299,10 @@ impl Core {
     /// The contents or attributes of `ino` changed through the mount.
     fn changed_attrs(&self, ino: u64) {
         if let Some(path) = self.linked_path(ino) {
+            self.cache.invalidate_attrs(&path);
+        }
+        let aliases = self.inodes.lock().unwrap().alias_paths(ino);
+        for path in aliases {
             self.cache.invalidate_attrs(&path);
         }
     }

@@ -18,6 +18,15 @@ use crate::sftp::{Session, SftpError, StatusCode};
 pub struct CreateMode {
     pub mode: u32,
     pub umask: u32,
+    /// The creating process's uid and gid (local ids).
+    pub owner: (u32, u32),
+}
+
+impl CreateMode {
+    /// The permission bits asked for.
+    fn permissions(&self) -> u32 {
+        self.mode & !self.umask & 0o7777
+    }
 }
 
 /// Why a rename failed: the server's status (refined by the caller), or an errno found out.
@@ -63,23 +72,26 @@ impl Core {
         let session = self.meta().await?;
         let ticket = self.cache.ticket();
         let made = session.mkdir(&path, attrs);
-        self.made(parent, name, &path, &session, ticket, made).await
+        let attrs = self.made(parent, &path, &session, ticket, made).await?;
+        let attrs = self
+            .as_created(&session, parent, &path, attrs, Some(&mode), false)
+            .await;
+        Ok(self.remember_entry(parent, name, &attrs))
     }
 
     /// The end of a creation by path (mkdir, symlink, link) whose request `made` was just
     /// queued on `session` (`ticket`: taken before): right behind it, on a server that runs a
     /// channel in order, the new name's attributes (or, if it failed, whether the name exists)
     /// and its directory's, without a round trip of their own; the directory's cached listing
-    /// gains the name.
+    /// gains the name. Returns the new name's attributes.
     async fn made(
         &self,
         parent: u64,
-        name: &[u8],
         path: &[u8],
         session: &Session,
         ticket: Ticket,
         made: Reply<()>,
-    ) -> FsResult<Entry> {
+    ) -> FsResult<Attrs> {
         let dir = self.path(parent)?;
         let after = self.features.in_order.then(|| session.lstat(path));
         let parent_after = self.features.in_order.then(|| session.lstat(&dir));
@@ -95,13 +107,79 @@ impl Core {
             Ok(attrs) => {
                 let dir_after = dir_after(ticket, parent_after).await;
                 self.cache.created(path, attrs.clone(), dir_after);
-                Ok(self.remember_entry(parent, name, &attrs))
+                Ok(attrs)
             }
             Err(e) => {
                 self.changed_path(path);
                 Err(errno(e))
             }
         }
+    }
+
+    /// A new file, directory or symlink as a local filesystem would have made it, where the
+    /// server did otherwise: owned by its creator (when the login may give files away and
+    /// others use the mount: `allow_other` with a root login), in the parent's group when the
+    /// parent is setgid; then with the mode asked (the server's umask strips bits, and a chown
+    /// clears setuid and setgid, so the mode comes last). A round trip only for what differs;
+    /// a change the server refuses leaves what it made.
+    pub(super) async fn as_created(
+        &self,
+        session: &Session,
+        parent: u64,
+        path: &[u8],
+        mut attrs: Attrs,
+        mode: Option<&CreateMode>,
+        symlink: bool,
+    ) -> Attrs {
+        let Some(mode) = mode else {
+            return attrs;
+        };
+        if self.config.owner_from_caller && mode.owner.0 != 0 {
+            let (uid, mut gid) = self.config.ids.to_remote(mode.owner.0, mode.owner.1);
+            if let Ok(dir) = self.path(parent)
+                && let Ok(parent_attrs) = self.stat_cached(Some(parent), &dir).await
+                && parent_attrs.permissions.unwrap_or(0) & libc::S_ISGID != 0
+                && let Some((_, dir_gid)) = parent_attrs.uid_gid
+            {
+                gid = dir_gid;
+            }
+            if attrs.uid_gid != Some((uid, gid)) {
+                let owner = Attrs {
+                    uid_gid: Some((uid, gid)),
+                    ..Default::default()
+                };
+                let changed = if symlink {
+                    session.lsetstat(path, owner).await
+                } else {
+                    session.setstat(path, owner).await
+                };
+                match changed {
+                    Ok(()) => {
+                        attrs.uid_gid = Some((uid, gid));
+                        // chown(2) by root clears setuid and setgid.
+                        if let Some(p) = attrs.permissions.as_mut() {
+                            *p &= !(libc::S_ISUID | libc::S_ISGID);
+                        }
+                    }
+                    Err(e) => warn!(
+                        "{} stays the login's: giving it to uid {uid} failed: {e}",
+                        String::from_utf8_lossy(path)
+                    ),
+                }
+            }
+        }
+        let wanted = mode.permissions();
+        if !symlink && attrs.permissions.map(|p| p & 0o7777) != Some(wanted) {
+            let change = Attrs {
+                permissions: Some(wanted),
+                ..Default::default()
+            };
+            if session.setstat(path, change).await.is_ok() {
+                let kind = attrs.permissions.unwrap_or(0) & libc::S_IFMT;
+                attrs.permissions = Some(kind | wanted);
+            }
+        }
+        attrs
     }
 
     /// OpenSSH turns EEXIST into a bare FAILURE; a stat of the target says whether that was it
@@ -177,12 +255,27 @@ impl Core {
         Ok(())
     }
 
-    pub async fn symlink(&self, parent: u64, name: &[u8], target: &[u8]) -> FsResult<Entry> {
+    pub async fn symlink(
+        &self,
+        parent: u64,
+        name: &[u8],
+        target: &[u8],
+        owner: (u32, u32),
+    ) -> FsResult<Entry> {
         let path = self.child_path(parent, name)?;
         let session = self.meta().await?;
         let ticket = self.cache.ticket();
         let made = session.symlink(&path, target);
-        self.made(parent, name, &path, &session, ticket, made).await
+        let attrs = self.made(parent, &path, &session, ticket, made).await?;
+        let mode = CreateMode {
+            mode: 0o777,
+            umask: 0,
+            owner,
+        };
+        let attrs = self
+            .as_created(&session, parent, &path, attrs, Some(&mode), true)
+            .await;
+        Ok(self.remember_entry(parent, name, &attrs))
     }
 
     pub async fn rename(
@@ -250,6 +343,8 @@ impl Core {
                     let failure = e.status() == Some(StatusCode::FAILURE);
                     let found = if no_replace {
                         self.refine_exists(e, &to, None).await
+                    } else if failure {
+                        self.refine_rename_failure(&from, &to).await
                     } else {
                         errno(e)
                     };
@@ -262,14 +357,30 @@ impl Core {
                 RenameError::Errno(e) => e,
             });
         }
-        self.inodes
-            .lock()
-            .unwrap()
-            .rename(parent, name, new_parent, new_name);
+        {
+            let mut inodes = self.inodes.lock().unwrap();
+            inodes.rename(parent, name, new_parent, new_name);
+            if let Some(moved) = inodes.child(new_parent, new_name) {
+                inodes.set_ctime(moved, std::time::SystemTime::now());
+            }
+        }
         if known_dir_or_unknown {
             self.cache.removed(&from, None);
         }
         Ok(())
+    }
+
+    /// A rename's bare FAILURE: a directory over a directory fails only when that one is not
+    /// empty (ENOTEMPTY); else EIO.
+    async fn refine_rename_failure(&self, from: &[u8], to: &[u8]) -> Errno {
+        let Ok(meta) = self.meta().await else {
+            return libc::EIO;
+        };
+        let (source, target) = (meta.lstat(from), meta.lstat(to));
+        match (source.await, target.await) {
+            (Ok(s), Ok(t)) if is_dir(&s) && is_dir(&t) => libc::ENOTEMPTY,
+            _ => libc::EIO,
+        }
     }
 
     /// rename(2), which replaces `to`: with posix-rename@openssh.com, one atomic request. The
@@ -350,9 +461,18 @@ impl Core {
         let session = self.meta().await?;
         let ticket = self.cache.ticket();
         let linked = session.hardlink(&existing, &path);
-        // Each name gets its own inode: our inodes are names, and either may be unlinked.
-        self.made(new_parent, new_name, &path, &session, ticket, linked)
-            .await
+        let attrs = self
+            .made(new_parent, &path, &session, ticket, linked)
+            .await?;
+        // The new name is another name of the same inode, as on a local filesystem: one inode
+        // number, the link count of the names the mount knows, a change through either name
+        // seen through the other at once.
+        self.inodes.lock().unwrap().link(ino, new_parent, new_name);
+        self.changed_attrs(ino);
+        let attr = self.shown(ino, &attrs);
+        Ok(Entry {
+            attr: self.status_changed(ino, attr),
+        })
     }
 }
 

@@ -608,6 +608,18 @@ impl Core {
             }
         };
         let dir_after = super::namespace::dir_after(ticket, parent_after).await;
+        // Only a file this open made: an existing one keeps its owner and mode.
+        let made_now = flags & libc::O_EXCL != 0 || attrs.size == Some(0);
+        let attrs = self
+            .as_created(
+                &opened.session,
+                parent,
+                &path,
+                attrs,
+                made_now.then_some(&mode),
+                false,
+            )
+            .await;
         self.cache.created(&path, attrs.clone(), dir_after);
         let ino = self.inodes.lock().unwrap().remember(parent, name, false);
         let fh = self.register_open(ino, opened, flags, &path, Some(attrs.clone()), caller)?;
@@ -701,6 +713,10 @@ impl Core {
         }
         // After the write is pending, so that no stat from before it is stored after it.
         self.changed_attrs(file.ino);
+        self.inodes
+            .lock()
+            .unwrap()
+            .set_ctime(file.ino, std::time::SystemTime::now());
         if self.files_on.len() > 1
             && !writer.is_append()
             && writer.accepted_bytes() >= SPREAD_AFTER_BYTES
