@@ -210,3 +210,21 @@ fn errnos_are_those_of_a_local_filesystem() {
         );
     });
 }
+
+#[test]
+fn times_sftp_v3_cannot_hold_are_stored_as_near_as_it_can() {
+    let sshd = Sshd::start();
+    each_way(&sshd, |dir, user, server| {
+        // Whole seconds from 1970 to 2106 (32 bits): sub-second parts dropped, later times
+        // held at the last second, and utimensat never fails for it.
+        let out = sh(
+            dir,
+            user,
+            "touch f; touch -d @1.5 f; stat -c %Y f
+             touch -d @5000000000 f; stat -c %Y f
+             touch -m -d @1234567890.999 f; stat -c %Y f",
+        );
+        assert_eq!(out, "1\n4294967295\n1234567890\n");
+        assert_eq!(server_stat(&server.join("f"), "%Y"), "1234567890");
+    });
+}
