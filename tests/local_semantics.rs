@@ -149,6 +149,15 @@ fn new_files_get_the_mode_asked_and_their_creators_owner() {
             sh(dir, user, "stat -c '%a %u:%g' d f s"),
             format!("777 {uid}:{gid}\n666 {uid}:{gid}\n4777 {uid}:{gid}\n")
         );
+        // A file made on the server behind a listing the mount holds: the kernel creates it
+        // (the name looked missing), but it is opened as it is and keeps its mode.
+        sh(dir, user, "ls > /dev/null");
+        let existing = server.join("e");
+        fs::write(&existing, b"old").unwrap();
+        fs::set_permissions(&existing, fs::Permissions::from_mode(0o600)).unwrap();
+        std::os::unix::fs::chown(&existing, Some(uid), Some(gid)).unwrap();
+        sh(dir, user, "umask 0; echo new > e");
+        assert_eq!(server_stat(&existing, "%a %s"), "600 4");
     });
 }
 

@@ -578,19 +578,33 @@ impl Core {
             permissions: Some(mode.mode & !mode.umask & 0o7777),
             ..Default::default()
         };
-        let pflags = Self::sftp_open_flags(flags | libc::O_CREAT);
+        // The kernel creates only a name it believes missing: asked exclusively, so that a
+        // file someone made meanwhile is known as such (it keeps its mode and owner) and not
+        // taken for one this create made. Only then is it opened as it is (a round trip more).
+        let excl = flags & libc::O_EXCL != 0;
         let dir = self.path(parent)?;
         let ticket = self.cache.ticket();
-        let (opened, after, parent_after) = self
-            .open_handle(&path, pflags, attrs, Some(&dir), false)
+        let exclusive = Self::sftp_open_flags(flags | libc::O_CREAT | libc::O_EXCL);
+        let (mut opened, mut after, mut parent_after) = self
+            .open_handle(&path, exclusive, attrs.clone(), Some(&dir), false)
             .await?;
+        let mut made_now = true;
+        if let Err(e) = opened {
+            let found = self.refine_exists(e, &path, after.take()).await;
+            if excl || found != libc::EEXIST {
+                self.changed_path(&path);
+                return Err(found);
+            }
+            made_now = false;
+            let pflags = Self::sftp_open_flags(flags | libc::O_CREAT);
+            (opened, after, parent_after) = self
+                .open_handle(&path, pflags, attrs, Some(&dir), false)
+                .await?;
+        }
         let opened = match opened {
             Ok(h) => h,
             Err(e) => {
                 self.changed_path(&path);
-                if flags & libc::O_EXCL != 0 {
-                    return Err(self.refine_exists(e, &path, after).await);
-                }
                 return Err(errno(e));
             }
         };
@@ -608,8 +622,7 @@ impl Core {
             }
         };
         let dir_after = super::namespace::dir_after(ticket, parent_after).await;
-        // Only a file this open made: an existing one keeps its owner and mode.
-        let made_now = flags & libc::O_EXCL != 0 || attrs.size == Some(0);
+        // Only a file this create made: an existing one keeps its owner and mode.
         let attrs = self
             .as_created(
                 &opened.session,
