@@ -164,7 +164,7 @@ fn new_files_get_the_mode_asked_and_their_creators_owner() {
 #[test]
 fn hard_links_made_through_the_mount_share_one_inode() {
     let sshd = Sshd::start();
-    each_way(&sshd, |dir, user, _| {
+    each_way(&sshd, |dir, user, server| {
         let out = sh(
             dir,
             user,
@@ -179,6 +179,19 @@ fn hard_links_made_through_the_mount_share_one_inode() {
         assert_eq!(first.split(' ').next(), second.split(' ').next(), "{out}");
         assert!(first.ends_with(" 2") && second.ends_with(" 2"), "{out}");
         assert_eq!(&lines[2..], ["3", "640", "2", "2", "2 7"], "{out}");
+
+        // Links made on the server: counted as the listing's long name says; after a name of
+        // such a file goes through the mount, its other names (which the mount cannot tell)
+        // count again once the kernel asks (attr_timeout, 1 s).
+        fs::write(server.join("x"), b"x").unwrap();
+        fs::hard_link(server.join("x"), server.join("y")).unwrap();
+        let out = sh(
+            dir,
+            user,
+            "ls -l > /dev/null; stat -c %h x y
+             ls -l > /dev/null; rm y; sleep 1.2; stat -c %h x",
+        );
+        assert_eq!(out, "2\n2\n1\n");
     });
 }
 

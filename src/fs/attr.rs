@@ -100,9 +100,16 @@ impl Core {
         let (atime, mtime) = a.atime_mtime.unwrap_or((0, 0));
         let time = |s: u32| UNIX_EPOCH + Duration::from_secs(s as u64);
         let size = a.size.unwrap_or(0);
-        let (names, own_ctime) = {
-            let inodes = self.inodes.lock().unwrap();
-            (inodes.names(ino), inodes.ctime(ino))
+        let (names, own_ctime, listed) = {
+            let mut inodes = self.inodes.lock().unwrap();
+            if a.nlink.is_some() {
+                inodes.set_listed_nlink(ino, a.nlink);
+            }
+            (
+                inodes.names(ino),
+                inodes.ctime(ino),
+                inodes.listed_nlink(ino),
+            )
         };
         FileAttr {
             ino: INodeNo(ino),
@@ -117,9 +124,13 @@ impl Core {
             kind,
             perm: (mode & 0o7777 & !self.config.ids.umask) as u16,
             // The names the mount knows: 0 once unlinked (or renamed over) through it, more
-            // for hard links made through it. Links made elsewhere are not known (SFTP v3
-            // carries no link count).
-            nlink: names,
+            // for hard links made through it; links made elsewhere as the last listing's long
+            // name counted them (SFTP v3 carries no link count).
+            nlink: if names == 0 {
+                0
+            } else {
+                names.max(listed.unwrap_or(1))
+            },
             uid,
             gid,
             rdev: 0,

@@ -241,7 +241,11 @@ impl Core {
                 Ok(Some(batch)) => {
                     for e in batch {
                         match listed_name(&e.filename, &e.attrs) {
-                            Ok(true) => entries.push((e.filename, e.attrs)),
+                            Ok(true) => {
+                                let mut attrs = e.attrs;
+                                attrs.nlink = crate::sftp::proto::longname_nlink(&e.longname);
+                                entries.push((e.filename, attrs))
+                            }
                             Ok(false) => {}
                             Err(why) => rejected.push(why),
                         }

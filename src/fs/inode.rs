@@ -46,6 +46,8 @@ struct Node {
     ctime: Option<std::time::SystemTime>,
     /// Its other names, hard links made through the mount: (parent, name).
     aliases: Vec<(u64, Bytes)>,
+    /// The link count the last listing showed, until a link or unlink through the mount.
+    listed_nlink: Option<u32>,
 }
 
 pub struct InodeTable {
@@ -71,6 +73,7 @@ impl InodeTable {
                 shown: None,
                 ctime: None,
                 aliases: Vec::new(),
+                listed_nlink: None,
             },
         );
         InodeTable {
@@ -129,6 +132,7 @@ impl InodeTable {
                 shown: None,
                 ctime: None,
                 aliases: Vec::new(),
+                listed_nlink: None,
             },
         );
         self.children.insert(key, ino);
@@ -165,6 +169,23 @@ impl InodeTable {
     pub fn linked_path(&self, ino: u64) -> Option<Vec<u8>> {
         self.path_and_linked(ino)
             .and_then(|(path, linked)| linked.then_some(path))
+    }
+
+    pub fn set_listed_nlink(&mut self, ino: u64, nlink: Option<u32>) {
+        if let Some(node) = self.nodes.get_mut(&ino) {
+            node.listed_nlink = nlink;
+        }
+    }
+
+    /// Link counts from listings are out of date (a name of a file linked elsewhere went).
+    pub fn forget_listed_nlinks(&mut self) {
+        for node in self.nodes.values_mut() {
+            node.listed_nlink = None;
+        }
+    }
+
+    pub fn listed_nlink(&self, ino: u64) -> Option<u32> {
+        self.nodes.get(&ino)?.listed_nlink
     }
 
     pub fn set_ctime(&mut self, ino: u64, at: std::time::SystemTime) {
@@ -220,6 +241,7 @@ impl InodeTable {
         if let Some(ino) = self.children.remove(&key)
             && let Some(node) = self.nodes.get_mut(&ino)
         {
+            node.listed_nlink = None;
             if (node.parent, &node.name) != (key.0, &key.1) {
                 node.aliases.retain(|alias| *alias != key);
             } else if let Some((parent, name)) = node.aliases.pop() {
@@ -237,6 +259,7 @@ impl InodeTable {
         let key = (new_parent, Bytes::copy_from_slice(new_name));
         if let Some(node) = self.nodes.get_mut(&ino) {
             node.lookups += 1;
+            node.listed_nlink = None;
             node.aliases.push(key.clone());
             self.children.insert(key, ino);
         }

@@ -224,9 +224,33 @@ impl Core {
             }
             return Err(errno(e));
         }
-        self.inodes.lock().unwrap().unlink(parent, name);
+        let (others, linked_elsewhere) = {
+            let mut inodes = self.inodes.lock().unwrap();
+            let ino = inodes.child(parent, name);
+            let linked_elsewhere = ino
+                .and_then(|ino| inodes.listed_nlink(ino))
+                .is_some_and(|n| n > 1);
+            inodes.unlink(parent, name);
+            if linked_elsewhere {
+                inodes.forget_listed_nlinks();
+            }
+            // The file's other names: its link count and ctime changed.
+            let others = ino.filter(|&ino| !inodes.is_unlinked(ino));
+            if let Some(ino) = others {
+                inodes.set_ctime(ino, std::time::SystemTime::now());
+            }
+            (others, linked_elsewhere)
+        };
         let dir_after = dir_after(ticket, parent_after).await;
         self.cache.removed(&path, dir_after);
+        if let Some(ino) = others {
+            self.changed_attrs(ino);
+        }
+        // Names the mount does not know as this file's hid its link count: what was cached
+        // of any file may now be one too many.
+        if linked_elsewhere {
+            self.cache.invalidate_tree(&self.root);
+        }
         Ok(())
     }
 

@@ -83,6 +83,22 @@ pub struct Attrs {
     pub permissions: Option<u32>,
     pub atime_mtime: Option<(u32, u32)>,
     pub extended: Vec<(Bytes, Bytes)>,
+    /// Not on the wire (v3 has no link count): the count a listing's long name gave, where it
+    /// parses as `ls -l` writes it (OpenSSH's does).
+    pub nlink: Option<u32>,
+}
+
+/// The link count in a listing's long name, `-rw-r--r--    2 user group ...` as `ls -l`
+/// (and OpenSSH's sftp-server) writes it; `None` when it does not read so.
+pub fn longname_nlink(longname: &[u8]) -> Option<u32> {
+    let text = std::str::from_utf8(longname).ok()?;
+    let mut fields = text.split_whitespace();
+    let mode = fields.next()?;
+    let kinds = "-dlcbps";
+    if mode.len() < 10 || !kinds.contains(&mode[..1]) {
+        return None;
+    }
+    fields.next()?.parse().ok().filter(|n| *n > 0)
 }
 
 impl Attrs {
@@ -834,6 +850,7 @@ mod tests {
             permissions: Some(0o100755),
             atime_mtime: Some((1, 2)),
             extended: vec![(Bytes::from_static(b"k"), Bytes::from_static(b"v"))],
+            nlink: None,
         };
         let mut buf = BytesMut::new();
         attrs.encode(&mut buf);
@@ -980,6 +997,7 @@ mod tests {
                     permissions: Some(3),
                     atime_mtime: Some((4, 5)),
                     extended: vec![(Bytes::from_static(b"a"), Bytes::from_static(b"b"))],
+                    nlink: None,
                 }
                 .encode(b);
             }),
@@ -1033,5 +1051,20 @@ mod tests {
         let l = Limits::decode(b.freeze()).unwrap();
         assert_eq!(l.max_write_len, 261120);
         assert!(Limits::decode(Bytes::from_static(&[0; 8])).is_err());
+    }
+
+    #[test]
+    fn link_counts_from_long_names() {
+        assert_eq!(
+            longname_nlink(b"-rw-r--r--    2 root     root           3 Nov 27 10:00 x"),
+            Some(2)
+        );
+        assert_eq!(
+            longname_nlink(b"drwxr-xr-x 15 a b 4096 Jan 1 2020 d"),
+            Some(15)
+        );
+        assert_eq!(longname_nlink(b"x"), None);
+        assert_eq!(longname_nlink(b"total 4"), None);
+        assert_eq!(longname_nlink(b""), None);
     }
 }
