@@ -18,13 +18,6 @@ fn assert_works(sshd: &Sshd, m: &Mount) {
     );
 }
 
-fn refusal(out: std::process::Output) -> String {
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
-    let text = String::from_utf8_lossy(&out.stderr).trim().to_string();
-    assert_eq!(text.lines().count(), 1, "{text}");
-    text
-}
-
 #[test]
 fn agent_key() {
     let sshd = Sshd::start();

@@ -19,13 +19,6 @@ fn assert_works(target: &Sshd, m: &Mount, name: &str) {
     );
 }
 
-fn refusal(out: std::process::Output) -> String {
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
-    let text = String::from_utf8_lossy(&out.stderr).trim().to_string();
-    assert_eq!(text.lines().count(), 1, "{text}");
-    text
-}
-
 /// An sshd whose log shows each connection's key exchange and forwarded channels.
 fn verbose_sshd(extra: &[&str]) -> Sshd {
     let mut extra_config = vec!["LogLevel DEBUG1".to_string()];

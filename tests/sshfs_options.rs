@@ -18,13 +18,6 @@ fn with(sshd: &Sshd, extra: &[&str]) -> Result<Mount, std::process::Output> {
     Mount::try_with(sshd, &sshd.source(), &args, None)
 }
 
-fn refusal(out: std::process::Output) -> String {
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
-    let text = String::from_utf8_lossy(&out.stderr).trim().to_string();
-    assert_eq!(text.lines().count(), 1, "{text}");
-    text
-}
-
 #[test]
 fn follow_symlinks_shows_targets_and_transform_symlinks_keeps_them_inside() {
     let sshd = Sshd::start();

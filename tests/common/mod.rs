@@ -878,6 +878,14 @@ fn detach(path: &Path) {
     }
 }
 
+/// The one line a refused mount printed (exit status 1, one line on stderr).
+pub fn refusal(out: Output) -> String {
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert_eq!(text.lines().count(), 1, "{text}");
+    text
+}
+
 /// Unmounts a mount made with mount(8) when the test ends, also when it fails midway.
 pub struct UnmountOnDrop(pub PathBuf);
 
