@@ -96,6 +96,8 @@ pub fn serve(core: Arc<Core>, identity: MountIdentity) -> Option<StatusServer> {
         let owner = unsafe { libc::geteuid() };
         loop {
             let Ok((mut stream, _)) = listener.accept().await else {
+                // Out of descriptors, say: the mount matters more than its status.
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             };
             let peer = stream.peer_cred().map(|c| c.uid()).ok();
