@@ -210,7 +210,10 @@ fn connect_to(
                         })?;
                     let (Some(stdout), Some(stdin)) = (child.stdout.take(), child.stdin.take())
                     else {
-                        unreachable!("both were asked for as pipes");
+                        return Err(SshError::ProxyCommand {
+                            command: command.clone(),
+                            source: std::io::Error::other("its stdin or stdout is not a pipe"),
+                        });
                     };
                     debug!("reaching {addr} through ProxyCommand {command}");
                     let stream = tokio::io::join(stdout, stdin);
