@@ -241,11 +241,7 @@ fn include_and_match_blocks_choose_the_settings() {
 #[test]
 fn ssh_keywords_given_with_o_reach_the_connection() {
     let sshd = verbose_sshd(&[]);
-    let with = |extra: &[&str]| {
-        let mut args = sshd.ssh_opts();
-        args.extend(extra.iter().map(|s| s.to_string()));
-        Mount::try_with(&sshd, &sshd.source(), &args, None)
-    };
+    let with = |extra: &[&str]| Mount::try_new(&sshd, extra);
     let m = with(&[
         "-o",
         "Ciphers=aes128-ctr,MACs=hmac-sha2-256,KexAlgorithms=diffie-hellman-group14-sha256",

@@ -12,12 +12,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn with(sshd: &Sshd, extra: &[&str]) -> Result<Mount, std::process::Output> {
-    let mut args = sshd.ssh_opts();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    Mount::try_with(sshd, &sshd.source(), &args, None)
-}
-
 #[test]
 fn follow_symlinks_shows_targets_and_transform_symlinks_keeps_them_inside() {
     let sshd = Sshd::start();
@@ -30,12 +24,12 @@ fn follow_symlinks_shows_targets_and_transform_symlinks_keeps_them_inside() {
     symlink("nowhere", root.join("dangling")).unwrap();
 
     // Default: symlinks as the server has them.
-    let m = with(&sshd, &[]).unwrap();
+    let m = Mount::try_new(&sshd, &[]).unwrap();
     assert!(fs::symlink_metadata(m.join("abs")).unwrap().is_symlink());
     assert_eq!(fs::read_link(m.join("abs")).unwrap(), root.join("sub/f"));
     drop(m);
 
-    let m = with(&sshd, &["-o", "follow_symlinks"]).unwrap();
+    let m = Mount::try_new(&sshd, &["-o", "follow_symlinks"]).unwrap();
     let meta = fs::symlink_metadata(m.join("abs")).unwrap();
     assert!(meta.is_file() && meta.len() == 10, "{meta:?}");
     assert!(
@@ -64,7 +58,7 @@ fn follow_symlinks_shows_targets_and_transform_symlinks_keeps_them_inside() {
     assert!(listed.contains(&("dangling".into(), true)), "{listed:?}");
     drop(m);
 
-    let m = with(&sshd, &["-o", "transform_symlinks"]).unwrap();
+    let m = Mount::try_new(&sshd, &["-o", "transform_symlinks"]).unwrap();
     assert_eq!(
         fs::read_link(m.join("abs")).unwrap().to_str(),
         Some("sub/f")
@@ -88,7 +82,7 @@ fn follow_symlinks_shows_targets_and_transform_symlinks_keeps_them_inside() {
 #[test]
 fn disable_hardlink_and_renamexdev() {
     let sshd = Sshd::start();
-    let m = with(&sshd, &["-o", "disable_hardlink"]).unwrap();
+    let m = Mount::try_new(&sshd, &["-o", "disable_hardlink"]).unwrap();
     fs::write(m.join("a"), b"a").unwrap();
     // ENOSYS from the filesystem, which the kernel gives link(2) as EPERM: "the filesystem
     // does not support hard links".
@@ -117,20 +111,20 @@ fn disable_hardlink_and_renamexdev() {
     let data = random_bytes(300_000, 3);
     fs::write(sshd.remote_root().join("f"), &data).unwrap();
 
-    let m = with(&sshd, &[]).unwrap();
+    let m = Mount::try_new(&sshd, &[]).unwrap();
     let out = try_run("mv", &[m.join("f"), m.join("other/f")], "/");
     assert!(
         !out.status.success(),
         "mv across the server's filesystems: {out:?}"
     );
     drop(m);
-    let m = with(&sshd, &["-o", "workaround=renamexdev"]).unwrap();
+    let m = Mount::try_new(&sshd, &["-o", "workaround=renamexdev"]).unwrap();
     let out = try_run("mv", &[m.join("f"), m.join("other/f")], "/");
     assert!(out.status.success(), "{out:?}");
     assert_eq!(fs::read(other_fs.join("f")).unwrap(), data);
     assert!(!sshd.remote_root().join("f").exists());
     drop(m);
-    let line = refusal(with(&sshd, &["-o", "workaround=frobnicate"]).unwrap_err());
+    let line = refusal(Mount::try_new(&sshd, &["-o", "workaround=frobnicate"]).unwrap_err());
     assert!(line.contains("renamexdev"), "{line}");
 }
 
@@ -150,14 +144,14 @@ fn direct_io_reads_the_server_each_time() {
             .set_modified(mtime)
             .unwrap();
     };
-    let m = with(&sshd, &["-o", "direct_io,kernel_cache,dir_cache=no"]).unwrap();
+    let m = Mount::try_new(&sshd, &["-o", "direct_io,kernel_cache,dir_cache=no"]).unwrap();
     assert_eq!(fs::read(m.join("f")).unwrap(), b"first!");
     change();
     assert_eq!(fs::read(m.join("f")).unwrap(), b"second");
     drop(m);
     // Without it the kernel keeps the pages it read (kernel_cache): the test sees a difference.
     fs::write(&file, b"first!").unwrap();
-    let m = with(&sshd, &["-o", "kernel_cache,dir_cache=no"]).unwrap();
+    let m = Mount::try_new(&sshd, &["-o", "kernel_cache,dir_cache=no"]).unwrap();
     assert_eq!(fs::read(m.join("f")).unwrap(), b"first!");
     change();
     assert_eq!(fs::read(m.join("f")).unwrap(), b"first!");
@@ -200,10 +194,10 @@ fn no_readahead_reads_only_what_is_asked() {
         std::thread::sleep(Duration::from_millis(500));
         recorder.requests().since(&before).read_bytes
     };
-    let m = with(&sshd, &["-o", "no_readahead"]).unwrap();
+    let m = Mount::try_new(&sshd, &["-o", "no_readahead"]).unwrap();
     let without = read_first_mib(&m);
     drop(m);
-    let m = with(&sshd, &[]).unwrap();
+    let m = Mount::try_new(&sshd, &[]).unwrap();
     let default = read_first_mib(&m);
     assert!(
         (1 << 20..=1_500_000).contains(&without),
@@ -229,7 +223,7 @@ fn idmap_file_maps_names_ids_and_nomap_decides_the_rest() {
         dir.path().join("uids").display(),
         dir.path().join("gids").display()
     );
-    let m = with(&sshd, &["-o", &files]).unwrap();
+    let m = Mount::try_new(&sshd, &["-o", &files]).unwrap();
     let meta = fs::metadata(m.join("mapped")).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (0, 1));
     let meta = fs::metadata(m.join("unmapped")).unwrap();
@@ -243,12 +237,12 @@ fn idmap_file_maps_names_ids_and_nomap_decides_the_rest() {
     let server = fs::metadata(root.join("unmapped")).unwrap();
     assert_eq!((server.uid(), server.gid()), (4242, 4343));
     drop(m);
-    let m = with(&sshd, &["-o", &format!("{files},nomap=ignore")]).unwrap();
+    let m = Mount::try_new(&sshd, &["-o", &format!("{files},nomap=ignore")]).unwrap();
     std::os::unix::fs::chown(root.join("unmapped"), Some(5151), Some(5252)).unwrap();
     let meta = fs::metadata(m.join("unmapped")).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (5151, 5252));
     drop(m);
-    let e = refusal(with(&sshd, &["-o", "idmap=file"]).unwrap_err());
+    let e = refusal(Mount::try_new(&sshd, &["-o", "idmap=file"]).unwrap_err());
     assert!(e.contains("uidfile"), "{e}");
 }
 
@@ -258,7 +252,7 @@ fn max_conns_spreads_the_channels_over_several_connections() {
         extra_config: vec!["LogLevel INFO".into()],
         ..SshdOptions::default()
     });
-    let m = with(&sshd, &["-o", "max_conns=3"]).unwrap();
+    let m = Mount::try_new(&sshd, &["-o", "max_conns=3"]).unwrap();
     let logins = sshd.log().matches("Accepted publickey").count();
     assert_eq!(logins, 3, "{}", sshd.log());
     let data = random_bytes(24 << 20, 11);
@@ -277,7 +271,7 @@ fn max_conns_spreads_the_channels_over_several_connections() {
 #[test]
 fn auto_unmount_leaves_no_dead_mount_and_max_read_reaches_the_kernel() {
     let sshd = Sshd::start();
-    let m = with(&sshd, &["-o", "auto_unmount,max_read=65536"]).unwrap();
+    let m = Mount::try_new(&sshd, &["-o", "auto_unmount,max_read=65536"]).unwrap();
     let info = m.info().expect("mounted");
     assert!(info.super_options.contains("max_read=65536"), "{info:?}");
     assert!(m.signal_daemon(libc::SIGKILL));
@@ -290,7 +284,7 @@ fn auto_unmount_leaves_no_dead_mount_and_max_read_reaches_the_kernel() {
 #[test]
 fn flags_sshfs_takes_are_accepted_or_refused_with_the_reason() {
     let sshd = Sshd::start();
-    let m = with(
+    let m = Mount::try_new(
         &sshd,
         &[
             "-s",
@@ -305,13 +299,13 @@ fn flags_sshfs_takes_are_accepted_or_refused_with_the_reason() {
     fs::write(m.join("f"), b"x").unwrap();
     assert_eq!(fs::read(sshd.remote_root().join("f")).unwrap(), b"x");
     drop(m);
-    let line = refusal(with(&sshd, &["-1"]).unwrap_err());
+    let line = refusal(Mount::try_new(&sshd, &["-1"]).unwrap_err());
     assert!(line.contains("protocol 1"), "{line}");
-    let line = refusal(with(&sshd, &["-o", "ssh_protocol=1"]).unwrap_err());
+    let line = refusal(Mount::try_new(&sshd, &["-o", "ssh_protocol=1"]).unwrap_err());
     assert!(line.contains("protocol 1"), "{line}");
-    let line = refusal(with(&sshd, &["-o", "modules=subdir"]).unwrap_err());
+    let line = refusal(Mount::try_new(&sshd, &["-o", "modules=subdir"]).unwrap_err());
     assert!(line.contains("modules"), "{line}");
-    let line = refusal(with(&sshd, &["-o", "allow_other,allow_root"]).unwrap_err());
+    let line = refusal(Mount::try_new(&sshd, &["-o", "allow_other,allow_root"]).unwrap_err());
     assert!(line.contains("allow_root"), "{line}");
 }
 

@@ -43,11 +43,7 @@ impl IdMapping {
     }
 
     /// Local ids as the server knows them.
-    pub(super) fn to_remote(&self, uid: u32, gid: u32) -> (u32, u32) {
-        self.remote(uid, gid)
-    }
-
-    fn remote(&self, uid: u32, gid: u32) -> (u32, u32) {
+    pub(super) fn remote(&self, uid: u32, gid: u32) -> (u32, u32) {
         let map = |pairs: &[(u32, u32)], id: u32| match pairs.iter().find(|(_, l)| *l == id) {
             Some(&(remote, _)) => remote,
             None => id,
@@ -101,14 +97,11 @@ impl Core {
         let time = |s: u32| UNIX_EPOCH + Duration::from_secs(s as u64);
         let size = a.size.unwrap_or(0);
         let (names, own_ctime, listed) = {
-            let mut inodes = self.inodes.lock().unwrap();
-            if a.nlink.is_some() {
-                inodes.set_listed_nlink(ino, a.nlink);
-            }
+            let inodes = self.inodes.lock().unwrap();
             (
                 inodes.names(ino),
                 inodes.ctime(ino),
-                inodes.listed_nlink(ino),
+                a.nlink.or(inodes.listed_nlink(ino)),
             )
         };
         FileAttr {
@@ -391,15 +384,8 @@ impl Core {
     /// on. `attr` is what the kernel is told, with that ctime.
     pub(super) fn status_changed(&self, ino: u64, mut attr: FileAttr) -> FileAttr {
         let now = std::time::SystemTime::now();
-        let aliases = {
-            let mut inodes = self.inodes.lock().unwrap();
-            inodes.set_ctime(ino, now);
-            inodes.alias_paths(ino)
-        };
-        // What the cache holds under the inode's other names is older than this change.
-        for path in aliases {
-            self.cache.invalidate_attrs(&path);
-        }
+        self.inodes.lock().unwrap().set_ctime(ino, now);
+        self.changed_other_names(ino);
         attr.ctime = attr.ctime.max(now);
         attr
     }

@@ -171,12 +171,6 @@ impl InodeTable {
             .and_then(|(path, linked)| linked.then_some(path))
     }
 
-    pub fn set_listed_nlink(&mut self, ino: u64, nlink: Option<u32>) {
-        if let Some(node) = self.nodes.get_mut(&ino) {
-            node.listed_nlink = nlink;
-        }
-    }
-
     /// Link counts from listings are out of date (a name of a file linked elsewhere went).
     pub fn forget_listed_nlinks(&mut self) {
         for node in self.nodes.values_mut() {
@@ -211,9 +205,14 @@ impl InodeTable {
     }
 
     /// Records the size and mtime seen at an open; returns those of the open before.
+    /// Records what the kernel is told of `ino`; a listing's link count is kept until a link
+    /// or unlink through the mount (LSTAT's attributes carry none).
     pub fn show(&mut self, ino: u64, attrs: &Attrs) {
         if let Some(node) = self.nodes.get_mut(&ino) {
             node.shown = Some(attrs.clone());
+            if attrs.nlink.is_some() {
+                node.listed_nlink = attrs.nlink;
+            }
         }
     }
 

@@ -301,6 +301,12 @@ impl Core {
         if let Some(path) = self.linked_path(ino) {
             self.cache.invalidate_attrs(&path);
         }
+        self.changed_other_names(ino);
+    }
+
+    /// What the cache holds under `ino`'s other names (hard links made through the mount) is
+    /// older than a change made through one of them.
+    fn changed_other_names(&self, ino: u64) {
         let aliases = self.inodes.lock().unwrap().alias_paths(ino);
         for path in aliases {
             self.cache.invalidate_attrs(&path);

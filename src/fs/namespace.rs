@@ -74,7 +74,7 @@ impl Core {
         let made = session.mkdir(&path, attrs);
         let attrs = self.made(parent, &path, &session, ticket, made).await?;
         let attrs = self
-            .as_created(&session, parent, &path, attrs, Some(&mode), false)
+            .as_created(&session, parent, &path, attrs, &mode, false)
             .await;
         Ok(self.remember_entry(parent, name, &attrs))
     }
@@ -128,14 +128,11 @@ impl Core {
         parent: u64,
         path: &[u8],
         mut attrs: Attrs,
-        mode: Option<&CreateMode>,
+        mode: &CreateMode,
         symlink: bool,
     ) -> Attrs {
-        let Some(mode) = mode else {
-            return attrs;
-        };
         if self.config.owner_from_caller && mode.owner.0 != 0 {
-            let (uid, mut gid) = self.config.ids.to_remote(mode.owner.0, mode.owner.1);
+            let (uid, mut gid) = self.config.ids.remote(mode.owner.0, mode.owner.1);
             if let Ok(dir) = self.path(parent)
                 && let Ok(parent_attrs) = self.stat_cached(Some(parent), &dir).await
                 && parent_attrs.permissions.unwrap_or(0) & libc::S_ISGID != 0
@@ -297,7 +294,7 @@ impl Core {
             owner,
         };
         let attrs = self
-            .as_created(&session, parent, &path, attrs, Some(&mode), true)
+            .as_created(&session, parent, &path, attrs, &mode, true)
             .await;
         Ok(self.remember_entry(parent, name, &attrs))
     }
@@ -492,7 +489,6 @@ impl Core {
         // number, the link count of the names the mount knows, a change through either name
         // seen through the other at once.
         self.inodes.lock().unwrap().link(ino, new_parent, new_name);
-        self.changed_attrs(ino);
         let attr = self.shown(ino, &attrs);
         Ok(Entry {
             attr: self.status_changed(ino, attr),

@@ -623,16 +623,12 @@ impl Core {
         };
         let dir_after = super::namespace::dir_after(ticket, parent_after).await;
         // Only a file this create made: an existing one keeps its owner and mode.
-        let attrs = self
-            .as_created(
-                &opened.session,
-                parent,
-                &path,
-                attrs,
-                made_now.then_some(&mode),
-                false,
-            )
-            .await;
+        let attrs = if made_now {
+            self.as_created(&opened.session, parent, &path, attrs, &mode, false)
+                .await
+        } else {
+            attrs
+        };
         self.cache.created(&path, attrs.clone(), dir_after);
         let ino = self.inodes.lock().unwrap().remember(parent, name, false);
         let fh = self.register_open(ino, opened, flags, &path, Some(attrs.clone()), caller)?;
