@@ -281,7 +281,7 @@ where
         sftp_channels: DEFAULT_SFTP_CHANNELS,
         write_buffer: DEFAULT_WRITE_BUFFER,
         write_buffer_total: DEFAULT_WRITE_BUFFER_TOTAL,
-        short_writes: true,
+        short_writes: false,
         dir_cache: true,
         dcache_timeout: DEFAULT_DCACHE_TIMEOUT,
         dcache_stat_timeout: None,
@@ -446,6 +446,8 @@ impl Options {
                     self.write_buffer_total = size;
                 }
             }
+            "short_writes" => self.short_writes = true,
+            // The default now; the spelling of when it was not.
             "no_short_writes" => self.short_writes = false,
             // The cache_* spellings are sshfs's older names for the same options.
             "dir_cache" | "cache" => self.dir_cache = yes_no()?,
@@ -727,12 +729,16 @@ mod tests {
             "h:",
             "/m",
             "-o",
-            "sftp_channels=3,write_buffer=4M,write_buffer_total=1G,no_short_writes",
+            "sftp_channels=3,write_buffer=4M,write_buffer_total=1G,short_writes",
         ]);
         assert_eq!(o.sftp_channels, 3);
         assert_eq!(o.write_buffer, 4 << 20);
         assert_eq!(o.write_buffer_total, 1 << 30);
-        assert!(!o.short_writes);
+        assert!(o.short_writes);
+        assert!(
+            !mount(&["h:", "/m"]).short_writes,
+            "writes are taken whole by default"
+        );
         assert!(error(&["h:", "/m", "-o", "write_buffer=10K"]).contains("at least 1M"));
         assert!(error(&["h:", "/m", "-o", "sftp_channels=0"]).contains("sftp_channels"));
         assert!(

@@ -420,8 +420,8 @@ pub const TABLE: &[OptionDoc] = &[
     ),
     row(
         Own,
-        "no_short_writes",
-        "a write waits until all of it fits in the buffer, instead of taking part of it",
+        "short_writes",
+        "a write that does not fit in the buffer is answered with a short count for the part that fit, instead of waiting for room (programs that ignore write(2)'s count lose the rest: see README)",
     ),
     row(
         Own,
