@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use sftpmount::fs::cache::CacheConfig;
-use sftpmount::fs::{Core, CoreConfig, CreateMode, FsResult, IdMapping, KeepCache, SymlinkMode};
+use sftpmount::fs::{
+    Core, CoreConfig, CreateMode, FsResult, IdMapping, KeepCache, SetAttr, SymlinkMode,
+};
 use sftpmount::remote::{Remote, RemoteSettings};
 use tempfile::TempDir;
 
@@ -351,4 +353,154 @@ async fn a_refusal_retrying_cannot_mend_ends_the_reconnecting() {
     assert_eq!(again.err(), Some(libc::EIO));
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(f.server.connections(), 1);
+}
+
+/// Names in the server's directory, hidden ones of the mount's included.
+fn server_names(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_file_whose_name_was_removed_or_replaced_lives_on_across_a_cut() {
+    let f = start(settings()).await;
+    // `a` is open and replaced by a rename; `c` is open and removed.
+    let (first_a, first_c) = (random_bytes(MIB, 21), random_bytes(MIB, 22));
+    let a = f.create("a").await;
+    f.write_all(a, 0, &first_a).await.unwrap();
+    f.core.flush(a).await.unwrap();
+    let c = f.create("c").await;
+    f.write_all(c, 0, &first_c).await.unwrap();
+    f.core.flush(c).await.unwrap();
+    let b = f.create("b").await;
+    f.write_all(b, 0, b"the new a\n").await.unwrap();
+    f.close(b).await.unwrap();
+    f.core.rename(ROOT, b"b", ROOT, b"a", false).await.unwrap();
+    f.core.unlink(ROOT, b"c").await.unwrap();
+    assert_eq!(f.on_server("a"), b"the new a\n");
+    assert_eq!(
+        server_names(f.dir.path()).len(),
+        3,
+        "a and two hidden files"
+    );
+
+    // Cut: both are reopened by their hidden names and written on; nothing reaches `a`.
+    f.server.cut();
+    let (more_a, more_c) = (random_bytes(MIB, 23), random_bytes(MIB, 24));
+    let written = async {
+        f.write_all(a, MIB, &more_a).await?;
+        f.write_all(c, MIB, &more_c).await?;
+        f.core.flush(a).await?;
+        f.core.flush(c).await
+    };
+    within(Duration::from_secs(60), "writes after the cut", written)
+        .await
+        .expect("the open files go on after the cut");
+    assert_eq!(f.on_server("a"), b"the new a\n", "the new `a` is untouched");
+    let hidden: Vec<Vec<u8>> = server_names(f.dir.path())
+        .iter()
+        .filter(|n| n.as_str() != "a")
+        .map(|n| f.on_server(n))
+        .collect();
+    let mut want = [[first_a, more_a].concat(), [first_c, more_c].concat()];
+    want.sort();
+    let mut got = hidden;
+    got.sort();
+    assert_eq!(got.len(), 2);
+    assert_same("a's old file", &got[0], &want[0]);
+    assert_same("c's old file", &got[1], &want[1]);
+
+    // The last close takes the hidden names away.
+    f.close(a).await.unwrap();
+    f.close(c).await.unwrap();
+    assert_eq!(server_names(f.dir.path()), ["a"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_file_replaced_during_the_cut_by_a_larger_one_is_left_alone() {
+    let f = start(settings()).await;
+    // dd over an existing file: opened with O_TRUNC, which the kernel sends as an open and a
+    // truncate to 0, then written on.
+    fs::write(f.dir.path().join("big"), random_bytes(4 * MIB, 31)).unwrap();
+    let fh = f.open("big", libc::O_WRONLY).await;
+    let ino = f.core.lookup(ROOT, b"big").await.unwrap().attr.ino.0;
+    let truncate = SetAttr {
+        size: Some(0),
+        ..Default::default()
+    };
+    f.core
+        .setattr(ino, Some(fh), truncate, std::process::id())
+        .await
+        .unwrap();
+    let first = random_bytes(2 * MIB, 32);
+    f.write_all(fh, 0, &first).await.unwrap();
+    f.core.flush(fh).await.unwrap();
+
+    // During the cut the file is moved away and a larger one takes its name.
+    f.server.refuse();
+    f.server.cut();
+    fs::rename(f.dir.path().join("big"), f.dir.path().join("big.old")).unwrap();
+    let replacement = random_bytes(64 * MIB, 33);
+    fs::write(f.dir.path().join("big"), &replacement).unwrap();
+    f.server.accept();
+
+    let written = async {
+        f.write_all(fh, 2 * MIB, &random_bytes(MIB, 34)).await?;
+        f.core.flush(fh).await
+    };
+    let outcome = within(Duration::from_secs(60), "the writer's outcome", written).await;
+    assert_eq!(
+        outcome.err(),
+        Some(libc::EIO),
+        "the writer of a replaced file"
+    );
+    let _ = f.core.release(fh).await;
+    assert_same("the replacement", &f.on_server("big"), &replacement);
+    assert_same("the file written", &f.on_server("big.old"), &first);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_of_a_file_replaced_during_the_cut_gets_eio_not_the_new_file() {
+    let f = start(settings()).await;
+    let path = |name: &str| f.dir.path().join(name);
+    // Replaced by a smaller file (a log rotated), and by one of the same size but an older
+    // modification time (a backup moved into place).
+    let old_time = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    for (name, replacement_len, older) in [("log", MIB / 4, false), ("data", MIB, true)] {
+        fs::write(path(name), random_bytes(MIB, 41)).unwrap();
+        let fh = f.open(name, libc::O_RDONLY).await;
+        assert_eq!(f.core.read(fh, 0, 4096).await.unwrap().len(), 4096);
+
+        f.server.refuse();
+        f.server.cut();
+        let other = path("other");
+        fs::write(&other, random_bytes(replacement_len, 42)).unwrap();
+        if older {
+            fs::File::options()
+                .write(true)
+                .open(&other)
+                .unwrap()
+                .set_modified(old_time)
+                .unwrap();
+        }
+        fs::rename(&other, path(name)).unwrap();
+        f.server.accept();
+
+        let read = within(
+            Duration::from_secs(60),
+            "a read after the cut",
+            f.core.read(fh, MIB as u64 / 2, 4096),
+        )
+        .await;
+        assert_eq!(
+            read.err(),
+            Some(libc::EIO),
+            "{name}: the reader of a replaced file"
+        );
+        let _ = f.core.release(fh).await;
+    }
 }

@@ -230,3 +230,41 @@ fn writes_queued_behind_a_stalled_channel_time_out_and_the_writer_hears_of_it() 
     assert_eq!(err.raw_os_error(), Some(libc::ETIMEDOUT), "{err}");
     assert!(started.elapsed() < Duration::from_secs(40));
 }
+
+#[test]
+fn a_reply_that_cannot_be_framed_or_a_listing_without_end_fails_alone() {
+    // A length of 2^31 and 200 bytes: the stream is lost; that request fails, a new connection
+    // carries on.
+    {
+        let sshd = Sshd::start_faulty(&["garbage-length=poison"]);
+        fs::write(sshd.remote_root().join("poison"), b"p").unwrap();
+        fs::write(sshd.remote_root().join("f"), b"contents").unwrap();
+        let m = Mount::new(&sshd, &["-o", "dir_cache=no"]);
+        let poison = m.join("poison");
+        let stat = within(Duration::from_secs(60), move || fs::metadata(poison));
+        assert!(stat.is_err(), "a lookup answered with garbage");
+        assert_eq!(fs::read(m.join("f")).unwrap(), b"contents");
+        fs::write(m.join("g"), b"the mount goes on").unwrap();
+        assert_eq!(
+            fs::read(sshd.remote_root().join("g")).unwrap(),
+            b"the mount goes on"
+        );
+    }
+    // READDIRs answered with new names for ever: the listing stops at its bound.
+    {
+        let sshd = Sshd::start_faulty(&["endless-listing=endless"]);
+        fs::create_dir(sshd.remote_root().join("endless")).unwrap();
+        let m = Mount::new(&sshd, &[]);
+        let dir = m.join("endless");
+        let listed = within(Duration::from_secs(300), move || {
+            fs::read_dir(dir).and_then(|entries| entries.collect::<Result<Vec<_>, _>>())
+        });
+        let err = listed.expect_err("an endless listing");
+        assert_eq!(err.raw_os_error(), Some(libc::EPROTO), "{err}");
+        fs::write(m.join("g"), b"the mount goes on").unwrap();
+        assert_eq!(
+            fs::read(sshd.remote_root().join("g")).unwrap(),
+            b"the mount goes on"
+        );
+    }
+}

@@ -10,6 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use common::*;
 
@@ -61,6 +62,49 @@ fn an_open_file_whose_name_was_removed_still_stats() {
         );
         assert_eq!(out, "3 0\nhi\n");
         assert!(!server.join("g").exists());
+    });
+}
+
+#[test]
+fn an_open_file_whose_name_was_replaced_is_reached_by_nothing_else() {
+    let sshd = Sshd::start();
+    each_way(&sshd, |dir, user, server| {
+        // Outside the user's directory, the login's (root's) and private: what a symlink put
+        // in place of an open file must not let a change through the old name reach.
+        let secret = sshd.remote_root().join("secret");
+        fs::write(&secret, "secret\n").unwrap();
+        fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+        let script = format!(
+            "echo old > f; echo new > g; echo x > h; echo y > k
+             exec 3<f 4<>h 5<k
+             mv g f
+             ln -s {secret} s; mv -f s h
+             rm k
+             cat /proc/self/fd/3 /proc/self/fd/4 - <&5
+             perl -e 'open(my $f, \"+<&=4\") or die; chmod(0666, $f) or die \"fchmod: $!\"'
+             stat -L -c %a /dev/fd/4
+             ls -a {server} | grep -c sftpmount-hidden",
+            secret = secret.display(),
+            server = server.display()
+        );
+        assert_eq!(sh(dir, user, &script), "old\nx\ny\n666\n3\n");
+        let mode = fs::metadata(&secret).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the symlink's target was changed");
+        assert_eq!(fs::read_to_string(server.join("f")).unwrap(), "new\n");
+        assert_eq!(
+            fs::read_link(server.join("h")).unwrap(),
+            secret,
+            "the symlink took h's name"
+        );
+        assert!(!server.join("k").exists());
+        // Closed: the hidden names went with the last descriptors.
+        let hidden_gone = wait_until(Duration::from_secs(10), || {
+            fs::read_dir(server)
+                .unwrap()
+                .all(|e| !e.unwrap().file_name().to_string_lossy().contains("hidden"))
+        });
+        assert!(hidden_gone, "hidden files left behind");
+        fs::remove_file(&secret).unwrap();
     });
 }
 

@@ -316,6 +316,7 @@ impl Core {
         let change = own.session.fsetstat(own.handle.clone(), attrs.clone());
         let handle = file.handle.clone();
         let resend = attrs.clone();
+        let known_by = self.open_files_of(file.ino);
         let accepted = writer.track_attr_change(Box::pin(async move {
             // Setting attributes twice does no harm: one lost with its connection is sent
             // again on the file's reopened handle.
@@ -324,6 +325,9 @@ impl Core {
             while matches!(result, Err(SftpError::ConnectionLost)) {
                 on = handle.after(on.generation).await?;
                 result = on.session.fsetstat(on.handle.clone(), resend.clone()).await;
+            }
+            if result.is_ok() {
+                super::open_file::known_changed(&known_by, &resend);
             }
             result.map_err(errno)
         }));
@@ -397,7 +401,6 @@ impl Core {
         set: SetAttr,
         caller: u32,
     ) -> FsResult<FileAttr> {
-        let path = self.path(ino)?;
         // The kernel rarely says which descriptor (futimens, fchown and fchmod come without
         // one): a file open for writing carries the change on its own handle, behind its writes.
         let open = fh
@@ -409,7 +412,7 @@ impl Core {
             if let Some(w) = self.inode_writes(ino) {
                 w.settle().await;
                 // Read-ahead past the new end would be stale.
-                w.touch();
+                w.truncated_to(size);
             }
             attrs.size = Some(size);
         }
@@ -424,7 +427,7 @@ impl Core {
         let shown = self.inodes.lock().unwrap().shown(ino);
         let provisional = self.provisional(ino);
         let current = if owner_partial && !provisional || (times_partial && shown.is_none()) {
-            Some(self.stat_cached(Some(ino), &path).await?)
+            Some(self.stat_cached(Some(ino), &self.path(ino)?).await?)
         } else {
             shown.clone()
         };
@@ -462,10 +465,14 @@ impl Core {
             return Ok(self.with_pending_size(ino, self.to_attr(ino, &predicted)));
         }
         let symlink = self.inodes.lock().unwrap().is_symlink(ino);
+        let asked = attrs.clone();
         // The attributes after the change are asked right behind it on its channel: a server
         // that runs a channel in order answers both in one round trip.
         let times = attrs.atime_mtime.is_some();
         let floor = self.size_floor(ino);
+        // A change by path is sent and answered before any rename or unlink through the mount:
+        // the path names this inode's file until then.
+        let mut _names = None;
         let (change, after) = match &open {
             Some(file) => {
                 let own = file.handle.live().await?;
@@ -486,6 +493,8 @@ impl Core {
                         .await;
                 }
                 let session = generation.meta();
+                _names = Some(self.namespace.read().await);
+                let path = self.path(ino)?;
                 let change = if symlink {
                     session.lsetstat(&path, attrs)
                 } else {
@@ -495,6 +504,10 @@ impl Core {
             }
         };
         let result = change.await;
+        drop(_names);
+        if result.is_ok() {
+            super::open_file::known_changed(&self.open_files_of(ino), &asked);
+        }
         self.changed_attrs(ino);
         let ticket = self.cache.ticket();
         result.map_err(|e| match e.status() {
@@ -505,6 +518,8 @@ impl Core {
         match after {
             Some(after) => {
                 let attrs = at_least(after.await.map_err(errno)?, floor);
+                // What the server made of it (a chown clears set-id bits).
+                super::open_file::known_changed(&self.open_files_of(ino), &attrs);
                 // The kernel asks again at once when it must clear setuid bits.
                 if let Some(path) = self.linked_path(ino)
                     && !self.writes_pending(Some(ino))

@@ -24,6 +24,11 @@ const DIR_PREFETCH_STACK: usize = 256;
 /// How far below a directory being read its subdirectories are fetched ahead.
 const DIR_PREFETCH_DEPTH: u32 = 3;
 
+/// Entries, and bytes of names, one listing may hold: a server that never ends a listing must
+/// not take the mount's memory with it.
+const MAX_LISTING_ENTRIES: usize = 1_000_000;
+const MAX_LISTING_NAME_BYTES: usize = 128 << 20;
+
 /// The longest name the kernel takes (NAME_MAX).
 const NAME_MAX: usize = 255;
 
@@ -234,8 +239,19 @@ impl Core {
             in_flight.push_back(session.submit_readdir(handle.clone()));
         }
         let mut entries = Vec::new();
+        let mut name_bytes = 0;
         let mut rejected = Vec::new();
         let listed = loop {
+            if entries.len() > MAX_LISTING_ENTRIES || name_bytes > MAX_LISTING_NAME_BYTES {
+                warn!(
+                    "listing of {} stopped at {} entries: the server keeps sending names",
+                    String::from_utf8_lossy(path),
+                    entries.len()
+                );
+                break Err(SftpError::Protocol(format!(
+                    "a listing of more than {MAX_LISTING_ENTRIES} entries"
+                )));
+            }
             let next = in_flight.pop_front().expect("a READDIR in flight");
             match next.await {
                 Ok(Some(batch)) => {
@@ -244,6 +260,7 @@ impl Core {
                             Ok(true) => {
                                 let mut attrs = e.attrs;
                                 attrs.nlink = crate::sftp::proto::longname_nlink(&e.longname);
+                                name_bytes += e.filename.len();
                                 entries.push((e.filename, attrs))
                             }
                             Ok(false) => {}

@@ -1,6 +1,11 @@
 //! The inode table: kernel inode numbers <-> (parent, name), with the kernel's lookup counts so
 //! that `forget` can free entries. Paths are derived by walking parents, so a rename moves a
 //! whole subtree by changing one entry.
+//!
+//! A path is not a file: once a name is removed or replaced through the mount, its inode has no
+//! [`Place`] and so no path at all (nothing can reach the old file by a name that may now be
+//! another's), unless it was still open: then the mount moved it to a hidden name of its own
+//! first (as libfuse does for sshfs), which is its path until its last close.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,14 +31,23 @@ fn push_name(path: &mut Vec<u8>, name: &[u8]) {
     path.extend_from_slice(name);
 }
 
-struct Node {
+/// Where a node is on the server.
+#[derive(Debug, Clone)]
+struct Place {
     parent: u64,
     name: Bytes,
+    /// A hidden name the mount gave an open file whose name was removed or replaced: its path
+    /// for the mount's own requests, never a name the kernel looks up or the cache keys.
+    hidden: bool,
+}
+
+struct Node {
+    /// `None` once no name reaches it any more: it lives on for open files only, through their
+    /// handles.
+    place: Option<Place>,
     lookups: u64,
     /// Symlinks need the non-following lsetstat: setstat would change their target.
     symlink: bool,
-    /// False once the name was unlinked or renamed over: the node lives on for open files only.
-    linked: bool,
     writes: Arc<InodeWrites>,
     /// Size and mtime when the file was last opened: the kernel's cached pages are kept across
     /// opens only while these stay the same.
@@ -63,11 +77,13 @@ impl InodeTable {
         nodes.insert(
             ROOT,
             Node {
-                parent: ROOT,
-                name: Bytes::new(),
+                place: Some(Place {
+                    parent: ROOT,
+                    name: Bytes::new(),
+                    hidden: false,
+                }),
                 lookups: 1,
                 symlink: false,
-                linked: true,
                 writes: Arc::default(),
                 contents_seen: None,
                 shown: None,
@@ -84,14 +100,15 @@ impl InodeTable {
         }
     }
 
-    /// The remote path of `ino`, or `None` if the kernel asked about an inode we forgot.
+    /// The remote path of `ino` (its hidden name, if it has one), or `None` when no name
+    /// reaches it any more or the kernel asked about an inode we forgot.
     pub fn path(&self, ino: u64) -> Option<Vec<u8>> {
         let mut names = Vec::new();
         let mut cur = ino;
         while cur != ROOT {
-            let node = self.nodes.get(&cur)?;
-            names.push(&node.name);
-            cur = node.parent;
+            let place = self.nodes.get(&cur)?.place.as_ref()?;
+            names.push(&place.name);
+            cur = place.parent;
             if names.len() > 4096 {
                 return None;
             }
@@ -122,11 +139,13 @@ impl InodeTable {
         self.nodes.insert(
             ino,
             Node {
-                parent,
-                name: key.1.clone(),
+                place: Some(Place {
+                    parent,
+                    name: key.1.clone(),
+                    hidden: false,
+                }),
                 lookups: 1,
                 symlink,
-                linked: true,
                 writes: Arc::default(),
                 contents_seen: None,
                 shown: None,
@@ -149,8 +168,8 @@ impl InodeTable {
         node.lookups = node.lookups.saturating_sub(count);
         if node.lookups == 0 {
             let node = self.nodes.remove(&ino).expect("present");
-            if node.linked {
-                self.children.remove(&(node.parent, node.name));
+            if let Some(place) = node.place.filter(|p| !p.hidden) {
+                self.children.remove(&(place.parent, place.name));
             }
             for alias in node.aliases {
                 self.children.remove(&alias);
@@ -158,11 +177,54 @@ impl InodeTable {
         }
     }
 
-    /// The path of `ino`, and whether a name still reaches it: an unlinked open file's old
-    /// path may name another file by now.
+    /// The path of `ino`, and whether it is a name of the directory tree (not a hidden one):
+    /// only those are cached and read ahead.
     pub fn path_and_linked(&self, ino: u64) -> Option<(Vec<u8>, bool)> {
-        let linked = self.nodes.get(&ino)?.linked;
-        Some((self.path(ino)?, linked))
+        let hidden = self.nodes.get(&ino)?.place.as_ref()?.hidden;
+        Some((self.path(ino)?, !hidden))
+    }
+
+    /// The hidden path of `ino`, if the mount moved it to one (see the module's notes).
+    pub fn hidden_path(&self, ino: u64) -> Option<Vec<u8>> {
+        match self.path_and_linked(ino)? {
+            (path, false) => Some(path),
+            _ => None,
+        }
+    }
+
+    /// The paths of every hidden file.
+    pub fn hidden(&self) -> Vec<Vec<u8>> {
+        self.nodes
+            .keys()
+            .filter_map(|&ino| self.hidden_path(ino))
+            .collect()
+    }
+
+    /// `parent/name` is no longer a name of `ino`'s: the mount moved it to `hidden` in the same
+    /// directory (it is open). Its other names, if it has any, stay.
+    pub fn hide(&mut self, parent: u64, name: &[u8], hidden: &[u8]) {
+        let Some(ino) = self.child(parent, name) else {
+            return;
+        };
+        self.unlink(parent, name);
+        if let Some(node) = self.nodes.get_mut(&ino)
+            && node.place.is_none()
+        {
+            node.place = Some(Place {
+                parent,
+                name: Bytes::copy_from_slice(hidden),
+                hidden: true,
+            });
+        }
+    }
+
+    /// The hidden name of `ino` was removed (its last descriptor closed): no name reaches it.
+    pub fn gone(&mut self, ino: u64) {
+        if let Some(node) = self.nodes.get_mut(&ino)
+            && node.place.as_ref().is_some_and(|p| p.hidden)
+        {
+            node.place = None;
+        }
     }
 
     /// The path of `ino`, unless it was unlinked.
@@ -194,7 +256,9 @@ impl InodeTable {
 
     /// Whether `ino` lost its name through the mount (it lives on for open descriptors).
     pub fn is_unlinked(&self, ino: u64) -> bool {
-        self.nodes.get(&ino).is_some_and(|n| !n.linked)
+        self.nodes
+            .get(&ino)
+            .is_some_and(|n| n.place.as_ref().is_none_or(|p| p.hidden))
     }
 
     /// The inode of `parent/name`, if the kernel holds one.
@@ -241,13 +305,20 @@ impl InodeTable {
             && let Some(node) = self.nodes.get_mut(&ino)
         {
             node.listed_nlink = None;
-            if (node.parent, &node.name) != (key.0, &key.1) {
+            let primary = node
+                .place
+                .as_ref()
+                .is_some_and(|p| (p.parent, &p.name) == (key.0, &key.1));
+            if !primary {
                 node.aliases.retain(|alias| *alias != key);
             } else if let Some((parent, name)) = node.aliases.pop() {
-                node.parent = parent;
-                node.name = name;
+                node.place = Some(Place {
+                    parent,
+                    name,
+                    hidden: false,
+                });
             } else {
-                node.linked = false;
+                node.place = None;
             }
         }
     }
@@ -267,7 +338,9 @@ impl InodeTable {
     /// The names the mount knows `ino` by: its link count as shown.
     pub fn names(&self, ino: u64) -> u32 {
         match self.nodes.get(&ino) {
-            Some(node) if node.linked => 1 + node.aliases.len() as u32,
+            Some(node) if node.place.as_ref().is_some_and(|p| !p.hidden) => {
+                1 + node.aliases.len() as u32
+            }
             Some(_) => 0,
             None => 1,
         }
@@ -296,9 +369,13 @@ impl InodeTable {
         self.unlink(new_parent, new_name);
         if let Some(ino) = self.children.remove(&old_key) {
             if let Some(node) = self.nodes.get_mut(&ino) {
-                if (node.parent, &node.name) == (old_key.0, &old_key.1) {
-                    node.parent = new_parent;
-                    node.name = new_key.1.clone();
+                let primary = node
+                    .place
+                    .as_mut()
+                    .filter(|p| !p.hidden && (p.parent, &p.name) == (old_key.0, &old_key.1));
+                if let Some(place) = primary {
+                    place.parent = new_parent;
+                    place.name = new_key.1.clone();
                 } else if let Some(alias) = node.aliases.iter_mut().find(|a| **a == old_key) {
                     *alias = new_key.clone();
                 }
@@ -363,6 +440,27 @@ mod tests {
         assert_eq!(t.names(a), 0);
         t.forget(a, 3);
         assert!(t.path(a).is_none());
+    }
+
+    #[test]
+    fn a_removed_name_leaves_no_path_and_a_hidden_one_only_its_own() {
+        let mut t = InodeTable::new(Bytes::from_static(b"/r"));
+        let dir = t.remember(ROOT, b"d", false);
+        let gone = t.remember(dir, b"gone", false);
+        let open = t.remember(dir, b"open", false);
+        t.unlink(dir, b"gone");
+        assert_eq!(t.path(gone), None, "no path once its name is removed");
+        t.hide(dir, b"open", b".hidden");
+        assert_eq!(t.path(open).unwrap(), b"/r/d/.hidden");
+        assert_eq!(t.linked_path(open), None, "never a cache key");
+        assert_eq!(t.child(dir, b"open"), None);
+        assert_eq!((t.names(open), t.is_unlinked(open)), (0, true));
+        // A directory renamed takes the hidden file along.
+        t.rename(ROOT, b"d", ROOT, b"e");
+        assert_eq!(t.hidden(), vec![b"/r/e/.hidden".to_vec()]);
+        t.gone(open);
+        assert_eq!(t.path(open), None);
+        assert!(t.hidden().is_empty());
     }
 
     #[test]

@@ -2,12 +2,14 @@
 //! replacement a server without posix-rename cannot do in one request), hard links. Names change
 //! under the namespace lock, so that a file reopened by its path is never another file.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use tracing::{error, warn};
 
 use super::cache::{DirAfter, Known, Ticket};
+use super::inode::join;
 use super::{Core, Entry, Errno, FsResult, errno, is_dir};
 use crate::sftp::client::Reply;
 use crate::sftp::proto::Attrs;
@@ -209,9 +211,23 @@ impl Core {
         let _names = self.namespace.write().await;
         let session = self.meta().await?;
         let ticket = self.cache.ticket();
-        let removed = session.remove(&path);
-        let parent_after = self.features.in_order.then(|| session.lstat(&dir));
-        if let Err(e) = removed.await {
+        // An open file keeps its contents under a hidden name until its last close.
+        let mut hidden = self.hidden_name_for(parent, name);
+        let removed = match &hidden {
+            Some(h) => session.rename_exclusive(&path, &join(&dir, h)),
+            None => session.remove(&path),
+        };
+        let mut parent_after = self.features.in_order.then(|| session.lstat(&dir));
+        let mut removed = removed.await;
+        if let (Err(e), Some(_)) = (&removed, &hidden) {
+            warn!(
+                "{} is open but could not be moved to a hidden name ({e}): removed; its open descriptors go on, but cannot be reopened after a reconnection",
+                String::from_utf8_lossy(&path)
+            );
+            (hidden, parent_after) = (None, None);
+            removed = session.remove(&path).await;
+        }
+        if let Err(e) = removed {
             self.changed_path(&path);
             if e.status() == Some(StatusCode::FAILURE)
                 && let Ok(a) = self.meta().await?.lstat(&path).await
@@ -227,7 +243,10 @@ impl Core {
             let linked_elsewhere = ino
                 .and_then(|ino| inodes.listed_nlink(ino))
                 .is_some_and(|n| n > 1);
-            inodes.unlink(parent, name);
+            match &hidden {
+                Some(h) => inodes.hide(parent, name, h),
+                None => inodes.unlink(parent, name),
+            }
             if linked_elsewhere {
                 inodes.forget_listed_nlinks();
             }
@@ -312,18 +331,18 @@ impl Core {
         let _names = self.namespace.write().await;
         let ticket = self.cache.ticket();
         let mut parent_after = None;
+        let replaced = match no_replace {
+            true => None,
+            false => self.hide_replaced(new_parent, new_name, &to).await?,
+        };
         let result = if no_replace {
             // The plain v3 RENAME never replaces (OpenSSH does link + unlink), which is
             // exactly RENAME_NOREPLACE.
             if self.meta().await?.lstat(&to).await.is_ok() {
                 return Err(libc::EEXIST);
             }
-            let req = crate::sftp::proto::Request::Rename {
-                from: Bytes::copy_from_slice(&from),
-                to: Bytes::copy_from_slice(&to),
-            };
-            crate::sftp::client::expect_ok(self.meta().await?.call(&req).await, "rename")
-                .map_err(RenameError::Sftp)
+            let renamed = self.meta().await?.rename_exclusive(&from, &to);
+            renamed.await.map_err(RenameError::Sftp)
         } else if self.features.posix_rename && parent == new_parent {
             // One request; the directory's attributes right behind it.
             let session = self.meta().await?;
@@ -358,6 +377,9 @@ impl Core {
                 self.cache.invalidate_tree(&to);
             }
         }
+        if let Some(replaced) = &replaced {
+            replaced.settle(self, result.is_ok()).await;
+        }
         if let Err(e) = result {
             return Err(match e {
                 RenameError::Sftp(e) => {
@@ -380,6 +402,9 @@ impl Core {
         }
         {
             let mut inodes = self.inodes.lock().unwrap();
+            if let Some(replaced) = &replaced {
+                inodes.hide(new_parent, new_name, &replaced.name);
+            }
             inodes.rename(parent, name, new_parent, new_name);
             if let Some(moved) = inodes.child(new_parent, new_name) {
                 inodes.set_ctime(moved, std::time::SystemTime::now());
@@ -389,6 +414,51 @@ impl Core {
             self.cache.removed(&from, None);
         }
         Ok(())
+    }
+
+    /// A hidden name for the file `parent/name` when it is open through the mount and this is
+    /// the last name the mount knows it by: removing or replacing the name moves the file there
+    /// instead (see `inode.rs`).
+    fn hidden_name_for(&self, parent: u64, name: &[u8]) -> Option<Vec<u8>> {
+        let ino = self.inodes.lock().unwrap().child(parent, name)?;
+        if self.inodes.lock().unwrap().names(ino) != 1 || !self.is_open(ino) {
+            return None;
+        }
+        static HIDDEN: AtomicU64 = AtomicU64::new(0);
+        let n = HIDDEN.fetch_add(1, Ordering::Relaxed);
+        Some(format!(".sftpmount-hidden-{:x}-{n:x}", std::process::id()).into_bytes())
+    }
+
+    /// Before `to` (`new_parent/new_name`) is renamed over: an open file there is given a
+    /// hidden name first, so that it lives on for its descriptors. A hard link keeps `to`
+    /// taken until the rename replaces it (atomic, as rename(2) is); a server without hard
+    /// links has it moved aside (a moment without `to`). Neither possible: it is replaced as
+    /// it is, and its descriptors go on through their handles.
+    async fn hide_replaced(
+        &self,
+        new_parent: u64,
+        new_name: &[u8],
+        to: &[u8],
+    ) -> FsResult<Option<Replaced>> {
+        let Some(name) = self.hidden_name_for(new_parent, new_name) else {
+            return Ok(None);
+        };
+        let path = join(&self.path(new_parent)?, &name);
+        let meta = self.meta().await?;
+        let linked = self.features.hardlink && meta.hardlink(to, &path).await.is_ok();
+        if linked || meta.rename_exclusive(to, &path).await.is_ok() {
+            return Ok(Some(Replaced {
+                name,
+                path,
+                to: to.to_vec(),
+                linked,
+            }));
+        }
+        warn!(
+            "{} is open but could not be given a hidden name before being replaced",
+            String::from_utf8_lossy(to)
+        );
+        Ok(None)
     }
 
     /// A rename's bare FAILURE: a directory over a directory fails only when that one is not
@@ -477,6 +547,11 @@ impl Core {
         if !self.config.hardlinks {
             return Err(libc::ENOSYS);
         }
+        // A file whose last name went is not given a new one (linkat of /proc/PID/fd/N).
+        if self.inodes.lock().unwrap().is_unlinked(ino) {
+            return Err(libc::ENOENT);
+        }
+        let _names = self.namespace.read().await;
         let existing = self.path(ino)?;
         let path = self.child_path(new_parent, new_name)?;
         let session = self.meta().await?;
@@ -493,6 +568,36 @@ impl Core {
         Ok(Entry {
             attr: self.status_changed(ino, attr),
         })
+    }
+}
+
+/// An open file a rename replaces, given a hidden name first (see [`Core::hide_replaced`]).
+struct Replaced {
+    name: Vec<u8>,
+    path: Vec<u8>,
+    to: Vec<u8>,
+    /// A second name (the file is still at `to` until the rename); else it was moved.
+    linked: bool,
+}
+
+impl Replaced {
+    /// Once the rename is done (`renamed`) or failed: a failed one leaves `to` as it was.
+    async fn settle(&self, core: &Core, renamed: bool) {
+        if renamed {
+            return;
+        }
+        let Ok(meta) = core.meta().await else { return };
+        let undone = match self.linked {
+            true => meta.remove(&self.path).await,
+            false => meta.rename_exclusive(&self.path, &self.to).await,
+        };
+        if let Err(e) = undone {
+            error!(
+                "a failed rename over {} leaves its file at {}: {e}",
+                String::from_utf8_lossy(&self.to),
+                String::from_utf8_lossy(&self.path)
+            );
+        }
     }
 }
 

@@ -55,8 +55,9 @@ pub(super) struct OpenFile {
     pub(super) channel: usize,
     /// The open(2) flags: a reopen uses them, less O_CREAT, O_EXCL and O_TRUNC.
     pub(super) flags: i32,
-    /// The attributes seen at the open, to know the file again at a reopen.
-    pub(super) identity: Option<Attrs>,
+    /// What the mount knows of the file: attributes seen at the open, and at its own changes
+    /// since, to know the file again at a reopen (see [`same_file`]).
+    pub(super) identity: Mutex<Option<Attrs>>,
     pub(super) writer: Option<Arc<WritePipeline>>,
     /// Read-ahead for sequential readers; none for write-only opens.
     pub(super) prefetch: Option<Prefetcher>,
@@ -79,31 +80,72 @@ pub(super) struct OpenFile {
     written: Mutex<Option<(bytes::BytesMut, u64)>>,
 }
 
-/// Whether `attrs`, seen at a reopen, can be the file `file` had open: the same type, and a
-/// size that what the mount sent explains (the server may or may not have applied the WRITEs
-/// in flight when the connection went).
-fn same_file(file: &OpenFile, attrs: &Attrs) -> Result<(), String> {
+/// Whether `now`, the attributes of what a reopen found under the file's path, can be the file
+/// `file` had open. SFTP v3 has no file identity; what it does give must all agree with what
+/// the mount knew of the file (`identity`: kept up to date by the mount's own changes): the
+/// same type, permissions and owner, a modification time no older, and a size that what the
+/// mount did explains (at least what it set and what was acked; for a writer, at most what it
+/// set, had or sent, as the server may or may not have applied the WRITEs in flight). A file
+/// put in its place with the same owner and mode, a newer mtime and a size in those bounds is
+/// taken for it: the window that remains.
+fn same_file(file: &OpenFile, now: &Attrs) -> Result<(), String> {
+    let Some(known) = file.identity.lock().unwrap().clone() else {
+        return Err("nothing is known of the file it had open".into());
+    };
     let kind = |a: &Attrs| a.permissions.map(|m| m & libc::S_IFMT);
-    if let Some(seen) = &file.identity
-        && kind(seen) != kind(attrs)
-    {
+    if kind(&known) != kind(now) {
         return Err("it is another kind of file now".into());
     }
-    let size = attrs.size.unwrap_or(0);
-    let (acked, in_flight, truncated) = file.inode_writes.size_bounds();
-    if size < acked {
+    if known.permissions != now.permissions {
         return Err(format!(
-            "it holds {size} bytes, fewer than the {acked} written"
+            "its mode is {:o}, not {:o}",
+            now.permissions.unwrap_or(0) & 0o7777,
+            known.permissions.unwrap_or(0) & 0o7777
         ));
     }
-    let opened = file.identity.as_ref().and_then(|a| a.size).unwrap_or(0);
-    if !truncated && size > opened.max(in_flight) {
+    if known.uid_gid.is_some() && known.uid_gid != now.uid_gid {
+        return Err("it has another owner".into());
+    }
+    let mtime = |a: &Attrs| a.atime_mtime.map(|t| t.1);
+    if let (Some(then), Some(now)) = (mtime(&known), mtime(now))
+        && now < then
+    {
+        return Err(format!("it was modified at {now}, before the {then} seen"));
+    }
+    let size = now.size.unwrap_or(0);
+    let (least, most) = file.inode_writes.size_bounds(known.size.unwrap_or(0));
+    if size < least {
         return Err(format!(
-            "it holds {size} bytes, more than was ever written ({})",
-            opened.max(in_flight)
+            "it holds {size} bytes, fewer than the {least} it had"
+        ));
+    }
+    if file.writer.is_some() && size > most {
+        return Err(format!(
+            "it holds {size} bytes, more than it could have ({most})"
         ));
     }
     Ok(())
+}
+
+/// The mount changed the attributes of the file `files` have open (`change`: what it set):
+/// they are known by them from now on. The size is not: the writes' bounds know it.
+pub(super) fn known_changed(files: &[Arc<OpenFile>], change: &Attrs) {
+    for file in files {
+        let mut identity = file.identity.lock().unwrap();
+        let Some(known) = identity.as_mut() else {
+            continue;
+        };
+        if let Some(mode) = change.permissions {
+            let kind = known.permissions.unwrap_or(0) & libc::S_IFMT;
+            known.permissions = Some(kind | (mode & 0o7777));
+        }
+        if change.uid_gid.is_some() {
+            known.uid_gid = change.uid_gid;
+        }
+        if change.atime_mtime.is_some() {
+            known.atime_mtime = change.atime_mtime;
+        }
+    }
 }
 
 /// Writes of one file that did not reach the server.
@@ -217,7 +259,7 @@ impl Core {
                 handle,
                 channel,
                 flags,
-                identity,
+                identity: Mutex::new(identity),
                 writer,
                 prefetch,
                 inode_writes,
@@ -274,7 +316,7 @@ impl Core {
             Ok(handle) => {
                 // New chunks go to the new handle, and the file may spread again.
                 if let Some(writer) = &file.writer {
-                    let path = self.linked_path(file.ino).unwrap_or_default();
+                    let path = self.path(file.ino).unwrap_or_default();
                     writer.add_lane(Arc::new(SftpLane {
                         handle: handle.clone(),
                         file: file.handle.clone(),
@@ -303,7 +345,11 @@ impl Core {
         file: &OpenFile,
         generation: &Generation,
     ) -> Result<ServerHandle, String> {
-        let path = self.linked_path(file.ino).ok_or("it was unlinked")?;
+        // The path must name this file until the new handle is checked.
+        let _names = self.namespace.read().await;
+        let path = self
+            .path(file.ino)
+            .map_err(|_| "no name reaches it any more")?;
         if file.flags & libc::O_APPEND != 0 && file.inode_writes.pending() {
             // Where the server appended them, if it did, is unknown: never sent twice.
             return Err("appends were in flight".into());
@@ -316,12 +362,15 @@ impl Core {
             .await
             .map_err(|e| e.to_string())?;
         let same = match session.fstat(handle.clone()).await {
-            Ok(attrs) => same_file(file, &attrs),
+            Ok(attrs) => same_file(file, &attrs).map(|()| attrs),
             Err(e) => Err(e.to_string()),
         };
-        if let Err(why) = same {
-            session.close_unawaited(handle);
-            return Err(why);
+        match same {
+            Ok(attrs) => *file.identity.lock().unwrap() = Some(attrs),
+            Err(why) => {
+                session.close_unawaited(handle);
+                return Err(why);
+            }
         }
         Ok(ServerHandle {
             generation: generation.id,
@@ -351,7 +400,7 @@ impl Core {
     /// type, owner and mode, and at least the size ours had just before.
     async fn open_lanes(&self, file: &Arc<OpenFile>, writer: &Arc<WritePipeline>) {
         let _names = self.namespace.read().await;
-        let Some(path) = self.linked_path(file.ino) else {
+        let Ok(path) = self.path(file.ino) else {
             return;
         };
         // Only over the connection the file's handle is on.
@@ -517,6 +566,10 @@ impl Core {
         if truncating && let Some(w) = self.inode_writes(ino) {
             w.settle().await;
         }
+        // Until the handle is registered, a rename or unlink through the mount waits: the path
+        // names this inode's file when the OPEN reaches the server.
+        let _names = self.namespace.read().await;
+        let (path, linked) = self.path_and_linked(ino)?;
         // The attributes that decide whether the kernel's cached pages are still the file's
         // travel alongside the OPEN, so they cost no round trip of their own.
         let stat = async {
@@ -543,7 +596,17 @@ impl Core {
         }
         let handle = handle?.0.map_err(errno)?;
         let keep_cache = self.keep_cache(ino, attrs.as_ref());
-        let fh = self.register_open(ino, handle, flags, &path, attrs, caller)?;
+        if let Some(w) = self.inode_writes(ino) {
+            if !self.is_open(ino) {
+                w.forget_size();
+            }
+            if truncating {
+                w.truncated_to(0);
+            }
+        }
+        // Not asked when truncating: the type, mode and owner the kernel was shown will do.
+        let identity = attrs.or_else(|| self.inodes.lock().unwrap().shown(ino));
+        let fh = self.register_open(ino, handle, flags, &path, identity, caller)?;
         if truncating {
             self.capture_writes(fh);
         }
@@ -573,6 +636,7 @@ impl Core {
         flags: i32,
         caller: u32,
     ) -> FsResult<(Entry, u64)> {
+        let _names = self.namespace.read().await;
         let path = self.child_path(parent, name)?;
         let attrs = Attrs {
             permissions: Some(mode.mode & !mode.umask & 0o7777),
@@ -826,7 +890,8 @@ impl Core {
     }
 
     pub async fn release(&self, fh: u64) -> FsResult<()> {
-        if self.release_whole(fh) {
+        if let Some(ino) = self.release_whole(fh) {
+            self.remove_hidden(ino).await;
             return Ok(());
         }
         let Some(file) = self.files.lock().unwrap().remove(&fh) else {
@@ -843,7 +908,44 @@ impl Core {
         }
         debug!(ino = file.ino, "closing remote handles");
         let closed = self.close_handles(&file).await;
+        self.remove_hidden(file.ino).await;
         settled.and(closed)
+    }
+
+    /// The open files of `ino` with a server handle.
+    pub(super) fn open_files_of(&self, ino: u64) -> Vec<Arc<OpenFile>> {
+        let files = self.files.lock().unwrap();
+        files.values().filter(|f| f.ino == ino).cloned().collect()
+    }
+
+    /// Whether a descriptor of `ino` is open through the mount.
+    pub(super) fn is_open(&self, ino: u64) -> bool {
+        self.files.lock().unwrap().values().any(|f| f.ino == ino) || self.small_files.is_open(ino)
+    }
+
+    /// Once the last descriptor of `ino` is closed, the hidden name its file was kept under
+    /// (its name was removed or replaced while it was open) goes, and the file with it.
+    async fn remove_hidden(&self, ino: u64) {
+        // Not while an open of it (through /proc/PID/fd) is on its way.
+        let _names = self.namespace.write().await;
+        if self.is_open(ino) {
+            return;
+        }
+        let Some(hidden) = self.inodes.lock().unwrap().hidden_path(ino) else {
+            return;
+        };
+        let removed = match self.meta().await {
+            Ok(meta) => meta.remove(&hidden).await.map_err(|e| e.to_string()),
+            Err(_) => Err("the connection is down".to_string()),
+        };
+        if let Err(e) = removed {
+            warn!(
+                "{} stays on the server (the removed file's last descriptor closed): {e}",
+                String::from_utf8_lossy(&hidden)
+            );
+        }
+        self.inodes.lock().unwrap().gone(ino);
+        self.cache.invalidate(&hidden);
     }
 
     /// What of `file`'s writes failed, once they settled with `settled`.
@@ -875,6 +977,12 @@ impl Core {
             };
             losses.extend(self.loss(&file, settled));
             let _ = self.close_handles(&file).await;
+        }
+        let hidden = self.inodes.lock().unwrap().hidden();
+        if let Ok(meta) = self.meta().await {
+            for path in hidden {
+                let _ = meta.remove(&path).await;
+            }
         }
         losses
     }

@@ -73,6 +73,16 @@ impl SmallFiles {
         self.state.lock().unwrap().open.len()
     }
 
+    /// Whether a descriptor of `ino` is served from memory.
+    pub(super) fn is_open(&self, ino: u64) -> bool {
+        self.state
+            .lock()
+            .unwrap()
+            .open
+            .values()
+            .any(|f| f.ino == ino)
+    }
+
     pub(super) fn open_file(&self, fh: u64) -> Option<Arc<WholeFile>> {
         self.state.lock().unwrap().open.get(&fh).cloned()
     }
@@ -281,14 +291,9 @@ impl Core {
         })
     }
 
-    /// Closes a descriptor served from memory; `false` if `fh` is not one.
-    pub(super) fn release_whole(&self, fh: u64) -> bool {
-        self.small_files
-            .state
-            .lock()
-            .unwrap()
-            .open
-            .remove(&fh)
-            .is_some()
+    /// Closes a descriptor served from memory; its inode, or `None` if `fh` is not one.
+    pub(super) fn release_whole(&self, fh: u64) -> Option<u64> {
+        let file = self.small_files.state.lock().unwrap().open.remove(&fh)?;
+        Some(file.ino)
     }
 }

@@ -65,10 +65,11 @@ struct InodeWritesState {
     /// Chunks that timed out or lost their channel: the server may or may not apply them, at
     /// any time. Kept for the life of the inode.
     unknown_fate: Vec<Placed>,
-    /// The end of the furthest chunk acked, and whether the file was truncated through the
-    /// mount: what the server's size can be, for a reopen to know the file again.
+    /// The end of the furthest chunk acked since `size_set`, and the size the mount last gave
+    /// the file (a truncate, O_TRUNC): what the server's size can be, for a reopen to know the
+    /// file again.
     acked_end: u64,
-    truncated: bool,
+    size_set: Option<u64>,
     /// Failed writes so far, and the errno of the last: an fsync through any descriptor opened
     /// before a failure reports it (as Linux's errseq does).
     failures: u64,
@@ -230,20 +231,36 @@ impl InodeWrites {
         self.state.lock().unwrap().next_seq
     }
 
-    /// Marks a change made other than by a write (a truncate).
-    pub fn touch(&self) {
+    /// The mount gave the file this size (a truncate): its contents changed other than by a
+    /// write.
+    pub fn truncated_to(&self, size: u64) {
         let mut s = self.state.lock().unwrap();
         s.next_seq += 1;
-        s.truncated = true;
+        s.size_set = Some(size);
         s.acked_end = 0;
     }
 
-    /// The sizes the server's file may have from what the mount sent: at least the end of the
-    /// furthest acked write; at most that of the furthest write in flight (unless truncated
-    /// through the mount, which the third value says).
-    pub fn size_bounds(&self) -> (u64, u64, bool) {
+    /// The file was opened with nothing of the inode's open before: what the mount knew of its
+    /// size may have changed on the server since.
+    pub fn forget_size(&self) {
+        let mut s = self.state.lock().unwrap();
+        if s.unacked.is_empty() {
+            s.size_set = None;
+            s.acked_end = 0;
+        }
+    }
+
+    /// The sizes the server's file may have from what the mount did, for a file that had
+    /// `opened` bytes when it was opened: at least the end of the furthest acked write and the
+    /// size the mount last set (else `opened`); at most the furthest end in flight, that size,
+    /// or `opened`.
+    pub fn size_bounds(&self, opened: u64) -> (u64, u64) {
         let s = self.state.lock().unwrap();
-        (s.acked_end, s.unacked_end.max(s.acked_end), s.truncated)
+        let base = s.size_set.unwrap_or(opened);
+        (
+            s.acked_end.max(base),
+            s.unacked_end.max(s.acked_end).max(base),
+        )
     }
 
     /// The size to report while writes are in flight: the server's size does not know them yet.

@@ -579,6 +579,15 @@ impl Session {
         Box::pin(async move { expect_ok(pending.response().await, "rename") })
     }
 
+    /// The plain v3 RENAME, which never replaces an existing `to` (OpenSSH links, then unlinks).
+    pub fn rename_exclusive(&self, from: &[u8], to: &[u8]) -> Reply<()> {
+        let pending = self.submit(&Request::Rename {
+            from: Bytes::copy_from_slice(from),
+            to: Bytes::copy_from_slice(to),
+        });
+        Box::pin(async move { expect_ok(pending.response().await, "rename") })
+    }
+
     pub fn hardlink(&self, existing: &[u8], new: &[u8]) -> Reply<()> {
         if !self.features.hardlink {
             return Box::pin(async {
@@ -706,6 +715,9 @@ async fn write_loop(
     }
 }
 
+/// The longest reply past the packet limit that is read and dropped; a longer length is garbage.
+const MAX_DRAINED_REPLY: usize = 16 * proto::MAX_PACKET_LEN;
+
 /// Replies are framed by their length: a reply that cannot be used (too long to hold, or with
 /// a body that does not decode) fails the request it answers, and the session goes on with the
 /// next frame. Only a stream that cannot be framed any more ends the session.
@@ -725,6 +737,13 @@ async fn read_loop(mut incoming: Incoming, mut inbox: BytesMut, shared: Arc<Shar
             let packet = match proto::split_packet(&mut inbox) {
                 Ok(Some(packet)) => packet,
                 Ok(None) => break,
+                // Past what could be drained: the length is garbage, the stream cannot be
+                // framed any more (waiting for gigabytes that never come would swallow every
+                // later reply). The session goes; the connection is replaced.
+                Err(DecodeError::TooLong(len)) if len > MAX_DRAINED_REPLY => {
+                    warn!("the server sent a reply of {len} bytes: the SFTP stream is lost");
+                    return shared.kill(SftpError::ConnectionLost);
+                }
                 Err(DecodeError::TooLong(len)) if inbox.len() >= 9 => {
                     let id = u32::from_be_bytes([inbox[5], inbox[6], inbox[7], inbox[8]]);
                     shared.fail(

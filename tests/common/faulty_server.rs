@@ -35,6 +35,11 @@
 //!   drops everything until the client goes.
 //! - `stall-path=NAME`: requests about a path whose last component is NAME (the first string of
 //!   the request, or the path after the name of a path-carrying extension) are never answered.
+//! - `garbage-length=NAME`: a request about a path whose last component is NAME is answered
+//!   here with a length field of 2^31 followed by 200 bytes of garbage: a stream that can no
+//!   longer be framed.
+//! - `endless-listing=NAME`: READDIRs of a directory whose last component is NAME are answered
+//!   here, each with 1000 new names, and the listing never ends.
 //!
 //! Plain threads and blocking pipes: one relays requests, one relays replies. Both may answer
 //! the client, so whole packets go out under one lock. What cannot be parsed passes unchanged.
@@ -51,7 +56,7 @@ use std::thread;
 const USAGE: &str = "usage: faulty_sftp_server [--fault NAME[=VALUE]]... [--server PATH]";
 const FAULTS: &str = "short-read=N, no-extensions, bad-names, oversized-read, stray-reply, huge-reply, \
      unknown-status=NAME, long-handle, no-type-bits=NAME, huge-size=NAME, stall-after=N, stall-path=NAME, stall-change=NAME, \
-     freeze-on-write=SECONDS";
+     freeze-on-write=SECONDS, garbage-length=NAME, endless-listing=NAME";
 const DEFAULT_SERVER: &str = "/usr/lib/openssh/sftp-server";
 
 // The packet types are the codec's: one table of them.
@@ -135,6 +140,8 @@ struct Faults {
     stall_path: Option<Vec<u8>>,
     stall_change: Option<Vec<u8>>,
     freeze_on_write: Option<u64>,
+    garbage_length: Option<Vec<u8>>,
+    endless_listing: Option<Vec<u8>>,
 }
 
 impl Faults {
@@ -169,6 +176,8 @@ impl Faults {
             (b"freeze-on-write", Some(v)) => {
                 self.freeze_on_write = Some(number(v).ok_or_else(bad)?);
             }
+            (b"garbage-length", Some(v)) => self.garbage_length = Some(v.to_vec()),
+            (b"endless-listing", Some(v)) => self.endless_listing = Some(v.to_vec()),
             _ => return Err(bad()),
         }
         Ok(())
@@ -212,6 +221,8 @@ struct Pending {
     /// `no-type-bits` and `huge-size`: the request is about the path named.
     no_type_bits: bool,
     huge_size: bool,
+    /// OPENDIR under `endless-listing`: the directory named.
+    endless: bool,
 }
 
 /// The way to the client.
@@ -231,9 +242,28 @@ struct Shared {
     /// None once closed, so that the server sees end of input.
     server_in: Mutex<Option<BufWriter<ChildStdin>>>,
     child: Mutex<Child>,
+    /// `endless-listing`: the handles of the directories named, and names made so far.
+    endless_handles: Mutex<HashSet<Vec<u8>>>,
+    endless_made: Mutex<u64>,
 }
 
 impl Shared {
+    /// Bytes that are not a packet, as they are.
+    fn send_raw(&self, bytes: &[u8]) {
+        let mut client = lock(&self.client);
+        if client.gone {
+            return;
+        }
+        if client
+            .out
+            .write_all(bytes)
+            .and_then(|()| client.out.flush())
+            .is_err()
+        {
+            client.gone = true;
+        }
+    }
+
     fn send(&self, packet: &[u8]) {
         let mut client = lock(&self.client);
         if client.gone || self.faults.stall_after.is_some_and(|n| client.sent >= n) {
@@ -280,6 +310,8 @@ pub fn main() {
         }),
         server_in: Mutex::new(Some(BufWriter::new(server_in))),
         child: Mutex::new(child),
+        endless_handles: Mutex::default(),
+        endless_made: Mutex::new(0),
     });
     let replies = {
         let shared = Arc::clone(&shared);
@@ -376,6 +408,7 @@ fn on_request(shared: &Shared, mut packet: Vec<u8>) -> Option<Vec<u8>> {
         || (CHANGES.contains(&kind) && named(faults.stall_change.as_deref()));
     let no_type_bits = named(faults.no_type_bits.as_deref());
     let huge_size = named(faults.huge_size.as_deref());
+    let endless = kind == fxp::OPENDIR && named(faults.endless_listing.as_deref());
     let answer = if kind == fxp::EXTENDED && faults.no_extensions {
         Some(status(id, FX_OP_UNSUPPORTED, "no extensions here"))
     } else if kind == fxp::REMOVE && named(faults.unknown_status.as_deref()) {
@@ -383,6 +416,20 @@ fn on_request(shared: &Shared, mut packet: Vec<u8>) -> Option<Vec<u8>> {
     } else {
         None
     };
+    if named(faults.garbage_length.as_deref()) {
+        let mut garbage = 0x8000_0000u32.to_be_bytes().to_vec();
+        garbage.extend((0..200u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
+        shared.send_raw(&garbage);
+        return None;
+    }
+    if kind == fxp::READDIR
+        && let Some(handle) = Fields::new(&packet, 5).string()
+        && lock(&shared.endless_handles).contains(handle)
+    {
+        let mut made = lock(&shared.endless_made);
+        shared.send(&endless_names(id, &mut made));
+        return None;
+    }
     if let Some(answer) = answer {
         if !stalled {
             shared.send(&answer);
@@ -415,6 +462,7 @@ fn on_request(shared: &Shared, mut packet: Vec<u8>) -> Option<Vec<u8>> {
             swallow: stalled,
             no_type_bits,
             huge_size,
+            endless,
         },
     );
     Some(packet)
@@ -484,6 +532,11 @@ fn on_reply(
                 && let Some(handle) = Fields::new(&packet, 5).string()
             {
                 injected.remove(handle);
+                let mut endless = lock(&shared.endless_handles);
+                match pending.as_ref().is_some_and(|p| p.endless) {
+                    true => endless.insert(handle.to_vec()),
+                    false => endless.remove(handle),
+                };
             }
         }
         fxp::DATA => {
@@ -528,6 +581,22 @@ fn on_reply(
         _ => {}
     }
     Some(packet)
+}
+
+/// `endless-listing`: a NAME reply of 1000 regular files never listed before.
+fn endless_names(id: u32, made: &mut u64) -> Vec<u8> {
+    let mut packet = vec![fxp::NAME];
+    put_u32(&mut packet, id);
+    put_u32(&mut packet, 1000);
+    for _ in 0..1000 {
+        *made += 1;
+        let name = format!("endless-{made:012}");
+        put_string(&mut packet, name.as_bytes());
+        put_string(&mut packet, name.as_bytes());
+        put_u32(&mut packet, ATTR_PERMISSIONS);
+        put_u32(&mut packet, 0o100644);
+    }
+    packet
 }
 
 /// The handle, grown to `LONG_HANDLE_LEN`; None if it does not fit. Its length comes first, so
