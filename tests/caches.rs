@@ -191,16 +191,12 @@ fn server_changes_appear_after_the_timeout_and_not_before() {
     fs::remove_file(root.join("s")).unwrap();
     symlink("y", root.join("s")).unwrap();
 
-    // Past the kernel's own 1 s, well before the cache's 6 s.
+    // Past the kernel's own 1 s, well before the cache's 6 s: a stat, a listing and a symlink
+    // are still the cache's; a name missing from the listing is asked again (close-to-open).
     sleep(Duration::from_millis(1600));
     assert_eq!(fs::metadata(cached.join("a")).unwrap().len(), 3);
     assert_eq!(names(cached.path()), set_names(&["a", "s"]));
-    assert_eq!(
-        fs::metadata(cached.join("late"))
-            .map_err(errno_of)
-            .unwrap_err(),
-        libc::ENOENT
-    );
+    assert_eq!(fs::metadata(cached.join("late")).unwrap().len(), 1);
     assert_eq!(fs::read_link(cached.join("s")).unwrap().to_str(), Some("x"));
     assert!(
         filled.elapsed() < Duration::from_secs(5),
@@ -307,24 +303,28 @@ fn cached_pages_survive_a_reopen_until_the_file_changes() {
     let before = recorder.settled();
     assert!(fs::read(m.join("f")).unwrap() == fs::read(&remote).unwrap());
     let cost = recorder.settled().since(&before);
-    // The pages were kept: none of the 8 MiB is asked again. What may reach the server is a
+    // The pages were kept: the 8 MiB are not asked again. What may reach the server is a
     // read at the end (fs::read reads past it to find the end; once the kernel's attributes
-    // have expired, as on a busy machine they may between the two reads, it asks us).
+    // have expired, as on a busy machine they may between the two reads, it asks us), and a
+    // few pages the kernel let go (scattered 4-8 KiB reads, seen with the code of 29cc67f too:
+    // up to 64 KiB in 3 of 10 runs on a 2-core machine).
+    let all = recorder.reads();
     assert!(
-        cost.read_bytes <= 2 * 4096,
-        "second read of an unchanged file: {cost:?}"
+        cost.read_bytes <= 256 * 1024,
+        "second read of an unchanged file: {cost:?} {:?}",
+        &all[all.len().saturating_sub(12)..]
     );
 
-    // Same size, new contents and mtime, on the server: not seen before the attributes the
-    // mount keeps have expired (they were fetched after `filled`), seen after.
+    // Same size, new contents and mtime, on the server: seen by an open after about a second
+    // (close-to-open), well before the 4 s the attributes are kept for a stat.
     random_file(&remote, 8 << 20, 2);
     set_mtime(&remote, 1_600_000_000);
-    assert!(wait_until(Duration::from_secs(15), || {
+    assert!(wait_until(Duration::from_secs(3), || {
         fs::read(m.join("f")).unwrap() == fs::read(&remote).unwrap()
     }));
     assert!(
-        filled.elapsed() >= Duration::from_secs(4),
-        "the server's change was seen after {:?}, before the 4 s timeout",
+        filled.elapsed() < Duration::from_secs(4),
+        "the check ran late ({:?}); it proves nothing",
         filled.elapsed()
     );
     // And the new pages are kept in turn, once the kernel has the new attributes too (it
@@ -334,7 +334,7 @@ fn cached_pages_survive_a_reopen_until_the_file_changes() {
     let before = recorder.settled();
     assert!(fs::read(m.join("f")).unwrap() == fs::read(&remote).unwrap());
     let cost = recorder.settled().since(&before);
-    assert!(cost.read_bytes <= 2 * 4096, "{cost:?}");
+    assert!(cost.read_bytes <= 256 * 1024, "{cost:?}");
 }
 
 #[test]
@@ -689,4 +689,85 @@ fn a_small_file_written_whole_is_kept_and_never_stands_for_other_bytes() {
     drop(writer);
     assert_eq!(server("cut"), b"\0\0\0\0dddd");
     assert_eq!(fs::read(m.join("cut")).unwrap(), b"\0\0\0\0dddd");
+}
+
+#[test]
+fn a_change_within_the_second_the_file_was_read_is_seen_after_the_timeout() {
+    let sshd = Sshd::start();
+    let m = Mount::new(&sshd, &["-o", "dcache_timeout=2"]);
+    let mtime = |p: &Path| fs::metadata(p).unwrap().modified().unwrap();
+    // Rewritten in place, and replaced by a rename: the same size and, SFTP v3 times being
+    // whole seconds, the same mtime as when the mount read it.
+    for by_rename in [false, true] {
+        let name = format!("cnt-{by_rename}");
+        let remote = sshd.remote_root().join(&name);
+        let same_second = (0..10).any(|_| {
+            // Early in a second (the filesystem's clock is coarse: a few ms behind), so that
+            // all of it fits in one.
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap();
+            sleep(Duration::from_nanos(
+                1_020_000_000 - u64::from(now.subsec_nanos()),
+            ));
+            fs::write(&remote, b"0001").unwrap();
+            // A name not seen before: the mount reads it from the server.
+            if fs::read(m.join(&name)).unwrap() != b"0001" {
+                return false;
+            }
+            let read_in = mtime(&remote);
+            if by_rename {
+                let tmp = sshd.remote_root().join("cnt.tmp");
+                fs::write(&tmp, b"0002").unwrap();
+                fs::rename(&tmp, &remote).unwrap();
+            } else {
+                fs::write(&remote, b"0002").unwrap();
+            }
+            let secs = |t: std::time::SystemTime| {
+                t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+            };
+            secs(mtime(&remote)) == secs(read_in)
+        });
+        assert!(same_second, "could not rewrite the file within one second");
+        let seen = wait_until(Duration::from_secs(10), || {
+            fs::read(m.join(&name)).unwrap() == b"0002"
+        });
+        assert!(
+            seen,
+            "by_rename {by_rename}: the old bytes are still served"
+        );
+    }
+}
+
+#[test]
+fn a_change_made_on_the_server_is_seen_by_the_next_open_after_about_a_second() {
+    let sshd = Sshd::start();
+    let root = sshd.remote_root();
+    fs::write(root.join("small"), b"old bytes").unwrap();
+    set_mtime(&root.join("small"), 1_500_000_000);
+    // The default timeouts: 20 s.
+    let m = Mount::new(&sshd, &[]);
+    assert_eq!(names(m.path()), set_names(&["small"]));
+    assert_eq!(fs::read(m.join("small")).unwrap(), b"old bytes");
+    assert_eq!(
+        fs::metadata(m.join("out.txt"))
+            .map_err(errno_of)
+            .unwrap_err(),
+        libc::ENOENT
+    );
+
+    // Built there, looked at here: a new file, and a small file rewritten.
+    fs::write(root.join("out.txt"), b"built").unwrap();
+    fs::write(root.join("small"), b"new bytes, longer").unwrap();
+    let seen = wait_until(Duration::from_secs(5), || {
+        fs::read(m.join("out.txt")).is_ok_and(|b| b == b"built")
+    });
+    assert!(seen, "a file made on the server is still missing");
+    let seen = wait_until(Duration::from_secs(5), || {
+        fs::read(m.join("small")).unwrap() == b"new bytes, longer"
+    });
+    assert!(
+        seen,
+        "a file rewritten on the server still shows its old bytes"
+    );
 }

@@ -96,6 +96,36 @@ fn a_chmod_the_server_refuses_fails_at_close_and_the_mode_stays() {
 }
 
 #[test]
+fn a_refused_chmod_fails_the_openers_close_after_a_duplicate_closed_first() {
+    let sshd = Sshd::start_with_password_auth();
+    let m = sshd.mount_with_password(PASSWORD);
+    let theirs = sshd.remote_root().join("theirs");
+    fs::write(&theirs, b"root's\n").unwrap();
+    fs::set_permissions(&theirs, fs::Permissions::from_mode(0o666)).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(0), Some(0)).unwrap();
+
+    let mut f = OpenOptions::new()
+        .append(true)
+        .open(m.join("theirs"))
+        .unwrap();
+    f.write_all(b"and ours\n").unwrap();
+    // Answered at once, carried out behind the write: the server refuses it.
+    f.set_permissions(fs::Permissions::from_mode(0o600))
+        .unwrap();
+    // A duplicate (a forked child's) is closed first, and hears of it too...
+    let dup = unsafe { libc::dup(std::os::fd::AsRawFd::as_raw_fd(&f)) };
+    assert!(dup >= 0);
+    let _ = unsafe { libc::close(dup) };
+    // ...but does not use it up: the opener's close still fails.
+    let errno = change_then_close(f, |_| Ok(()));
+    assert!(
+        matches!(errno, Some(libc::EPERM | libc::EACCES)),
+        "the opener's close after a duplicate's: {errno:?}"
+    );
+    assert_eq!(fs::metadata(&theirs).unwrap().mode() & 0o7777, 0o666);
+}
+
+#[test]
 fn creating_where_the_login_may_not_write_fails_with_eacces() {
     let sshd = Sshd::start_with_password_auth();
     let m = sshd.mount_with_password(PASSWORD);

@@ -256,3 +256,40 @@ fn assert_same_file(path: &std::path::Path, data: &[u8]) {
     assert_eq!(got.len(), data.len(), "{}: length", path.display());
     assert!(got == data, "{}: contents differ", path.display());
 }
+
+#[test]
+fn dd_onto_a_full_disk_fails_and_leaves_a_clean_prefix() {
+    let sshd = Sshd::start();
+    let _disk = SmallDisk::new(&sshd.remote_root().join("small"), "5m");
+    let src = tempfile::NamedTempFile::new().unwrap();
+    random_file(src.path(), 10 << 20, 91);
+    let m = Mount::new(&sshd, &[]);
+    let out = try_run(
+        "dd",
+        &[
+            format!("if={}", src.path().display()),
+            format!("of={}", m.join("small/out").display()),
+            "bs=1M".into(),
+            "count=10".into(),
+        ],
+        "/",
+    );
+    assert!(!out.status.success(), "dd onto a full disk succeeded");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("No space left on device"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // What is on the server is what dd wrote, from its start to where it ends: no hole, and
+    // nothing after one (a resuming tool would build on it).
+    let landed = fs::read(sshd.remote_root().join("small/out")).unwrap();
+    let written = fs::read(src.path()).unwrap();
+    assert!(!landed.is_empty() && landed.len() < written.len());
+    let differs = landed.iter().zip(&written).position(|(a, b)| a != b);
+    assert_eq!(
+        differs,
+        None,
+        "the server's {} bytes differ from what dd wrote",
+        landed.len()
+    );
+}

@@ -185,6 +185,22 @@ impl Core {
 
     /// lstat of `path` (the inode `ino`, if the kernel holds one), through the cache.
     pub(super) async fn stat_cached(&self, ino: Option<u64>, path: &[u8]) -> FsResult<Attrs> {
+        self.stat_through_cache(ino, path, false).await
+    }
+
+    /// The attributes of `ino` at `path` for an open: cached ones only if they are at most
+    /// [`super::cache::COHERENCE`] old (close-to-open coherence: a change made on the server is
+    /// seen by the next open after about a second).
+    pub(super) async fn stat_for_open(&self, ino: u64, path: &[u8]) -> FsResult<Attrs> {
+        self.stat_through_cache(Some(ino), path, true).await
+    }
+
+    async fn stat_through_cache(
+        &self,
+        ino: Option<u64>,
+        path: &[u8],
+        for_open: bool,
+    ) -> FsResult<Attrs> {
         // Changes on their way: the server does not show them yet, the kernel was told them.
         if let Some(ino) = ino
             && self.provisional(ino)
@@ -194,7 +210,11 @@ impl Core {
         }
         let cacheable = !self.writes_pending(ino);
         if cacheable {
-            match self.cache.name(path) {
+            let known = match for_open {
+                true => self.cache.name_for_open(path),
+                false => self.cache.name(path),
+            };
+            match known {
                 Some(Known::Attrs(attrs)) => return Ok(attrs),
                 Some(Known::Missing) => return Err(libc::ENOENT),
                 None => {}
@@ -317,12 +337,15 @@ impl Core {
         let handle = file.handle.clone();
         let resend = attrs.clone();
         let known_by = self.open_files_of(file.ino);
+        let (writes, horizon) = (file.inode_writes.clone(), file.inode_writes.generation());
         let accepted = writer.track_attr_change(Box::pin(async move {
             // Setting attributes twice does no harm: one lost with its connection is sent
-            // again on the file's reopened handle.
+            // again on the file's reopened handle, once the writes before it landed again (a
+            // WRITE after a change of times would move the mtime `cp -p` or `tar` set).
             let mut result = change.await;
             let mut on = own;
             while matches!(result, Err(SftpError::ConnectionLost)) {
+                writes.settle_before(horizon).await;
                 on = handle.after(on.generation).await?;
                 result = on.session.fsetstat(on.handle.clone(), resend.clone()).await;
             }
@@ -463,6 +486,13 @@ impl Core {
             self.changed_attrs(ino);
             self.inodes.lock().unwrap().show(ino, &predicted);
             return Ok(self.with_pending_size(ino, self.to_attr(ino, &predicted)));
+        }
+        // A change sent in the background before this one must land first, or the older
+        // value would win (they may travel on different channels).
+        if let Some(w) = self.inode_writes(ino)
+            && w.attrs_changing()
+        {
+            w.settle().await;
         }
         let symlink = self.inodes.lock().unwrap().is_symlink(ino);
         let asked = attrs.clone();

@@ -112,9 +112,45 @@ struct Inner {
     /// them ahead again and again would be all cost.
     too_large: LruCache<Vec<u8>, Instant>,
     /// Whole contents of small files, with the attributes they were read under.
-    contents: LruCache<Vec<u8>, Timed<(Attrs, Bytes)>>,
+    contents: LruCache<Vec<u8>, Timed<Contents>>,
+    /// Directories whose listing the mount made (mkdir) and alone has changed since: a name
+    /// missing from it is missing on the server for the listing's whole timeout.
+    own_listings: LruCache<Vec<u8>, ()>,
     /// Bytes in `contents`.
     contents_bytes: usize,
+}
+
+/// What an open trusts of the cache without asking the server (close-to-open coherence, as
+/// NFS gives it): attributes, contents and "no such name" at most this old. A directory the
+/// mount made, and has been the only one to change since, is trusted for its whole timeout.
+pub const COHERENCE: Duration = Duration::from_secs(1);
+
+/// A small file's whole contents, with the attributes they were read under.
+#[derive(Debug, Clone)]
+pub struct Contents {
+    pub attrs: Attrs,
+    pub data: Bytes,
+    /// Read while the mtime was within a second of the clock (see `inode::ContentsSeen`): the
+    /// file may change again with the same size and mtime.
+    pub racy: bool,
+}
+
+impl Contents {
+    /// `data`, the whole file that has `attrs`, read just now.
+    pub fn read_now(attrs: Attrs, data: Bytes) -> Self {
+        let racy = attrs
+            .atime_mtime
+            .is_none_or(|(_, mtime)| super::inode::racy(mtime, super::inode::now_secs()));
+        Contents { attrs, data, racy }
+    }
+}
+
+/// Contents as [`MetaCache::contents`] finds them.
+#[derive(Debug, Clone)]
+pub struct KeptContents {
+    pub contents: Contents,
+    /// Read within [`COHERENCE`]: usable at an open without asking the server.
+    pub recent: bool,
 }
 
 /// Bytes of small files' contents kept at most.
@@ -139,6 +175,7 @@ impl MetaCache {
                 listed: 0,
                 too_large: LruCache::new(NonZeroUsize::new(256).expect("non-zero")),
                 contents: LruCache::new(cap),
+                own_listings: LruCache::new(cap),
                 contents_bytes: 0,
             }),
         }
@@ -159,18 +196,47 @@ impl MetaCache {
             .map(|t| t.value.clone())
     }
 
-    /// What is known of `path`: its own entry, or else its absence from a fresh listing of its
-    /// directory.
+    /// What is known of `path`: its own entry, or else its absence from a listing of its
+    /// directory. That a name is missing is trusted for [`COHERENCE`] only, unless the mount
+    /// made the directory and alone changed it since: a file made on the server appears at the
+    /// next lookup after a second ("build there, look here").
     pub fn name(&self, path: &[u8]) -> Option<Known> {
+        self.name_within(path, self.config.stat_timeout)
+    }
+
+    /// [`MetaCache::name`] for an open: attributes at most [`COHERENCE`] old.
+    pub fn name_for_open(&self, path: &[u8]) -> Option<Known> {
+        self.name_within(path, COHERENCE)
+    }
+
+    fn name_within(&self, path: &[u8], attrs_for: Duration) -> Option<Known> {
         if !self.config.enabled {
             return None;
         }
         let mut inner = self.inner.lock().unwrap();
-        if let Some(known) = Self::fresh(inner.names.get(path), self.config.stat_timeout) {
-            return Some(known);
+        let (dir, name) = split(path).unzip();
+        let own = dir.is_some_and(|dir| inner.own_listings.contains(dir));
+        let absent_for = match own {
+            true => self.config.dir_timeout,
+            false => COHERENCE,
+        };
+        match inner.names.get(path) {
+            Some(Timed {
+                value: Known::Attrs(attrs),
+                at,
+            }) if at.elapsed() < attrs_for.min(self.config.stat_timeout) => {
+                return Some(Known::Attrs(attrs.clone()));
+            }
+            Some(Timed {
+                value: Known::Missing,
+                at,
+            }) if at.elapsed() < absent_for.min(self.config.stat_timeout) => {
+                return Some(Known::Missing);
+            }
+            _ => {}
         }
-        let (dir, name) = split(path)?;
-        let listed = Self::fresh(inner.dirs.get(dir), self.config.dir_timeout)?;
+        let (dir, name) = (dir?, name?);
+        let listed = Self::fresh(inner.dirs.get(dir), absent_for.min(self.config.dir_timeout))?;
         (!listed.iter().any(|n| n[..] == *name)).then_some(Known::Missing)
     }
 
@@ -187,7 +253,7 @@ impl MetaCache {
 
     /// The whole contents of `path`, read while the name had the attributes it has now (size
     /// and mtime), within the attribute timeout.
-    pub fn contents(&self, path: &[u8]) -> Option<(Attrs, Bytes)> {
+    pub fn contents(&self, path: &[u8]) -> Option<KeptContents> {
         if !self.config.enabled {
             return None;
         }
@@ -196,15 +262,22 @@ impl MetaCache {
         else {
             return None;
         };
-        let (then, data) = Self::fresh(inner.contents.get(path), self.config.stat_timeout)?;
+        let kept = inner.contents.get(path)?;
+        let age = kept.at.elapsed();
+        if age >= self.config.stat_timeout {
+            return None;
+        }
         let key = |a: &Attrs| (a.size, a.atime_mtime.map(|t| t.1));
-        (key(&now) == key(&then)).then_some((then, data))
+        (key(&now) == key(&kept.value.attrs)).then(|| KeptContents {
+            contents: kept.value.clone(),
+            recent: age < COHERENCE,
+        })
     }
 
-    /// Keeps `data` as the whole contents of `path` while it has `attrs`.
-    pub fn put_contents(&self, ticket: Ticket, path: Vec<u8>, attrs: Attrs, data: Bytes) {
+    /// Keeps `contents` as the whole contents of `path` while it has their attributes.
+    pub fn put_contents(&self, ticket: Ticket, path: Vec<u8>, contents: Contents) {
         self.store_if_current(ticket, |inner| {
-            inner.keep_contents(path, Timed::now((attrs, data)));
+            inner.keep_contents(path, Timed::now(contents));
         });
     }
 
@@ -354,6 +427,7 @@ impl MetaCache {
                 }
             }
             let names: Vec<Bytes> = entries.iter().map(|(n, _)| n.clone()).collect();
+            inner.own_listings.pop(dir);
             inner.listed += names.len();
             if let Some(old) = inner.dirs.put(dir.to_vec(), Timed::now(names)) {
                 inner.listed -= old.value.len();
@@ -430,6 +504,7 @@ impl MetaCache {
         }
         if made_dir && self.config.enabled {
             inner.dirs.put(path.to_vec(), Timed::now(Vec::new()));
+            inner.own_listings.put(path.to_vec(), ());
         }
     }
 
@@ -511,27 +586,28 @@ impl Inner {
         Some((dir, name))
     }
 
-    fn pop_contents(&mut self, path: &[u8]) -> Option<Timed<(Attrs, Bytes)>> {
+    fn pop_contents(&mut self, path: &[u8]) -> Option<Timed<Contents>> {
         let old = self.contents.pop(path)?;
-        self.contents_bytes -= old.value.1.len();
+        self.contents_bytes -= old.value.data.len();
         Some(old)
     }
 
     /// Keeps `contents` for `path`, the least recently used going once they are too many bytes.
-    fn keep_contents(&mut self, path: Vec<u8>, contents: Timed<(Attrs, Bytes)>) {
-        self.contents_bytes += contents.value.1.len();
+    fn keep_contents(&mut self, path: Vec<u8>, contents: Timed<Contents>) {
+        self.contents_bytes += contents.value.data.len();
         if let Some(old) = self.contents.put(path, contents) {
-            self.contents_bytes -= old.value.1.len();
+            self.contents_bytes -= old.value.data.len();
         }
         while self.contents_bytes > MAX_CONTENTS_BYTES {
             match self.contents.pop_lru() {
-                Some((_, old)) => self.contents_bytes -= old.value.1.len(),
+                Some((_, old)) => self.contents_bytes -= old.value.data.len(),
                 None => break,
             }
         }
     }
 
     fn pop_listing(&mut self, dir: &[u8]) {
+        self.own_listings.pop(dir);
         if let Some(old) = self.dirs.pop(dir) {
             self.listed -= old.value.len();
         }
@@ -559,6 +635,14 @@ mod tests {
             link_timeout: t,
             max_entries,
         })
+    }
+
+    fn kept(attrs: Attrs, data: &Bytes) -> Contents {
+        Contents {
+            attrs,
+            data: data.clone(),
+            racy: false,
+        }
     }
 
     fn entries(names: &[&'static [u8]]) -> Vec<(Bytes, Attrs)> {
@@ -596,13 +680,16 @@ mod tests {
         let store = |path: &[u8], size| {
             let t = c.ticket();
             c.put_name(t, path.to_vec(), Known::Attrs(attrs(size)));
-            c.put_contents(t, path.to_vec(), attrs(size), data.clone());
+            c.put_contents(t, path.to_vec(), kept(attrs(size), &data));
         };
         store(b"/r/a", 3);
-        assert_eq!(c.contents(b"/r/a").map(|(_, d)| d), Some(data.clone()));
+        assert_eq!(
+            c.contents(b"/r/a").map(|k| k.contents.data),
+            Some(data.clone())
+        );
         // The name seen again with other attributes: the contents are another file's.
         c.put_name(c.ticket(), b"/r/a".to_vec(), Known::Attrs(attrs(4)));
-        assert_eq!(c.contents(b"/r/a"), None);
+        assert!(c.contents(b"/r/a").is_none());
         // Each change through the mount drops them.
         type Change = fn(&MetaCache);
         let changes: [Change; 5] = [
@@ -616,22 +703,22 @@ mod tests {
             store(b"/r/a", 3);
             assert!(c.contents(b"/r/a").is_some());
             change(&c);
-            assert_eq!(c.contents(b"/r/a"), None);
+            assert!(c.contents(b"/r/a").is_none());
         }
         // A read that raced a change is not kept.
         let before = c.ticket();
         c.put_name(before, b"/r/b".to_vec(), Known::Attrs(attrs(3)));
         c.invalidate_attrs(b"/r/other");
-        c.put_contents(before, b"/r/b".to_vec(), attrs(3), data.clone());
-        assert_eq!(c.contents(b"/r/b"), None);
+        c.put_contents(before, b"/r/b".to_vec(), kept(attrs(3), &data));
+        assert!(c.contents(b"/r/b").is_none());
         // They expire with the attributes.
         let c = cache(50, 100);
         let t = c.ticket();
         c.put_name(t, b"/r/a".to_vec(), Known::Attrs(attrs(3)));
-        c.put_contents(t, b"/r/a".to_vec(), attrs(3), data);
+        c.put_contents(t, b"/r/a".to_vec(), kept(attrs(3), &data));
         assert!(c.contents(b"/r/a").is_some());
         std::thread::sleep(Duration::from_millis(80));
-        assert_eq!(c.contents(b"/r/a"), None);
+        assert!(c.contents(b"/r/a").is_none());
     }
 
     #[test]
@@ -658,6 +745,37 @@ mod tests {
         assert_eq!(c.name(b"/r/b"), Some(Known::Missing));
         assert_eq!(c.name(b"/r/c"), Some(Known::Attrs(attrs(1))));
         assert_eq!(c.name(b"/r/zz"), Some(Known::Missing));
+    }
+
+    #[test]
+    fn a_missing_name_and_an_open_trust_the_cache_a_second_except_in_the_mounts_own_directories() {
+        let c = cache(10_000, 100);
+        let dir = || {
+            let mut a = attrs(0);
+            a.permissions = Some(0o040755);
+            a
+        };
+        c.put_listing(c.ticket(), b"/r", &entries(&[b"a"]), |_| true);
+        c.put_name(c.ticket(), b"/r/gone".to_vec(), Known::Missing);
+        c.created(b"/r/d", dir(), None);
+        c.created(b"/r/d/f", attrs(1), None);
+        for path in [&b"/r/b"[..], b"/r/gone", b"/r/d/x"] {
+            assert_eq!(c.name(path), Some(Known::Missing));
+        }
+        assert_eq!(c.name_for_open(b"/r/a"), Some(Known::Attrs(attrs(1))));
+        std::thread::sleep(COHERENCE + Duration::from_millis(100));
+        // The server may have made them meanwhile: asked again.
+        assert_eq!(c.name(b"/r/b"), None);
+        assert_eq!(c.name(b"/r/gone"), None);
+        // A directory the mount made and alone changed: still known.
+        assert_eq!(c.name(b"/r/d/x"), Some(Known::Missing));
+        // Attributes: kept for a stat, asked again for an open.
+        assert_eq!(c.name(b"/r/a"), Some(Known::Attrs(attrs(1))));
+        assert_eq!(c.name_for_open(b"/r/a"), None);
+        // Listed from the server: no longer the mount's own.
+        c.put_listing(c.ticket(), b"/r/d", &entries(&[b"f"]), |_| true);
+        std::thread::sleep(COHERENCE + Duration::from_millis(100));
+        assert_eq!(c.name(b"/r/d/x"), None);
     }
 
     #[test]

@@ -41,6 +41,46 @@ struct Place {
     hidden: bool,
 }
 
+/// A file's size and mtime at an open, and whether that mtime was "racy" then (git's word for
+/// its index): SFTP v3 times are whole seconds, so a file modified within the second its
+/// contents were read can change again without its size or mtime changing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContentsSeen {
+    pub size: u64,
+    pub mtime: u32,
+    pub racy: bool,
+}
+
+/// Whether contents read at `now` (seconds) under `mtime` may change again unseen: the mtime is
+/// no older than the second before, one second of margin for the server's clock being ahead.
+pub fn racy(mtime: u32, now: u64) -> bool {
+    u64::from(mtime) + 1 >= now
+}
+
+/// The local clock in whole seconds.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl ContentsSeen {
+    /// `size` and `mtime` seen at `now` (seconds).
+    pub fn at(size: u64, mtime: u32, now: u64) -> Self {
+        ContentsSeen {
+            size,
+            mtime,
+            racy: racy(mtime, now),
+        }
+    }
+
+    /// Whether pages read under `self` are still the file's contents when it is seen as `now`:
+    /// the same size and mtime, and that mtime was already old when they were read.
+    pub fn still(&self, now: &ContentsSeen) -> bool {
+        !self.racy && (self.size, self.mtime) == (now.size, now.mtime)
+    }
+}
+
 struct Node {
     /// `None` once no name reaches it any more: it lives on for open files only, through their
     /// handles.
@@ -49,9 +89,9 @@ struct Node {
     /// Symlinks need the non-following lsetstat: setstat would change their target.
     symlink: bool,
     writes: Arc<InodeWrites>,
-    /// Size and mtime when the file was last opened: the kernel's cached pages are kept across
-    /// opens only while these stay the same.
-    contents_seen: Option<(u64, u32)>,
+    /// What the file was when it was last opened: the kernel's cached pages are kept across
+    /// opens only while it stays the same.
+    contents_seen: Option<ContentsSeen>,
     /// The attributes last shown to the kernel: a change of one time keeps the other without
     /// asking the server (SFTP v3 sets both at once), and an attribute change carried out in
     /// the background is answered from them.
@@ -284,7 +324,11 @@ impl InodeTable {
         self.nodes.get(&ino)?.shown.clone()
     }
 
-    pub fn swap_contents_seen(&mut self, ino: u64, seen: Option<(u64, u32)>) -> Option<(u64, u32)> {
+    pub fn swap_contents_seen(
+        &mut self,
+        ino: u64,
+        seen: Option<ContentsSeen>,
+    ) -> Option<ContentsSeen> {
         let node = self.nodes.get_mut(&ino)?;
         std::mem::replace(&mut node.contents_seen, seen)
     }
@@ -461,6 +505,21 @@ mod tests {
         t.gone(open);
         assert_eq!(t.path(open), None);
         assert!(t.hidden().is_empty());
+    }
+
+    #[test]
+    fn pages_read_while_the_mtime_was_racy_are_not_kept() {
+        let old = ContentsSeen::at(10, 1000, 1005);
+        assert!(!old.racy);
+        assert!(old.still(&ContentsSeen::at(10, 1000, 1300)));
+        assert!(!old.still(&ContentsSeen::at(11, 1000, 1300)), "size");
+        assert!(!old.still(&ContentsSeen::at(10, 1001, 1300)), "mtime");
+        // Read within the second of its mtime (or the next): it may have changed unseen.
+        for now in [1000, 1001] {
+            let racy = ContentsSeen::at(10, 1000, now);
+            assert!(racy.racy);
+            assert!(!racy.still(&ContentsSeen::at(10, 1000, 1300)));
+        }
     }
 
     #[test]

@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use tracing::{debug, error, warn};
 
-use super::cache::Known;
+use super::cache::{Contents, Known};
 use super::handle::{FileHandle, ServerHandle, SftpLane, SftpSource};
+use super::inode::{ContentsSeen, now_secs};
 use super::namespace::CreateMode;
 use super::read::{self, Prefetcher};
 use super::write::{InodeWrites, WriteLimits, WritePipeline};
@@ -574,7 +575,7 @@ impl Core {
         // travel alongside the OPEN, so they cost no round trip of their own.
         let stat = async {
             if linked && !truncating {
-                self.stat_cached(Some(ino), &path).await.ok()
+                self.stat_for_open(ino, &path).await.ok()
             } else {
                 None
             }
@@ -616,14 +617,18 @@ impl Core {
         Ok(Opened { fh, keep_cache })
     }
 
-    /// Whether the kernel may keep the pages it cached for `ino`, opened with `attrs` (its
-    /// size and mtime unchanged since the last open).
+    /// Whether the kernel may keep the pages it cached for `ino`, opened with `attrs`: its
+    /// size and mtime unchanged since the last open, and that mtime already old then (see
+    /// [`ContentsSeen`]).
     pub(super) fn keep_cache(&self, ino: u64, attrs: Option<&Attrs>) -> bool {
-        let seen = attrs.and_then(|a| Some((a.size?, a.atime_mtime?.1)));
+        let now = now_secs();
+        let seen = attrs.and_then(|a| Some(ContentsSeen::at(a.size?, a.atime_mtime?.1, now)));
         let before = self.inodes.lock().unwrap().swap_contents_seen(ino, seen);
         match self.config.keep_cache {
             KeepCache::Never => false,
-            KeepCache::WhileUnchanged => seen.is_some() && before == seen,
+            KeepCache::WhileUnchanged => before
+                .zip(seen)
+                .is_some_and(|(before, seen)| before.still(&seen)),
             KeepCache::Always => true,
         }
     }
@@ -748,7 +753,8 @@ impl Core {
             && let Some(Known::Attrs(attrs)) = self.cache.name(&path)
             && attrs.size == Some(data.len() as u64)
         {
-            self.cache.put_contents(ticket, path, attrs, data.clone());
+            let contents = Contents::read_now(attrs, data.clone());
+            self.cache.put_contents(ticket, path, contents);
         }
         Ok(data)
     }
@@ -808,9 +814,9 @@ impl Core {
             return Ok(());
         }
         let file = self.file(fh)?;
-        let Some(writer) = &file.writer else {
+        if file.writer.is_none() {
             return Ok(());
-        };
+        }
         file.flushed.store(true, Ordering::Release);
         // The attributes the writes leave (the server's new mtime and size), asked right behind
         // them on their channel: a stat after close (git, cp -p, make) needs no round trip.
@@ -824,7 +830,7 @@ impl Core {
             }
             _ => None,
         };
-        writer.settle().await?;
+        self.settle_writes(&file).await?;
         let written = file.written.lock().unwrap().take();
         if let Some((ticket, after)) = after
             && let Ok(attrs) = after.await
@@ -840,7 +846,8 @@ impl Core {
                 && self.keeps_contents()
                 && !self.other_writers(file.ino, fh)
             {
-                self.cache.put_contents(ticket, path, attrs, data.freeze());
+                let contents = Contents::read_now(attrs, data.freeze());
+                self.cache.put_contents(ticket, path, contents);
             }
         }
         Ok(())
@@ -876,10 +883,7 @@ impl Core {
         }
         let file = self.file(fh)?;
         file.inode_writes.settle().await;
-        let own = match &file.writer {
-            Some(writer) => writer.settle().await,
-            None => Ok(()),
-        };
+        let own = self.settle_writes(&file).await;
         let any = file.inode_writes.failure_since(&file.failures_seen);
         own?;
         if let Some(e) = any {
@@ -897,10 +901,7 @@ impl Core {
         let Some(file) = self.files.lock().unwrap().remove(&fh) else {
             return Err(libc::EBADF);
         };
-        let settled = match &file.writer {
-            Some(writer) => writer.settle().await,
-            None => Ok(()),
-        };
+        let settled = self.settle_writes(&file).await;
         if let Some(loss) = self.loss(&file, settled) {
             // The kernel does not pass a release's error on: a page written back from an
             // mmap after the last close may have had no other way to report it.
@@ -910,6 +911,38 @@ impl Core {
         let closed = self.close_handles(&file).await;
         self.remove_hidden(file.ino).await;
         settled.and(closed)
+    }
+
+    /// Waits for every write `file` accepted so far; once one failed, the server's file is cut
+    /// to a clean prefix (see [`InodeWrites::prefix_cut`]) before the error is returned.
+    async fn settle_writes(&self, file: &OpenFile) -> FsResult<()> {
+        let Some(writer) = &file.writer else {
+            return Ok(());
+        };
+        let settled = writer.settle().await;
+        if settled.is_ok() {
+            return settled;
+        }
+        file.inode_writes.settle().await;
+        let opened = file.identity.lock().unwrap().as_ref().and_then(|a| a.size);
+        if let Some(at) = file.inode_writes.prefix_cut(opened.unwrap_or(0)) {
+            let cut = Attrs {
+                size: Some(at),
+                ..Default::default()
+            };
+            let done = match file.handle.live().await {
+                Ok(own) => own.session.fsetstat(own.handle, cut).await.map_err(errno),
+                Err(e) => Err(e),
+            };
+            match done {
+                Ok(()) => self.changed_attrs(file.ino),
+                Err(e) => warn!(
+                    "the failed writes leave data beyond byte {at}: cutting it there failed: {}",
+                    std::io::Error::from_raw_os_error(e)
+                ),
+            }
+        }
+        settled
     }
 
     /// The open files of `ino` with a server handle.
@@ -926,6 +959,9 @@ impl Core {
     /// Once the last descriptor of `ino` is closed, the hidden name its file was kept under
     /// (its name was removed or replaced while it was open) goes, and the file with it.
     async fn remove_hidden(&self, ino: u64) {
+        if self.inodes.lock().unwrap().hidden_path(ino).is_none() {
+            return;
+        }
         // Not while an open of it (through /proc/PID/fd) is on its way.
         let _names = self.namespace.write().await;
         if self.is_open(ino) {

@@ -21,6 +21,7 @@ use bytes::Bytes;
 use lru::LruCache;
 use tokio::sync::watch;
 
+use super::cache::Contents;
 use super::handle::{FileHandle, SftpSource};
 use super::open_file::{Opened, SMALL_FILE};
 use super::read::read_range;
@@ -139,7 +140,17 @@ impl Core {
         if writes.pending() {
             return None;
         }
-        let (attrs, data) = self.cache.contents(path)?;
+        let kept = self.cache.contents(path)?;
+        let Contents { attrs, data, racy } = kept.contents;
+        if !kept.recent {
+            // Close-to-open: the name's attributes as they are now must still be those the
+            // contents were read under, and those must have been old enough to tell.
+            let now = self.stat_for_open(ino, path).await.ok()?;
+            let key = |a: &Attrs| (a.size, a.atime_mtime.map(|t| t.1));
+            if racy || key(&now) != key(&attrs) {
+                return None;
+            }
+        }
         let keep_cache = self.keep_cache(ino, Some(&attrs));
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
         let file = WholeFile {
@@ -232,7 +243,8 @@ impl Core {
         if let Ok(data) = data
             && data.len() as u64 == size
         {
-            self.cache.put_contents(ticket, path.to_vec(), attrs, data);
+            let contents = Contents::read_now(attrs, data);
+            self.cache.put_contents(ticket, path.to_vec(), contents);
         }
     }
 

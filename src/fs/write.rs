@@ -70,6 +70,10 @@ struct InodeWritesState {
     /// file again.
     acked_end: u64,
     size_set: Option<u64>,
+    /// The lowest offset of a write that failed for good (not one of unknown fate): the file
+    /// should end there, not hold later writes that landed beyond a hole (see
+    /// [`InodeWrites::prefix_cut`]).
+    first_lost: Option<u64>,
     /// Failed writes so far, and the errno of the last: an fsync through any descriptor opened
     /// before a failure reports it (as Linux's errseq does).
     failures: u64,
@@ -210,10 +214,15 @@ impl InodeWrites {
         if let Err(errno) = result {
             s.failures += 1;
             s.last_failure = errno;
-            if fate_unknown(errno)
-                && let Some(placed) = placed
-            {
-                s.unknown_fate.push(placed);
+            if let Some(placed) = placed {
+                if fate_unknown(errno) {
+                    s.unknown_fate.push(placed);
+                } else {
+                    s.first_lost = Some(
+                        s.first_lost
+                            .map_or(placed.offset, |at| at.min(placed.offset)),
+                    );
+                }
             }
         }
         drop(s);
@@ -238,6 +247,23 @@ impl InodeWrites {
         s.next_seq += 1;
         s.size_set = Some(size);
         s.acked_end = 0;
+        s.first_lost = None;
+    }
+
+    /// Once writes failed and every write has settled: where the file must be cut so that it
+    /// is a clean prefix, as a local filesystem leaves a failed sequential write (tools that
+    /// resume from a file's size, `curl -C -`, `rsync --append`, would build on a hole). Only
+    /// when later writes landed beyond the failed one, and only what this mount wrote: not
+    /// below the size the file had when opened (`opened`) or was last given. Given once.
+    pub fn prefix_cut(&self, opened: u64) -> Option<u64> {
+        let mut s = self.state.lock().unwrap();
+        let at = s.first_lost?;
+        if !s.unacked.is_empty() {
+            return None;
+        }
+        s.first_lost = None;
+        let base = s.size_set.unwrap_or(opened);
+        (base <= at && s.acked_end > at).then_some(at)
     }
 
     /// The file was opened with nothing of the inode's open before: what the mount knew of its
@@ -283,8 +309,14 @@ impl InodeWrites {
     /// Waits until every write issued before this call has been acked (or has failed), from
     /// whichever open file: later writes do not hold it up.
     pub async fn settle(&self) {
+        let horizon = self.generation();
+        self.settle_before(horizon).await
+    }
+
+    /// Waits until every write issued before the inode's [`InodeWrites::generation`] was
+    /// `horizon` has been acked (or has failed).
+    pub async fn settle_before(&self, horizon: u64) {
         let mut rx = self.changed.subscribe();
-        let horizon = self.state.lock().unwrap().next_seq;
         loop {
             let done = {
                 let s = self.state.lock().unwrap();
@@ -356,7 +388,7 @@ struct PipelineState {
     lane_load: Vec<usize>,
     /// Bytes accepted that never reached the server (their write failed).
     lost_bytes: u64,
-    /// The first failure of an attribute change, until a barrier reports it.
+    /// The first failure of an attribute change, reported by every later barrier.
     attr_failed: Option<Errno>,
 }
 
@@ -699,12 +731,15 @@ impl WritePipeline {
         let horizon = self.state.lock().unwrap().next_seq;
         loop {
             {
-                let mut s = self.state.lock().unwrap();
+                let s = self.state.lock().unwrap();
                 if s.unacked.first().is_none_or(|&oldest| oldest >= horizon) {
                     if let Some(errno) = s.latched {
                         return Err(errno);
                     }
-                    return s.attr_failed.take().map_or(Ok(()), Err);
+                    // Kept, as a write's failure is: every later barrier of this open file
+                    // reports it (a duplicate's close, a forked child's, must not use it up
+                    // before the opener's).
+                    return s.attr_failed.map_or(Ok(()), Err);
                 }
             }
             if rx.changed().await.is_err() {

@@ -1470,6 +1470,40 @@ impl SftpRecorder {
         out
     }
 
+    /// Every READ's offset and length, all sessions together, for failure messages.
+    pub fn reads(&self) -> Vec<(u64, u32)> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(self.dir.path()).unwrap() {
+            let path = entry.unwrap().path();
+            if !path
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("session.")
+            {
+                continue;
+            }
+            let data = fs::read(&path).unwrap();
+            let mut pos = 0usize;
+            while pos + 5 <= data.len() {
+                let len = u32::from_be_bytes(data[pos..pos + 4].try_into().unwrap()) as usize;
+                if pos + 4 + len > data.len() {
+                    break;
+                }
+                let body = &data[pos + 4..pos + 4 + len];
+                if sftp_request_name(body[0]) == "READ" {
+                    let hlen = u32::from_be_bytes(body[5..9].try_into().unwrap()) as usize;
+                    let at = 9 + hlen;
+                    let off = u64::from_be_bytes(body[at..at + 8].try_into().unwrap());
+                    let l = u32::from_be_bytes(body[at + 8..at + 12].try_into().unwrap());
+                    out.push((off, l));
+                }
+                pos += 4 + len;
+            }
+        }
+        out
+    }
+
     /// Waits until the counts stop changing (requests still on their way have arrived).
     pub fn settled(&self) -> SftpRequests {
         let mut last = self.requests();
