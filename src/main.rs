@@ -7,6 +7,12 @@ use sftpmount::mount;
 use sftpmount::options::{self, Parsed};
 
 fn main() -> ExitCode {
+    // In the background stderr goes nowhere: a panic of a task (a bug) reaches the log too.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        tracing::error!("internal error, please report it: {info}");
+        default_hook(info);
+    }));
     let args: Vec<String> = std::env::args_os()
         .map(|a| a.to_string_lossy().into_owned())
         .collect();

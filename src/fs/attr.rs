@@ -269,9 +269,12 @@ impl Core {
             (Some(path), _) => self.stat_cached(Some(ino), &path).await?,
             // An unlinked open file: only its handle still reaches it.
             (None, Some(file)) => {
-                let own = file.handle.now()?;
                 let floor = self.size_floor(ino);
-                at_least(own.session.fstat(own.handle).await.map_err(errno)?, floor)
+                let attrs = file
+                    .handle
+                    .idempotent(|own| own.session.fstat(own.handle.clone()))
+                    .await?;
+                at_least(attrs, floor)
             }
             (None, None) => {
                 let path = &self.path(ino)?;

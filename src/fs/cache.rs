@@ -113,9 +113,10 @@ struct Inner {
     too_large: LruCache<Vec<u8>, Instant>,
     /// Whole contents of small files, with the attributes they were read under.
     contents: LruCache<Vec<u8>, Timed<Contents>>,
-    /// Directories whose listing the mount made (mkdir) and alone has changed since: a name
-    /// missing from it is missing on the server for the listing's whole timeout.
-    own_listings: LruCache<Vec<u8>, ()>,
+    /// Directories whose listing the mount made (mkdir) and has kept up to date with its own
+    /// changes since: a name missing from it is taken as missing while the mount keeps changing
+    /// it (`tar -x`, `git clone` into a new directory), for a second after each change.
+    own_listings: LruCache<Vec<u8>, OwnListing>,
     /// Bytes in `contents`.
     contents_bytes: usize,
 }
@@ -151,6 +152,12 @@ pub struct KeptContents {
     pub contents: Contents,
     /// Read within [`COHERENCE`]: usable at an open without asking the server.
     pub recent: bool,
+}
+
+/// A directory the mount made, and when the mount last changed it.
+#[derive(Debug, Clone, Copy)]
+struct OwnListing {
+    changed: Instant,
 }
 
 /// Bytes of small files' contents kept at most.
@@ -197,9 +204,9 @@ impl MetaCache {
     }
 
     /// What is known of `path`: its own entry, or else its absence from a listing of its
-    /// directory. That a name is missing is trusted for [`COHERENCE`] only, unless the mount
-    /// made the directory and alone changed it since: a file made on the server appears at the
-    /// next lookup after a second ("build there, look here").
+    /// directory. That a name is missing is trusted for [`COHERENCE`] only (in a directory the
+    /// mount made, for that long after its last change there): a file made on the server
+    /// appears at the next lookup after a second ("build there, look here").
     pub fn name(&self, path: &[u8]) -> Option<Known> {
         self.name_within(path, self.config.stat_timeout)
     }
@@ -215,7 +222,12 @@ impl MetaCache {
         }
         let mut inner = self.inner.lock().unwrap();
         let (dir, name) = split(path).unzip();
-        let own = dir.is_some_and(|dir| inner.own_listings.contains(dir));
+        let own = dir.is_some_and(|dir| {
+            inner
+                .own_listings
+                .peek(dir)
+                .is_some_and(|own| own.changed.elapsed() < COHERENCE)
+        });
         let absent_for = match own {
             true => self.config.dir_timeout,
             false => COHERENCE,
@@ -504,7 +516,10 @@ impl MetaCache {
         }
         if made_dir && self.config.enabled {
             inner.dirs.put(path.to_vec(), Timed::now(Vec::new()));
-            inner.own_listings.put(path.to_vec(), ());
+            let own = OwnListing {
+                changed: Instant::now(),
+            };
+            inner.own_listings.put(path.to_vec(), own);
         }
     }
 
@@ -577,6 +592,9 @@ impl Inner {
             None => self.names.pop(path),
         };
         let (dir, name) = split(path)?;
+        if let Some(own) = self.own_listings.get_mut(dir) {
+            own.changed = Instant::now();
+        }
         match dir_now {
             Some(attrs) => self
                 .names
@@ -750,14 +768,15 @@ mod tests {
     #[test]
     fn a_missing_name_and_an_open_trust_the_cache_a_second_except_in_the_mounts_own_directories() {
         let c = cache(10_000, 100);
-        let dir = || {
+        let dir = |mtime| {
             let mut a = attrs(0);
             a.permissions = Some(0o040755);
+            a.atime_mtime = Some((mtime, mtime));
             a
         };
         c.put_listing(c.ticket(), b"/r", &entries(&[b"a"]), |_| true);
         c.put_name(c.ticket(), b"/r/gone".to_vec(), Known::Missing);
-        c.created(b"/r/d", dir(), None);
+        c.created(b"/r/d", dir(100), None);
         c.created(b"/r/d/f", attrs(1), None);
         for path in [&b"/r/b"[..], b"/r/gone", b"/r/d/x"] {
             assert_eq!(c.name(path), Some(Known::Missing));
@@ -767,15 +786,20 @@ mod tests {
         // The server may have made them meanwhile: asked again.
         assert_eq!(c.name(b"/r/b"), None);
         assert_eq!(c.name(b"/r/gone"), None);
-        // A directory the mount made and alone changed: still known.
+        // A directory the mount made: trusted while the mount keeps changing it.
+        assert_eq!(c.name(b"/r/d/x"), None);
+        c.created(b"/r/d/g", attrs(1), None);
         assert_eq!(c.name(b"/r/d/x"), Some(Known::Missing));
+        c.created(b"/r/e", dir(100), None);
         // Attributes: kept for a stat, asked again for an open.
         assert_eq!(c.name(b"/r/a"), Some(Known::Attrs(attrs(1))));
         assert_eq!(c.name_for_open(b"/r/a"), None);
         // Listed from the server: no longer the mount's own.
-        c.put_listing(c.ticket(), b"/r/d", &entries(&[b"f"]), |_| true);
+        assert_eq!(c.name(b"/r/e/x"), Some(Known::Missing));
+        c.put_listing(c.ticket(), b"/r/e", &entries(&[b"f"]), |_| true);
         std::thread::sleep(COHERENCE + Duration::from_millis(100));
-        assert_eq!(c.name(b"/r/d/x"), None);
+        c.created(b"/r/e/g", attrs(1), None);
+        assert_eq!(c.name(b"/r/e/x"), None);
     }
 
     #[test]

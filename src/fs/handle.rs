@@ -87,6 +87,21 @@ impl FileHandle {
         Ok(now)
     }
 
+    /// Runs a request that may be sent twice (fstat, fsync) on the live handle; one lost with
+    /// its connection is sent again on the reopened handle.
+    pub async fn idempotent<T, F>(&self, request: F) -> Result<T, Errno>
+    where
+        F: Fn(&ServerHandle) -> crate::sftp::client::Reply<T>,
+    {
+        let mut own = self.live().await?;
+        loop {
+            match request(&own).await {
+                Err(SftpError::ConnectionLost) => own = self.after(own.generation).await?,
+                other => return other.map_err(errno),
+            }
+        }
+    }
+
     /// Installs the handle reopened on a new connection, or the reason it could not be.
     pub fn replace(&self, next: Current) {
         let _ = self.current.send_replace(next);

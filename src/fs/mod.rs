@@ -170,6 +170,9 @@ pub struct Core {
     /// while a name is removed or replaced: a reopen must reach the same file, never one that
     /// took its name.
     namespace: tokio::sync::RwLock<()>,
+    /// Hidden names whose file's last descriptor closed while the server could not be told:
+    /// removed after the next reconnection.
+    hidden_to_remove: Mutex<Vec<Vec<u8>>>,
     /// The mount is going down: writes are refused from now on.
     shutting_down: std::sync::atomic::AtomicBool,
     config: CoreConfig,
@@ -196,6 +199,7 @@ impl Core {
             dir_prefetch: Mutex::default(),
             listings_in_flight: Mutex::default(),
             namespace: tokio::sync::RwLock::new(()),
+            hidden_to_remove: Mutex::default(),
             shutting_down: Default::default(),
             config,
         }

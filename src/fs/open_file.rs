@@ -18,7 +18,7 @@ use super::{Core, Entry, Errno, FsResult, KeepCache, errno};
 use crate::remote::Generation;
 use crate::sftp::client::Reply;
 use crate::sftp::proto::{Attrs, open_flags};
-use crate::sftp::{Session, SftpError};
+use crate::sftp::{Session, SftpError, StatusCode};
 
 /// An open file, as the kernel is told about it.
 #[derive(Debug, Clone, Copy)]
@@ -289,6 +289,12 @@ impl Core {
                 reopening.spawn(async move { core.reopen(&file, &generation).await });
             }
             let outcomes = reopening.join_all().await;
+            let leftovers = std::mem::take(&mut *self.hidden_to_remove.lock().unwrap());
+            for hidden in leftovers {
+                if !self.remove_hidden_path(&hidden).await {
+                    self.hidden_to_remove.lock().unwrap().push(hidden);
+                }
+            }
             let failed = outcomes.iter().filter(|reopened| !**reopened).count();
             if !outcomes.is_empty() {
                 warn!(
@@ -595,7 +601,16 @@ impl Core {
         if truncating {
             self.changed_attrs(ino);
         }
-        let handle = handle?.0.map_err(errno)?;
+        // An OPEN of an existing file may be sent twice (O_TRUNC too: nothing was written
+        // through it yet): one lost with its connection is sent again on the next.
+        let handle = match handle?.0 {
+            Err(SftpError::ConnectionLost) => {
+                let again = self.open_handle(&path, pflags, Attrs::default(), None, small);
+                again.await?.0
+            }
+            other => other,
+        };
+        let handle = handle.map_err(errno)?;
         let keep_cache = self.keep_cache(ino, attrs.as_ref());
         if let Some(w) = self.inode_writes(ino) {
             if !self.is_open(ino) {
@@ -889,8 +904,13 @@ impl Core {
         if let Some(e) = any {
             return Err(e);
         }
-        let own = file.handle.live().await?;
-        own.session.fsync(&own.handle).await.map_err(errno)
+        // Asked again on the reopened handle if its connection goes meanwhile.
+        file.handle
+            .idempotent(|own| {
+                let (session, handle) = (own.session.clone(), own.handle.clone());
+                Box::pin(async move { session.fsync(&handle).await })
+            })
+            .await
     }
 
     pub async fn release(&self, fh: u64) -> FsResult<()> {
@@ -970,18 +990,33 @@ impl Core {
         let Some(hidden) = self.inodes.lock().unwrap().hidden_path(ino) else {
             return;
         };
-        let removed = match self.meta().await {
-            Ok(meta) => meta.remove(&hidden).await.map_err(|e| e.to_string()),
-            Err(_) => Err("the connection is down".to_string()),
-        };
-        if let Err(e) = removed {
-            warn!(
-                "{} stays on the server (the removed file's last descriptor closed): {e}",
-                String::from_utf8_lossy(&hidden)
-            );
-        }
         self.inodes.lock().unwrap().gone(ino);
         self.cache.invalidate(&hidden);
+        if !self.remove_hidden_path(&hidden).await {
+            // Tried again after the next reconnection.
+            self.hidden_to_remove.lock().unwrap().push(hidden);
+        }
+    }
+
+    /// Removes a hidden name nothing uses any more; whether it is gone. A REMOVE lost with its
+    /// connection may have been carried out: not finding the name then is success.
+    async fn remove_hidden_path(&self, hidden: &[u8]) -> bool {
+        let removed = self
+            .idempotent(|s| async move {
+                match s.remove(hidden).await {
+                    Err(e) if e.status() == Some(StatusCode::NO_SUCH_FILE) => Ok(()),
+                    other => other,
+                }
+            })
+            .await;
+        if let Err(e) = removed {
+            warn!(
+                "{} (a removed file kept for its open descriptors) stays on the server for now: {}",
+                String::from_utf8_lossy(hidden),
+                std::io::Error::from_raw_os_error(e)
+            );
+        }
+        removed.is_ok()
     }
 
     /// What of `file`'s writes failed, once they settled with `settled`.
