@@ -376,7 +376,13 @@ fn mount_options(opts: &Options) -> Vec<MountOption> {
 }
 
 async fn connect(opts: &Options) -> anyhow::Result<Core> {
-    let target = Arc::new(Target::resolve(opts)?);
+    let target = Arc::new(Target::resolve(&crate::ssh::Wanted {
+        host: opts.source.host.clone(),
+        user: opts.source.user.clone(),
+        ssh_options: opts.ssh_options.clone(),
+        ssh_config: opts.ssh_config.clone(),
+        password_stdin: opts.password_stdin,
+    })?);
     let settings = RemoteSettings {
         request_timeout: opts.request_timeout,
         // Every connection carries at least one channel.

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use russh::client::{self, Handle};
 use tracing::debug;
 
-pub use target::{Route, Target};
+pub use target::{Route, Target, Wanted};
 
 use host_key::HostKeyVerdict;
 

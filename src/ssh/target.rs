@@ -11,7 +11,6 @@ use russh::{Preferred, cipher, compression, kex, mac};
 
 use super::config::{self, HostConfig, Lookup};
 use super::{SecretCache, SshError};
-use crate::options::Options;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StrictHostKeyChecking {
@@ -102,24 +101,36 @@ struct HostSpec {
     first: Vec<(String, String)>,
 }
 
+/// What the mount asks for: the host and user as given, the ssh_config keywords given on the
+/// command line (lower-cased, in order), the config file to read instead of ~/.ssh/config.
+#[derive(Debug, Clone, Default)]
+pub struct Wanted {
+    pub host: String,
+    pub user: Option<String>,
+    pub ssh_options: Vec<(String, String)>,
+    pub ssh_config: Option<std::path::PathBuf>,
+    /// The password is read from standard input (`password_stdin`).
+    pub password_stdin: bool,
+}
+
 /// Jump hosts within jump hosts, at most (ssh has no limit, but a loop must end).
 const MAX_HOPS: usize = 8;
 
 impl Target {
     /// The mount's target: `-o` ssh_config keywords win over ssh_config, as with ssh(1).
-    pub fn resolve(opts: &Options) -> Result<Target, SshError> {
-        let config_path = opts.ssh_config.clone().or_else(config::default_path);
+    pub fn resolve(wanted: &Wanted) -> Result<Target, SshError> {
+        let config_path = wanted.ssh_config.clone().or_else(config::default_path);
         let mut first = Vec::new();
-        if let Some(user) = &opts.source.user {
+        if let Some(user) = &wanted.user {
             first.push(("user".to_string(), user.clone()));
         }
-        first.extend(opts.ssh_options.iter().cloned());
+        first.extend(wanted.ssh_options.iter().cloned());
         let spec = HostSpec {
-            name: opts.source.host.clone(),
+            name: wanted.host.clone(),
             first,
         };
         let mut target = resolve_host(spec, config_path.as_deref(), 0)?;
-        target.password_stdin = opts.password_stdin;
+        target.password_stdin = wanted.password_stdin;
         Ok(target)
     }
 
