@@ -264,7 +264,7 @@ impl Core {
         // /proc/PID/fd/N passes none (the tmpfile pattern: open, unlink, keep using it).
         let open = fh
             .and_then(|fh| self.file(fh).ok())
-            .or_else(|| self.any_open_file(ino));
+            .or_else(|| self.files.of_inode(ino).pop());
         let attrs = match (self.linked_path(ino), open) {
             (Some(path), _) => self.stat_cached(Some(ino), &path).await?,
             // An unlinked open file: only its handle still reaches it.
@@ -283,31 +283,6 @@ impl Core {
             }
         };
         Ok(self.shown(ino, &attrs))
-    }
-
-    /// Some descriptor's open file of `ino`, if any is open through the mount.
-    fn any_open_file(&self, ino: u64) -> Option<Arc<OpenFile>> {
-        self.files
-            .lock()
-            .unwrap()
-            .values()
-            .find(|f| f.ino == ino)
-            .cloned()
-    }
-
-    /// A file of `ino` open for writing through the mount and not closed since its last write
-    /// (its handle may be closing), if there is one.
-    fn writable_file_of(&self, ino: u64) -> Option<Arc<OpenFile>> {
-        self.files
-            .lock()
-            .unwrap()
-            .values()
-            .find(|f| {
-                f.ino == ino
-                    && f.writer.is_some()
-                    && !f.flushed.load(std::sync::atomic::Ordering::Acquire)
-            })
-            .cloned()
     }
 
     /// Sends the change `attrs` through `file`, open for writing, right behind its writes, and
@@ -339,7 +314,7 @@ impl Core {
         let change = own.session.fsetstat(own.handle.clone(), attrs.clone());
         let handle = file.handle.clone();
         let resend = attrs.clone();
-        let known_by = self.open_files_of(file.ino);
+        let known_by = self.files.of_inode(file.ino);
         let (writes, horizon) = (file.inode_writes.clone(), file.inode_writes.generation());
         let accepted = writer.track_attr_change(Box::pin(async move {
             // Setting attributes twice does no harm: one lost with its connection is sent
@@ -431,7 +406,7 @@ impl Core {
         // one): a file open for writing carries the change on its own handle, behind its writes.
         let open = fh
             .and_then(|fh| self.file(fh).ok())
-            .or_else(|| self.writable_file_of(ino));
+            .or_else(|| self.files.writing(ino));
         let mut attrs = Attrs::default();
         if let Some(size) = set.size {
             // Writes already accepted must land before the size changes under them.
@@ -539,7 +514,7 @@ impl Core {
         let result = change.await;
         drop(_names);
         if result.is_ok() {
-            super::open_file::known_changed(&self.open_files_of(ino), &asked);
+            super::open_file::known_changed(&self.files.of_inode(ino), &asked);
         }
         self.changed_attrs(ino);
         let ticket = self.cache.ticket();
@@ -552,7 +527,7 @@ impl Core {
             Some(after) => {
                 let attrs = at_least(after.await.map_err(errno)?, floor);
                 // What the server made of it (a chown clears set-id bits).
-                super::open_file::known_changed(&self.open_files_of(ino), &attrs);
+                super::open_file::known_changed(&self.files.of_inode(ino), &attrs);
                 // The kernel asks again at once when it must clear setuid bits.
                 if let Some(path) = self.linked_path(ino)
                     && !self.writes_pending(Some(ino))

@@ -2,7 +2,6 @@
 //! the cache, fetched ahead for tree walks, and served to readdir and readdirplus.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -10,7 +9,6 @@ use fuser::{FileAttr, FileType};
 use tracing::warn;
 
 use super::inode::{ROOT, join};
-use super::open_file::OpenFile;
 use super::{Core, FsResult, is_dir, is_symlink};
 use crate::sftp::proto::Attrs;
 use crate::sftp::{Session, SftpError};
@@ -76,7 +74,7 @@ pub(super) struct DirHandle {
 impl Core {
     /// Paths of the files with writes in flight (only open files can have them).
     fn pending_paths(&self) -> HashSet<Vec<u8>> {
-        let files: Vec<Arc<OpenFile>> = self.files.lock().unwrap().values().cloned().collect();
+        let files = self.files.all();
         let inodes = self.inodes.lock().unwrap();
         files
             .iter()
@@ -92,7 +90,7 @@ impl Core {
             Some(entries) => entries,
             None => self.fetch_listing(&path).await?,
         };
-        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        let fh = self.files.new_fh();
         self.dirs
             .lock()
             .unwrap()

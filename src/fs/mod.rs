@@ -2,7 +2,8 @@
 //! requests. It knows nothing of the kernel protocol (the `fuse` adapter does that). This file
 //! holds the [`Core`] and what its parts share; each concern is a module of its own: `attr`
 //! (attributes, getattr, setattr), `namespace` (names), `open_file` (opens, reads, writes,
-//! barriers, shutdown), `dir` (listings), `inode` (the inode table), `cache` (metadata cache),
+//! barriers, shutdown), `open_files` (the descriptor table), `dir` (listings), `inode` (the
+//! inode table: names, and paths only while a name reaches a file), `cache` (metadata cache),
 //! `read` (read-ahead) and `write` (the write pipeline).
 
 mod attr;
@@ -12,6 +13,7 @@ mod handle;
 pub mod inode;
 mod namespace;
 mod open_file;
+mod open_files;
 pub mod read;
 mod small_files;
 pub mod write;
@@ -22,7 +24,7 @@ pub use namespace::CreateMode;
 pub use open_file::{Loss, Opened};
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -34,7 +36,6 @@ use crate::sftp::{ServerFeatures, Session, SftpError, StatVfs, StatusCode};
 use cache::{CacheConfig, MetaCache};
 use dir::{DirHandle, DirPrefetch, ListingWatch};
 use inode::InodeTable;
-use open_file::OpenFile;
 use write::InodeWrites;
 
 /// Errors are plain errno values: that is all the kernel can carry.
@@ -159,9 +160,9 @@ pub struct Core {
     read_budget: ByteBudget,
     root: Bytes,
     inodes: Mutex<InodeTable>,
-    files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    /// The descriptor table (files with a server handle) and every descriptor's number.
+    files: open_files::OpenFiles,
     dirs: Mutex<HashMap<u64, Arc<DirHandle>>>,
-    next_handle: AtomicU64,
     cache: MetaCache,
     small_files: small_files::SmallFiles,
     dir_prefetch: Mutex<DirPrefetch>,
@@ -191,9 +192,8 @@ impl Core {
             read_budget: ByteBudget::new(MAX_PREFETCH_TOTAL),
             inodes: Mutex::new(InodeTable::new(root.clone())),
             root,
-            files: Mutex::default(),
+            files: Default::default(),
             dirs: Mutex::default(),
-            next_handle: AtomicU64::new(1),
             cache: MetaCache::new(config.cache),
             small_files: Default::default(),
             dir_prefetch: Mutex::default(),
@@ -212,13 +212,13 @@ impl Core {
 
     /// What `sftpmount status` reports of the files: see [`FilesStatus`].
     pub fn files_status(&self) -> FilesStatus {
-        let files = self.files.lock().unwrap();
+        let files = self.files.all();
         let mut status = FilesStatus {
             open_files: files.len() + self.small_files.open_count(),
             unacked_bytes: (self.config.write_buffer_total - self.budget.available()) as u64,
             ..Default::default()
         };
-        for file in files.values() {
+        for file in &files {
             let failures = file.inode_writes.failures();
             if failures
                 > file

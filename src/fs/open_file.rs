@@ -173,12 +173,7 @@ impl std::fmt::Display for Loss {
 
 impl Core {
     pub(super) fn file(&self, fh: u64) -> FsResult<Arc<OpenFile>> {
-        self.files
-            .lock()
-            .unwrap()
-            .get(&fh)
-            .cloned()
-            .ok_or(libc::EBADF)
+        self.files.get(fh).ok_or(libc::EBADF)
     }
 
     fn sftp_open_flags(flags: i32) -> u32 {
@@ -251,9 +246,9 @@ impl Core {
                 MAX_PREFETCH,
             )
         });
-        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        let fh = self.files.new_fh();
         let failures_seen = AtomicU64::new(inode_writes.failures());
-        self.files.lock().unwrap().insert(
+        self.files.insert(
             fh,
             Arc::new(OpenFile {
                 ino,
@@ -282,7 +277,7 @@ impl Core {
         let mut seen = self.remote.current_now().map_or(1, |g| g.id);
         while let Some(generation) = self.remote.after(seen).await {
             seen = generation.id;
-            let files: Vec<Arc<OpenFile>> = self.files.lock().unwrap().values().cloned().collect();
+            let files = self.files.all();
             let mut reopening = tokio::task::JoinSet::new();
             for file in files {
                 let (core, generation) = (self.clone(), generation.clone());
@@ -859,7 +854,7 @@ impl Core {
                 && expected == file.inode_writes.generation()
                 && attrs.size == Some(data.len() as u64)
                 && self.keeps_contents()
-                && !self.other_writers(file.ino, fh)
+                && !self.files.other_writers(file.ino, fh)
             {
                 let contents = Contents::read_now(attrs, data.freeze());
                 self.cache.put_contents(ticket, path, contents);
@@ -872,20 +867,11 @@ impl Core {
     fn capture_writes(&self, fh: u64) {
         if let Ok(file) = self.file(fh)
             && file.writer.is_some()
-            && !self.other_writers(file.ino, fh)
+            && !self.files.other_writers(file.ino, fh)
         {
             let now = file.inode_writes.generation();
             *file.written.lock().unwrap() = Some((bytes::BytesMut::new(), now));
         }
-    }
-
-    /// Whether a descriptor of `ino` other than `fh` may write to it.
-    fn other_writers(&self, ino: u64, fh: u64) -> bool {
-        self.files
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|(&other, f)| other != fh && f.ino == ino && f.writer.is_some())
     }
 
     /// fsync(2) through any descriptor of the file, a read-only one too (`sync FILE`): every
@@ -918,7 +904,7 @@ impl Core {
             self.remove_hidden(ino).await;
             return Ok(());
         }
-        let Some(file) = self.files.lock().unwrap().remove(&fh) else {
+        let Some(file) = self.files.remove(fh) else {
             return Err(libc::EBADF);
         };
         let settled = self.settle_writes(&file).await;
@@ -965,15 +951,9 @@ impl Core {
         settled
     }
 
-    /// The open files of `ino` with a server handle.
-    pub(super) fn open_files_of(&self, ino: u64) -> Vec<Arc<OpenFile>> {
-        let files = self.files.lock().unwrap();
-        files.values().filter(|f| f.ino == ino).cloned().collect()
-    }
-
     /// Whether a descriptor of `ino` is open through the mount.
     pub(super) fn is_open(&self, ino: u64) -> bool {
-        self.files.lock().unwrap().values().any(|f| f.ino == ino) || self.small_files.is_open(ino)
+        self.files.has_inode(ino) || self.small_files.is_open(ino)
     }
 
     /// Once the last descriptor of `ino` is closed, the hidden name its file was kept under
@@ -1036,7 +1016,7 @@ impl Core {
     pub async fn shut_down(&self) -> Vec<Loss> {
         self.shutting_down.store(true, Ordering::Release);
         // Left in the table: a descriptor still open gets EIO for its writes, not EBADF.
-        let files: Vec<Arc<OpenFile>> = self.files.lock().unwrap().values().cloned().collect();
+        let files = self.files.all();
         for writer in files.iter().filter_map(|f| f.writer.as_ref()) {
             writer.close();
         }

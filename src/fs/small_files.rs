@@ -152,7 +152,7 @@ impl Core {
             }
         }
         let keep_cache = self.keep_cache(ino, Some(&attrs));
-        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        let fh = self.files.new_fh();
         let file = WholeFile {
             ino,
             data,
