@@ -209,6 +209,9 @@ impl Core {
             return Ok(shown);
         }
         let cacheable = !self.writes_pending(ino);
+        if cacheable && let Some(check) = self.cache.own_to_check(path) {
+            self.check_own_listing(check).await;
+        }
         if cacheable {
             let known = match for_open {
                 true => self.cache.name_for_open(path),
@@ -269,12 +272,29 @@ impl Core {
             (Some(path), _) => self.stat_cached(Some(ino), &path).await?,
             // An unlinked open file: only its handle still reaches it.
             (None, Some(file)) => {
+                // A change of its attributes in flight, or acked meanwhile on another channel:
+                // the server's answer may be older than what the kernel was told.
+                let before = file.inode_writes.generation();
+                let shown = self.inodes.lock().unwrap().shown(ino);
+                if self.provisional(ino)
+                    && let Some(shown) = shown.clone()
+                {
+                    return Ok(self.shown(ino, &shown));
+                }
                 let floor = self.size_floor(ino);
                 let attrs = file
                     .handle
                     .idempotent(|own| own.session.fstat(own.handle.clone()))
                     .await?;
-                at_least(attrs, floor)
+                match shown {
+                    // Its size the server's (writes only make it grow here; a truncate settles
+                    // them first and is asked again).
+                    Some(mut shown) if file.inode_writes.generation() != before => {
+                        shown.size = shown.size.max(attrs.size);
+                        at_least(shown, floor)
+                    }
+                    _ => at_least(attrs, floor),
+                }
             }
             (None, None) => {
                 let path = &self.path(ino)?;

@@ -114,8 +114,9 @@ struct Inner {
     /// Whole contents of small files, with the attributes they were read under.
     contents: LruCache<Vec<u8>, Timed<Contents>>,
     /// Directories whose listing the mount made (mkdir) and has kept up to date with its own
-    /// changes since: a name missing from it is taken as missing while the mount keeps changing
-    /// it (`tar -x`, `git clone` into a new directory), for a second after each change.
+    /// changes since: a name missing from it is taken as missing for a second after each
+    /// change (`tar -x`, `git clone` into a new directory), and after that while the
+    /// directory's mtime, asked at most once a second, shows no change by anyone else.
     own_listings: LruCache<Vec<u8>, OwnListing>,
     /// Bytes in `contents`.
     contents_bytes: usize,
@@ -154,10 +155,24 @@ pub struct KeptContents {
     pub recent: bool,
 }
 
-/// A directory the mount made, and when the mount last changed it.
+/// A directory the mount made: when the mount last changed it or found it unchanged, and the
+/// mtime its last change left (the server's, asked right behind the change).
 #[derive(Debug, Clone, Copy)]
 struct OwnListing {
-    changed: Instant,
+    checked: Instant,
+    mtime: Option<u32>,
+    /// The listing was read again after the second of `mtime` was over: a change by someone
+    /// else within that second (which leaves the mtime as it was) is in it.
+    settled: bool,
+}
+
+/// A directory of the mount's own whose mtime is to be asked again (see
+/// [`MetaCache::own_to_check`]).
+#[derive(Debug, Clone)]
+pub struct OwnCheck {
+    pub dir: Vec<u8>,
+    pub mtime: u32,
+    pub settled: bool,
 }
 
 /// Bytes of small files' contents kept at most.
@@ -226,7 +241,7 @@ impl MetaCache {
             inner
                 .own_listings
                 .peek(dir)
-                .is_some_and(|own| own.changed.elapsed() < COHERENCE)
+                .is_some_and(|own| own.checked.elapsed() < COHERENCE)
         });
         let absent_for = match own {
             true => self.config.dir_timeout,
@@ -250,6 +265,51 @@ impl MetaCache {
         let (dir, name) = (dir?, name?);
         let listed = Self::fresh(inner.dirs.get(dir), absent_for.min(self.config.dir_timeout))?;
         (!listed.iter().any(|n| n[..] == *name)).then_some(Known::Missing)
+    }
+
+    /// The directory of `path`, when it is one of the mount's own last changed or checked more
+    /// than [`COHERENCE`] ago: its mtime is to be asked before a name missing from it is taken
+    /// as missing (see [`MetaCache::own_checked`]).
+    pub fn own_to_check(&self, path: &[u8]) -> Option<OwnCheck> {
+        if !self.config.enabled {
+            return None;
+        }
+        let (dir, _) = split(path)?;
+        let inner = self.inner.lock().unwrap();
+        let own = inner.own_listings.peek(dir)?;
+        let listed = inner.dirs.peek(dir)?;
+        if own.checked.elapsed() < COHERENCE || listed.at.elapsed() >= self.config.dir_timeout {
+            return None;
+        }
+        Some(OwnCheck {
+            dir: dir.to_vec(),
+            mtime: own.mtime?,
+            settled: own.settled,
+        })
+    }
+
+    /// What the check of a directory of the mount's own found: `Some(settled)` when its mtime
+    /// is still the one the mount's last change left (`settled`: and its listing was just read
+    /// again, see [`OwnListing::settled`]), `None` when someone else changed it: its missing
+    /// names are asked for again.
+    pub fn own_checked(&self, check: &OwnCheck, unchanged: Option<bool>) {
+        let mut inner = self.inner.lock().unwrap();
+        match unchanged {
+            Some(settled) => {
+                // A listing read again replaced the mount's: it is the mount's own again.
+                let own = OwnListing {
+                    checked: Instant::now(),
+                    mtime: Some(check.mtime),
+                    settled: settled || check.settled,
+                };
+                if inner.dirs.peek(&check.dir).is_some() {
+                    inner.own_listings.put(check.dir.clone(), own);
+                }
+            }
+            None => {
+                inner.own_listings.pop(&check.dir);
+            }
+        }
     }
 
     /// Runs `store` unless the cache is off or something was invalidated since `ticket`.
@@ -502,6 +562,7 @@ impl MetaCache {
 
     fn created_in(&self, inner: &mut Inner, path: &[u8], attrs: Attrs, dir_after: DirAfter) {
         let made_dir = is_dir(&attrs);
+        let attrs_mtime = attrs.atime_mtime.map(|t| t.1);
         let dir_after = dir_after.filter(|_| self.config.enabled);
         let Some((dir, name)) =
             inner.changed_in_place(path, self.known(Known::Attrs(attrs)), dir_after)
@@ -517,7 +578,9 @@ impl MetaCache {
         if made_dir && self.config.enabled {
             inner.dirs.put(path.to_vec(), Timed::now(Vec::new()));
             let own = OwnListing {
-                changed: Instant::now(),
+                checked: Instant::now(),
+                mtime: attrs_mtime,
+                settled: false,
             };
             inner.own_listings.put(path.to_vec(), own);
         }
@@ -593,7 +656,9 @@ impl Inner {
         };
         let (dir, name) = split(path)?;
         if let Some(own) = self.own_listings.get_mut(dir) {
-            own.changed = Instant::now();
+            own.checked = Instant::now();
+            own.mtime = dir_now.as_ref().and_then(|a| a.atime_mtime).map(|t| t.1);
+            own.settled = false;
         }
         match dir_now {
             Some(attrs) => self
@@ -786,10 +851,28 @@ mod tests {
         // The server may have made them meanwhile: asked again.
         assert_eq!(c.name(b"/r/b"), None);
         assert_eq!(c.name(b"/r/gone"), None);
-        // A directory the mount made: trusted while the mount keeps changing it.
+        // A directory the mount made: trusted while the mount keeps changing it, then while
+        // its mtime (asked once a second) is the one the mount's last change left.
         assert_eq!(c.name(b"/r/d/x"), None);
-        c.created(b"/r/d/g", attrs(1), None);
+        c.created(b"/r/d/g", attrs(1), Some((c.ticket(), dir(101))));
         assert_eq!(c.name(b"/r/d/x"), Some(Known::Missing));
+        assert!(c.own_to_check(b"/r/d/x").is_none(), "checked a moment ago");
+        std::thread::sleep(COHERENCE + Duration::from_millis(100));
+        assert_eq!(c.name(b"/r/d/x"), None);
+        let check = c.own_to_check(b"/r/d/x").unwrap();
+        assert_eq!(
+            (&check.dir[..], check.mtime, check.settled),
+            (&b"/r/d"[..], 101, false)
+        );
+        c.own_checked(&check, Some(true));
+        assert_eq!(c.name(b"/r/d/x"), Some(Known::Missing));
+        std::thread::sleep(COHERENCE + Duration::from_millis(100));
+        let check = c.own_to_check(b"/r/d/x").unwrap();
+        assert!(check.settled);
+        // Someone else changed it.
+        c.own_checked(&check, None);
+        assert_eq!(c.name(b"/r/d/x"), None);
+        assert!(c.own_to_check(b"/r/d/x").is_none());
         c.created(b"/r/e", dir(100), None);
         // Attributes: kept for a stat, asked again for an open.
         assert_eq!(c.name(b"/r/a"), Some(Known::Attrs(attrs(1))));

@@ -8,7 +8,8 @@ use bytes::Bytes;
 use fuser::{FileAttr, FileType};
 use tracing::warn;
 
-use super::inode::{ROOT, join};
+use super::cache::OwnCheck;
+use super::inode::{ROOT, join, now_secs, racy};
 use super::{Core, FsResult, is_dir, is_symlink};
 use crate::sftp::proto::Attrs;
 use crate::sftp::{Session, SftpError};
@@ -98,6 +99,28 @@ impl Core {
         Ok(fh)
     }
 
+    /// Whether a directory the mount made is still as its listing has it, asked once a second
+    /// (its mtime) rather than once per missing name. SFTP v3 times are whole seconds: a change
+    /// by someone else within the second of the mount's last change leaves the mtime, so once
+    /// that second is over the listing is read again, once.
+    pub(super) async fn check_own_listing(&self, check: OwnCheck) {
+        let dir = &check.dir;
+        let now = self.idempotent(|s| async move { s.lstat(dir).await }).await;
+        let mtime = now.ok().and_then(|a| a.atime_mtime).map(|t| t.1);
+        if mtime != Some(check.mtime) {
+            return self.cache.own_checked(&check, None);
+        }
+        if check.settled {
+            return self.cache.own_checked(&check, Some(false));
+        }
+        if racy(check.mtime, now_secs()) {
+            // Not yet: asked again at the next lookup.
+            return;
+        }
+        let relisted = self.fetch_listing(dir).await.is_ok();
+        self.cache.own_checked(&check, relisted.then_some(true));
+    }
+
     /// A listing from the server, kept in the cache. A listing already being fetched (ahead,
     /// for a tree walk) is waited for rather than asked for twice.
     async fn fetch_listing(&self, path: &[u8]) -> FsResult<Vec<(Bytes, Attrs)>> {
@@ -128,9 +151,13 @@ impl Core {
         }
         let _in_flight = InFlight(&self.listings_in_flight, path);
         let ticket = self.cache.ticket();
+        // A file with writes or attribute changes in flight at any time during the fetch may
+        // be listed as it was before them: not kept (their acks do not move the ticket).
+        let pending_before = self.pending_paths();
         let listed = self.list_dir(path).await;
         if let Ok(entries) = &listed {
-            let pending = self.pending_paths();
+            let mut pending = self.pending_paths();
+            pending.extend(pending_before);
             self.cache
                 .put_listing(ticket, path, entries, |p| !pending.contains(p));
         }

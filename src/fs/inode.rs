@@ -232,6 +232,15 @@ impl InodeTable {
         }
     }
 
+    /// Whether a hidden file is in the directory `dir`.
+    pub fn has_hidden_in(&self, dir: u64) -> bool {
+        self.nodes.values().any(|n| {
+            n.place
+                .as_ref()
+                .is_some_and(|p| p.hidden && p.parent == dir)
+        })
+    }
+
     /// The paths of every hidden file.
     pub fn hidden(&self) -> Vec<Vec<u8>> {
         self.nodes

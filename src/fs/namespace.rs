@@ -271,6 +271,18 @@ impl Core {
     }
 
     pub async fn rmdir(&self, parent: u64, name: &[u8]) -> FsResult<()> {
+        // A file removed from it while a descriptor's release (which the kernel sends after
+        // close(2) returned) was on its way is kept under a hidden name until that release:
+        // `cat d/f; rm -rf d` must not fail for it. Waited for a moment.
+        let child = self.inodes.lock().unwrap().child(parent, name);
+        if let Some(dir) = child {
+            for _ in 0..100 {
+                if !self.inodes.lock().unwrap().has_hidden_in(dir) {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
         let path = self.child_path(parent, name)?;
         let dir = self.path(parent)?;
         let _names = self.namespace.write().await;

@@ -84,7 +84,7 @@ pub(super) struct OpenFile {
 /// Whether `now`, the attributes of what a reopen found under the file's path, can be the file
 /// `file` had open. SFTP v3 has no file identity; what it does give must all agree with what
 /// the mount knew of the file (`identity`: kept up to date by the mount's own changes): the
-/// same type, permissions and owner, a modification time no older, and a size that what the
+/// same type, permissions and owner, for a reader a modification time no older, and a size that what the
 /// mount did explains (at least what it set and what was acked; for a writer, at most what it
 /// set, had or sent, as the server may or may not have applied the WRITEs in flight). A file
 /// put in its place with the same owner and mode, a newer mtime and a size in those bounds is
@@ -107,8 +107,11 @@ fn same_file(file: &OpenFile, now: &Attrs) -> Result<(), String> {
     if known.uid_gid.is_some() && known.uid_gid != now.uid_gid {
         return Err("it has another owner".into());
     }
+    // A reader's: for a writer, what the mount itself did bounds its size more closely, and
+    // the mtimes its own writes and changes left are not all known to it.
     let mtime = |a: &Attrs| a.atime_mtime.map(|t| t.1);
-    if let (Some(then), Some(now)) = (mtime(&known), mtime(now))
+    if file.writer.is_none()
+        && let (Some(then), Some(now)) = (mtime(&known), mtime(now))
         && now < then
     {
         return Err(format!("it was modified at {now}, before the {then} seen"));
