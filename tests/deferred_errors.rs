@@ -65,21 +65,26 @@ fn attribute_changes_through_a_written_file_land_after_its_data() {
     }
 }
 
-#[test]
-fn a_chmod_the_server_refuses_fails_at_close_and_the_mode_stays() {
-    let sshd = Sshd::start_with_password_auth();
-    let m = sshd.mount_with_password(PASSWORD);
-    // Writable by the login, owned by root: it may write the file, not change its mode.
+/// A file the login may write but not change the mode of (0666, root's), opened for appending
+/// through the mount and written: its server path and the descriptor.
+fn written_file_of_roots(sshd: &Sshd, m: &Mount) -> (std::path::PathBuf, File) {
     let theirs = sshd.remote_root().join("theirs");
     fs::write(&theirs, b"root's\n").unwrap();
     fs::set_permissions(&theirs, fs::Permissions::from_mode(0o666)).unwrap();
     std::os::unix::fs::chown(&theirs, Some(0), Some(0)).unwrap();
-
     let mut f = OpenOptions::new()
         .append(true)
         .open(m.join("theirs"))
         .unwrap();
     f.write_all(b"and ours\n").unwrap();
+    (theirs, f)
+}
+
+#[test]
+fn a_chmod_the_server_refuses_fails_at_close_and_the_mode_stays() {
+    let sshd = Sshd::start_with_password_auth();
+    let m = sshd.mount_with_password(PASSWORD);
+    let (theirs, f) = written_file_of_roots(&sshd, &m);
     let errno = change_then_close(f, |f| f.set_permissions(fs::Permissions::from_mode(0o600)));
     assert!(
         matches!(errno, Some(libc::EPERM | libc::EACCES)),
@@ -99,16 +104,7 @@ fn a_chmod_the_server_refuses_fails_at_close_and_the_mode_stays() {
 fn a_refused_chmod_fails_the_openers_close_after_a_duplicate_closed_first() {
     let sshd = Sshd::start_with_password_auth();
     let m = sshd.mount_with_password(PASSWORD);
-    let theirs = sshd.remote_root().join("theirs");
-    fs::write(&theirs, b"root's\n").unwrap();
-    fs::set_permissions(&theirs, fs::Permissions::from_mode(0o666)).unwrap();
-    std::os::unix::fs::chown(&theirs, Some(0), Some(0)).unwrap();
-
-    let mut f = OpenOptions::new()
-        .append(true)
-        .open(m.join("theirs"))
-        .unwrap();
-    f.write_all(b"and ours\n").unwrap();
+    let (theirs, f) = written_file_of_roots(&sshd, &m);
     // Answered at once, carried out behind the write: the server refuses it.
     f.set_permissions(fs::Permissions::from_mode(0o600))
         .unwrap();

@@ -31,11 +31,13 @@ fn sshd_serves_sftp_with_the_user_key() {
     let sshd = Sshd::start();
     fs::write(sshd.remote_root().join("a"), b"hello").unwrap();
     let key = sshd.user_key_path();
+    // The local side in a directory of the test's own, not the checkout (a stray `b` there).
+    let local = tempfile::TempDir::new().unwrap();
     let out = sftp(
         &sshd,
         &["-i", key.to_str().unwrap(), "-o", "BatchMode=yes"],
         &sshd.source(),
-        "get a b\nput b c\n",
+        &format!("lcd {}\nget a b\nput b c\n", local.path().display()),
     );
     assert!(
         out.status.success(),

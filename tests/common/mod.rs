@@ -1423,55 +1423,9 @@ impl SftpRecorder {
         self.dir.path().join("sftp-server").display().to_string()
     }
 
-    /// Every request received so far, all sessions together. A packet still arriving is left
-    /// for the next call.
-    pub fn requests(&self) -> SftpRequests {
-        let mut out = SftpRequests::default();
-        for entry in fs::read_dir(self.dir.path()).unwrap() {
-            let path = entry.unwrap().path();
-            if !path
-                .file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("session.")
-            {
-                continue;
-            }
-            let data = fs::read(&path).unwrap();
-            let mut pos = 0usize;
-            while pos + 5 <= data.len() {
-                let len = u32::from_be_bytes(data[pos..pos + 4].try_into().unwrap()) as usize;
-                if pos + 4 + len > data.len() {
-                    break;
-                }
-                let body = &data[pos + 4..pos + 4 + len];
-                let kind = sftp_request_name(body[0]);
-                *out.by_type.entry(kind).or_default() += 1;
-                if kind == "OPENDIR" || kind == "LSTAT" {
-                    let plen = u32::from_be_bytes(body[5..9].try_into().unwrap()) as usize;
-                    let path = String::from_utf8_lossy(&body[9..9 + plen]).into_owned();
-                    let paths = if kind == "LSTAT" {
-                        &mut out.lstat_paths
-                    } else {
-                        &mut out.opened_dirs
-                    };
-                    *paths.entry(path).or_default() += 1;
-                }
-                if kind == "READ" {
-                    // id, handle (string), offset (u64), len (u32)
-                    let hlen = u32::from_be_bytes(body[5..9].try_into().unwrap()) as usize;
-                    let at = 9 + hlen + 8;
-                    out.read_bytes +=
-                        u32::from_be_bytes(body[at..at + 4].try_into().unwrap()) as u64;
-                }
-                pos += 4 + len;
-            }
-        }
-        out
-    }
-
-    /// Every READ's offset and length, all sessions together, for failure messages.
-    pub fn reads(&self) -> Vec<(u64, u32)> {
+    /// The body of every request received so far, all sessions together. A packet still
+    /// arriving is left for the next call.
+    fn packets(&self) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
         for entry in fs::read_dir(self.dir.path()).unwrap() {
             let path = entry.unwrap().path();
@@ -1490,18 +1444,52 @@ impl SftpRecorder {
                 if pos + 4 + len > data.len() {
                     break;
                 }
-                let body = &data[pos + 4..pos + 4 + len];
-                if sftp_request_name(body[0]) == "READ" {
-                    let hlen = u32::from_be_bytes(body[5..9].try_into().unwrap()) as usize;
-                    let at = 9 + hlen;
-                    let off = u64::from_be_bytes(body[at..at + 8].try_into().unwrap());
-                    let l = u32::from_be_bytes(body[at + 8..at + 12].try_into().unwrap());
-                    out.push((off, l));
-                }
+                out.push(data[pos + 4..pos + 4 + len].to_vec());
                 pos += 4 + len;
             }
         }
         out
+    }
+
+    /// A READ's offset and length (after its id and handle).
+    fn read_of(body: &[u8]) -> (u64, u32) {
+        let hlen = u32::from_be_bytes(body[5..9].try_into().unwrap()) as usize;
+        let at = 9 + hlen;
+        let offset = u64::from_be_bytes(body[at..at + 8].try_into().unwrap());
+        let len = u32::from_be_bytes(body[at + 8..at + 12].try_into().unwrap());
+        (offset, len)
+    }
+
+    /// Every request received so far, all sessions together.
+    pub fn requests(&self) -> SftpRequests {
+        let mut out = SftpRequests::default();
+        for body in self.packets() {
+            let kind = sftp_request_name(body[0]);
+            *out.by_type.entry(kind).or_default() += 1;
+            if kind == "OPENDIR" || kind == "LSTAT" {
+                let plen = u32::from_be_bytes(body[5..9].try_into().unwrap()) as usize;
+                let path = String::from_utf8_lossy(&body[9..9 + plen]).into_owned();
+                let paths = if kind == "LSTAT" {
+                    &mut out.lstat_paths
+                } else {
+                    &mut out.opened_dirs
+                };
+                *paths.entry(path).or_default() += 1;
+            }
+            if kind == "READ" {
+                out.read_bytes += u64::from(Self::read_of(&body).1);
+            }
+        }
+        out
+    }
+
+    /// Every READ's offset and length, all sessions together, for failure messages.
+    pub fn reads(&self) -> Vec<(u64, u32)> {
+        self.packets()
+            .iter()
+            .filter(|body| sftp_request_name(body[0]) == "READ")
+            .map(|body| Self::read_of(body))
+            .collect()
     }
 
     /// Waits until the counts stop changing (requests still on their way have arrived).
