@@ -121,6 +121,13 @@ impl Fixture {
         flushed.and(released)
     }
 
+    /// A small file of one byte, written through the core and closed.
+    async fn write_small(&self, name: &str) {
+        let fh = self.create(name).await;
+        self.write_all(fh, 0, b"x").await.unwrap();
+        self.close(fh).await.unwrap();
+    }
+
     /// What the server's disk holds.
     fn on_server(&self, name: &str) -> Vec<u8> {
         fs::read(self.dir.path().join(name)).unwrap()
@@ -502,5 +509,32 @@ async fn a_reader_of_a_file_replaced_during_the_cut_gets_eio_not_the_new_file() 
             "{name}: the reader of a replaced file"
         );
         let _ = f.core.release(fh).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_removed_or_replaced_while_its_last_release_is_on_its_way_leaves_no_hidden_file() {
+    // The kernel sends a release after close(2) returned: `cat f; rm f` can have the removal
+    // decide to hide the open file, and the release pass, before the removal's reply.
+    let f = start(settings()).await;
+    for round in 0..150 {
+        f.write_small("a").await;
+        let a = f.open("a", libc::O_RDONLY).await;
+        let (removed, released) = tokio::join!(f.core.unlink(ROOT, b"a"), f.core.release(a));
+        released.unwrap();
+        removed.unwrap();
+        assert!(server_names(f.dir.path()).is_empty(), "round {round}");
+
+        f.write_small("a").await;
+        f.write_small("b").await;
+        let a = f.open("a", libc::O_RDONLY).await;
+        let (renamed, released) = tokio::join!(
+            f.core.rename(ROOT, b"b", ROOT, b"a", false),
+            f.core.release(a)
+        );
+        released.unwrap();
+        renamed.unwrap();
+        assert_eq!(server_names(f.dir.path()), ["a"], "round {round}");
+        f.core.unlink(ROOT, b"a").await.unwrap();
     }
 }

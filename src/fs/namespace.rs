@@ -237,7 +237,7 @@ impl Core {
             }
             return Err(errno(e));
         }
-        let (others, linked_elsewhere) = {
+        let (ino, others, linked_elsewhere) = {
             let mut inodes = self.inodes.lock().unwrap();
             let ino = inodes.child(parent, name);
             let linked_elsewhere = ino
@@ -255,8 +255,11 @@ impl Core {
             if let Some(ino) = others {
                 inodes.set_ctime(ino, std::time::SystemTime::now());
             }
-            (others, linked_elsewhere)
+            (ino, others, linked_elsewhere)
         };
+        if let (Some(_), Some(ino)) = (&hidden, ino) {
+            self.remove_hidden_if_closed(ino).await;
+        }
         let dir_after = dir_after(ticket, parent_after).await;
         self.cache.removed(&path, dir_after);
         if let Some(ino) = others {
@@ -412,15 +415,21 @@ impl Core {
                 RenameError::Errno(e) => e,
             });
         }
-        {
+        let hidden = {
             let mut inodes = self.inodes.lock().unwrap();
-            if let Some(replaced) = &replaced {
+            let hidden = replaced.as_ref().and_then(|replaced| {
+                let ino = inodes.child(new_parent, new_name);
                 inodes.hide(new_parent, new_name, &replaced.name);
-            }
+                ino
+            });
             inodes.rename(parent, name, new_parent, new_name);
             if let Some(moved) = inodes.child(new_parent, new_name) {
                 inodes.set_ctime(moved, std::time::SystemTime::now());
             }
+            hidden
+        };
+        if let Some(ino) = hidden {
+            self.remove_hidden_if_closed(ino).await;
         }
         if known_dir_or_unknown {
             self.cache.removed(&from, None);

@@ -967,6 +967,13 @@ impl Core {
         }
         // Not while an open of it (through /proc/PID/fd) is on its way.
         let _names = self.namespace.write().await;
+        self.remove_hidden_if_closed(ino).await;
+    }
+
+    /// [`Self::remove_hidden`] with the namespace lock held: also called right after a name
+    /// was hidden, in case the last release passed while the REMOVE or RENAME was on its way
+    /// (it found no hidden name then).
+    pub(super) async fn remove_hidden_if_closed(&self, ino: u64) {
         if self.is_open(ino) {
             return;
         }
