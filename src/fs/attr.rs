@@ -209,9 +209,7 @@ impl Core {
             return Ok(shown);
         }
         let cacheable = !self.writes_pending(ino);
-        if cacheable && let Some(check) = self.cache.own_to_check(path) {
-            self.check_own_listing(check).await;
-        }
+        let mut own_check = None;
         if cacheable {
             let known = match for_open {
                 true => self.cache.name_for_open(path),
@@ -219,17 +217,24 @@ impl Core {
             };
             match known {
                 Some(Known::Attrs(attrs)) => return Ok(attrs),
-                Some(Known::Missing) => return Err(libc::ENOENT),
-                None => {}
+                // Only a name taken as missing depends on the directory being as the mount
+                // left it: when that is due to be checked, the name is asked too, at once.
+                Some(Known::Missing) => match self.cache.own_to_check(path) {
+                    Some(check) => own_check = Some(check),
+                    None => return Err(libc::ENOENT),
+                },
+                None => own_check = self.cache.own_to_check(path),
             }
         }
         let ticket = self.cache.ticket();
         let floor = ino.map_or(0, |ino| self.size_floor(ino));
         let follow = self.config.symlinks.follow;
-        let result = self
-            .idempotent(|s| attrs_of(s, path, follow))
-            .await
-            .map(|attrs| at_least(attrs, floor));
+        let asked = self.idempotent(|s| attrs_of(s, path, follow));
+        let result = match own_check {
+            Some(check) => tokio::join!(asked, self.check_own_listing(check)).0,
+            None => asked.await,
+        };
+        let result = result.map(|attrs| at_least(attrs, floor));
         if cacheable && !self.writes_pending(ino) {
             let known = match &result {
                 Ok(attrs) => Some(Known::Attrs(attrs.clone())),
@@ -336,6 +341,7 @@ impl Core {
         let resend = attrs.clone();
         let known_by = self.files.of_inode(file.ino);
         let (writes, horizon) = (file.inode_writes.clone(), file.inode_writes.generation());
+        let resized = attrs.size.is_some();
         let accepted = writer.track_attr_change(Box::pin(async move {
             // Setting attributes twice does no harm: one lost with its connection is sent
             // again on the file's reopened handle, once the writes before it landed again (a
@@ -356,6 +362,9 @@ impl Core {
             // The pipeline failed or closed meanwhile: the change was sent, its reply is not
             // awaited; the caller sends it again and waits (setting attributes is idempotent).
             return None;
+        }
+        if !resized {
+            file.contents_unchanged_since(horizon);
         }
         let mut predicted = shown;
         if let Some(mode) = attrs.permissions {

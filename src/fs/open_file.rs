@@ -81,6 +81,18 @@ pub(super) struct OpenFile {
     written: Mutex<Option<(bytes::BytesMut, u64)>>,
 }
 
+impl OpenFile {
+    /// This descriptor changed the file's mode, owner or times (a step of the inode's
+    /// generation taken at `before`), not its contents: what it wrote is still all of them.
+    pub(super) fn contents_unchanged_since(&self, before: u64) {
+        if let Some((_, expected)) = self.written.lock().unwrap().as_mut()
+            && *expected == before
+        {
+            *expected += 1;
+        }
+    }
+}
+
 /// Whether `now`, the attributes of what a reopen found under the file's path, can be the file
 /// `file` had open. SFTP v3 has no file identity; what it does give must all agree with what
 /// the mount knew of the file (`identity`: kept up to date by the mount's own changes): the
