@@ -112,6 +112,10 @@ impl Filesystem for FuseAdapter {
         let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
         // A file whose mtime or size changed (seen on a later getattr) loses its cached pages.
         let _ = config.add_capabilities(InitFlags::FUSE_AUTO_INVAL_DATA);
+        // Inode numbers last only while the kernel holds them: a handle from
+        // name_to_handle_at(2) would fail later with ESTALE (after drop_caches, a remount).
+        // Programs are told EOPNOTSUPP at once instead, and fall back to paths.
+        let _ = config.add_capabilities(InitFlags::FUSE_NO_EXPORT_SUPPORT);
         let _ = config.set_max_write(1024 * 1024);
         Ok(())
     }
@@ -461,17 +465,19 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        match self.core.readdir(fh.0, offset, false) {
-            Ok(entries) => {
-                for e in entries {
-                    if reply.add(INodeNo(e.ino), e.offset, e.kind, OsStr::from_bytes(&e.name)) {
-                        break;
+        self.spawn(|core| async move {
+            match core.readdir(fh.0, offset, false).await {
+                Ok(entries) => {
+                    for e in entries {
+                        if reply.add(INodeNo(e.ino), e.offset, e.kind, OsStr::from_bytes(&e.name)) {
+                            break;
+                        }
                     }
+                    reply.ok();
                 }
-                reply.ok();
+                Err(e) => reply.error(errno(e)),
             }
-            Err(e) => reply.error(errno(e)),
-        }
+        });
     }
 
     fn readdirplus(
@@ -482,56 +488,58 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let entries = match self.core.readdir(fh.0, offset, true) {
-            Ok(entries) => entries,
-            Err(e) => return reply.error(errno(e)),
-        };
-        let mut full = false;
-        let mut subdirs = Vec::new();
-        for e in entries {
-            match e.attr {
-                // The kernel takes no reference for "." and ".."; their attributes are unused.
-                None if !full => {
-                    let attr = dot_attr(if e.ino == u64::MAX { ino.0 } else { e.ino });
-                    full = reply.add(
-                        INodeNo(e.ino),
-                        e.offset,
-                        OsStr::from_bytes(&e.name),
-                        &Duration::ZERO,
-                        &attr,
-                        GENERATION,
-                    );
-                }
-                None => {}
-                Some(attr) => {
-                    if !full {
+        let ttl = self.ttl.both();
+        self.spawn(|core| async move {
+            let entries = match core.readdir(fh.0, offset, true).await {
+                Ok(entries) => entries,
+                Err(e) => return reply.error(errno(e)),
+            };
+            let mut full = false;
+            let mut subdirs = Vec::new();
+            for e in entries {
+                match e.attr {
+                    // The kernel takes no reference for "." and ".."; their attributes are
+                    // unused.
+                    None if !full => {
+                        let attr = dot_attr(if e.ino == u64::MAX { ino.0 } else { e.ino });
                         full = reply.add(
                             INodeNo(e.ino),
                             e.offset,
                             OsStr::from_bytes(&e.name),
-                            &self.ttl.both(),
+                            &Duration::ZERO,
                             &attr,
                             GENERATION,
                         );
-                        if !full && attr.kind == fuser::FileType::Directory {
-                            subdirs.push(e.name.clone());
-                        }
                     }
-                    if full {
-                        // Not sent: give back the reference readdir took for it.
-                        debug!(ino = e.ino, "readdirplus buffer full");
-                        self.core.forget(e.ino, 1);
+                    None => {}
+                    Some(attr) => {
+                        if !full {
+                            let ttl = if e.gone { Duration::ZERO } else { ttl };
+                            full = reply.add(
+                                INodeNo(e.ino),
+                                e.offset,
+                                OsStr::from_bytes(&e.name),
+                                &ttl,
+                                &attr,
+                                GENERATION,
+                            );
+                            if !full && attr.kind == fuser::FileType::Directory && !e.gone {
+                                subdirs.push(e.name.clone());
+                            }
+                        }
+                        if full {
+                            // Not sent: give back the reference readdir took for it.
+                            debug!(ino = e.ino, "readdirplus buffer full");
+                            core.forget(e.ino, 1);
+                        }
                     }
                 }
             }
-        }
-        reply.ok();
-        if !subdirs.is_empty() {
-            let core = self.core.clone();
-            // Workers are tokio tasks: start them from inside the runtime.
-            self.rt
-                .spawn(async move { core.prefetch_listings(ino.0, subdirs) });
-        }
+            reply.ok();
+            if !subdirs.is_empty() {
+                core.prefetch_listings(ino.0, subdirs);
+            }
+        });
     }
 
     fn releasedir(

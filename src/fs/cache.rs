@@ -271,10 +271,15 @@ impl MetaCache {
     /// than [`COHERENCE`] ago: its mtime is to be asked before a name missing from it is taken
     /// as missing (see [`MetaCache::own_checked`]).
     pub fn own_to_check(&self, path: &[u8]) -> Option<OwnCheck> {
+        let (dir, _) = split(path)?;
+        self.own_dir_to_check(dir)
+    }
+
+    /// [`MetaCache::own_to_check`] for the listing of `dir` itself.
+    pub fn own_dir_to_check(&self, dir: &[u8]) -> Option<OwnCheck> {
         if !self.config.enabled {
             return None;
         }
-        let (dir, _) = split(path)?;
         let inner = self.inner.lock().unwrap();
         let own = inner.own_listings.peek(dir)?;
         let listed = inner.dirs.peek(dir)?;
@@ -307,7 +312,9 @@ impl MetaCache {
                 }
             }
             None => {
-                inner.own_listings.pop(&check.dir);
+                // Someone else changed it: its listing is not the directory any more.
+                inner.epoch += 1;
+                inner.pop_listing(&check.dir);
             }
         }
     }
@@ -355,6 +362,15 @@ impl MetaCache {
 
     pub fn put_name(&self, ticket: Ticket, path: Vec<u8>, known: Known) {
         self.store_if_current(ticket, |inner| {
+            // A listing that says otherwise of the name is older than this answer: someone
+            // else changed the directory since.
+            if let Some((dir, name)) = split(&path)
+                && let Some(listing) = inner.dirs.peek(dir)
+                && listing.value.iter().any(|n| n[..] == *name) != matches!(known, Known::Attrs(_))
+            {
+                let dir = dir.to_vec();
+                inner.pop_listing(&dir);
+            }
             inner.names.put(path, Timed::now(known));
         });
     }

@@ -55,6 +55,9 @@ pub struct DirEntry {
     pub kind: FileType,
     pub name: Bytes,
     pub attr: Option<FileAttr>,
+    /// The name was removed or replaced since the listing was taken: the entry is not to be
+    /// kept by the kernel (no entry timeout).
+    pub gone: bool,
 }
 
 /// Directories whose listings are to be fetched ahead (top = next), and the workers doing it.
@@ -67,9 +70,16 @@ pub(super) struct DirPrefetch {
 /// A listing being fetched, for others who want it too.
 pub(super) type ListingWatch = tokio::sync::watch::Receiver<Option<FsResult<Vec<(Bytes, Attrs)>>>>;
 
+/// An open directory: the listing its reader goes through, taken at opendir and again when
+/// the reader starts over (rewinddir sees the directory as it is then).
 pub(super) struct DirHandle {
     pub(super) ino: u64,
     pub(super) entries: Vec<(Bytes, Attrs)>,
+    /// The inode numbers the mount had given the entries' names when the listing was taken:
+    /// a name removed since keeps the number its file had (its `d_ino` is that `st_ino`).
+    inos: Vec<Option<u64>>,
+    /// Read from the start once already.
+    started: std::sync::atomic::AtomicBool,
 }
 
 impl Core {
@@ -85,18 +95,38 @@ impl Core {
     }
 
     pub async fn opendir(&self, ino: u64) -> FsResult<u64> {
+        let handle = self.dir_handle(ino).await?;
+        let fh = self.files.new_fh();
+        self.dirs.lock().unwrap().insert(fh, Arc::new(handle));
+        Ok(fh)
+    }
+
+    /// The directory `ino` as a handle reads it.
+    async fn dir_handle(&self, ino: u64) -> FsResult<DirHandle> {
         let path = self.path(ino)?;
+        // A listing the mount keeps up to date itself is read as its lookups are: as long as
+        // the directory's mtime, asked once a second, is the one the mount's changes left.
+        if let Some(check) = self.cache.own_dir_to_check(&path) {
+            self.check_own_listing(check).await;
+        }
         let pending = self.pending_paths();
         let entries = match self.cache.listing(&path, |p| !pending.contains(p)) {
             Some(entries) => entries,
             None => self.fetch_listing(&path).await?,
         };
-        let fh = self.files.new_fh();
-        self.dirs
-            .lock()
-            .unwrap()
-            .insert(fh, Arc::new(DirHandle { ino, entries }));
-        Ok(fh)
+        let inos = {
+            let inodes = self.inodes.lock().unwrap();
+            entries
+                .iter()
+                .map(|(name, _)| inodes.child(ino, name))
+                .collect()
+        };
+        Ok(DirHandle {
+            ino,
+            entries,
+            inos,
+            started: Default::default(),
+        })
     }
 
     /// Whether a directory the mount made is still as its listing has it, asked once a second
@@ -316,14 +346,23 @@ impl Core {
     }
 
     /// Entries from `offset` on; with `plus`, each carries attributes and a kernel reference.
-    pub fn readdir(&self, fh: u64, offset: u64, plus: bool) -> FsResult<Vec<DirEntry>> {
-        let dir = self
+    pub async fn readdir(&self, fh: u64, offset: u64, plus: bool) -> FsResult<Vec<DirEntry>> {
+        let mut dir = self
             .dirs
             .lock()
             .unwrap()
             .get(&fh)
             .cloned()
             .ok_or(libc::EBADF)?;
+        if offset == 0 && dir.started.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            // rewinddir(3): the directory as it is now, not as it was at opendir.
+            let again = self.dir_handle(dir.ino).await?;
+            again
+                .started
+                .store(true, std::sync::atomic::Ordering::Release);
+            dir = Arc::new(again);
+            self.dirs.lock().unwrap().insert(fh, dir.clone());
+        }
         let mut out = Vec::new();
         // ".." only needs an inode number; the kernel looks the parent up itself.
         let dots = [(&b"."[..], dir.ino), (&b".."[..], ROOT)];
@@ -335,18 +374,33 @@ impl Core {
                     kind: FileType::Directory,
                     name: Bytes::copy_from_slice(name),
                     attr: None,
+                    gone: false,
                 });
             }
         }
         let start = offset.saturating_sub(2) as usize;
         for (i, (name, attrs)) in dir.entries.iter().enumerate().skip(start) {
             let offset = i as u64 + 3;
+            let listed_as = dir.inos[i];
             if plus {
-                let ino = self
-                    .inodes
-                    .lock()
-                    .unwrap()
-                    .remember(dir.ino, name, is_symlink(attrs));
+                let (ino, gone) = {
+                    let mut inodes = self.inodes.lock().unwrap();
+                    let symlink = is_symlink(attrs);
+                    match (listed_as, inodes.child(dir.ino, name)) {
+                        // The name went since it was listed: the number its file had (as a
+                        // local filesystem's d_ino would be), an entry the kernel does not keep.
+                        (Some(then), None) => {
+                            inodes.remember_nameless(then, symlink);
+                            (then, true)
+                        }
+                        // Another file has the name now: its number, but not the attributes
+                        // listed for the one before.
+                        (Some(then), Some(now)) if now != then => {
+                            (inodes.remember(dir.ino, name, symlink), true)
+                        }
+                        _ => (inodes.remember(dir.ino, name, symlink), false),
+                    }
+                };
                 let attr = self.shown(ino, attrs);
                 out.push(DirEntry {
                     ino,
@@ -354,17 +408,19 @@ impl Core {
                     kind: attr.kind,
                     name: name.clone(),
                     attr: Some(attr),
+                    gone,
                 });
             } else {
-                // readdir needs only a number; an unknown entry gets a placeholder the kernel
-                // replaces through lookup.
+                // readdir needs only a number; an entry the mount gave none gets a placeholder
+                // the kernel replaces through lookup.
                 let attr = self.to_attr(0, attrs);
                 out.push(DirEntry {
-                    ino: u64::MAX,
+                    ino: listed_as.unwrap_or(u64::MAX),
                     offset,
                     kind: attr.kind,
                     name: name.clone(),
                     attr: None,
+                    gone: false,
                 });
             }
         }

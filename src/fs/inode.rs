@@ -104,6 +104,23 @@ struct Node {
     listed_nlink: Option<u32>,
 }
 
+impl Node {
+    /// A node the kernel has one reference to.
+    fn new(place: Option<Place>, symlink: bool) -> Node {
+        Node {
+            place,
+            lookups: 1,
+            symlink,
+            writes: Arc::default(),
+            contents_seen: None,
+            shown: None,
+            ctime: None,
+            aliases: Vec::new(),
+            listed_nlink: None,
+        }
+    }
+}
+
 pub struct InodeTable {
     root_path: Bytes,
     nodes: HashMap<u64, Node>,
@@ -114,24 +131,12 @@ pub struct InodeTable {
 impl InodeTable {
     pub fn new(root_path: Bytes) -> Self {
         let mut nodes = HashMap::new();
-        nodes.insert(
-            ROOT,
-            Node {
-                place: Some(Place {
-                    parent: ROOT,
-                    name: Bytes::new(),
-                    hidden: false,
-                }),
-                lookups: 1,
-                symlink: false,
-                writes: Arc::default(),
-                contents_seen: None,
-                shown: None,
-                ctime: None,
-                aliases: Vec::new(),
-                listed_nlink: None,
-            },
-        );
+        let place = Place {
+            parent: ROOT,
+            name: Bytes::new(),
+            hidden: false,
+        };
+        nodes.insert(ROOT, Node::new(Some(place), false));
         InodeTable {
             root_path,
             nodes,
@@ -176,26 +181,24 @@ impl InodeTable {
         }
         let ino = self.next_ino;
         self.next_ino += 1;
-        self.nodes.insert(
-            ino,
-            Node {
-                place: Some(Place {
-                    parent,
-                    name: key.1.clone(),
-                    hidden: false,
-                }),
-                lookups: 1,
-                symlink,
-                writes: Arc::default(),
-                contents_seen: None,
-                shown: None,
-                ctime: None,
-                aliases: Vec::new(),
-                listed_nlink: None,
-            },
-        );
+        let place = Place {
+            parent,
+            name: key.1.clone(),
+            hidden: false,
+        };
+        self.nodes.insert(ino, Node::new(Some(place), symlink));
         self.children.insert(key, ino);
         ino
+    }
+
+    /// The kernel is given `ino` again, not through a name: a file a listing showed before its
+    /// name went. Numbers are never handed out twice, so one the kernel already forgot comes
+    /// back as the nameless file it last was.
+    pub fn remember_nameless(&mut self, ino: u64, symlink: bool) {
+        self.nodes
+            .entry(ino)
+            .and_modify(|node| node.lookups += 1)
+            .or_insert_with(|| Node::new(None, symlink));
     }
 
     pub fn forget(&mut self, ino: u64, count: u64) {

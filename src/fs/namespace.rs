@@ -133,6 +133,7 @@ impl Core {
         mode: &CreateMode,
         symlink: bool,
     ) -> Attrs {
+        let mut changed_here = false;
         if self.config.owner_from_caller && mode.owner.0 != 0 {
             let (uid, mut gid) = self.config.ids.remote(mode.owner.0, mode.owner.1);
             if let Ok(dir) = self.path(parent)
@@ -154,9 +155,12 @@ impl Core {
                 };
                 match changed {
                     Ok(()) => {
+                        changed_here = true;
                         attrs.uid_gid = Some((uid, gid));
-                        // chown(2) by root clears setuid and setgid.
-                        if let Some(p) = attrs.permissions.as_mut() {
+                        // chown(2) by root clears setuid and setgid, of a directory's neither.
+                        if let Some(p) = attrs.permissions.as_mut()
+                            && *p & libc::S_IFMT != libc::S_IFDIR
+                        {
                             *p &= !(libc::S_ISUID | libc::S_ISGID);
                         }
                     }
@@ -167,16 +171,29 @@ impl Core {
                 }
             }
         }
-        let wanted = mode.permissions();
+        let mut wanted = mode.permissions();
+        // A directory made in a setgid directory inherits the bit (mkdir(2) cannot ask for it:
+        // on the server too, it can only have come from there).
+        let made = attrs.permissions.unwrap_or(0);
+        if made & libc::S_IFMT == libc::S_IFDIR {
+            wanted |= made & libc::S_ISGID;
+        }
         if !symlink && attrs.permissions.map(|p| p & 0o7777) != Some(wanted) {
             let change = Attrs {
                 permissions: Some(wanted),
                 ..Default::default()
             };
             if session.setstat(path, change).await.is_ok() {
+                changed_here = true;
                 let kind = attrs.permissions.unwrap_or(0) & libc::S_IFMT;
                 attrs.permissions = Some(kind | wanted);
             }
+        }
+        if changed_here {
+            // What the creation cached is the server's first answer.
+            let ticket = self.cache.ticket();
+            self.cache
+                .put_name(ticket, path.to_vec(), Known::Attrs(attrs.clone()));
         }
         attrs
     }
