@@ -316,3 +316,55 @@ fn user_known_hosts_file_replaces_the_default_and_dev_null_remembers_nothing() {
     assert_eq!(fs::metadata(null).unwrap().len(), 0);
     assert_eq!(fs::read_to_string(&empty).unwrap(), "", "nothing learned");
 }
+
+#[test]
+fn a_revoked_host_key_is_refused_wherever_else_it_is_listed() {
+    let sshd = Sshd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let known = dir.path().join("known_hosts");
+    let host = format!("[127.0.0.1]:{}", sshd.port());
+    let key = sshd.host_key_pub();
+    let key = key.trim();
+    fs::write(&known, format!("{host} {key}\n@revoked {host} {key}\n")).unwrap();
+    for strict in ["yes", "accept-new", "no"] {
+        let args = host_key_args(&sshd, &known, strict);
+        let out = Mount::try_with(&sshd, &sshd.source(), &args, None).unwrap_err();
+        let line = refusal(out);
+        assert!(
+            line.contains("REVOKED") && line.contains("line 2"),
+            "{strict}: {line}"
+        );
+    }
+    // A wildcard revocation, in a file of its own after the user's.
+    fs::write(&known, format!("{host} {key}\n")).unwrap();
+    let global = dir.path().join("global_known_hosts");
+    fs::write(&global, format!("@revoked * {key}\n")).unwrap();
+    let mut args = host_key_args(&sshd, &known, "yes");
+    args.extend([
+        "-o".into(),
+        format!("GlobalKnownHostsFile={}", global.display()),
+    ]);
+    let line = refusal(Mount::try_with(&sshd, &sshd.source(), &args, None).unwrap_err());
+    assert!(line.contains("REVOKED"), "{line}");
+}
+
+#[test]
+fn one_bad_line_never_hides_a_changed_key() {
+    let sshd = Sshd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other_host_key");
+    keygen(&other, "impostor");
+    let other_pub = fs::read_to_string(other.with_extension("pub")).unwrap();
+    let known = dir.path().join("known_hosts");
+    let mut text = b"# owner: Ren\xe9e\n".to_vec();
+    text.extend_from_slice(b"broken line\n");
+    text.extend_from_slice(format!("[127.0.0.1]:{} {}", sshd.port(), other_pub).as_bytes());
+    fs::write(&known, &text).unwrap();
+    let args = host_key_args(&sshd, &known, "accept-new");
+    let line = refusal(Mount::try_with(&sshd, &sshd.source(), &args, None).unwrap_err());
+    assert!(
+        line.contains("CHANGED") && line.contains("line 3"),
+        "{line}"
+    );
+    assert_eq!(fs::read(&known).unwrap(), text, "nothing learned");
+}

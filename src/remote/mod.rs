@@ -391,6 +391,7 @@ impl ConnectError {
             ConnectError::Ssh(
                 SshError::UnknownHostKey { .. }
                     | SshError::ChangedHostKey { .. }
+                    | SshError::RevokedHostKey { .. }
                     | SshError::AuthRefused { .. }
                     | SshError::KeyFile { .. }
             )

@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use russh::keys::{HashAlg, PublicKey};
 use tracing::{info, warn};
 
+use super::known_hosts::{self, KnownHosts, Verdict};
 use super::target::StrictHostKeyChecking;
 use super::{SshError, Target};
 
@@ -14,6 +15,11 @@ use super::{SshError, Target};
 #[derive(Debug, Clone)]
 pub(super) enum HostKeyVerdict {
     Known,
+    Revoked {
+        fingerprint: String,
+        file: String,
+        line: usize,
+    },
     Unknown {
         fingerprint: String,
     },
@@ -36,22 +42,48 @@ fn fingerprint(key: &PublicKey) -> String {
     )
 }
 
+/// Every known_hosts file of `target` that can be read, parsed (see `known_hosts.rs`); a bad
+/// line is reported alone, a missing file is no news.
+fn read_known_hosts(target: &Target) -> Vec<(PathBuf, KnownHosts)> {
+    let mut files = Vec::new();
+    for file in &target.known_hosts_files {
+        match std::fs::read(file) {
+            Ok(contents) => {
+                let parsed = known_hosts::parse(&contents, file);
+                for skipped in &parsed.skipped {
+                    warn!("known_hosts {skipped}");
+                }
+                files.push((file.clone(), parsed));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => warn!("cannot read known_hosts file {}: {e}", file.display()),
+        }
+    }
+    files
+}
+
 pub(super) fn check_host_key(target: &Target, key: &PublicKey) -> HostKeyVerdict {
     let fingerprint = fingerprint(key);
     let (name, port) = target.known_hosts_key();
-    for file in &target.known_hosts_files {
-        match russh::keys::check_known_hosts_path(name, port, key, file) {
-            Ok(true) => return HostKeyVerdict::Known,
-            Ok(false) => {}
-            Err(russh::keys::Error::KeyChanged { line }) => {
-                return HostKeyVerdict::Changed {
-                    fingerprint,
-                    file: file.clone(),
-                    line,
-                };
-            }
-            Err(e) => warn!("skipping known_hosts file {}: {e}", file.display()),
+    let files = read_known_hosts(target);
+    let lookup = known_hosts::lookup_name(name, port);
+    match known_hosts::verdict(files.iter().map(|(f, k)| (f.as_path(), k)), &lookup, key) {
+        Verdict::Known => return HostKeyVerdict::Known,
+        Verdict::Revoked(file, line) => {
+            return HostKeyVerdict::Revoked {
+                fingerprint,
+                file,
+                line,
+            };
         }
+        Verdict::Changed(file, line) => {
+            return HostKeyVerdict::Changed {
+                fingerprint,
+                file: PathBuf::from(file),
+                line,
+            };
+        }
+        Verdict::Unknown => {}
     }
     if target.strict == StrictHostKeyChecking::Yes {
         return HostKeyVerdict::Unknown { fingerprint };
@@ -108,6 +140,16 @@ pub(super) fn host_key_error(
             host,
             fingerprint,
             file: file.display().to_string(),
+            line,
+        },
+        Some(HostKeyVerdict::Revoked {
+            fingerprint,
+            file,
+            line,
+        }) => SshError::RevokedHostKey {
+            host,
+            fingerprint,
+            file,
             line,
         },
         Some(HostKeyVerdict::LearnFailed { file, why }) => SshError::LearnHostKey {

@@ -5,6 +5,7 @@
 mod auth;
 pub mod config;
 mod host_key;
+mod known_hosts;
 pub mod target;
 
 use std::path::PathBuf;
@@ -39,6 +40,15 @@ pub enum SshError {
         file: String,
         line: usize,
     },
+    #[error(
+        "HOST KEY FOR {host} IS REVOKED ({fingerprint}, @revoked at line {line} of {file}), refusing to connect"
+    )]
+    RevokedHostKey {
+        host: String,
+        fingerprint: String,
+        file: String,
+        line: usize,
+    },
     #[error("cannot record the host key in {file}: {why}")]
     LearnHostKey { file: String, why: String },
     #[error("authentication refused for {user}@{host} (tried: {tried})")]
@@ -55,6 +65,10 @@ pub enum SshError {
     Protocol(#[from] russh::Error),
     #[error("SSH session with {addr} failed: {why}")]
     Session { addr: String, why: String },
+    #[error(
+        "the {what} \"{name}\" has characters ssh refuses (quotes, $, `, \\, ;, &, |, <, >, brackets, spaces) or starts with '-': check the mount's target"
+    )]
+    InvalidName { what: &'static str, name: String },
     #[error("bad {key} '{value}': {why}")]
     BadSetting {
         key: String,

@@ -157,11 +157,49 @@ impl Target {
     }
 }
 
+/// A host name as OpenSSH 9.6+ takes it from the command line or a ProxyJump (ssh.c's
+/// valid_hostname): none of a shell's special characters, no whitespace or control character,
+/// no leading `-` (it would read as an option to a ProxyCommand's program).
+fn valid_hostname(name: &str) -> bool {
+    !name.starts_with('-')
+        && !name
+            .chars()
+            .any(|c| "'`\"$\\;&<>|(){}".contains(c) || c.is_whitespace() || c.is_control())
+}
+
+/// A user name as OpenSSH takes it from the command line (ssh.c's valid_ruser).
+fn valid_user(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !name.starts_with('-')
+        && !name
+            .chars()
+            .any(|c| "'`\";&<>|(){}".contains(c) || c.is_control())
+        && !bytes
+            .windows(2)
+            .any(|w| w[0].is_ascii_whitespace() && w[1] == b'-')
+        && !name.ends_with('\\')
+}
+
 fn resolve_host(
     spec: HostSpec,
     config_path: Option<&Path>,
     hops: usize,
 ) -> Result<Target, SshError> {
+    // Before the name reaches anything that may run a command (Match exec, ProxyCommand).
+    if !valid_hostname(&spec.name) {
+        return Err(SshError::InvalidName {
+            what: "host name",
+            name: spec.name.escape_debug().to_string(),
+        });
+    }
+    if let Some((_, user)) = spec.first.iter().find(|(k, _)| k == "user")
+        && !valid_user(user)
+    {
+        return Err(SshError::InvalidName {
+            what: "user name",
+            name: user.escape_debug().to_string(),
+        });
+    }
     let local_user = super::local_user_name();
     let lookup = Lookup {
         host: &spec.name,

@@ -1,0 +1,344 @@
+//! known_hosts files as sshd(8) describes them, read by a parser of our own: markers
+//! (`@revoked`, `@cert-authority`), hashed names (`|1|salt|hash`), patterns (`*`, `?`, `!`),
+//! `[host]:port`, comma lists, any whitespace, bytes that are not UTF-8. One bad line is skipped
+//! alone (with its file and line in a warning); it never hides the lines around it.
+
+use std::path::Path;
+
+use hmac::{KeyInit, Mac};
+use russh::keys::PublicKey;
+
+/// What a line says of its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Marker {
+    /// The host's own key.
+    Plain,
+    /// Never to be accepted for the hosts it names.
+    Revoked,
+    /// A certificate authority whose signed host certificates are accepted for the hosts.
+    CertAuthority,
+}
+
+#[derive(Debug, Clone)]
+enum Hosts {
+    /// Patterns, each possibly negated.
+    Patterns(Vec<String>),
+    /// `|1|base64(salt)|base64(HMAC-SHA1(salt, name))`.
+    Hashed { salt: Vec<u8>, hash: Vec<u8> },
+}
+
+/// One usable line.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub marker: Marker,
+    hosts: Hosts,
+    pub key: PublicKey,
+    /// 1-based, as editors count.
+    pub line: usize,
+}
+
+/// The usable lines of a file, and why the others were skipped.
+#[derive(Debug, Default)]
+pub struct KnownHosts {
+    pub entries: Vec<Entry>,
+    pub skipped: Vec<String>,
+}
+
+/// The name a host is looked up by: `host` on port 22, else `[host]:port` (as ssh records it).
+pub fn lookup_name(host: &str, port: u16) -> String {
+    match port {
+        22 => host.to_ascii_lowercase(),
+        _ => format!("[{}]:{port}", host.to_ascii_lowercase()),
+    }
+}
+
+/// Parses the contents of a known_hosts file (`file` only names it in the reasons).
+pub fn parse(contents: &[u8], file: &Path) -> KnownHosts {
+    let mut out = KnownHosts::default();
+    for (i, raw) in contents.split(|&b| b == b'\n').enumerate() {
+        let line = i + 1;
+        match parse_line(raw) {
+            Ok(Some((marker, hosts, key))) => out.entries.push(Entry {
+                marker,
+                hosts,
+                key,
+                line,
+            }),
+            Ok(None) => {}
+            Err(why) => out
+                .skipped
+                .push(format!("{}:{line}: {why}, line skipped", file.display())),
+        }
+    }
+    out
+}
+
+fn parse_line(raw: &[u8]) -> Result<Option<(Marker, Hosts, PublicKey)>, String> {
+    let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+    let mut fields = raw
+        .split(|b| b.is_ascii_whitespace())
+        .filter(|f| !f.is_empty());
+    let Some(mut first) = fields.next() else {
+        return Ok(None);
+    };
+    if first.starts_with(b"#") {
+        return Ok(None);
+    }
+    let marker = match first {
+        b"@revoked" => Marker::Revoked,
+        b"@cert-authority" => Marker::CertAuthority,
+        m if m.starts_with(b"@") => {
+            return Err(format!("unknown marker {}", String::from_utf8_lossy(m)));
+        }
+        _ => Marker::Plain,
+    };
+    if marker != Marker::Plain {
+        first = fields.next().ok_or("a marker without host names")?;
+    }
+    let hosts = parse_hosts(first)?;
+    let kind = fields.next().ok_or("no key type")?;
+    let blob = fields.next().ok_or("no key")?;
+    // The comment (the rest) is not looked at: it may hold any bytes.
+    let (kind, blob) = (ascii(kind, "key type")?, ascii(blob, "key")?);
+    let key = PublicKey::from_openssh(&format!("{kind} {blob}"))
+        .map_err(|e| format!("a {kind} key that cannot be read ({e})"))?;
+    Ok(Some((marker, hosts, key)))
+}
+
+fn ascii<'a>(field: &'a [u8], what: &str) -> Result<&'a str, String> {
+    std::str::from_utf8(field)
+        .ok()
+        .filter(|s| s.is_ascii())
+        .ok_or(format!("a {what} that is not ASCII"))
+}
+
+fn parse_hosts(field: &[u8]) -> Result<Hosts, String> {
+    let field = ascii(field, "host name")?;
+    if let Some(hashed) = field.strip_prefix("|1|") {
+        let (salt, hash) = hashed
+            .split_once('|')
+            .ok_or("a hashed name without its hash")?;
+        let decode = |s: &str| data_encoding::BASE64.decode(s.as_bytes()).ok();
+        let (Some(salt), Some(hash)) = (decode(salt), decode(hash)) else {
+            return Err("a hashed name that is not base64".into());
+        };
+        if salt.len() != 20 || hash.len() != 20 {
+            return Err("a hashed name of the wrong length".into());
+        }
+        return Ok(Hosts::Hashed { salt, hash });
+    }
+    if field.starts_with('|') {
+        return Err("a hashed name of an unknown kind".into());
+    }
+    Ok(Hosts::Patterns(
+        field
+            .split(',')
+            .filter(|p| !p.is_empty())
+            .map(str::to_ascii_lowercase)
+            .collect(),
+    ))
+}
+
+impl Entry {
+    /// Whether the line names `name` (see [`lookup_name`]): as OpenSSH's match_hostname, a
+    /// negated pattern that matches excludes the host whatever else matches.
+    pub fn names(&self, name: &str) -> bool {
+        match &self.hosts {
+            Hosts::Hashed { salt, hash } => {
+                let Ok(mut mac) = hmac::Hmac::<sha1::Sha1>::new_from_slice(salt) else {
+                    return false;
+                };
+                mac.update(name.as_bytes());
+                mac.verify_slice(hash).is_ok()
+            }
+            Hosts::Patterns(patterns) => {
+                let mut named = false;
+                for pattern in patterns {
+                    match pattern.strip_prefix('!') {
+                        Some(negated) if wildcard(negated.as_bytes(), name.as_bytes()) => {
+                            return false;
+                        }
+                        Some(_) => {}
+                        None => named |= wildcard(pattern.as_bytes(), name.as_bytes()),
+                    }
+                }
+                named
+            }
+        }
+    }
+}
+
+/// `*` any run of characters, `?` any one (OpenSSH's match_pattern).
+fn wildcard(pattern: &[u8], text: &[u8]) -> bool {
+    match pattern.split_first() {
+        None => text.is_empty(),
+        Some((b'*', rest)) => (0..=text.len()).any(|skip| wildcard(rest, &text[skip..])),
+        Some((b'?', rest)) => !text.is_empty() && wildcard(rest, &text[1..]),
+        Some((&c, rest)) => text.first() == Some(&c) && wildcard(rest, &text[1..]),
+    }
+}
+
+/// What the lines of every file say of `key` for the host `name`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// A line names the host with this key.
+    Known,
+    /// A `@revoked` line names the host with this key (file, line).
+    Revoked(String, usize),
+    /// The host is recorded with another key of the same type (file, line).
+    Changed(String, usize),
+    /// Nothing recorded for the host with a key of this type.
+    Unknown,
+}
+
+/// The verdict for `key` offered by `name`, over files in order. A revocation wins over
+/// everything; a changed key over a known one (as ssh: any recorded key of the type that
+/// differs means the host is not the one recorded, unless the key is also recorded).
+pub fn verdict<'a>(
+    files: impl IntoIterator<Item = (&'a Path, &'a KnownHosts)>,
+    name: &str,
+    key: &PublicKey,
+) -> Verdict {
+    let mut known = false;
+    let mut changed = None;
+    for (file, hosts) in files {
+        for entry in hosts.entries.iter().filter(|e| e.names(name)) {
+            let same = entry.key.key_data() == key.key_data();
+            match entry.marker {
+                Marker::Revoked if same => {
+                    return Verdict::Revoked(file.display().to_string(), entry.line);
+                }
+                Marker::Plain if same => known = true,
+                Marker::Plain if entry.key.algorithm() == key.algorithm() => {
+                    changed.get_or_insert((file.display().to_string(), entry.line));
+                }
+                _ => {}
+            }
+        }
+    }
+    match (known, changed) {
+        (true, _) => Verdict::Known,
+        (false, Some((file, line))) => Verdict::Changed(file, line),
+        (false, None) => Verdict::Unknown,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ED_A: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
+    const ED_B: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB8zFG0VYDn1mJrMBVQGIzGcg4a4CSZf1BZGXJOeoRRU";
+
+    fn key(s: &str) -> PublicKey {
+        PublicKey::from_openssh(s).unwrap()
+    }
+
+    fn verdict_of(text: &[u8], name: &str, k: &str) -> Verdict {
+        let parsed = parse(text, Path::new("kh"));
+        verdict([(Path::new("kh"), &parsed)], name, &key(k))
+    }
+
+    #[test]
+    fn lookup_names_are_as_ssh_records_them() {
+        assert_eq!(lookup_name("Example.COM", 22), "example.com");
+        assert_eq!(lookup_name("127.0.0.1", 2222), "[127.0.0.1]:2222");
+    }
+
+    #[test]
+    fn plain_patterns_negation_and_ports() {
+        let text = format!(
+            "# comment\n\nhost1,*.example.com,!bad.example.com {ED_A}\n[127.0.0.1]:2222\t{ED_A} c\n"
+        );
+        assert_eq!(verdict_of(text.as_bytes(), "host1", ED_A), Verdict::Known);
+        assert_eq!(
+            verdict_of(text.as_bytes(), "a.example.com", ED_A),
+            Verdict::Known
+        );
+        assert_eq!(
+            verdict_of(text.as_bytes(), "bad.example.com", ED_A),
+            Verdict::Unknown
+        );
+        assert_eq!(
+            verdict_of(text.as_bytes(), "[127.0.0.1]:2222", ED_A),
+            Verdict::Known
+        );
+        assert_eq!(
+            verdict_of(text.as_bytes(), "127.0.0.1", ED_A),
+            Verdict::Unknown
+        );
+        assert_eq!(verdict_of(text.as_bytes(), "h?st1", ED_A), Verdict::Unknown);
+        assert_eq!(
+            verdict_of(text.as_bytes(), "host1", ED_B),
+            Verdict::Changed("kh".into(), 3)
+        );
+    }
+
+    #[test]
+    fn a_revoked_key_is_refused_wherever_else_it_is_listed() {
+        let text = format!("[h]:2 {ED_A}\n@revoked [h]:2 {ED_A}\n");
+        assert_eq!(
+            verdict_of(text.as_bytes(), "[h]:2", ED_A),
+            Verdict::Revoked("kh".into(), 2)
+        );
+        let star = format!("@revoked * {ED_A}\nh {ED_A}\n");
+        assert_eq!(
+            verdict_of(star.as_bytes(), "h", ED_A),
+            Verdict::Revoked("kh".into(), 1)
+        );
+        // Another host's revocation does not touch this one.
+        let other = format!("@revoked g {ED_A}\nh {ED_A}\n");
+        assert_eq!(verdict_of(other.as_bytes(), "h", ED_A), Verdict::Known);
+    }
+
+    #[test]
+    fn hashed_names_match_their_host_only() {
+        // ssh-keygen -H of "[127.0.0.1]:2222" with this salt.
+        let salt = [7u8; 20];
+        let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(&salt).unwrap();
+        mac.update(b"[127.0.0.1]:2222");
+        let hash = mac.finalize().into_bytes();
+        let line = format!(
+            "|1|{}|{} {ED_A}\n",
+            data_encoding::BASE64.encode(&salt),
+            data_encoding::BASE64.encode(&hash)
+        );
+        assert_eq!(
+            verdict_of(line.as_bytes(), "[127.0.0.1]:2222", ED_A),
+            Verdict::Known
+        );
+        assert_eq!(
+            verdict_of(line.as_bytes(), "[127.0.0.1]:2223", ED_A),
+            Verdict::Unknown
+        );
+    }
+
+    #[test]
+    fn a_bad_line_is_skipped_alone_and_bytes_that_are_not_utf8_are_tolerated() {
+        let mut text = b"# caf\xe9 owner\n".to_vec();
+        text.extend_from_slice(b"h ssh-ed25519 !!!notbase64\n");
+        text.extend_from_slice(b"h ssh-foo AAAA\n@nonsense h x y\nonlyhost\n");
+        text.extend_from_slice(format!("h {ED_A} comment ").as_bytes());
+        text.extend_from_slice(b"\xff\n");
+        text.extend_from_slice(b"|1|bad|bad ssh-ed25519 AAAA\n");
+        let parsed = parse(&text, Path::new("/kh"));
+        assert_eq!(parsed.entries.len(), 1);
+        assert_eq!(parsed.entries[0].line, 6);
+        assert_eq!(parsed.skipped.len(), 5, "{:?}", parsed.skipped);
+        assert!(parsed.skipped[0].starts_with("/kh:2: "));
+        assert_eq!(
+            verdict_of(&text, "h", ED_B),
+            Verdict::Changed("kh".into(), 6)
+        );
+    }
+
+    #[test]
+    fn wildcards_follow_openssh() {
+        assert!(wildcard(b"*", b""));
+        assert!(wildcard(b"a*c", b"abbbc"));
+        assert!(!wildcard(b"a?c", b"ac"));
+        assert!(wildcard(b"[*]:22*", b"[x]:2222"));
+    }
+}
