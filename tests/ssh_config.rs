@@ -371,3 +371,100 @@ fn a_user_certificate_is_offered_with_its_key() {
     let m = Mount::try_with(&sshd, &sshd.source(), &args(&cert), None).expect("CertificateFile");
     assert_works(&sshd, &m, "cert-file");
 }
+
+#[test]
+fn host_and_user_names_that_would_reach_a_shell_are_refused_before_any_command_runs() {
+    let sshd = Sshd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("pwned");
+    let config = dir.path().join("config");
+    // Both a ProxyCommand and a Match exec would expand %h and %r into a shell command.
+    fs::write(
+        &config,
+        format!(
+            "Match exec \"true %h %r\"\n  Port {}\nHost *\n  ProxyCommand nc %h %p\n",
+            sshd.port()
+        ),
+    )
+    .unwrap();
+    let inject = format!("$(touch${{IFS}}{})", marker.display());
+    let cases = [
+        format!("a{inject}"),
+        format!("root`touch {}`@127.0.0.1", marker.display()),
+        "root@-oProxyCommand=sh".to_string(),
+        "a;b".to_string(),
+    ];
+    for host in &cases {
+        let out = mount_with_config(&sshd, &config, host).unwrap_err();
+        let line = refusal(out);
+        assert!(
+            line.contains("characters ssh refuses") || line.contains("starts with '-'"),
+            "{host}: {line}"
+        );
+        assert!(!marker.exists(), "{host}: a command ran");
+    }
+}
+
+/// Removes a file put under /etc when the test ends, also when it fails midway.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn the_system_ssh_config_is_read_after_the_users_and_f_replaces_both() {
+    // Debian's /etc/ssh/ssh_config includes /etc/ssh/ssh_config.d/*.conf: a block for a name
+    // of this test's own there (removed again at the end) reaches only this test's mounts.
+    let system = fs::read_to_string("/etc/ssh/ssh_config").expect("/etc/ssh/ssh_config");
+    assert!(
+        system.contains("Include /etc/ssh/ssh_config.d/*.conf"),
+        "this test needs Debian's /etc/ssh/ssh_config, which includes ssh_config.d"
+    );
+    let sshd = Sshd::start();
+    let alias = format!("sftpmount-system-config-test-{}", std::process::id());
+    let conf = std::path::PathBuf::from(format!("/etc/ssh/ssh_config.d/{alias}.conf"));
+    fs::create_dir_all("/etc/ssh/ssh_config.d").unwrap();
+    let _remove = RemoveOnDrop(conf.clone());
+    fs::write(&conf, host_block(&alias, &sshd, "")).unwrap();
+    let source = format!("{alias}:{}", sshd.remote_root().display());
+
+    // No -F: the user's file (none here: HOME is a fresh directory) then the system's.
+    let home = tempfile::tempdir().unwrap();
+    let m = Mount::try_with_env(
+        &sshd,
+        &source,
+        &[] as &[&str],
+        None,
+        &[("HOME", home.path().as_os_str())],
+    )
+    .expect("the system config's block is used");
+    assert_works(&sshd, &m, "system");
+    drop(m);
+
+    // The user's file comes first: its Port wins over the system's.
+    fs::create_dir(home.path().join(".ssh")).unwrap();
+    fs::write(
+        home.path().join(".ssh/config"),
+        format!("Host {alias}\n  Port 1\n"),
+    )
+    .unwrap();
+    let out = Mount::try_with_env(
+        &sshd,
+        &source,
+        &[] as &[&str],
+        None,
+        &[("HOME", home.path().as_os_str())],
+    )
+    .unwrap_err();
+    assert!(refusal(out).contains(":1"), "the user's Port 1 was used");
+
+    // -F replaces both: the alias is then no host at all.
+    let empty = home.path().join("empty_config");
+    fs::write(&empty, "").unwrap();
+    let out = mount_with_config(&sshd, &empty, &alias).unwrap_err();
+    let line = refusal(out);
+    assert!(line.contains(&alias), "{line}");
+}

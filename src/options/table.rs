@@ -61,7 +61,7 @@ pub const TABLE: &[OptionDoc] = &[
     row(
         Flags,
         "-F SSH_CONFIG",
-        "read this ssh_config instead of ~/.ssh/config",
+        "read this ssh_config instead of ~/.ssh/config and /etc/ssh/ssh_config (read in that order, with their Includes, as ssh reads them)",
     ),
     row(Flags, "-f", "stay in the foreground"),
     row(

@@ -166,22 +166,40 @@ pub struct Lookup<'a> {
 /// over the file at `path` (a missing file is an empty config).
 pub fn load(
     first: &[(String, String)],
-    path: Option<&Path>,
+    paths: &[PathBuf],
     lookup: &Lookup,
 ) -> Result<HostConfig, ConfigError> {
     let mut config = HostConfig::default();
     for (key, value) in first {
         config.set(key, value.clone());
     }
-    if let Some(path) = path {
-        apply_file(path, lookup, &mut config, 0)?;
+    for path in paths {
+        // A relative Include is in /etc/ssh from the system's file, else in ~/.ssh.
+        let includes = match path == Path::new(SYSTEM_PATH) {
+            true => PathBuf::from("/etc/ssh"),
+            false => user_dir(),
+        };
+        apply_file(path, lookup, &mut config, 0, &includes)?;
     }
     Ok(config)
 }
 
-/// The user's ~/.ssh/config, or nothing when there is no home.
-pub fn default_path() -> Option<PathBuf> {
-    std::env::home_dir().map(|h| h.join(".ssh/config"))
+/// The system-wide file ssh reads after the user's (Debian's includes ssh_config.d/*.conf).
+pub const SYSTEM_PATH: &str = "/etc/ssh/ssh_config";
+
+/// What ssh reads without -F: the user's ~/.ssh/config (when there is a home), then the
+/// system's; the first value obtained for a keyword wins.
+pub fn default_paths() -> Vec<PathBuf> {
+    let user = std::env::home_dir().map(|h| h.join(".ssh/config"));
+    user.into_iter()
+        .chain([PathBuf::from(SYSTEM_PATH)])
+        .collect()
+}
+
+fn user_dir() -> PathBuf {
+    std::env::home_dir()
+        .map(|h| h.join(".ssh"))
+        .unwrap_or_default()
 }
 
 fn apply_file(
@@ -189,6 +207,7 @@ fn apply_file(
     lookup: &Lookup,
     config: &mut HostConfig,
     depth: usize,
+    includes: &Path,
 ) -> Result<(), ConfigError> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
@@ -200,7 +219,7 @@ fn apply_file(
             });
         }
     };
-    apply_text(&text, path, lookup, config, depth)
+    apply_text(&text, path, lookup, config, depth, includes)
 }
 
 fn apply_text(
@@ -209,6 +228,7 @@ fn apply_text(
     lookup: &Lookup,
     config: &mut HostConfig,
     depth: usize,
+    includes: &Path,
 ) -> Result<(), ConfigError> {
     let mut active = true;
     for (number, line) in text.lines().enumerate() {
@@ -227,8 +247,8 @@ fn apply_text(
             }
             "include" if active && depth < 16 => {
                 for pattern in value.split_whitespace() {
-                    for file in include_files(pattern) {
-                        apply_file(&file, lookup, config, depth + 1)?;
+                    for file in include_files(pattern, includes) {
+                        apply_file(&file, lookup, config, depth + 1, includes)?;
                     }
                 }
             }
@@ -431,14 +451,11 @@ pub fn wildcard_match(pattern: &str, text: &str) -> bool {
     p[pi..].iter().all(|&c| c == '*')
 }
 
-fn include_files(pattern: &str) -> Vec<PathBuf> {
+fn include_files(pattern: &str, relative_to: &Path) -> Vec<PathBuf> {
     let path = expand_tilde(pattern);
-    let path = if path.is_relative() {
-        std::env::home_dir()
-            .map(|h| h.join(".ssh").join(&path))
-            .unwrap_or(path)
-    } else {
-        path
+    let path = match path.is_relative() {
+        true => relative_to.join(&path),
+        false => path,
     };
     let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
         return vec![path];
@@ -480,7 +497,15 @@ mod tests {
             host,
             local_user: "me",
         };
-        apply_text(text, Path::new("cfg"), &lookup, &mut config, 0).unwrap();
+        apply_text(
+            text,
+            Path::new("cfg"),
+            &lookup,
+            &mut config,
+            0,
+            Path::new("/nonexistent"),
+        )
+        .unwrap();
         config
     }
 
@@ -544,6 +569,7 @@ mod tests {
             &lookup,
             &mut config,
             0,
+            Path::new("/nonexistent"),
         )
         .unwrap_err();
         assert!(

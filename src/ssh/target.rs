@@ -119,7 +119,11 @@ const MAX_HOPS: usize = 8;
 impl Target {
     /// The mount's target: `-o` ssh_config keywords win over ssh_config, as with ssh(1).
     pub fn resolve(wanted: &Wanted) -> Result<Target, SshError> {
-        let config_path = wanted.ssh_config.clone().or_else(config::default_path);
+        // -F replaces both of ssh's files, as in ssh.
+        let config_paths = match &wanted.ssh_config {
+            Some(path) => vec![path.clone()],
+            None => config::default_paths(),
+        };
         let mut first = Vec::new();
         if let Some(user) = &wanted.user {
             first.push(("user".to_string(), user.clone()));
@@ -129,7 +133,7 @@ impl Target {
             name: wanted.host.clone(),
             first,
         };
-        let mut target = resolve_host(spec, config_path.as_deref(), 0)?;
+        let mut target = resolve_host(spec, &config_paths, 0)?;
         target.password_stdin = wanted.password_stdin;
         Ok(target)
     }
@@ -180,11 +184,7 @@ fn valid_user(name: &str) -> bool {
         && !name.ends_with('\\')
 }
 
-fn resolve_host(
-    spec: HostSpec,
-    config_path: Option<&Path>,
-    hops: usize,
-) -> Result<Target, SshError> {
+fn resolve_host(spec: HostSpec, config_paths: &[PathBuf], hops: usize) -> Result<Target, SshError> {
     // Before the name reaches anything that may run a command (Match exec, ProxyCommand).
     if !valid_hostname(&spec.name) {
         return Err(SshError::InvalidName {
@@ -205,7 +205,7 @@ fn resolve_host(
         host: &spec.name,
         local_user: &local_user,
     };
-    let c = config::load(&spec.first, config_path, &lookup)?;
+    let c = config::load(&spec.first, config_paths, &lookup)?;
     let bad = |key: &str, value: &str, why: String| SshError::BadSetting {
         key: key.to_string(),
         value: value.to_string(),
@@ -253,7 +253,7 @@ fn resolve_host(
             if !hosts.is_empty() {
                 hop.first.push(("proxyjump".into(), hosts.join(",")));
             }
-            Route::Jump(Arc::new(resolve_host(hop, config_path, hops + 1)?))
+            Route::Jump(Arc::new(resolve_host(hop, config_paths, hops + 1)?))
         }
         (_, Some(command)) if !command.eq_ignore_ascii_case("none") => {
             Route::Command(config::expand_tokens(command, &tokens))
