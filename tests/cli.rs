@@ -583,3 +583,18 @@ fn sshfs_options_that_fit_work_and_those_that_cannot_are_refused_with_the_reason
         assert_refused(&sshd, &sshd.source(), &args, &[name, "runs no ssh"]);
     }
 }
+
+#[test]
+fn allow_other_without_default_permissions_says_what_it_means() {
+    let sshd = Sshd::start();
+    let m = Mount::new(&sshd, &["-o", "allow_other"]);
+    let said = String::from_utf8_lossy(&m.mount_output().stderr).to_string();
+    assert!(
+        said.contains("note: allow_other without default_permissions") && said.lines().count() == 1,
+        "{said}"
+    );
+    drop(m);
+    let m = Mount::new(&sshd, &["-o", "allow_other,default_permissions"]);
+    let said = String::from_utf8_lossy(&m.mount_output().stderr).to_string();
+    assert!(!said.contains("allow_other"), "{said}");
+}

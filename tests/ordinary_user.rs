@@ -101,6 +101,11 @@ fn an_ordinary_user_mounts_through_fusermount3_and_unmounts_with_fusermount3_u()
     assert_eq!(e.raw_os_error(), Some(libc::EACCES), "{e}");
 
     let daemon = find_daemon_pid(&mp).expect("the daemon runs");
+    // It holds secrets: not dumpable, so its /proc files are root's and the user's other
+    // processes cannot ptrace it or read its memory.
+    use std::os::unix::fs::MetadataExt;
+    let environ = fs::metadata(format!("/proc/{daemon}/environ")).unwrap();
+    assert_eq!(environ.uid(), 0, "the daemon is dumpable");
     let out = output_with_timeout(
         as_user(&mut Command::new("fusermount3"), ids, &home)
             .arg("-u")

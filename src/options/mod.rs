@@ -337,6 +337,14 @@ where
     if options.allow_other && options.allow_root {
         return Err("allow_other and allow_root exclude each other: give one".into());
     }
+    if options.allow_other && !options.default_permissions {
+        options.notes.push(
+            "allow_other without default_permissions: every local user acts on the server with \
+             the login's rights (nothing checks the files' modes here); add \
+             -o default_permissions to have the kernel check them"
+                .into(),
+        );
+    }
     if options.write_buffer_total < options.write_buffer {
         return Err(format!(
             "write_buffer_total ({}) must be at least write_buffer ({})",

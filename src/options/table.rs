@@ -139,7 +139,7 @@ pub const TABLE: &[OptionDoc] = &[
     row(
         Ssh,
         "GlobalKnownHostsFile=PATH",
-        "replaces /etc/ssh/ssh_known_hosts",
+        "replaces /etc/ssh/ssh_known_hosts and /etc/ssh/ssh_known_hosts2 (the defaults, as in ssh)",
     ),
     row(
         Ssh,

@@ -30,14 +30,15 @@ impl Secrets<'_> {
         let mut password = self.cache.password.lock().unwrap();
         if password.is_none() {
             *password = if self.from_stdin {
-                let mut line = String::new();
+                let mut line = zeroize::Zeroizing::new(String::new());
                 std::io::stdin().read_line(&mut line).ok()?;
                 Some(line.trim_end_matches(['\n', '\r']).to_string())
             } else {
                 self.ask(prompt)
-            };
+            }
+            .map(zeroize::Zeroizing::new);
         }
-        password.clone()
+        password.as_ref().map(|p| p.to_string())
     }
 
     fn ask(&self, prompt: &str) -> Option<String> {

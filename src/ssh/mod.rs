@@ -5,7 +5,7 @@
 mod auth;
 pub mod config;
 mod host_key;
-mod known_hosts;
+pub mod known_hosts;
 pub mod target;
 
 use std::path::PathBuf;
@@ -106,7 +106,7 @@ impl SshError {
 /// keeps them the same way). Never printed: its Debug shows nothing of them.
 #[derive(Default)]
 pub struct SecretCache {
-    password: Mutex<Option<String>>,
+    password: Mutex<Option<zeroize::Zeroizing<String>>>,
     keys: Mutex<std::collections::HashMap<PathBuf, russh::keys::PrivateKey>>,
 }
 

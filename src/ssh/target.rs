@@ -303,7 +303,8 @@ fn resolve_host(spec: HostSpec, config_paths: &[PathBuf], hops: usize) -> Result
         Some(files) => {
             known_hosts_files.extend(files.split_whitespace().filter(|f| *f != "none").map(path))
         }
-        None => known_hosts_files.push(PathBuf::from("/etc/ssh/ssh_known_hosts")),
+        None => known_hosts_files
+            .extend(["/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2"].map(PathBuf::from)),
     }
     known_hosts_files.dedup();
 
