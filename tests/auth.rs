@@ -169,24 +169,40 @@ fn unknown_host_key_is_refused_then_learned_with_accept_new() {
     assert!(line.contains("accept-new"), "says how to accept: {line}");
     assert!(!known.exists() || fs::read_to_string(&known).unwrap().is_empty());
 
-    let m = Mount::try_with(&sshd, &sshd.source(), &args("accept-new"), None).expect("accept-new");
-    assert_works(&sshd, &m);
-    drop(m);
-    let learned = fs::read_to_string(&known).unwrap();
     let host_key_body = sshd
         .host_key_pub()
         .split_whitespace()
         .nth(1)
         .unwrap()
         .to_string();
-    assert!(
-        learned.contains(&format!("[127.0.0.1]:{}", sshd.port()))
-            && learned.contains(&host_key_body),
-        "{learned}"
-    );
-    // Now known: strict checking passes.
-    let m = Mount::try_with(&sshd, &sshd.source(), &args("yes"), None).expect("learned key");
-    drop(m);
+    let host = format!("[127.0.0.1]:{}", sshd.port());
+    // Learned as ssh would record it, the name hashed or not as HashKnownHosts says (Debian's
+    // /etc/ssh/ssh_config says yes); OpenSSH's own ssh-keygen -F finds it either way.
+    for hash in ["no", "yes"] {
+        let _ = fs::remove_file(&known);
+        let mut with = args("accept-new");
+        with.extend(["-o".into(), format!("HashKnownHosts={hash}")]);
+        let m = Mount::try_with(&sshd, &sshd.source(), &with, None).expect("accept-new");
+        assert_works(&sshd, &m);
+        drop(m);
+        let learned = fs::read_to_string(&known).unwrap();
+        assert_eq!(learned.lines().count(), 1, "{learned}");
+        assert!(learned.contains(&host_key_body), "{learned}");
+        assert_eq!(learned.starts_with("|1|"), hash == "yes", "{learned}");
+        assert_eq!(learned.contains(&host), hash == "no", "{learned}");
+        let found = run(
+            "ssh-keygen",
+            &["-F", &host, "-f", known.to_str().unwrap()],
+            "/",
+        );
+        assert!(
+            String::from_utf8_lossy(&found.stdout).contains(&host_key_body),
+            "ssh-keygen -F does not find the learned line: {learned}"
+        );
+        // Now known: strict checking passes.
+        let m = Mount::try_with(&sshd, &sshd.source(), &args("yes"), None).expect("learned key");
+        drop(m);
+    }
 }
 
 #[test]

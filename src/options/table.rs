@@ -148,6 +148,11 @@ pub const TABLE: &[OptionDoc] = &[
     ),
     row(
         Ssh,
+        "HashKnownHosts=yes|no",
+        "a learned host key's line names the host hashed (|1|salt|hash), as ssh writes it (Debian's /etc/ssh/ssh_config says yes)",
+    ),
+    row(
+        Ssh,
         "HostKeyAlias=NAME",
         "the name the host key is looked up and recorded under",
     ),
@@ -194,7 +199,7 @@ pub const TABLE: &[OptionDoc] = &[
     row(
         Ssh,
         "LogLevel=, ControlPath=, ...",
-        "interactive ssh's settings, accepted with no effect: AddKeysToAgent, AddressFamily, Canonical*, CheckHostIP, ControlMaster, ControlPath, ControlPersist, EscapeChar, ExitOnForwardFailure, ForwardAgent, ForwardX11*, GSSAPI*, HashKnownHosts, IPQoS, LogLevel, NoHostAuthenticationForLocalhost, NumberOfPasswordPrompts, PreferredAuthentications, Protocol, RequestTTY, SendEnv, SetEnv, TCPKeepAlive, UpdateHostKeys, VerifyHostKeyDNS, VisualHostKey",
+        "interactive ssh's settings, accepted with no effect: AddKeysToAgent, AddressFamily, Canonical*, CheckHostIP, ControlMaster, ControlPath, ControlPersist, EscapeChar, ExitOnForwardFailure, ForwardAgent, ForwardX11*, GSSAPI*, IPQoS, LogLevel, NoHostAuthenticationForLocalhost, NumberOfPasswordPrompts, PreferredAuthentications, Protocol, RequestTTY, SendEnv, SetEnv, TCPKeepAlive, UpdateHostKeys, VerifyHostKeyDNS, VisualHostKey",
     ),
     row(
         Ssh,

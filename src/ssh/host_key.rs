@@ -98,7 +98,7 @@ pub(super) fn check_host_key(target: &Target, key: &PublicKey) -> HostKeyVerdict
         );
         return HostKeyVerdict::Known;
     };
-    match russh::keys::known_hosts::learn_known_hosts_path(name, port, key, learn_into) {
+    match known_hosts::learn(learn_into, &lookup, key, target.hash_known_hosts) {
         Ok(()) => {
             info!(
                 "learned host key for {} ({fingerprint}) into {}",

@@ -170,6 +170,59 @@ impl Entry {
     }
 }
 
+/// Appends the line recording `key` for `name` (see [`lookup_name`]) to `file`, as ssh does
+/// when it learns a host: the name hashed (`|1|salt|hash`) with `hashed`, the file and its
+/// directory made when missing (the directory private, as ~/.ssh is).
+pub fn learn(file: &Path, name: &str, key: &PublicKey, hashed: bool) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    if let Some(dir) = file
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    let host = match hashed {
+        true => {
+            let mut salt = [0u8; 20];
+            std::fs::File::open("/dev/urandom")?.read_exact(&mut salt)?;
+            let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(&salt)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            mac.update(name.as_bytes());
+            let hash = mac.finalize().into_bytes();
+            let b64 = |b: &[u8]| data_encoding::BASE64.encode(b);
+            format!("|1|{}|{}", b64(&salt), b64(&hash))
+        }
+        false => name.to_string(),
+    };
+    let bare = PublicKey::new(key.key_data().clone(), "");
+    let key = bare
+        .to_openssh()
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .mode(0o644)
+        .open(file)?;
+    // A last line without its newline must not swallow ours.
+    let mut last = [0u8; 1];
+    let len = f.seek(SeekFrom::End(0))?;
+    let mut text = String::new();
+    if len > 0 {
+        f.seek(SeekFrom::Start(len - 1))?;
+        f.read_exact(&mut last)?;
+        if last[0] != b'\n' {
+            text.push('\n');
+        }
+    }
+    text.push_str(&format!("{host} {}\n", key.trim_end()));
+    f.write_all(text.as_bytes())
+}
+
 /// What the lines of every file say of `key` for the host `name`.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -360,6 +413,27 @@ mod tests {
                 let _ = verdict([(Path::new("m"), &parsed)], "h", &entry.key);
             }
         }
+    }
+
+    #[test]
+    fn learned_lines_are_found_again_plain_and_hashed() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sub/known_hosts");
+        learn(&file, "[h]:2", &key(ED_A), false).unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&file)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, b"# no newline"))
+            .unwrap();
+        learn(&file, "g", &key(ED_B), true).unwrap();
+        let text = std::fs::read(&file).unwrap();
+        let parsed = parse(&text, &file);
+        assert!(parsed.skipped.is_empty(), "{:?}", parsed.skipped);
+        let files = || [(file.as_path(), &parsed)];
+        assert_eq!(verdict(files(), "[h]:2", &key(ED_A)), Verdict::Known);
+        assert_eq!(verdict(files(), "g", &key(ED_B)), Verdict::Known);
+        assert!(String::from_utf8_lossy(&text).contains("\n|1|"));
+        assert!(!String::from_utf8_lossy(&text).contains(" g "));
     }
 
     #[test]

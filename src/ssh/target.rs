@@ -72,6 +72,8 @@ pub struct Target {
     /// Where a learned host key is written; `None` (`UserKnownHostsFile=none`) or a device
     /// such as /dev/null: accepted for this mount, recorded nowhere.
     pub learn_into: Option<PathBuf>,
+    /// HashKnownHosts: a learned host's name is recorded hashed (Debian's ssh_config sets it).
+    pub hash_known_hosts: bool,
     pub strict: StrictHostKeyChecking,
     /// Ciphers, KexAlgorithms, HostKeyAlgorithms, MACs, Compression.
     pub algorithms: Preferred,
@@ -358,6 +360,7 @@ fn resolve_host(spec: HostSpec, config_paths: &[PathBuf], hops: usize) -> Result
         agent,
         known_hosts_files,
         learn_into,
+        hash_known_hosts: yes_no("hashknownhosts", false)?,
         strict,
         algorithms: algorithms(&c)?,
         connect_timeout: secs("connecttimeout", 15)?,
