@@ -468,6 +468,7 @@ async fn connect(opts: &Options) -> anyhow::Result<Core> {
             symlinks: SymlinkMode {
                 follow: opts.follow_symlinks,
                 transform: opts.transform_symlinks,
+                contain: opts.contain_symlinks,
             },
             hardlinks: opts.hardlinks,
             rename_failure_is_exdev: opts.rename_failure_is_exdev,

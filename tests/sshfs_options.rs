@@ -80,6 +80,60 @@ fn follow_symlinks_shows_targets_and_transform_symlinks_keeps_them_inside() {
 }
 
 #[test]
+fn contain_symlinks_refuses_every_target_that_could_lead_out_of_the_mount() {
+    let sshd = Sshd::start();
+    let root = sshd.remote_root();
+    fs::create_dir_all(root.join("sub")).unwrap();
+    fs::write(root.join("sub/f"), b"inside").unwrap();
+    // A local file a rogue server's link would reach, through the kernel on this machine.
+    let local = tempfile::tempdir().unwrap();
+    fs::write(local.path().join("secret"), b"local").unwrap();
+    symlink(local.path().join("secret"), root.join("abs_out")).unwrap();
+    symlink(root.join("sub/f"), root.join("abs_in")).unwrap();
+    symlink(
+        "../../../../../../../../etc/hostname",
+        root.join("sub/climb"),
+    )
+    .unwrap();
+    symlink("sub/../sub/f", root.join("dotdot_in")).unwrap();
+    symlink("sub/f", root.join("rel")).unwrap();
+
+    let m = Mount::try_new(&sshd, &["-o", "contain_symlinks"]).unwrap();
+    for name in ["abs_out", "abs_in", "sub/climb", "dotdot_in"] {
+        let e = fs::read_link(m.join(name)).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EPERM), "readlink {name}: {e}");
+        let e = fs::read(m.join(name)).unwrap_err();
+        assert_eq!(
+            e.raw_os_error(),
+            Some(libc::EPERM),
+            "open through {name}: {e}"
+        );
+        // The link itself is still there to see (and to remove).
+        assert!(fs::symlink_metadata(m.join(name)).unwrap().is_symlink());
+    }
+    assert_eq!(fs::read(m.join("rel")).unwrap(), b"inside");
+    assert!(fs::write(m.join("abs_out"), b"overwritten").is_err());
+    assert_eq!(fs::read(local.path().join("secret")).unwrap(), b"local");
+    drop(m);
+
+    // With transform_symlinks, a target inside the mounted directory is made relative and
+    // stays usable; one outside is still refused.
+    let m = Mount::try_new(&sshd, &["-o", "contain_symlinks,transform_symlinks"]).unwrap();
+    assert_eq!(fs::read(m.join("abs_in")).unwrap(), b"inside");
+    let e = fs::read_link(m.join("abs_out")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{e}");
+    drop(m);
+
+    // The default, and no_contain_symlinks: links as the server has them.
+    let m = Mount::try_new(&sshd, &["-o", "contain_symlinks,no_contain_symlinks"]).unwrap();
+    assert_eq!(
+        fs::read_link(m.join("abs_out")).unwrap(),
+        local.path().join("secret")
+    );
+    drop(m);
+}
+
+#[test]
 fn disable_hardlink_and_renamexdev() {
     let sshd = Sshd::start();
     let m = Mount::try_new(&sshd, &["-o", "disable_hardlink"]).unwrap();

@@ -112,6 +112,9 @@ pub struct SymlinkMode {
     /// `transform_symlinks`: an absolute target inside the mounted directory is shown
     /// relative to the link, so it resolves inside the mount; others are shown unchanged.
     pub transform: bool,
+    /// `contain_symlinks` (sshfs 3.7.6, CVE-2026-47187): a target that could lead out of the
+    /// mount (absolute, or with a `..` component) is not given to the kernel: EPERM.
+    pub contain: bool,
 }
 
 /// When the kernel may keep the pages it cached of a file across a close and an open.

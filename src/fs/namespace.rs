@@ -54,10 +54,17 @@ impl Core {
         }
         let ticket = self.cache.ticket();
         let mut target = self.meta().await?.readlink(&path).await.map_err(errno)?;
+        let mut transformed = false;
         if self.config.symlinks.transform
             && let Some(relative) = relative_target(&self.root, &path, &target)
         {
             target = relative;
+            transformed = true;
+        }
+        // A target transform_symlinks made stays inside the mount by construction; any other
+        // is judged by its text alone, as sshfs does: the server controls every component.
+        if self.config.symlinks.contain && !transformed && !contained(&target) {
+            return Err(libc::EPERM);
         }
         if linked {
             self.cache.put_link(ticket, path, target.clone());
@@ -645,6 +652,12 @@ pub(super) async fn dir_after(ticket: Ticket, reply: Option<Reply<Attrs>>) -> Di
         Some(reply) => reply.await.ok().map(|attrs| (ticket, attrs)),
         None => None,
     }
+}
+
+/// Whether a symlink target cannot lead out of the directory it is in: relative, and without
+/// a `..` component (not even one a later component would undo).
+fn contained(target: &[u8]) -> bool {
+    !target.starts_with(b"/") && !target.split(|&b| b == b'/').any(|c| c == b"..")
 }
 
 /// `transform_symlinks`: an absolute `target` inside the mounted directory `root`, as a path

@@ -174,6 +174,8 @@ pub struct Options {
     pub sync_writes: bool,
     pub follow_symlinks: bool,
     pub transform_symlinks: bool,
+    /// `contain_symlinks`: a symlink whose target could lead out of the mount reads as EPERM.
+    pub contain_symlinks: bool,
     /// `disable_hardlink` turns link(2) off.
     pub hardlinks: bool,
     /// `workaround=renamexdev`.
@@ -302,6 +304,7 @@ where
         sync_writes: false,
         follow_symlinks: false,
         transform_symlinks: false,
+        contain_symlinks: false,
         hardlinks: true,
         rename_failure_is_exdev: false,
         direct_io: false,
@@ -535,9 +538,8 @@ impl Options {
             "sshfs_sync" => self.sync_writes = true,
             "follow_symlinks" => self.follow_symlinks = true,
             "transform_symlinks" => self.transform_symlinks = true,
-            // transform_symlinks only ever rewrites a target inside the mounted directory, so
-            // a rewritten link cannot lead out of the mount: containment needs no option.
-            "contain_symlinks" => {}
+            "contain_symlinks" => self.contain_symlinks = true,
+            "no_contain_symlinks" => self.contain_symlinks = false,
             "disable_hardlink" => self.hardlinks = false,
             "workaround" => {
                 for item in need()?.split(':') {
@@ -859,6 +861,7 @@ mod tests {
             "transform_symlinks",
             "follow_symlinks",
             "contain_symlinks",
+            "no_contain_symlinks",
             "no_check_root",
             "password_stdin",
             "max_conns=4",

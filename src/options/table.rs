@@ -294,8 +294,8 @@ pub const TABLE: &[OptionDoc] = &[
     ),
     row(
         Sshfs,
-        "contain_symlinks",
-        "accepted: transform_symlinks never rewrites a target to lead out of the mount; symlinks are never followed on the server unless follow_symlinks",
+        "contain_symlinks, no_contain_symlinks",
+        "a symlink whose target could lead out of the mount (absolute, or with a .. component) reads as EPERM, so nothing follows it to a file of this machine, as sshfs 3.7.6 does (a target transform_symlinks made is kept); off by default, unlike sshfs 3.7.6: see Symlinks below",
     ),
     row(
         Sshfs,
