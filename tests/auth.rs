@@ -384,3 +384,56 @@ fn one_bad_line_never_hides_a_changed_key() {
     );
     assert_eq!(fs::read(&known).unwrap(), text, "nothing learned");
 }
+
+#[test]
+fn revoked_host_keys_refuse_a_listed_key_and_an_unreadable_file_refuses_too() {
+    let sshd = Sshd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let known = sshd.known_hosts_path();
+    let revoked = dir.path().join("revoked");
+    let with = |file: &std::path::Path| {
+        let mut args = host_key_args(&sshd, &known, "yes");
+        args.extend(["-o".into(), format!("RevokedHostKeys={}", file.display())]);
+        args
+    };
+    // Another key listed: the host is accepted.
+    let other = dir.path().join("other_host_key");
+    keygen(&other, "other");
+    fs::copy(other.with_extension("pub"), &revoked).unwrap();
+    Mount::try_with(&sshd, &sshd.source(), &with(&revoked), None).expect("not revoked");
+    // Its own key listed, known_hosts notwithstanding: refused.
+    let listed = format!("# revoked\n\n{}", sshd.host_key_pub());
+    fs::write(&revoked, listed).unwrap();
+    let line = refusal(Mount::try_with(&sshd, &sshd.source(), &with(&revoked), None).unwrap_err());
+    assert!(
+        line.contains("REVOKED") && line.contains("line 3"),
+        "{line}"
+    );
+    // A KRL (OpenSSH's binary list) is not read: refused, saying so.
+    let krl = dir.path().join("krl");
+    let host_pub = dir.path().join("host.pub");
+    fs::write(&host_pub, sshd.host_key_pub()).unwrap();
+    run(
+        "ssh-keygen",
+        &[
+            "-k",
+            "-f",
+            krl.to_str().unwrap(),
+            host_pub.to_str().unwrap(),
+        ],
+        "/",
+    );
+    let line = refusal(Mount::try_with(&sshd, &sshd.source(), &with(&krl), None).unwrap_err());
+    assert!(line.contains("KRL"), "{line}");
+    // A file that is not there: refused rather than taken for "nothing revoked".
+    let line = refusal(
+        Mount::try_with(
+            &sshd,
+            &sshd.source(),
+            &with(&dir.path().join("missing")),
+            None,
+        )
+        .unwrap_err(),
+    );
+    assert!(line.contains("RevokedHostKeys"), "{line}");
+}

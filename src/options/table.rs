@@ -148,6 +148,11 @@ pub const TABLE: &[OptionDoc] = &[
     ),
     row(
         Ssh,
+        "RevokedHostKeys=PATH",
+        "a file of public keys (one a line) never accepted for any host; a file that cannot be read, or a binary KRL, refuses the connection",
+    ),
+    row(
+        Ssh,
         "HashKnownHosts=yes|no",
         "a learned host key's line names the host hashed (|1|salt|hash), as ssh writes it (Debian's /etc/ssh/ssh_config says yes)",
     ),

@@ -392,6 +392,7 @@ impl ConnectError {
                 SshError::UnknownHostKey { .. }
                     | SshError::ChangedHostKey { .. }
                     | SshError::RevokedHostKey { .. }
+                    | SshError::RevokedHostKeysUnreadable { .. }
                     | SshError::AuthRefused { .. }
                     | SshError::KeyFile { .. }
             )

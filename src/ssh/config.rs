@@ -47,6 +47,7 @@ pub fn keyword(name: &str) -> Option<KeywordUse> {
         "globalknownhostsfile",
         "stricthostkeychecking",
         "hashknownhosts",
+        "revokedhostkeys",
         "hostkeyalias",
         "hostkeyalgorithms",
         "ciphers",

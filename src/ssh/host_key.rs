@@ -32,6 +32,10 @@ pub(super) enum HostKeyVerdict {
         file: PathBuf,
         why: String,
     },
+    RevokedUnreadable {
+        file: String,
+        why: String,
+    },
 }
 
 fn fingerprint(key: &PublicKey) -> String {
@@ -65,6 +69,29 @@ fn read_known_hosts(target: &Target) -> Vec<(PathBuf, KnownHosts)> {
 pub(super) fn check_host_key(target: &Target, key: &PublicKey) -> HostKeyVerdict {
     let fingerprint = fingerprint(key);
     let (name, port) = target.known_hosts_key();
+    // Revoked for every host, whatever known_hosts says; a file that cannot be read refuses
+    // the host rather than let a revoked key through (as ssh).
+    if let Some(file) = &target.revoked_host_keys {
+        let revoked = std::fs::read(file)
+            .map_err(|e| e.to_string())
+            .and_then(|contents| known_hosts::revoked_in(&contents, key));
+        match revoked {
+            Ok(None) => {}
+            Ok(Some(line)) => {
+                return HostKeyVerdict::Revoked {
+                    fingerprint,
+                    file: file.display().to_string(),
+                    line,
+                };
+            }
+            Err(why) => {
+                return HostKeyVerdict::RevokedUnreadable {
+                    file: file.display().to_string(),
+                    why,
+                };
+            }
+        }
+    }
     let files = read_known_hosts(target);
     let lookup = known_hosts::lookup_name(name, port);
     match known_hosts::verdict(files.iter().map(|(f, k)| (f.as_path(), k)), &lookup, key) {
@@ -152,6 +179,9 @@ pub(super) fn host_key_error(
             file,
             line,
         },
+        Some(HostKeyVerdict::RevokedUnreadable { file, why }) => {
+            SshError::RevokedHostKeysUnreadable { file, why }
+        }
         Some(HostKeyVerdict::LearnFailed { file, why }) => SshError::LearnHostKey {
             file: file.display().to_string(),
             why,

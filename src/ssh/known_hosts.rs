@@ -223,6 +223,39 @@ pub fn learn(file: &Path, name: &str, key: &PublicKey, hashed: bool) -> std::io:
     f.write_all(text.as_bytes())
 }
 
+/// Where `key` is listed in a RevokedHostKeys file (`contents`, one public key a line): its
+/// line, if it is. A Key Revocation List (OpenSSH's binary format) is not read: an error, so
+/// that the caller refuses rather than take the host for not revoked.
+pub fn revoked_in(contents: &[u8], key: &PublicKey) -> Result<Option<usize>, String> {
+    if contents.starts_with(b"SSHKRL\n") {
+        return Err(
+            "an OpenSSH key revocation list (KRL), which sftpmount cannot read: \
+                    list the revoked public keys one a line instead"
+                .into(),
+        );
+    }
+    for (i, raw) in contents.split(|&b| b == b'\n').enumerate() {
+        let mut fields = raw
+            .split(|b| b.is_ascii_whitespace())
+            .filter(|f| !f.is_empty());
+        let (Some(kind), Some(blob)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        if kind.starts_with(b"#") {
+            continue;
+        }
+        let (Ok(kind), Ok(blob)) = (ascii(kind, "key type"), ascii(blob, "key")) else {
+            continue;
+        };
+        if PublicKey::from_openssh(&format!("{kind} {blob}"))
+            .is_ok_and(|listed| listed.key_data() == key.key_data())
+        {
+            return Ok(Some(i + 1));
+        }
+    }
+    Ok(None)
+}
+
 /// What the lines of every file say of `key` for the host `name`.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict {

@@ -49,6 +49,8 @@ pub enum SshError {
         file: String,
         line: usize,
     },
+    #[error("cannot check the host key against RevokedHostKeys {file}: {why}; refusing to connect")]
+    RevokedHostKeysUnreadable { file: String, why: String },
     #[error("cannot record the host key in {file}: {why}")]
     LearnHostKey { file: String, why: String },
     #[error("authentication refused for {user}@{host} (tried: {tried})")]

@@ -74,6 +74,8 @@ pub struct Target {
     pub learn_into: Option<PathBuf>,
     /// HashKnownHosts: a learned host's name is recorded hashed (Debian's ssh_config sets it).
     pub hash_known_hosts: bool,
+    /// RevokedHostKeys: a file of public keys never accepted for any host.
+    pub revoked_host_keys: Option<PathBuf>,
     pub strict: StrictHostKeyChecking,
     /// Ciphers, KexAlgorithms, HostKeyAlgorithms, MACs, Compression.
     pub algorithms: Preferred,
@@ -361,6 +363,10 @@ fn resolve_host(spec: HostSpec, config_paths: &[PathBuf], hops: usize) -> Result
         known_hosts_files,
         learn_into,
         hash_known_hosts: yes_no("hashknownhosts", false)?,
+        revoked_host_keys: c
+            .get("revokedhostkeys")
+            .filter(|v| !v.eq_ignore_ascii_case("none"))
+            .map(path),
         strict,
         algorithms: algorithms(&c)?,
         connect_timeout: secs("connecttimeout", 15)?,
