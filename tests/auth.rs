@@ -205,13 +205,18 @@ fn unknown_host_key_is_refused_then_learned_with_accept_new() {
     }
 }
 
+/// The public half of a host key that is not the test sshd's, made in `dir`.
+fn impostor_key(dir: &std::path::Path) -> String {
+    let other = dir.join("other_host_key");
+    keygen(&other, "impostor");
+    fs::read_to_string(other.with_extension("pub")).unwrap()
+}
+
 #[test]
 fn changed_host_key_is_always_refused() {
     let sshd = Sshd::start();
     let dir = tempfile::tempdir().unwrap();
-    let other = dir.path().join("other_host_key");
-    keygen(&other, "impostor");
-    let other_pub = fs::read_to_string(other.with_extension("pub")).unwrap();
+    let other_pub = impostor_key(dir.path());
     let known = dir.path().join("known_hosts");
     fs::write(&known, format!("[127.0.0.1]:{} {}", sshd.port(), other_pub)).unwrap();
     for strict in ["yes", "accept-new", "no"] {
@@ -368,9 +373,7 @@ fn a_revoked_host_key_is_refused_wherever_else_it_is_listed() {
 fn one_bad_line_never_hides_a_changed_key() {
     let sshd = Sshd::start();
     let dir = tempfile::tempdir().unwrap();
-    let other = dir.path().join("other_host_key");
-    keygen(&other, "impostor");
-    let other_pub = fs::read_to_string(other.with_extension("pub")).unwrap();
+    let other_pub = impostor_key(dir.path());
     let known = dir.path().join("known_hosts");
     let mut text = b"# owner: Ren\xe9e\n".to_vec();
     text.extend_from_slice(b"broken line\n");
@@ -397,9 +400,7 @@ fn revoked_host_keys_refuse_a_listed_key_and_an_unreadable_file_refuses_too() {
         args
     };
     // Another key listed: the host is accepted.
-    let other = dir.path().join("other_host_key");
-    keygen(&other, "other");
-    fs::copy(other.with_extension("pub"), &revoked).unwrap();
+    fs::write(&revoked, impostor_key(dir.path())).unwrap();
     Mount::try_with(&sshd, &sshd.source(), &with(&revoked), None).expect("not revoked");
     // Its own key listed, known_hosts notwithstanding: refused.
     let listed = format!("# revoked\n\n{}", sshd.host_key_pub());

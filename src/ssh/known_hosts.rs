@@ -330,24 +330,16 @@ mod tests {
         let text = format!(
             "# comment\n\nhost1,*.example.com,!bad.example.com {ED_A}\n[127.0.0.1]:2222\t{ED_A} c\n"
         );
-        assert_eq!(verdict_of(text.as_bytes(), "host1", ED_A), Verdict::Known);
-        assert_eq!(
-            verdict_of(text.as_bytes(), "a.example.com", ED_A),
-            Verdict::Known
-        );
-        assert_eq!(
-            verdict_of(text.as_bytes(), "bad.example.com", ED_A),
-            Verdict::Unknown
-        );
-        assert_eq!(
-            verdict_of(text.as_bytes(), "[127.0.0.1]:2222", ED_A),
-            Verdict::Known
-        );
-        assert_eq!(
-            verdict_of(text.as_bytes(), "127.0.0.1", ED_A),
-            Verdict::Unknown
-        );
-        assert_eq!(verdict_of(text.as_bytes(), "h?st1", ED_A), Verdict::Unknown);
+        for (name, verdict) in [
+            ("host1", Verdict::Known),
+            ("a.example.com", Verdict::Known),
+            ("bad.example.com", Verdict::Unknown),
+            ("[127.0.0.1]:2222", Verdict::Known),
+            ("127.0.0.1", Verdict::Unknown),
+            ("h?st1", Verdict::Unknown),
+        ] {
+            assert_eq!(verdict_of(text.as_bytes(), name, ED_A), verdict, "{name}");
+        }
         assert_eq!(
             verdict_of(text.as_bytes(), "host1", ED_B),
             Verdict::Changed("kh".into(), 3)
