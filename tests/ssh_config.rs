@@ -433,14 +433,11 @@ fn the_system_ssh_config_is_read_after_the_users_and_f_replaces_both() {
 
     // No -F: the user's file (none here: HOME is a fresh directory) then the system's.
     let home = tempfile::tempdir().unwrap();
-    let m = Mount::try_with_env(
-        &sshd,
-        &source,
-        &[] as &[&str],
-        None,
-        &[("HOME", home.path().as_os_str())],
-    )
-    .expect("the system config's block is used");
+    let mount_without_f = || {
+        let home = [("HOME", home.path().as_os_str())];
+        Mount::try_with_env(&sshd, &source, &[] as &[&str], None, &home)
+    };
+    let m = mount_without_f().expect("the system config's block is used");
     assert_works(&sshd, &m, "system");
     drop(m);
 
@@ -451,14 +448,7 @@ fn the_system_ssh_config_is_read_after_the_users_and_f_replaces_both() {
         format!("Host {alias}\n  Port 1\n"),
     )
     .unwrap();
-    let out = Mount::try_with_env(
-        &sshd,
-        &source,
-        &[] as &[&str],
-        None,
-        &[("HOME", home.path().as_os_str())],
-    )
-    .unwrap_err();
+    let out = mount_without_f().unwrap_err();
     assert!(refusal(out).contains(":1"), "the user's Port 1 was used");
 
     // -F replaces both: the alias is then no host at all.

@@ -362,11 +362,22 @@ impl MetaCache {
 
     pub fn put_name(&self, ticket: Ticket, path: Vec<u8>, known: Known) {
         self.store_if_current(ticket, |inner| {
-            // A listing that says otherwise of the name is older than this answer: someone
-            // else changed the directory since.
-            if let Some((dir, name)) = split(&path)
+            // A name found that the directory's listing lacks: the listing is older than this
+            // answer, someone else changed the directory since. (A name found missing that the
+            // listing has makes it unusable already, see `listing`.) Only a name not known to
+            // exist is looked for: a stat of a listed name costs no scan of a large listing.
+            let known_before = matches!(
+                inner.names.peek(&path),
+                Some(Timed {
+                    value: Known::Attrs(_),
+                    ..
+                })
+            );
+            if matches!(known, Known::Attrs(_))
+                && !known_before
+                && let Some((dir, name)) = split(&path)
                 && let Some(listing) = inner.dirs.peek(dir)
-                && listing.value.iter().any(|n| n[..] == *name) != matches!(known, Known::Attrs(_))
+                && !listing.value.iter().any(|n| n[..] == *name)
             {
                 let dir = dir.to_vec();
                 inner.pop_listing(&dir);

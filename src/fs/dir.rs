@@ -2,6 +2,7 @@
 //! the cache, fetched ahead for tree walks, and served to readdir and readdirplus.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -79,7 +80,7 @@ pub(super) struct DirHandle {
     /// a name removed since keeps the number its file had (its `d_ino` is that `st_ino`).
     inos: Vec<Option<u64>>,
     /// Read from the start once already.
-    started: std::sync::atomic::AtomicBool,
+    started: AtomicBool,
 }
 
 impl Core {
@@ -354,12 +355,10 @@ impl Core {
             .get(&fh)
             .cloned()
             .ok_or(libc::EBADF)?;
-        if offset == 0 && dir.started.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        if offset == 0 && dir.started.swap(true, Ordering::AcqRel) {
             // rewinddir(3): the directory as it is now, not as it was at opendir.
             let again = self.dir_handle(dir.ino).await?;
-            again
-                .started
-                .store(true, std::sync::atomic::Ordering::Release);
+            again.started.store(true, Ordering::Release);
             dir = Arc::new(again);
             self.dirs.lock().unwrap().insert(fh, dir.clone());
         }

@@ -125,6 +125,8 @@ pub struct InodeTable {
     root_path: Bytes,
     nodes: HashMap<u64, Node>,
     children: HashMap<(u64, Bytes), u64>,
+    /// The nodes with a hidden place: asked of at every rmdir, so not found by a scan.
+    hidden: std::collections::HashSet<u64>,
     next_ino: u64,
 }
 
@@ -141,6 +143,7 @@ impl InodeTable {
             root_path,
             nodes,
             children: HashMap::new(),
+            hidden: Default::default(),
             next_ino: ROOT + 1,
         }
     }
@@ -211,6 +214,7 @@ impl InodeTable {
         node.lookups = node.lookups.saturating_sub(count);
         if node.lookups == 0 {
             let node = self.nodes.remove(&ino).expect("present");
+            self.hidden.remove(&ino);
             if let Some(place) = node.place.filter(|p| !p.hidden) {
                 self.children.remove(&(place.parent, place.name));
             }
@@ -237,17 +241,18 @@ impl InodeTable {
 
     /// Whether a hidden file is in the directory `dir`.
     pub fn has_hidden_in(&self, dir: u64) -> bool {
-        self.nodes.values().any(|n| {
-            n.place
-                .as_ref()
-                .is_some_and(|p| p.hidden && p.parent == dir)
+        self.hidden.iter().any(|ino| {
+            self.nodes
+                .get(ino)
+                .and_then(|n| n.place.as_ref())
+                .is_some_and(|p| p.parent == dir)
         })
     }
 
     /// The paths of every hidden file.
     pub fn hidden(&self) -> Vec<Vec<u8>> {
-        self.nodes
-            .keys()
+        self.hidden
+            .iter()
             .filter_map(|&ino| self.hidden_path(ino))
             .collect()
     }
@@ -267,6 +272,7 @@ impl InodeTable {
                 name: Bytes::copy_from_slice(hidden),
                 hidden: true,
             });
+            self.hidden.insert(ino);
         }
     }
 
@@ -276,6 +282,7 @@ impl InodeTable {
             && node.place.as_ref().is_some_and(|p| p.hidden)
         {
             node.place = None;
+            self.hidden.remove(&ino);
         }
     }
 

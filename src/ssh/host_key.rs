@@ -25,7 +25,7 @@ pub(super) enum HostKeyVerdict {
     },
     Changed {
         fingerprint: String,
-        file: PathBuf,
+        file: String,
         line: usize,
     },
     LearnFailed {
@@ -106,7 +106,7 @@ pub(super) fn check_host_key(target: &Target, key: &PublicKey) -> HostKeyVerdict
         Verdict::Changed(file, line) => {
             return HostKeyVerdict::Changed {
                 fingerprint,
-                file: PathBuf::from(file),
+                file,
                 line,
             };
         }
@@ -166,7 +166,7 @@ pub(super) fn host_key_error(
         }) => SshError::ChangedHostKey {
             host,
             fingerprint,
-            file: file.display().to_string(),
+            file,
             line,
         },
         Some(HostKeyVerdict::Revoked {

@@ -101,10 +101,22 @@ fn parse_line(raw: &[u8]) -> Result<Option<(Marker, Hosts, PublicKey)>, String> 
     let kind = fields.next().ok_or("no key type")?;
     let blob = fields.next().ok_or("no key")?;
     // The comment (the rest) is not looked at: it may hold any bytes.
+    Ok(Some((marker, hosts, parse_key(kind, blob)?)))
+}
+
+/// A public key from its type and base64 fields, as known_hosts and .pub files write it.
+fn parse_key(kind: &[u8], blob: &[u8]) -> Result<PublicKey, String> {
     let (kind, blob) = (ascii(kind, "key type")?, ascii(blob, "key")?);
-    let key = PublicKey::from_openssh(&format!("{kind} {blob}"))
-        .map_err(|e| format!("a {kind} key that cannot be read ({e})"))?;
-    Ok(Some((marker, hosts, key)))
+    PublicKey::from_openssh(&format!("{kind} {blob}"))
+        .map_err(|e| format!("a {kind} key that cannot be read ({e})"))
+}
+
+/// A name hashed as ssh hashes it for known_hosts: HMAC-SHA1 keyed with the salt.
+fn name_hash(salt: &[u8], name: &str) -> Vec<u8> {
+    let mut mac =
+        hmac::Hmac::<sha1::Sha1>::new_from_slice(salt).expect("HMAC takes a key of any length");
+    mac.update(name.as_bytes());
+    mac.finalize().into_bytes().to_vec()
 }
 
 fn ascii<'a>(field: &'a [u8], what: &str) -> Result<&'a str, String> {
@@ -146,13 +158,7 @@ impl Entry {
     /// negated pattern that matches excludes the host whatever else matches.
     pub fn names(&self, name: &str) -> bool {
         match &self.hosts {
-            Hosts::Hashed { salt, hash } => {
-                let Ok(mut mac) = hmac::Hmac::<sha1::Sha1>::new_from_slice(salt) else {
-                    return false;
-                };
-                mac.update(name.as_bytes());
-                mac.verify_slice(hash).is_ok()
-            }
+            Hosts::Hashed { salt, hash } => name_hash(salt, name) == *hash,
             Hosts::Patterns(patterns) => {
                 let mut named = false;
                 for pattern in patterns {
@@ -189,12 +195,8 @@ pub fn learn(file: &Path, name: &str, key: &PublicKey, hashed: bool) -> std::io:
         true => {
             let mut salt = [0u8; 20];
             std::fs::File::open("/dev/urandom")?.read_exact(&mut salt)?;
-            let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(&salt)
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
-            mac.update(name.as_bytes());
-            let hash = mac.finalize().into_bytes();
             let b64 = |b: &[u8]| data_encoding::BASE64.encode(b);
-            format!("|1|{}|{}", b64(&salt), b64(&hash))
+            format!("|1|{}|{}", b64(&salt), b64(&name_hash(&salt, name)))
         }
         false => name.to_string(),
     };
@@ -241,14 +243,8 @@ pub fn revoked_in(contents: &[u8], key: &PublicKey) -> Result<Option<usize>, Str
         let (Some(kind), Some(blob)) = (fields.next(), fields.next()) else {
             continue;
         };
-        if kind.starts_with(b"#") {
-            continue;
-        }
-        let (Ok(kind), Ok(blob)) = (ascii(kind, "key type"), ascii(blob, "key")) else {
-            continue;
-        };
-        if PublicKey::from_openssh(&format!("{kind} {blob}"))
-            .is_ok_and(|listed| listed.key_data() == key.key_data())
+        if !kind.starts_with(b"#")
+            && parse_key(kind, blob).is_ok_and(|listed| listed.key_data() == key.key_data())
         {
             return Ok(Some(i + 1));
         }
@@ -270,8 +266,8 @@ pub enum Verdict {
 }
 
 /// The verdict for `key` offered by `name`, over files in order. A revocation wins over
-/// everything; a changed key over a known one (as ssh: any recorded key of the type that
-/// differs means the host is not the one recorded, unless the key is also recorded).
+/// everything; then the key recorded for the host (it may have several lines); then another
+/// key of its type recorded for the host: changed.
 pub fn verdict<'a>(
     files: impl IntoIterator<Item = (&'a Path, &'a KnownHosts)>,
     name: &str,
@@ -367,9 +363,7 @@ mod tests {
     fn hashed_names_match_their_host_only() {
         // ssh-keygen -H of "[127.0.0.1]:2222" with this salt.
         let salt = [7u8; 20];
-        let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(&salt).unwrap();
-        mac.update(b"[127.0.0.1]:2222");
-        let hash = mac.finalize().into_bytes();
+        let hash = name_hash(&salt, "[127.0.0.1]:2222");
         let line = format!(
             "|1|{}|{} {ED_A}\n",
             data_encoding::BASE64.encode(&salt),
