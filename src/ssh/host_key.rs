@@ -4,10 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use russh::keys::{HashAlg, PublicKey};
+use russh::keys::{Certificate, HashAlg, PublicKey, PublicKeyOrCertificate};
 use tracing::{info, warn};
 
-use super::known_hosts::{self, KnownHosts, Verdict};
+use super::known_hosts::{self, CertVerdict, KnownHosts, Verdict};
 use super::target::StrictHostKeyChecking;
 use super::{SshError, Target};
 
@@ -66,34 +66,115 @@ fn read_known_hosts(target: &Target) -> Vec<(PathBuf, KnownHosts)> {
     files
 }
 
-pub(super) fn check_host_key(target: &Target, key: &PublicKey) -> HostKeyVerdict {
-    let fingerprint = fingerprint(key);
+/// The key a server presented, or the key inside its host certificate, with the certificate.
+fn presented_key(presented: &PublicKeyOrCertificate) -> (PublicKey, Option<&Certificate>) {
+    match presented {
+        PublicKeyOrCertificate::PublicKey { key, .. } => (key.clone(), None),
+        PublicKeyOrCertificate::Certificate(cert) => {
+            (PublicKey::new(cert.public_key().clone(), ""), Some(cert))
+        }
+    }
+}
+
+/// Whether a `@cert-authority` line names the host: then host certificates are asked for.
+pub(super) fn wants_certificates(target: &Target) -> bool {
     let (name, port) = target.known_hosts_key();
-    // Revoked for every host, whatever known_hosts says; a file that cannot be read refuses
-    // the host rather than let a revoked key through (as ssh).
-    if let Some(file) = &target.revoked_host_keys {
-        let revoked = std::fs::read(file)
-            .map_err(|e| e.to_string())
-            .and_then(|contents| known_hosts::revoked_in(&contents, key));
-        match revoked {
+    let files = read_known_hosts(target);
+    known_hosts::names_an_authority(
+        files.iter().map(|(f, k)| (f.as_path(), k)),
+        &known_hosts::lookup_name(name, port),
+    )
+}
+
+/// The line of RevokedHostKeys that lists one of `keys`, or why the file cannot be read.
+fn revoked_by_file(target: &Target, keys: &[&PublicKey]) -> Option<HostKeyVerdict> {
+    let file = target.revoked_host_keys.as_ref()?;
+    let contents = match std::fs::read(file) {
+        Ok(contents) => contents,
+        Err(e) => {
+            return Some(HostKeyVerdict::RevokedUnreadable {
+                file: file.display().to_string(),
+                why: e.to_string(),
+            });
+        }
+    };
+    for key in keys {
+        match known_hosts::revoked_in(&contents, key) {
             Ok(None) => {}
             Ok(Some(line)) => {
-                return HostKeyVerdict::Revoked {
-                    fingerprint,
+                return Some(HostKeyVerdict::Revoked {
+                    fingerprint: fingerprint(key),
                     file: file.display().to_string(),
                     line,
-                };
+                });
             }
             Err(why) => {
-                return HostKeyVerdict::RevokedUnreadable {
+                return Some(HostKeyVerdict::RevokedUnreadable {
                     file: file.display().to_string(),
                     why,
-                };
+                });
             }
         }
     }
+    None
+}
+
+pub(super) fn check_host_key(
+    target: &Target,
+    presented: &PublicKeyOrCertificate,
+) -> HostKeyVerdict {
+    let (key, cert) = presented_key(presented);
+    let key = &key;
+    let ca = cert.map(|c| PublicKey::new(c.signature_key().clone(), ""));
+    let fingerprint = fingerprint(key);
+    let (name, port) = target.known_hosts_key();
+    // Revoked for every host, whatever known_hosts says (a certificate's signer too); a file
+    // that cannot be read refuses the host rather than let a revoked key through (as ssh).
+    let mut keys = vec![key];
+    keys.extend(ca.as_ref());
+    if let Some(refusal) = revoked_by_file(target, &keys) {
+        return refusal;
+    }
     let files = read_known_hosts(target);
     let lookup = known_hosts::lookup_name(name, port);
+    // A certificate is accepted on a trusted authority's word; failing that, its key is
+    // checked as a plain host key (as ssh: "No matching CA found. Retry with plain key").
+    if let (Some(cert), Some(ca)) = (cert, &ca) {
+        let lines = files.iter().map(|(f, k)| (f.as_path(), k));
+        match known_hosts::cert_verdict(lines, &lookup, key.key_data(), ca.key_data()) {
+            CertVerdict::Revoked(file, line) => {
+                return HostKeyVerdict::Revoked {
+                    fingerprint: format!("{fingerprint}, certified by {}", self::fingerprint(ca)),
+                    file,
+                    line,
+                };
+            }
+            CertVerdict::Authority(file, line) => {
+                match known_hosts::certificate_refusal(cert, ca, name) {
+                    None => {
+                        info!(
+                            "host certificate of {} accepted: signed by the authority in \
+                             {file} line {line}",
+                            target.known_hosts_name()
+                        );
+                        return HostKeyVerdict::Known;
+                    }
+                    Some(why) => warn!(
+                        "host certificate of {} ({fingerprint}) not accepted although signed \
+                         by the authority in {file} line {line}: {why}; checking its key as a \
+                         plain host key",
+                        target.known_hosts_name()
+                    ),
+                }
+            }
+            CertVerdict::NoAuthority => warn!(
+                "host certificate of {} signed by {}, which no @cert-authority line names for \
+                 it; checking its key as a plain host key",
+                target.known_hosts_name(),
+                self::fingerprint(ca)
+            ),
+        }
+    }
     match known_hosts::verdict(files.iter().map(|(f, k)| (f.as_path(), k)), &lookup, key) {
         Verdict::Known => return HostKeyVerdict::Known,
         Verdict::Revoked(file, line) => {

@@ -6,7 +6,8 @@
 use std::path::Path;
 
 use hmac::{KeyInit, Mac};
-use russh::keys::PublicKey;
+use russh::keys::ssh_key::public::KeyData;
+use russh::keys::{Certificate, HashAlg, PublicKey};
 
 use super::config::wildcard_match;
 
@@ -297,6 +298,102 @@ pub fn verdict<'a>(
     }
 }
 
+/// What the lines of every file say of a host certificate for `name`: its key and the key of
+/// the authority that signed it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CertVerdict {
+    /// A `@revoked` line names the host with the certificate's key or its authority's (file, line).
+    Revoked(String, usize),
+    /// A `@cert-authority` line names the host with the signer's key (file, line).
+    Authority(String, usize),
+    /// No authority recorded for the host signed it.
+    NoAuthority,
+}
+
+/// The verdict for a certificate of `key` signed by `ca`, offered by `name`. A revocation of
+/// either key wins (as ssh's check_key_not_revoked).
+pub fn cert_verdict<'a>(
+    files: impl IntoIterator<Item = (&'a Path, &'a KnownHosts)>,
+    name: &str,
+    key: &KeyData,
+    ca: &KeyData,
+) -> CertVerdict {
+    let mut authority = None;
+    for (file, hosts) in files {
+        for entry in hosts.entries.iter().filter(|e| e.names(name)) {
+            let signed_by = entry.key.key_data() == ca;
+            match entry.marker {
+                Marker::Revoked if signed_by || entry.key.key_data() == key => {
+                    return CertVerdict::Revoked(file.display().to_string(), entry.line);
+                }
+                Marker::CertAuthority if signed_by => {
+                    authority.get_or_insert((file.display().to_string(), entry.line));
+                }
+                _ => {}
+            }
+        }
+    }
+    match authority {
+        Some((file, line)) => CertVerdict::Authority(file, line),
+        None => CertVerdict::NoAuthority,
+    }
+}
+
+/// Whether a `@cert-authority` line names the host: then its certificates are asked for.
+pub fn names_an_authority<'a>(
+    files: impl IntoIterator<Item = (&'a Path, &'a KnownHosts)>,
+    name: &str,
+) -> bool {
+    files.into_iter().any(|(_, hosts)| {
+        hosts
+            .entries
+            .iter()
+            .any(|e| e.marker == Marker::CertAuthority && e.names(name))
+    })
+}
+
+/// Why a host certificate signed by a trusted authority is still not accepted for `host`,
+/// checked as ssh's sshkey_cert_check_host: a host certificate, within its validity, signed by
+/// `ca`, listing a principal (pattern) that matches the host, with no critical option.
+pub fn certificate_refusal(cert: &Certificate, ca: &PublicKey, host: &str) -> Option<String> {
+    if !cert.cert_type().is_host() {
+        return Some("it is not a host certificate".into());
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if now < cert.valid_after() {
+        return Some("it is not yet valid".into());
+    }
+    if now >= cert.valid_before() {
+        return Some("it has expired".into());
+    }
+    if cert
+        .validate_at(now, [&ca.fingerprint(HashAlg::Sha256)])
+        .is_err()
+    {
+        return Some("its signature does not verify".into());
+    }
+    if cert.valid_principals().is_empty() {
+        return Some("it lists no principal".into());
+    }
+    let host = host.to_ascii_lowercase();
+    if !cert
+        .valid_principals()
+        .iter()
+        .any(|p| wildcard_match(p, &host))
+    {
+        return Some(format!(
+            "{host} is not among its principals ({})",
+            cert.valid_principals().join(", ")
+        ));
+    }
+    if !cert.critical_options().is_empty() {
+        return Some("it carries critical options".into());
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -463,5 +560,38 @@ mod tests {
         // file may be anyone's).
         let stars = "*a".repeat(200);
         assert!(!wildcard_match(&stars, &"a".repeat(199)));
+    }
+
+    #[test]
+    fn a_certificate_is_judged_by_its_authority_and_refused_if_either_key_is_revoked() {
+        let judge = |text: &str| {
+            let parsed = parse(text.as_bytes(), Path::new("kh"));
+            let (host_key, ca) = (key(ED_A), key(ED_B));
+            cert_verdict(
+                [(Path::new("kh"), &parsed)],
+                "[h]:2222",
+                host_key.key_data(),
+                ca.key_data(),
+            )
+        };
+        let auth = |v| matches!(v, CertVerdict::Authority(_, 1));
+        assert!(auth(judge(&format!("@cert-authority [h]:2222 {ED_B}"))));
+        assert!(auth(judge(&format!("@cert-authority *,!x {ED_B}"))));
+        // The host's key itself listed plainly says nothing of its certificates.
+        assert_eq!(judge(&format!("[h]:2222 {ED_B}")), CertVerdict::NoAuthority);
+        assert_eq!(
+            judge(&format!("@cert-authority [h]:2222 {ED_A}")),
+            CertVerdict::NoAuthority
+        );
+        assert_eq!(
+            judge(&format!("@cert-authority other {ED_B}")),
+            CertVerdict::NoAuthority
+        );
+        for revoked in [ED_A, ED_B] {
+            assert_eq!(
+                judge(&format!("@cert-authority * {ED_B}\n@revoked * {revoked}")),
+                CertVerdict::Revoked("kh".into(), 2)
+            );
+        }
     }
 }

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use russh::client::{self, Handle};
+use russh::keys::Algorithm;
 use tracing::debug;
 
 pub use target::{Route, Target, Wanted};
@@ -140,12 +141,6 @@ impl client::Handler for ClientHandler {
         &mut self,
         key: &russh::keys::PublicKeyOrCertificate,
     ) -> Result<bool, Self::Error> {
-        let russh::keys::PublicKeyOrCertificate::PublicKey { key, .. } = key else {
-            *self.verdict.lock().unwrap() = Some(HostKeyVerdict::Unknown {
-                fingerprint: "a host certificate".into(),
-            });
-            return Ok(false);
-        };
         let verdict = host_key::check_host_key(&self.target, key);
         let accept = matches!(verdict, HostKeyVerdict::Known);
         *self.verdict.lock().unwrap() = Some(verdict);
@@ -289,9 +284,27 @@ fn limit_unsent(stream: &tokio::net::TcpStream) {
     }
 }
 
+/// The host key algorithms whose `*-cert-v01` form is asked for when an authority is trusted:
+/// those of the list that ssh offers certificates for (not DSA, SHA-1 RSA or others).
+fn certificate_algorithms(keys: &[Algorithm]) -> Vec<Algorithm> {
+    keys.iter()
+        .filter(|a| {
+            matches!(
+                a,
+                Algorithm::Ed25519 | Algorithm::Ecdsa { .. } | Algorithm::Rsa { hash: Some(_) }
+            )
+        })
+        .cloned()
+        .collect()
+}
+
 fn client_config(target: &Target) -> client::Config {
+    let mut preferred = target.algorithms.clone();
+    if host_key::wants_certificates(target) {
+        preferred.host_key_certificates = certificate_algorithms(&preferred.key).into();
+    }
     client::Config {
-        preferred: target.algorithms.clone(),
+        preferred,
         // A large receive window keeps reads flowing on far links (DESIGN.md).
         window_size: 64 * 1024 * 1024,
         maximum_packet_size: 65535,

@@ -242,10 +242,17 @@ impl Sshd {
             .sftp_server
             .clone()
             .unwrap_or_else(default_sftp_server);
+        let cert = self.dir.path().join("host_ed25519-cert.pub");
+        let certificate = if cert.exists() {
+            format!("HostCertificate {}\n", cert.display())
+        } else {
+            String::new()
+        };
         cfg.push_str(&format!(
             "ListenAddress 127.0.0.1\n\
              Port {port}\n\
              HostKey {dir}/host_ed25519\n\
+             {certificate}\
              AuthorizedKeysFile {dir}/authorized_keys\n\
              PidFile none\n\
              UsePAM no\n\
@@ -260,6 +267,45 @@ impl Sshd {
              LogLevel ERROR\n"
         ));
         cfg
+    }
+
+    /// Signs the host key with the authority `ca` (`ssh-keygen -s CA -h -I test-host ARGS`, e.g.
+    /// `-n PRINCIPALS`, `-V VALIDITY`) and restarts sshd presenting that host certificate.
+    pub fn certify_host_key(&mut self, ca: &Path, args: &[&str]) {
+        let host_pub = self.dir.path().join("host_ed25519.pub");
+        let mut sign = vec!["-q", "-s", ca.to_str().unwrap(), "-h", "-I", "test-host"];
+        sign.extend(args);
+        sign.push(host_pub.to_str().unwrap());
+        run(SSH_KEYGEN, &sign, "/");
+        self.restart();
+    }
+
+    /// Whether OpenSSH's own client logs in with `known_hosts` and StrictHostKeyChecking=yes
+    /// (no config file, no agent, nothing of the machine's): what our checks must agree with.
+    pub fn ssh_client_accepts(&self, known_hosts: &Path) -> bool {
+        let out = output_with_timeout(
+            Command::new("ssh")
+                .args([
+                    "-F",
+                    "/dev/null",
+                    "-o",
+                    "BatchMode=yes",
+                    "-o",
+                    "IdentitiesOnly=yes",
+                ])
+                .arg("-i")
+                .arg(self.user_key_path())
+                .arg("-o")
+                .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
+                .args(["-o", "GlobalKnownHostsFile=/dev/null"])
+                .args(["-o", "StrictHostKeyChecking=yes", "-p"])
+                .arg(self.port.to_string())
+                .args(["root@127.0.0.1", "true"])
+                .env_remove("SSH_AUTH_SOCK"),
+            None,
+            Duration::from_secs(30),
+        );
+        out.status.success()
     }
 
     /// Kills the listening sshd (by its pid) and waits for it. Sessions already connected live
