@@ -159,6 +159,54 @@ fn a_jump_host_that_refuses_to_forward_fails_the_mount_and_says_so() {
 }
 
 #[test]
+fn each_jump_host_gets_the_host_key_checks_of_its_own_block() {
+    let target = Sshd::start();
+    let mut gate = verbose_sshd(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("host_ca");
+    keygen(&ca, "test host CA");
+    gate.certify_host_key(&ca, &["-n", "127.0.0.1"]);
+    let gate_known = dir.path().join("gate_known_hosts");
+    let ca_pub = fs::read_to_string(ca.with_extension("pub")).unwrap();
+    fs::write(&gate_known, format!("@cert-authority * {ca_pub}")).unwrap();
+    let revoked = dir.path().join("revoked");
+    fs::write(&revoked, gate.host_key_pub()).unwrap();
+    let gate_block = |name: &str, extra: &str| {
+        format!(
+            "Host {name}\n  HostName 127.0.0.1\n  Port {}\n  User root\n  IdentityFile {}\n  \
+             UserKnownHostsFile {}\n  StrictHostKeyChecking yes\n{extra}",
+            gate.port(),
+            gate.user_key_path().display(),
+            gate_known.display()
+        )
+    };
+    let config = dir.path().join("config");
+    fs::write(
+        &config,
+        [
+            gate_block("gate", ""),
+            gate_block(
+                "revokedgate",
+                &format!("  RevokedHostKeys {}\n", revoked.display()),
+            ),
+            host_block("inside", &target, "  ProxyJump gate\n"),
+            host_block("behindrevoked", &target, "  ProxyJump revokedgate\n"),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    // The jump host is known only through its certificate's authority.
+    let m = mount_with_config(&target, &config, "inside").expect("mount through a certified gate");
+    assert_works(&target, &m, "via-certified-gate");
+    drop(m);
+    let line = refusal(mount_with_config(&target, &config, "behindrevoked").unwrap_err());
+    assert!(
+        line.contains("REVOKED") && line.contains(&format!("[127.0.0.1]:{}", gate.port())),
+        "{line}"
+    );
+}
+
+#[test]
 fn proxy_command_carries_the_connection_through_ssh_w() {
     let target = Sshd::start();
     let gate = verbose_sshd(&[]);
