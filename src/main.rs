@@ -177,6 +177,12 @@ impl Drop for SyslogLine {
             return;
         }
         let level = text.split_whitespace().next().unwrap_or("");
+        // The refusal itself goes to the terminal through the ready pipe, as one line; only
+        // warnings are repeated there, while there is someone to read them.
+        if level == "WARN" && mount::STARTING.load(std::sync::atomic::Ordering::Relaxed) {
+            let message = text.trim_start()[level.len()..].trim_start();
+            eprintln!("sftpmount: warning: {message}");
+        }
         let priority = match level {
             "ERROR" => libc::LOG_ERR,
             "WARN" => libc::LOG_WARNING,

@@ -155,8 +155,13 @@ pub fn daemonize() -> anyhow::Result<ReadyPipe> {
     }
 }
 
+/// Whether the daemon's stderr is still the terminal (or whatever) the mount was started from:
+/// until the mount is ready, a warning is the user's to read there (the log gets it too).
+pub static STARTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
 /// Detaches from the terminal once the foreground process has exited.
 fn detach() {
+    STARTING.store(false, std::sync::atomic::Ordering::Relaxed);
     // SAFETY: setsid/open/dup2 on our own descriptors.
     unsafe {
         libc::setsid();

@@ -454,14 +454,6 @@ fn host_and_user_names_that_would_reach_a_shell_are_refused_before_any_command_r
 }
 
 /// Removes a file put under /etc when the test ends, also when it fails midway.
-struct RemoveOnDrop(std::path::PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.0);
-    }
-}
-
 #[test]
 fn the_system_ssh_config_is_read_after_the_users_and_f_replaces_both() {
     // Debian's /etc/ssh/ssh_config includes /etc/ssh/ssh_config.d/*.conf: a block for a name

@@ -6,6 +6,7 @@ use libfuzzer_sys::fuzz_target;
 use sftpmount::sftp::proto;
 
 fuzz_target!(|data: &[u8]| {
+    let _ = proto::find_version(&mut BytesMut::from(data));
     let mut stream = BytesMut::from(data);
     while let Ok(Some(packet)) = proto::split_packet(&mut stream) {
         let _ = proto::decode_response(packet.clone());

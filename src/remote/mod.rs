@@ -377,6 +377,9 @@ pub enum ConnectError {
     Channel(russh::Error),
     #[error("cannot start SFTP: {0}")]
     Sftp(#[from] SftpError),
+    /// The server is reached but what answers is no SFTP server.
+    #[error("{host} {why}")]
+    NotSftp { host: String, why: SftpError },
     /// A connector's own reason (a test's stand-in refusing).
     #[error("{0}")]
     Refused(String),

@@ -7,7 +7,7 @@ use russh::client::Handle;
 use tracing::warn;
 
 use super::{BoxFuture, ConnectError, Connection, Connector, Link, RemoteSettings};
-use crate::sftp::{Session, Transport, WireGate};
+use crate::sftp::{Session, SftpError, Transport, WireGate};
 use crate::ssh::{self, ClientHandler, Target};
 
 pub struct SshConnector {
@@ -78,9 +78,10 @@ async fn establish(
         }
     }
     let handle = handles[0].clone();
-    let channel = handle
-        .channel_open_session()
+    // Bounded as every step of connecting: a server may never confirm a channel.
+    let channel = tokio::time::timeout(settings.request_timeout, handle.channel_open_session())
         .await
+        .map_err(|_| ConnectError::Sftp(SftpError::Timeout(settings.request_timeout)))?
         .map_err(ConnectError::Channel)?;
     let gate = WireGate::new();
     let first = Session::start(
@@ -88,7 +89,22 @@ async fn establish(
         settings.request_timeout,
         gate.clone(),
     )
-    .await?;
+    .await
+    .map_err(|why| match why {
+        SftpError::NoSftpServer | SftpError::ShellOutput(_) => ConnectError::NotSftp {
+            host: target.host.clone(),
+            why,
+        },
+        other => other.into(),
+    })?;
+    if let Some(text) = first.shell_output() {
+        warn!(
+            "{} printed {text:?} from the login's shell before starting the SFTP server: \
+             skipped; make the shell startup files there (~/.bashrc, ~/.profile, ...) print \
+             nothing when the shell is not interactive",
+            target.host
+        );
+    }
     let mut channels = vec![first];
     // The others all at once. A server that allows fewer sessions (sshd's MaxSessions) just
     // gives us fewer: the mount works with any number.
@@ -99,7 +115,10 @@ async fn establish(
         let timeout = settings.request_timeout;
         let gate = gate.clone();
         pending.spawn(async move {
-            let channel = handle.channel_open_session().await.ok()?;
+            let channel = tokio::time::timeout(timeout, handle.channel_open_session())
+                .await
+                .ok()?
+                .ok()?;
             let session = Session::start(Transport::Ssh(channel), timeout, gate).await;
             Some((i, session.ok()?))
         });

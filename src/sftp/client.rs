@@ -17,8 +17,9 @@ use tracing::{debug, info, warn};
 use super::gate::{GatePermit, WireGate};
 use super::proto::{
     self, Attrs, DecodeError, Limits, NameEntry, Request, Response, StatVfs, StatusCode,
+    StreamStart,
 };
-use super::transport::{Incoming, Outgoing, Transport};
+use super::transport::{Incoming, OpenError, Outgoing, Transport};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SftpError {
@@ -32,6 +33,19 @@ pub enum SftpError {
     Protocol(String),
     #[error("unexpected SFTP reply to {0}")]
     UnexpectedReply(&'static str),
+    /// Worded to follow the server's name (see `ConnectError::NotSftp`).
+    #[error(
+        "runs no SFTP server: its sshd refused the sftp subsystem (its sshd_config needs a line \
+         such as `Subsystem sftp internal-sftp`)"
+    )]
+    NoSftpServer,
+    /// Worded to follow the server's name.
+    #[error(
+        "printed {0:?} from the login's shell instead of starting the SFTP server: make the \
+         shell startup files there (~/.bashrc, ~/.profile, ...) print nothing when the shell is \
+         not interactive"
+    )]
+    ShellOutput(String),
 }
 
 impl SftpError {
@@ -40,7 +54,10 @@ impl SftpError {
             SftpError::Status { code, .. } => code.errno(),
             SftpError::ConnectionLost => libc::ENOTCONN,
             SftpError::Timeout(_) => libc::ETIMEDOUT,
-            SftpError::Protocol(_) | SftpError::UnexpectedReply(_) => libc::EPROTO,
+            SftpError::Protocol(_)
+            | SftpError::UnexpectedReply(_)
+            | SftpError::NoSftpServer
+            | SftpError::ShellOutput(_) => libc::EPROTO,
         }
     }
 
@@ -198,6 +215,19 @@ pub struct Session {
     /// Packets in submission order: the encoded head, then a WRITE's data (not copied).
     queue: mpsc::UnboundedSender<(Bytes, Bytes)>,
     features: ServerFeatures,
+    /// The first line a login shell printed before the server started, if it printed any.
+    shell_output: Option<String>,
+}
+
+/// The first line of text in `bytes` that has something to show, as a log line may quote it:
+/// lossy, control characters dropped, at most 80 characters.
+fn first_line(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes)
+        .lines()
+        .map(|l| l.chars().filter(|c| !c.is_control()).collect::<String>())
+        .find(|l| !l.trim().is_empty())
+        .map(|l| l.trim().chars().take(80).collect())
+        .unwrap_or_default()
 }
 
 impl Session {
@@ -209,7 +239,15 @@ impl Session {
         timeout: Duration,
         gate: Arc<WireGate>,
     ) -> Result<Session> {
-        let (mut incoming, mut outgoing) = transport.open().await.map_err(SftpError::Protocol)?;
+        // Each step is bounded: a server that says nothing must not hang a mount.
+        let (mut incoming, mut outgoing, mut inbox) =
+            tokio::time::timeout(timeout, transport.open())
+                .await
+                .map_err(|_| SftpError::Timeout(timeout))?
+                .map_err(|e| match e {
+                    OpenError::NoSubsystem => SftpError::NoSftpServer,
+                    OpenError::Other(why) => SftpError::Protocol(why),
+                })?;
         let mut init = BytesMut::new();
         proto::encode_init(&mut init);
         outgoing
@@ -217,21 +255,29 @@ impl Session {
             .await
             .map_err(|()| SftpError::ConnectionLost)?;
 
-        let mut inbox = BytesMut::new();
-        let version = tokio::time::timeout(timeout, async {
+        let (version, preamble) = tokio::time::timeout(timeout, async {
             loop {
-                if let Some(packet) = proto::split_packet(&mut inbox)? {
-                    return Ok(proto::decode_version(packet)?);
+                match proto::find_version(&mut inbox) {
+                    Ok(StreamStart::Version { version, preamble }) => {
+                        return Ok((version, preamble));
+                    }
+                    Ok(StreamStart::NeedMore) => {}
+                    Err(_) => return Err(SftpError::ShellOutput(first_line(&inbox))),
                 }
                 if !incoming.receive(&mut inbox).await {
-                    return Err(SftpError::Protocol(
-                        "the server closed the sftp subsystem (is SFTP enabled?)".into(),
-                    ));
+                    return Err(if inbox.is_empty() {
+                        SftpError::Protocol(
+                            "the server closed the sftp subsystem (is SFTP enabled?)".into(),
+                        )
+                    } else {
+                        SftpError::ShellOutput(first_line(&inbox))
+                    });
                 }
             }
         })
         .await
         .map_err(|_| SftpError::Timeout(timeout))??;
+        let shell_output = (!preamble.is_empty()).then(|| first_line(&preamble));
         if version.version != proto::VERSION {
             return Err(SftpError::Protocol(format!(
                 "server speaks SFTP version {}, we need 3",
@@ -279,6 +325,7 @@ impl Session {
             shared,
             queue,
             features,
+            shell_output,
         };
         if has_limits {
             let reply = session.submit(&Request::limits()).response().await?;
@@ -294,6 +341,11 @@ impl Session {
 
     pub fn features(&self) -> &ServerFeatures {
         &self.features
+    }
+
+    /// What the login shell printed before the server started (skipped), if anything.
+    pub fn shell_output(&self) -> Option<&str> {
+        self.shell_output.as_deref()
     }
 
     /// Resolves once the session is unusable: its channel or connection is gone.

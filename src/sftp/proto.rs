@@ -572,6 +572,8 @@ pub enum DecodeError {
     UnexpectedType(u8),
     #[error("trailing bytes after SFTP packet body")]
     Trailing,
+    #[error("no SFTP version reply in the first {0} bytes")]
+    NoVersion(usize),
 }
 
 /// Splits one whole packet off the front of `buf`, if one has fully arrived.
@@ -592,6 +594,53 @@ pub fn split_packet(buf: &mut BytesMut) -> Result<Option<Bytes>, DecodeError> {
     }
     buf.advance(4);
     Ok(Some(buf.split_to(len).freeze()))
+}
+
+/// Text a login shell may print before the SFTP server starts that is skipped: more is not a
+/// greeting but something else entirely.
+pub const MAX_PREAMBLE: usize = 64 * 1024;
+
+/// How the stream that should open with the server's VERSION reply begins.
+#[derive(Debug)]
+pub enum StreamStart {
+    /// More bytes are needed to tell.
+    NeedMore,
+    /// The VERSION reply, after `preamble`: bytes a login shell printed before it started the
+    /// server (a `~/.bashrc` that echoes), empty when the stream is clean.
+    Version {
+        version: ServerVersion,
+        preamble: Bytes,
+    },
+}
+
+/// Finds the server's VERSION reply at the front of `buf`, skipping up to [`MAX_PREAMBLE`]
+/// bytes before it, as sshfs does. Past the stream's first byte only a whole, well-formed
+/// version 3 reply is taken: text cannot look like one (it needs bytes 2, 0, 0, 0, 3).
+pub fn find_version(buf: &mut BytesMut) -> Result<StreamStart, DecodeError> {
+    let mut at = 0;
+    while buf.len() >= at + 9 {
+        if at > MAX_PREAMBLE {
+            return Err(DecodeError::NoVersion(at));
+        }
+        let word = |i: usize| u32::from_be_bytes([buf[i], buf[i + 1], buf[i + 2], buf[i + 3]]);
+        let len = word(at) as usize;
+        let plausible = buf[at + 4] == packet_type::VERSION
+            && (5..=MAX_PACKET_LEN).contains(&len)
+            && (at == 0 || word(at + 5) == VERSION);
+        if plausible {
+            if buf.len() < at + 4 + len {
+                return Ok(StreamStart::NeedMore);
+            }
+            let packet = Bytes::copy_from_slice(&buf[at + 4..at + 4 + len]);
+            if let Ok(version) = decode_version(packet) {
+                let preamble = buf.split_to(at).freeze();
+                buf.advance(4 + len);
+                return Ok(StreamStart::Version { version, preamble });
+            }
+        }
+        at += 1;
+    }
+    Ok(StreamStart::NeedMore)
 }
 
 /// Decodes the VERSION packet (without its length prefix).
@@ -767,6 +816,63 @@ mod tests {
         put_header(&mut buf, kind, id);
         body(&mut buf);
         buf.freeze()
+    }
+
+    /// A VERSION reply of `version` with one extension, length prefix included.
+    fn version_reply(version: u32) -> Vec<u8> {
+        let mut body = vec![packet_type::VERSION];
+        body.extend(version.to_be_bytes());
+        for s in [&b"posix-rename@openssh.com"[..], b"1"] {
+            body.extend((s.len() as u32).to_be_bytes());
+            body.extend(s);
+        }
+        let mut out = (body.len() as u32).to_be_bytes().to_vec();
+        out.extend(body);
+        out
+    }
+
+    fn start_of(bytes: &[u8]) -> Result<StreamStart, DecodeError> {
+        find_version(&mut BytesMut::from(bytes))
+    }
+
+    #[test]
+    fn the_version_reply_is_found_after_what_a_login_shell_printed() {
+        let reply = version_reply(3);
+        let clean = start_of(&reply).unwrap();
+        assert!(matches!(clean, StreamStart::Version { ref preamble, .. } if preamble.is_empty()));
+        let mut stream = b"Welcome to box\r\n\x1b[1mtoday\x1b[0m\n".to_vec();
+        let text_len = stream.len();
+        stream.extend(&reply);
+        stream.extend(b"next");
+        // Whatever the pieces it arrives in, the reply is found once whole, and what follows
+        // it stays for the session.
+        for cut in 0..text_len + reply.len() {
+            let mut buf = BytesMut::from(&stream[..cut]);
+            assert!(
+                matches!(find_version(&mut buf), Ok(StreamStart::NeedMore)),
+                "{cut}"
+            );
+            buf.extend_from_slice(&stream[cut..]);
+            match find_version(&mut buf).unwrap() {
+                StreamStart::Version { version, preamble } => {
+                    assert_eq!(version.version, 3);
+                    assert_eq!(version.extensions.len(), 1);
+                    assert_eq!(preamble.len(), text_len);
+                    assert_eq!(&buf[..], b"next");
+                }
+                other => panic!("{cut}: {other:?}"),
+            }
+        }
+        // Another version at the very start is the server's own reply (refused later, saying
+        // which); after text only a version 3 reply is taken.
+        let v6 = start_of(&version_reply(6)).unwrap();
+        assert!(matches!(v6, StreamStart::Version { version, .. } if version.version == 6));
+        let mut after_text = b"hello\n".to_vec();
+        after_text.extend(version_reply(6));
+        assert!(matches!(start_of(&after_text), Ok(StreamStart::NeedMore)));
+        // Endless text is not a greeting.
+        let flood = vec![b'x'; MAX_PREAMBLE + 100];
+        assert!(matches!(start_of(&flood), Err(DecodeError::NoVersion(_))));
     }
 
     #[test]

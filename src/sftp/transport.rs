@@ -70,22 +70,50 @@ impl Incoming {
     }
 }
 
+/// Why the stream could not be opened.
+pub(super) enum OpenError {
+    /// The server's sshd refused the `sftp` subsystem: it runs no SFTP server.
+    NoSubsystem,
+    Other(String),
+}
+
 impl Transport {
-    /// Starts the subsystem where there is one to start, and splits the stream.
-    pub(super) async fn open(self) -> Result<(Incoming, Outgoing), String> {
+    /// Starts the subsystem where there is one to start (waiting for the server's yes or no:
+    /// a refusal otherwise shows only as silence), and splits the stream. Returns what arrived
+    /// meanwhile too.
+    pub(super) async fn open(self) -> Result<(Incoming, Outgoing, BytesMut), OpenError> {
         match self {
-            Transport::Ssh(channel) => {
-                channel
-                    .request_subsystem(true, "sftp")
-                    .await
-                    .map_err(|e| format!("cannot start the sftp subsystem: {e}"))?;
+            Transport::Ssh(mut channel) => {
+                channel.request_subsystem(true, "sftp").await.map_err(|e| {
+                    OpenError::Other(format!("cannot start the sftp subsystem: {e}"))
+                })?;
+                let mut early = BytesMut::new();
+                loop {
+                    match channel.wait().await {
+                        Some(ChannelMsg::Success) => break,
+                        Some(ChannelMsg::Failure) => return Err(OpenError::NoSubsystem),
+                        Some(ChannelMsg::Data { data }) => early.extend_from_slice(&data),
+                        Some(ChannelMsg::Eof | ChannelMsg::Close) | None => {
+                            return Err(OpenError::Other(
+                                "the server closed the channel before starting the sftp \
+                                 subsystem"
+                                    .into(),
+                            ));
+                        }
+                        Some(_) => {}
+                    }
+                }
                 let (read_half, write_half) = channel.split();
-                Ok((Incoming::Ssh(read_half), Outgoing::Ssh(write_half)))
+                Ok((Incoming::Ssh(read_half), Outgoing::Ssh(write_half), early))
             }
             Transport::Pipe {
                 from_server,
                 to_server,
-            } => Ok((Incoming::Pipe(from_server), Outgoing::Pipe(to_server))),
+            } => Ok((
+                Incoming::Pipe(from_server),
+                Outgoing::Pipe(to_server),
+                BytesMut::new(),
+            )),
         }
     }
 }

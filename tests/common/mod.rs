@@ -96,6 +96,8 @@ pub struct SshdOptions {
     /// Extra sshd_config lines, written before the harness's own lines. sshd takes the first
     /// value it reads for most keywords, so these override the defaults (e.g. `MaxSessions 2`).
     pub extra_config: Vec<String>,
+    /// No `Subsystem sftp` line: sshd refuses the subsystem, as a server with SFTP turned off.
+    pub without_sftp: bool,
 }
 
 /// A real OpenSSH sshd on 127.0.0.1, with throwaway keys. Killed (by pid) on drop.
@@ -248,6 +250,11 @@ impl Sshd {
         } else {
             String::new()
         };
+        let subsystem = if self.opts.without_sftp {
+            String::new()
+        } else {
+            format!("Subsystem sftp {sftp_server}\n")
+        };
         cfg.push_str(&format!(
             "ListenAddress 127.0.0.1\n\
              Port {port}\n\
@@ -263,7 +270,7 @@ impl Sshd {
              KbdInteractiveAuthentication no\n\
              PermitEmptyPasswords no\n\
              PrintMotd no\n\
-             Subsystem sftp {sftp_server}\n\
+             {subsystem}\
              LogLevel ERROR\n"
         ));
         cfg
@@ -930,6 +937,16 @@ pub fn refusal(out: Output) -> String {
     let text = String::from_utf8_lossy(&out.stderr).trim().to_string();
     assert_eq!(text.lines().count(), 1, "{text}");
     text
+}
+
+/// Removes a file the test made outside its own directories when the test ends, also when it
+/// fails midway.
+pub struct RemoveOnDrop(pub PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
 }
 
 /// Unmounts a mount made with mount(8) when the test ends, also when it fails midway.
