@@ -1,6 +1,7 @@
 //! Bringing a mount up and down: checks of the mount point, the SSH and SFTP connection, the
 //! FUSE session with its dispatch threads, going to the background only once the mount is live,
-//! and a clean unmount on umount, SIGTERM or SIGINT that writes everything in flight first.
+//! and a clean unmount on umount, SIGTERM, SIGINT or SIGHUP that writes everything in flight
+//! first.
 
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -248,9 +249,12 @@ pub fn run(opts: Options, mountpoint: PathBuf, ready: Option<ReadyPipe>) -> anyh
     let signal_mountpoint = mountpoint.clone();
     runtime.spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (
+        // As libfuse's handlers (sshfs): a closed terminal (SIGHUP) ends a foreground mount
+        // cleanly too, instead of killing it and leaving a dead mount point.
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
         ) else {
             warn!("cannot listen for signals");
             return;
@@ -258,6 +262,7 @@ pub fn run(opts: Options, mountpoint: PathBuf, ready: Option<ReadyPipe>) -> anyh
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}
+            _ = hup.recv() => {}
         }
         // Detach first so no new file can be opened, then write out what was accepted,
         // close every remote handle and leave: descriptors still open get EIO for later
@@ -289,14 +294,35 @@ pub fn run(opts: Options, mountpoint: PathBuf, ready: Option<ReadyPipe>) -> anyh
     Ok(())
 }
 
-/// A lazy unmount: busy files (a writer still holding one open) must not keep us mounted.
+/// A lazy unmount: busy files (a writer still holding one open) must not keep us mounted. An
+/// ordinary user may not umount(2): fusermount3 (setuid) does it for the mount's owner, as for
+/// sshfs.
 fn detach_mount(mountpoint: &Path) -> std::io::Result<()> {
     let path = std::ffi::CString::new(mountpoint.as_os_str().as_bytes())?;
     // SAFETY: umount2 with a valid C string.
-    if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } != 0 {
-        return Err(std::io::Error::last_os_error());
+    if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } == 0 {
+        return Ok(());
     }
-    Ok(())
+    let denied = std::io::Error::last_os_error();
+    if denied.raw_os_error() != Some(libc::EPERM) {
+        return Err(denied);
+    }
+    let mut last = denied;
+    for tool in ["fusermount3", "fusermount"] {
+        match std::process::Command::new(tool)
+            .args(["-u", "-q", "-z", "--"])
+            .arg(mountpoint)
+            .stdin(std::process::Stdio::null())
+            .status()
+        {
+            Ok(status) if status.success() => return Ok(()),
+            Ok(status) => {
+                last = std::io::Error::other(format!("{tool} -u -z failed ({status})"));
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 fn source_name(opts: &Options) -> String {

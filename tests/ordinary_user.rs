@@ -1,6 +1,6 @@
 //! A mount by an ordinary user, as `sftpmount host:/dir ~/mnt` is meant to be used: through
 //! fusermount3 (setuid), the mount the user's own (root is kept out without allow_root),
-//! unmounted with `fusermount3 -u` by the same user; and /dev/fuse closed to the user named
+//! unmounted with `fusermount3 -u` by the same user or by a signal to its daemon; and /dev/fuse closed to the user named
 //! as the reason in one line.
 
 mod common;
@@ -122,6 +122,45 @@ fn an_ordinary_user_mounts_through_fusermount3_and_unmounts_with_fusermount3_u()
         .exists()),
         "the daemon did not exit after fusermount3 -u"
     );
+
+    // Ctrl-C, SIGTERM or a closed terminal's SIGHUP to the user's daemon: it may not umount(2), fusermount3 does it; the
+    // data written just before is on the server, and nothing dead stays behind.
+    for (signal, name) in [
+        (libc::SIGTERM, "sigterm"),
+        (libc::SIGINT, "sigint"),
+        (libc::SIGHUP, "sighup"),
+    ] {
+        let out = mount();
+        assert!(out.status.success(), "{out:?}");
+        let data = random_bytes(3 << 20, signal as u64);
+        let out = output_with_timeout(
+            as_user(&mut Command::new("dd"), ids, &home)
+                .arg(format!("of={}", mp.join(name).display()))
+                .args(["bs=1M", "status=none"]),
+            Some(&data),
+            RUN_TIMEOUT,
+        );
+        assert!(out.status.success(), "{out:?}");
+        let daemon = find_daemon_pid(&mp).expect("the daemon runs");
+        assert!(send_signal(daemon, signal), "{name}: no such daemon");
+        assert!(
+            wait_until(Duration::from_secs(20), || !Path::new(&format!(
+                "/proc/{daemon}/exe"
+            ))
+            .exists()),
+            "{name}: the daemon did not exit"
+        );
+        assert!(mount_info(&mp).is_none(), "{name}: still mounted");
+        assert!(
+            fs::read_dir(&mp).is_ok(),
+            "{name}: the mount point is usable"
+        );
+        assert_eq!(
+            fs::read(sshd.remote_root().join(name)).unwrap(),
+            data,
+            "{name}"
+        );
+    }
 
     // /dev/fuse closed to the user: said so, not blamed on the mount point.
     let _closed = FuseMode::set(0o600);

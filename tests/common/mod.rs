@@ -1249,7 +1249,7 @@ fn children_by_parent() -> HashMap<u32, Vec<u32>> {
 }
 
 /// `kill(pid, signal)`; whether it was delivered.
-fn send_signal(pid: u32, signal: i32) -> bool {
+pub fn send_signal(pid: u32, signal: i32) -> bool {
     let Ok(pid) = libc::pid_t::try_from(pid) else {
         return false;
     };
