@@ -107,6 +107,29 @@ fn while_the_server_is_unreachable_operations_fail_within_the_bound_then_recover
 }
 
 #[test]
+fn after_an_outage_longer_than_reconnect_wait_the_first_access_reconnects() {
+    let sshd = Sshd::start();
+    let (m, link, log, _logdir) = far_mount_with_log(&sshd, 5, "reconnect_wait=2");
+    fs::write(m.join("f"), b"before").unwrap();
+    link.refuse(true);
+    link.cut();
+    // Down long past reconnect_wait, and long enough for the backoff to grow: attempts at
+    // 1, 3 and 7 s (give or take a quarter), the fourth not before 11.25 s.
+    std::thread::sleep(Duration::from_secs(9));
+    link.refuse(false);
+    // The first access asks for an attempt and waits for it, as sshfs's first access does.
+    let path = m.join("g");
+    within(Duration::from_secs(30), move || fs::write(path, b"after")).unwrap_or_else(|e| {
+        panic!(
+            "the first access after the outage failed: {e}; log: {}",
+            fs::read_to_string(&log).unwrap_or_default()
+        )
+    });
+    assert_eq!(fs::read(sshd.remote_root().join("g")).unwrap(), b"after");
+    assert_eq!(fs::read(m.join("f")).unwrap(), b"before");
+}
+
+#[test]
 fn umount_works_while_the_server_is_unreachable() {
     let sshd = Sshd::start();
     let (m, link, _log, _logdir) = far_mount_with_log(&sshd, 5, "reconnect_wait=2");

@@ -138,6 +138,16 @@ pub enum LinkState {
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long requests past their timeout still wait once the connection answered a probe.
 const LATE_REPLY_GRACE: Duration = Duration::from_secs(5);
+/// Reconnection attempts an access asks for start at most this often.
+const MIN_ATTEMPT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Reconnection attempts so far: an access past reconnect_wait waits for one that started
+/// after it. One that succeeds counts as ended only once the connection is up.
+#[derive(Debug, Clone, Copy, Default)]
+struct Attempts {
+    started: u64,
+    ended: u64,
+}
 
 /// Why no connection could be handed out.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -154,6 +164,9 @@ pub struct Remote {
     state: watch::Sender<State>,
     /// The id the next generation gets.
     next_id: std::sync::atomic::AtomicU64,
+    /// An access while down: try now rather than at the end of the backoff.
+    wanted: tokio::sync::Notify,
+    attempts: watch::Sender<Attempts>,
 }
 
 impl Remote {
@@ -168,6 +181,8 @@ impl Remote {
             settings,
             state: watch::channel(State::Up(Arc::new(first))).0,
             next_id: 2.into(),
+            wanted: tokio::sync::Notify::new(),
+            attempts: watch::channel(Attempts::default()).0,
         });
         tokio::spawn(remote.clone().supervise());
         Ok(remote)
@@ -177,8 +192,10 @@ impl Remote {
         &self.settings
     }
 
-    /// The connection to use now. While it is being re-established, waits until it is back or
-    /// `reconnect_wait` has passed since it was lost; after that, fails at once.
+    /// The connection to use now. While it is being re-established, asks for an attempt at once
+    /// and waits until it is back or `reconnect_wait` has passed since it was lost; after that,
+    /// waits for one attempt, under way or started for it (the server may be back: the first
+    /// access then succeeds, as with sshfs), and fails if that one does.
     pub async fn current(&self) -> Result<Arc<Generation>, RemoteError> {
         let mut rx = self.state.subscribe();
         loop {
@@ -188,15 +205,53 @@ impl Remote {
                 }
                 // Lost, and the supervisor is about to say so.
                 State::Up(_) => Instant::now() + self.settings.reconnect_wait,
-                State::Down { since } => *since + self.settings.reconnect_wait,
+                State::Down { since } => {
+                    self.wanted.notify_one();
+                    *since + self.settings.reconnect_wait
+                }
                 State::Gone => return Err(RemoteError::Gone),
             };
             if deadline <= Instant::now() {
-                return Err(RemoteError::Down);
+                return self.after_one_attempt(rx).await;
             }
             let changed = tokio::time::timeout_at(deadline.into(), rx.changed()).await;
             if !matches!(changed, Ok(Ok(()))) {
                 return Err(RemoteError::Down);
+            }
+        }
+    }
+
+    /// The connection once the attempt under way, or else the next, has ended: back, or down.
+    async fn after_one_attempt(
+        &self,
+        mut state: watch::Receiver<State>,
+    ) -> Result<Arc<Generation>, RemoteError> {
+        let mut attempts = self.attempts.subscribe();
+        // One under way is ours too: waiting for the one after it could take two connect
+        // timeouts on a dead link.
+        let ours = {
+            let now = attempts.borrow_and_update();
+            if now.started > now.ended {
+                now.started
+            } else {
+                now.started + 1
+            }
+        };
+        self.wanted.notify_one();
+        loop {
+            match &*state.borrow_and_update() {
+                State::Up(generation) if !generation.is_closed() => {
+                    return Ok(generation.clone());
+                }
+                State::Gone => return Err(RemoteError::Gone),
+                _ => {}
+            }
+            if attempts.borrow_and_update().ended >= ours {
+                return Err(RemoteError::Down);
+            }
+            tokio::select! {
+                changed = state.changed() => if changed.is_err() { return Err(RemoteError::Down) },
+                changed = attempts.changed() => if changed.is_err() { return Err(RemoteError::Down) },
             }
         }
     }
@@ -323,6 +378,7 @@ impl Remote {
                 next.id
             );
             self.state.send_replace(State::Up(Arc::new(next)));
+            self.attempts.send_modify(|a| a.ended += 1);
         }
     }
 
@@ -330,8 +386,19 @@ impl Remote {
     /// change (`None`).
     async fn reestablish(&self, since: Instant) -> Option<Generation> {
         let mut backoff = Duration::from_secs(1);
+        let mut last_start: Option<Instant> = None;
         for attempt in 1u64.. {
-            tokio::time::sleep(jittered(backoff)).await;
+            // The backoff, cut short by an access (which must not wait for a server that may
+            // be back), at most one attempt a MIN_ATTEMPT_INTERVAL.
+            tokio::select! {
+                _ = tokio::time::sleep(jittered(backoff)) => {}
+                _ = self.wanted.notified() => {
+                    if let Some(last) = last_start {
+                        tokio::time::sleep_until((last + MIN_ATTEMPT_INTERVAL).into()).await;
+                    }
+                }
+            }
+            last_start = Some(Instant::now());
             info!(
                 "reconnecting to {} (attempt {attempt}, down {:.0} s)",
                 self.connector.server(),
@@ -340,6 +407,7 @@ impl Remote {
             let id = self
                 .next_id
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.attempts.send_modify(|a| a.started += 1);
             match self.connector.connect(&self.settings).await {
                 Ok(link) => return Some(Generation::new(id, link)),
                 Err(e) if e.is_permanent() => {
@@ -348,6 +416,7 @@ impl Remote {
                 }
                 Err(e) => warn!("reconnection attempt {attempt} failed: {e}"),
             }
+            self.attempts.send_modify(|a| a.ended += 1);
             backoff = (backoff * 2).min(Duration::from_secs(30));
         }
         None
