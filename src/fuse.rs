@@ -217,6 +217,31 @@ impl Filesystem for FuseAdapter {
         });
     }
 
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let name = bytes(name);
+        let ttl = self.ttl;
+        let owner = (req.uid(), req.gid());
+        let caller = req.pid();
+        self.spawn(|core| async move {
+            match core
+                .mknod(parent.0, &name, CreateMode { mode, umask, owner }, caller)
+                .await
+            {
+                Ok(e) => ttl.reply_entry(reply, &e.attr, &core),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = bytes(name);
         self.spawn(|core| async move {

@@ -265,6 +265,52 @@ fn rsync_into_the_mount() {
 }
 
 #[test]
+fn fifos_are_refused_with_eperm_and_rsync_goes_on() {
+    let (sshd, m) = setup();
+    // mkfifo, as on a filesystem without FIFOs (and as sshfs): EPERM, not ENOSYS.
+    let out = try_run("mkfifo", &[m.join("pipe").as_os_str()], "/");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Operation not permitted"), "{err}");
+    assert!(!sshd.remote_root().join("pipe").exists());
+    // mknod(2) of a regular file makes one.
+    let made = m.join("by-mknod");
+    let script = format!(
+        "import os, stat; os.mknod({:?}, 0o640 | stat.S_IFREG)",
+        made.display()
+    );
+    run("python3", &["-c", &script], "/");
+    let meta = fs::metadata(sshd.remote_root().join("by-mknod")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert!(meta.is_file() && meta.len() == 0);
+    assert_eq!(meta.permissions().mode() & 0o777, 0o640);
+    // rsync -a of a tree with a FIFO: reported, skipped, the rest copied (exit 23: partial).
+    let local = tempfile::tempdir().unwrap();
+    let src = local.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("file"), b"rsynced").unwrap();
+    run("mkfifo", &[src.join("fifo").as_os_str()], "/");
+    let out = try_run(
+        "rsync",
+        &[
+            "-a",
+            &format!("{}/", src.display()),
+            m.join("dst").to_str().unwrap(),
+        ],
+        "/",
+    );
+    assert_eq!(out.status.code(), Some(23), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Operation not permitted"),
+        "{out:?}"
+    );
+    assert_eq!(
+        fs::read(sshd.remote_root().join("dst/file")).unwrap(),
+        b"rsynced"
+    );
+}
+
+#[test]
 fn mv_over_an_existing_file() {
     let (sshd, m) = setup();
     fs::write(m.join("new"), b"new contents").unwrap();

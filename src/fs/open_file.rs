@@ -658,6 +658,25 @@ impl Core {
         }
     }
 
+    /// mknod(2): a regular file is made (and closed) as an exclusive create would; SFTP has
+    /// no FIFOs, sockets or devices: EPERM, as sshfs and filesystems without them answer (rsync
+    /// reports it and goes on; ENOSYS would read as a broken mount).
+    pub async fn mknod(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: CreateMode,
+        caller: u32,
+    ) -> FsResult<Entry> {
+        if mode.mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(libc::EPERM);
+        }
+        let flags = libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY;
+        let (entry, fh) = self.create(parent, name, mode, flags, caller).await?;
+        self.release(fh).await?;
+        Ok(entry)
+    }
+
     pub async fn create(
         &self,
         parent: u64,
