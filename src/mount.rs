@@ -75,7 +75,7 @@ pub fn check_local(mountpoint: &Path) -> anyhow::Result<PathBuf> {
     }
     let canonical = std::fs::canonicalize(mountpoint)
         .with_context(|| format!("cannot resolve mount point {}", mountpoint.display()))?;
-    if is_mount_point(&canonical) {
+    if crate::mount_table::fs_type_at(&canonical).is_some() {
         bail!(
             "{} is already a mount point: unmount it first (umount {})",
             canonical.display(),
@@ -83,28 +83,6 @@ pub fn check_local(mountpoint: &Path) -> anyhow::Result<PathBuf> {
         );
     }
     Ok(canonical)
-}
-
-fn is_mount_point(path: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let wanted = escape_mount_path(path);
-    info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|mp| mp == wanted)
-}
-
-/// /proc/self/mountinfo escapes space, tab, newline and backslash as octal.
-fn escape_mount_path(path: &Path) -> String {
-    let mut out = String::new();
-    for &b in path.as_os_str().as_bytes() {
-        match b {
-            b' ' | b'\t' | b'\n' | b'\\' => out.push_str(&format!("\\{b:03o}")),
-            _ => out.push(b as char),
-        }
-    }
-    out
 }
 
 /// Tells the foreground process how the mount went, when we went to the background.

@@ -13,7 +13,7 @@ use tokio::io::AsyncWriteExt;
 use tracing::{debug, warn};
 
 use crate::fs::Core;
-use crate::remote::LinkState;
+use crate::remote::LinkPhase;
 
 /// The directory of this user's status sockets, made (0700) if missing; refused when someone
 /// else could have made it or may enter it.
@@ -149,18 +149,20 @@ fn report(core: &Core, identity: &MountIdentity, rates: &Mutex<Rates>) -> String
         crate::sftp::traffic::written(),
         crate::sftp::traffic::read(),
     );
-    let state = match core.link_state() {
-        LinkState::Connected { since, generation } => format!(
-            "connected for {}, {}",
-            duration(since.elapsed()),
-            reconnections(generation)
-        ),
-        LinkState::Reconnecting { since, generation } => format!(
-            "reconnecting for {}, {}",
-            duration(since.elapsed()),
-            reconnections(generation)
-        ),
-        LinkState::Down => "down for good (reconnect=no, or the server refused us)".to_string(),
+    let link = core.link_state();
+    let history = format!(
+        "{}, {}",
+        count(link.reconnections, "reconnection"),
+        count(link.failed_attempts, "failed attempt")
+    );
+    let state = match &link.phase {
+        LinkPhase::Connected { since } => {
+            format!("connected for {} ({history})", duration(since.elapsed()))
+        }
+        LinkPhase::Reconnecting { since } => {
+            format!("reconnecting for {} ({history})", duration(since.elapsed()))
+        }
+        LinkPhase::Down { why } => format!("down for good: {why} ({history})"),
     };
     let (up, down) = {
         let r = rates.lock().unwrap();
@@ -204,10 +206,11 @@ fn report(core: &Core, identity: &MountIdentity, rates: &Mutex<Rates>) -> String
     )
 }
 
-fn reconnections(generation: u64) -> String {
-    match generation.saturating_sub(1) {
-        1 => "1 reconnection".to_string(),
-        n => format!("{n} reconnections"),
+/// `n thing` or `n things`.
+fn count(n: u64, thing: &str) -> String {
+    match n {
+        1 => format!("1 {thing}"),
+        n => format!("{n} {thing}s"),
     }
 }
 
@@ -237,9 +240,10 @@ fn size(bytes: f64) -> String {
 
 const USAGE: &str = "usage: sftpmount status [MOUNTPOINT | SOCKET]\n\n\
 Prints, for each sftpmount mount of this user (or the one at MOUNTPOINT): its source, state\n\
-(connected, reconnecting for how long, down), reconnections, bytes written and read,\n\
-throughput over the last 5 s, unacknowledged bytes, open files and write failures not yet\n\
-reported to their programs. Each daemon answers only its user and root.\n";
+(connected, reconnecting for how long, down for good and why), reconnections and failed\n\
+attempts, bytes written and read, throughput over the last 5 s, unacknowledged bytes, open\n\
+files and write failures not yet reported to their programs. Each daemon answers only its\n\
+user and root. The mount point itself is never touched.\n";
 
 /// The `status` command: `args` are those after `status`. The text to print, or a one-line
 /// error.
@@ -255,27 +259,60 @@ pub fn command(args: &[String]) -> Result<String, String> {
         }
         [path] => {
             let path = Path::new(path);
-            let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            use std::os::unix::fs::FileTypeExt;
-            if meta.file_type().is_socket() {
+            if path.extension().is_some_and(|x| x == "sock") {
                 return ask(path).map_err(|e| format!("{}: {e}", path.display()));
             }
-            let wanted =
-                std::fs::canonicalize(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            all_reports()?
+            // The mount point itself is never touched: a stat of it waits on an unreachable
+            // server and fails with ENOTCONN on a dead mount, just when status matters.
+            let wanted = absolute_untouched(path);
+            if let Some(report) = all_reports()?
                 .into_iter()
                 .find(|r| r.lines().next() == Some(&*wanted.to_string_lossy()))
-                .ok_or_else(|| {
-                    format!(
-                        "{} is not an sftpmount mount of this user",
-                        wanted.display()
-                    )
-                })
+            {
+                return Ok(report);
+            }
+            if crate::mount_table::fs_type_at(&wanted).as_deref() == Some("fuse.sftpmount") {
+                return Err(format!(
+                    "{0} is a mount whose daemon is gone (killed, or it crashed): unmount it \
+                     (fusermount3 -u {0}, or umount as root), then mount again",
+                    wanted.display()
+                ));
+            }
+            Err(format!(
+                "{} is not an sftpmount mount of this user",
+                wanted.display()
+            ))
         }
         _ => Err(format!(
             "too many arguments: {}",
             USAGE.lines().next().unwrap_or("")
         )),
+    }
+}
+
+/// `path` made absolute as the mount table writes it, with no look at `path` itself: `.` and
+/// `..` taken lexically, the parent's symlinks resolved (the parent is not the mount).
+fn absolute_untouched(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let joined = match std::env::current_dir() {
+        Ok(cwd) => cwd.join(path),
+        Err(_) => path.to_path_buf(),
+    };
+    let mut clean = PathBuf::new();
+    for part in joined.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                clean.pop();
+            }
+            other => clean.push(other),
+        }
+    }
+    match (clean.parent(), clean.file_name()) {
+        (Some(parent), Some(name)) => std::fs::canonicalize(parent)
+            .map(|p| p.join(name))
+            .unwrap_or(clean),
+        _ => clean,
     }
 }
 
@@ -324,7 +361,7 @@ mod tests {
         assert_eq!(size(512.0), "512 B");
         assert_eq!(size(12.5 * 1024.0 * 1024.0), "12.5 MiB");
         assert_eq!(duration(Duration::from_secs(75)), "1 min 15 s");
-        assert_eq!(reconnections(2), "1 reconnection");
-        assert_eq!(reconnections(1), "0 reconnections");
+        assert_eq!(count(1, "reconnection"), "1 reconnection");
+        assert_eq!(count(0, "failed attempt"), "0 failed attempts");
     }
 }

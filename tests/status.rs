@@ -1,7 +1,9 @@
 //! `sftpmount status` on a real mount: while a writer fills a 40 ms link it shows unacked bytes
 //! and a throughput; a cut shows as reconnecting and then as one reconnection; another user is
 //! turned away (by the socket's directory, and by the daemon when the directory is opened); the
-//! socket goes with the mount.
+//! socket goes with the mount. During an outage it counts failed attempts apart from
+//! reconnections, a mount down for good says why, and a mount whose daemon was killed is named
+//! as such.
 
 mod common;
 
@@ -142,4 +144,62 @@ fn status_shows_a_writer_a_cut_and_refuses_other_users() {
     assert!(!socket.exists());
     let out = status(&[]);
     assert!(!String::from_utf8_lossy(&out.stdout).contains(&*mp.to_string_lossy()));
+}
+
+/// The `state:` line of a report.
+fn state(report: &str) -> String {
+    report
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("state: "))
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn status_answers_during_an_outage_and_on_a_dead_mount_and_says_why_a_mount_is_down() {
+    let sshd = Sshd::start();
+    let (m, link) = Mount::far_with_link(&sshd, 5, &["-o", "reconnect_wait=1"]);
+    let mp = m.path().to_path_buf();
+    let report = || String::from_utf8_lossy(&status(&[&mp]).stdout).into_owned();
+    // An outage past reconnect_wait, attempts refused: the status answers without touching the
+    // mount point (which may answer EIO now), the failed attempts counted apart from
+    // reconnections.
+    link.refuse(true);
+    link.cut();
+    let mut seen = String::new();
+    let failing = wait_until(Duration::from_secs(30), || {
+        seen = state(&report());
+        seen.starts_with("reconnecting for") && seen.contains("0 reconnections, 2 failed")
+    });
+    assert!(failing, "{seen}");
+    link.refuse(false);
+    let back = wait_until(Duration::from_secs(60), || {
+        seen = state(&report());
+        seen.starts_with("connected for") && seen.contains("(1 reconnection, ")
+    });
+    assert!(back, "{seen}");
+    drop(m);
+
+    // Down for good: the report says why.
+    let (m, link) = Mount::far_with_link(&sshd, 5, &["-o", "reconnect=no"]);
+    let mp = m.path().to_path_buf();
+    link.cut();
+    let down = wait_until(Duration::from_secs(30), || {
+        seen = state(&String::from_utf8_lossy(&status(&[&mp]).stdout));
+        seen.starts_with("down for good: the connection was lost and reconnect=no")
+    });
+    assert!(down, "{seen}");
+
+    // Its daemon killed: the mount point answers ENOTCONN; status says what it is and what to
+    // do, in one line.
+    assert!(send_signal(m.daemon_pid(), libc::SIGKILL));
+    assert!(m.wait_daemon_exit(Duration::from_secs(10)));
+    let out = status(&[&mp]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let line = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert_eq!(line.lines().count(), 1, "{line}");
+    assert!(
+        line.contains("daemon is gone") && line.contains("fusermount3 -u"),
+        "{line}"
+    );
 }

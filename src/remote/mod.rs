@@ -115,23 +115,34 @@ enum State {
         since: Instant,
     },
     /// Lost for good: reconnecting is off, or the server refused us in a way retrying cannot
-    /// change (host key, authentication).
-    Gone,
+    /// change (host key, authentication); `why` says which.
+    Gone {
+        why: Arc<str>,
+    },
 }
 
-/// What [`Remote::link_state`] reports; `generation` counts connections (1: the first).
-#[derive(Debug, Clone, Copy)]
-pub enum LinkState {
+/// What [`Remote::link_state`] reports.
+#[derive(Debug, Clone)]
+pub struct LinkState {
+    pub phase: LinkPhase,
+    /// Connections made again after a loss.
+    pub reconnections: u64,
+    /// Attempts to reconnect that failed.
+    pub failed_attempts: u64,
+}
+
+#[derive(Debug, Clone)]
+pub enum LinkPhase {
     Connected {
         since: Instant,
-        generation: u64,
     },
     Reconnecting {
         since: Instant,
-        generation: u64,
     },
-    /// Lost for good (reconnect=no, or the server refused us for good).
-    Down,
+    /// Lost for good, and why (reconnect=no, or the server's refusal).
+    Down {
+        why: Arc<str>,
+    },
 }
 
 /// How long a connection suspected dead has to answer a probe.
@@ -147,6 +158,7 @@ const MIN_ATTEMPT_INTERVAL: Duration = Duration::from_secs(1);
 struct Attempts {
     started: u64,
     ended: u64,
+    succeeded: u64,
 }
 
 /// Why no connection could be handed out.
@@ -209,7 +221,7 @@ impl Remote {
                     self.wanted.notify_one();
                     *since + self.settings.reconnect_wait
                 }
-                State::Gone => return Err(RemoteError::Gone),
+                State::Gone { .. } => return Err(RemoteError::Gone),
             };
             if deadline <= Instant::now() {
                 return self.after_one_attempt(rx).await;
@@ -243,7 +255,7 @@ impl Remote {
                 State::Up(generation) if !generation.is_closed() => {
                     return Ok(generation.clone());
                 }
-                State::Gone => return Err(RemoteError::Gone),
+                State::Gone { .. } => return Err(RemoteError::Gone),
                 _ => {}
             }
             if attempts.borrow_and_update().ended >= ours {
@@ -263,7 +275,7 @@ impl Remote {
             .wait_for(|s| match s {
                 State::Up(g) => g.id > generation,
                 State::Down { .. } => false,
-                State::Gone => true,
+                State::Gone { .. } => true,
             })
             .await
             .ok()?;
@@ -275,21 +287,20 @@ impl Remote {
 
     /// The connection's state as `sftpmount status` reports it.
     pub fn link_state(&self) -> LinkState {
-        match &*self.state.borrow() {
-            State::Up(g) if !g.is_closed() => LinkState::Connected {
-                since: g.since,
-                generation: g.id,
-            },
+        let phase = match &*self.state.borrow() {
+            State::Up(g) if !g.is_closed() => LinkPhase::Connected { since: g.since },
             // Lost a moment ago; the supervisor has not said so yet.
-            State::Up(g) => LinkState::Reconnecting {
+            State::Up(_) => LinkPhase::Reconnecting {
                 since: Instant::now(),
-                generation: g.id,
             },
-            State::Down { since } => LinkState::Reconnecting {
-                since: *since,
-                generation: self.next_id.load(std::sync::atomic::Ordering::Relaxed) - 1,
-            },
-            State::Gone => LinkState::Down,
+            State::Down { since } => LinkPhase::Reconnecting { since: *since },
+            State::Gone { why } => LinkPhase::Down { why: why.clone() },
+        };
+        let attempts = *self.attempts.borrow();
+        LinkState {
+            phase,
+            reconnections: attempts.succeeded,
+            failed_attempts: attempts.ended - attempts.succeeded,
         }
     }
 
@@ -362,13 +373,20 @@ impl Remote {
             drop(generation);
             if !self.settings.reconnect {
                 warn!("not reconnecting (reconnect=no): the mount stays down");
-                self.state.send_replace(State::Gone);
+                self.state.send_replace(State::Gone {
+                    why: "the connection was lost and reconnect=no".into(),
+                });
                 return;
             }
             self.state.send_replace(State::Down { since });
-            let Some(next) = self.reestablish(since).await else {
-                self.state.send_replace(State::Gone);
-                return;
+            let next = match self.reestablish(since).await {
+                Ok(next) => next,
+                Err(refusal) => {
+                    self.state.send_replace(State::Gone {
+                        why: refusal.to_string().into(),
+                    });
+                    return;
+                }
             };
             // A warning, as the loss was: whoever read of the one must read of the other.
             warn!(
@@ -378,16 +396,21 @@ impl Remote {
                 next.id
             );
             self.state.send_replace(State::Up(Arc::new(next)));
-            self.attempts.send_modify(|a| a.ended += 1);
+            self.attempts.send_modify(|a| {
+                a.ended += 1;
+                a.succeeded += 1;
+            });
         }
     }
 
     /// Tries until it connects, or until the server refuses us for a reason retrying cannot
-    /// change (`None`).
-    async fn reestablish(&self, since: Instant) -> Option<Generation> {
+    /// change (that refusal).
+    async fn reestablish(&self, since: Instant) -> Result<Generation, ConnectError> {
         let mut backoff = Duration::from_secs(1);
         let mut last_start: Option<Instant> = None;
-        for attempt in 1u64.. {
+        let mut attempt = 0u64;
+        loop {
+            attempt += 1;
             // The backoff, cut short by an access (which must not wait for a server that may
             // be back), at most one attempt a MIN_ATTEMPT_INTERVAL.
             tokio::select! {
@@ -409,17 +432,16 @@ impl Remote {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.attempts.send_modify(|a| a.started += 1);
             match self.connector.connect(&self.settings).await {
-                Ok(link) => return Some(Generation::new(id, link)),
+                Ok(link) => return Ok(Generation::new(id, link)),
                 Err(e) if e.is_permanent() => {
                     warn!("reconnecting to {} refused: {e}", self.connector.server());
-                    return None;
+                    return Err(e);
                 }
                 Err(e) => warn!("reconnection attempt {attempt} failed: {e}"),
             }
             self.attempts.send_modify(|a| a.ended += 1);
             backoff = (backoff * 2).min(Duration::from_secs(30));
         }
-        None
     }
 }
 
