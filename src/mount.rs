@@ -134,13 +134,9 @@ pub fn daemonize() -> anyhow::Result<ReadyPipe> {
     }
 }
 
-/// Whether the daemon's stderr is still the terminal (or whatever) the mount was started from:
-/// until the mount is ready, a warning is the user's to read there (the log gets it too).
-pub static STARTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
-
 /// Detaches from the terminal once the foreground process has exited.
 fn detach() {
-    STARTING.store(false, std::sync::atomic::Ordering::Relaxed);
+    crate::logging::detached();
     // SAFETY: setsid/open/dup2 on our own descriptors.
     unsafe {
         libc::setsid();
@@ -219,6 +215,9 @@ pub fn run(opts: Options, mountpoint: PathBuf, ready: Option<ReadyPipe>) -> anyh
         )
     };
     if let Some(ready) = ready {
+        if let Some(note) = crate::logging::where_note() {
+            eprintln!("sftpmount: note: {note}");
+        }
         ready.send(&[0]);
         detach();
     }

@@ -590,11 +590,65 @@ fn allow_other_without_default_permissions_says_what_it_means() {
     let m = Mount::new(&sshd, &["-o", "allow_other"]);
     let said = String::from_utf8_lossy(&m.mount_output().stderr).to_string();
     assert!(
-        said.contains("note: allow_other without default_permissions") && said.lines().count() == 1,
+        said.contains("note: allow_other without default_permissions")
+            && said.lines().filter(|l| l.contains("allow_other")).count() == 1,
         "{said}"
     );
     drop(m);
     let m = Mount::new(&sshd, &["-o", "allow_other,default_permissions"]);
     let said = String::from_utf8_lossy(&m.mount_output().stderr).to_string();
     assert!(!said.contains("allow_other"), "{said}");
+}
+
+#[test]
+fn without_syslog_the_log_goes_to_the_state_directory_and_names_the_mount_point() {
+    let sshd = Sshd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (mp, home) = (dir.path().join("mnt"), dir.path().join("home"));
+    fs::create_dir(&mp).unwrap();
+    fs::create_dir(&home).unwrap();
+    // The daemon runs in a mount namespace of its own where /dev/log, if the machine has one,
+    // is /dev/null: no syslog listens. The mount lives in that namespace; the files it logs to
+    // are the machine's.
+    let out = output_with_timeout(
+        Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg("mount --bind /dev/null /dev/log 2>/dev/null; exec \"$@\"")
+            .arg("sh")
+            .arg(sftpmount_command().get_program())
+            .arg(sshd.source())
+            .arg(&mp)
+            .args(sshd.ssh_opts())
+            .env("HOME", &home)
+            .env_remove("XDG_STATE_HOME")
+            .env_remove("SSH_AUTH_SOCK"),
+        None,
+        BIN_TIMEOUT,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let log = home.join(".local/state/sftpmount/log");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains(&format!("this mount logs to {}", log.display())),
+        "{said}"
+    );
+    let daemon = find_daemon_pid(&mp).expect("the daemon runs");
+    struct Stop(u32);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            send_signal(self.0, libc::SIGTERM);
+        }
+    }
+    let _stop = Stop(daemon);
+    // A loss, told after the daemon left the terminal: in the file, naming the mount point.
+    assert!(sshd.kill_connections() > 0);
+    let wanted = format!("WARN {}: connection to 127.0.0.1 lost", mp.display());
+    let logged = wait_until(Duration::from_secs(20), || {
+        fs::read_to_string(&log).is_ok_and(|text| text.contains(&wanted))
+    });
+    assert!(logged, "{:?}", fs::read_to_string(&log));
+    assert!(send_signal(daemon, libc::SIGTERM));
+    assert!(wait_until(Duration::from_secs(20), || {
+        !std::path::Path::new(&format!("/proc/{daemon}/exe")).exists()
+    }));
 }

@@ -441,7 +441,8 @@ pub const TABLE: &[OptionDoc] = &[
     row(
         Own,
         "logfile=PATH",
-        "append the log to PATH, also in the background (else: syslog)",
+        "append the log to PATH, also in the background (else: syslog, or without one \
+         ~/.local/state/sftpmount/log)",
     ),
 ];
 
