@@ -43,14 +43,50 @@ fn readme(path: &Path) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn man(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
-    use roff::{Roff, bold, roman};
+    use roff::{Roff, bold, italic, roman};
     let cmd = sftpmount::options::command().after_help("");
     let page = clap_mangen::Man::new(cmd).section("1");
     let mut out = Vec::new();
     page.render_title(&mut out)?;
     page.render_name_section(&mut out)?;
-    page.render_synopsis_section(&mut out)?;
-    page.render_description_section(&mut out)?;
+    let mut roff = Roff::new();
+    roff.control("SH", ["SYNOPSIS"]);
+    roff.text([
+        bold("sftpmount"),
+        roman(" [-f] [-d] [-C] [-p "),
+        italic("PORT"),
+        roman("] [-F "),
+        italic("SSH_CONFIG"),
+        roman("] [-o "),
+        italic("OPTION"),
+        roman("[,"),
+        italic("OPTION"),
+        roman("...]] ["),
+        italic("user"),
+        roman("@]"),
+        italic("host"),
+        roman(":["),
+        italic("dir"),
+        roman("] "),
+        italic("MOUNTPOINT"),
+    ]);
+    roff.control("br", []);
+    roff.text([
+        bold("sftpmount status"),
+        roman(" ["),
+        italic("MOUNTPOINT"),
+        roman("]"),
+    ]);
+    roff.control("SH", ["DESCRIPTION"]);
+    roff.text([roman(
+        "Mounts a directory of a remote SFTP server (OpenSSH's sftp-server, or any SFTP \
+         version 3 server) on MOUNTPOINT through FUSE, as sshfs does, with the same command \
+         line, -o options, fstab lines and ssh_config (~/.ssh/config, then \
+         /etc/ssh/ssh_config). The SSH client is built in: no ssh process is run, and host \
+         keys are checked against known_hosts as ssh checks them. Writes and reads are \
+         pipelined so that a far link stays full; a lost connection is re-established.",
+    )]);
+    roff.to_writer(&mut out)?;
     let mut roff = Roff::new();
     for section in Section::ALL {
         roff.control("SH", [section.title().to_uppercase().as_str()]);
@@ -60,6 +96,33 @@ fn man(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
             roff.text([roman(doc.what)]);
         }
     }
+    roff.control("SH", ["RECONNECTING"]);
+    roff.text([roman(
+        "A lost connection (a closed TCP connection at once; a black hole once requests go \
+         unanswered for request_timeout and a probe fails) is re-established with a backoff \
+         (about 1 s, doubling to 30 s), cut short by any access. Open files are reopened on \
+         the new connection and writes in flight are sent again, unless the file was replaced \
+         meanwhile (its descriptor then fails with EIO). An operation waits reconnect_wait \
+         (20 s) from the loss, then fails with EIO; later ones wait for one attempt only. A \
+         changed host key or refused authentication leaves the mount down, saying why.",
+    )]);
+    roff.control("SH", ["LOGS"]);
+    roff.text([roman(
+        "In the foreground (-f, -d) the log goes to stderr. In the background it goes to the \
+         file logfile= names, else to syslog (the systemd journal), else, where no syslog \
+         listens, to $XDG_STATE_HOME/sftpmount/log (~/.local/state/sftpmount/log), said at \
+         mount. Each line names the mount point. Losses, failed attempts and reconnections are \
+         warnings.",
+    )]);
+    roff.control("SH", ["STATUS"]);
+    roff.text([roman(
+        "sftpmount status [MOUNTPOINT] prints, for each mount of the user (or the one at \
+         MOUNTPOINT): source, daemon pid, state (connected, reconnecting for how long, down for \
+         good and why), reconnections and failed attempts, bytes written and read, \
+         throughput, unacknowledged bytes, open files and write failures not yet reported. It \
+         never touches the mount point, so it answers during an outage and names a mount \
+         whose daemon is gone.",
+    )]);
     roff.control("SH", ["UNMOUNTING"]);
     roff.text([roman(
         "umount MOUNTPOINT, or fusermount3 -u MOUNTPOINT as the user who mounted: data in \
@@ -68,6 +131,11 @@ fn man(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     roff.control("SH", ["FSTAB"]);
     roff.text([roman(
         "alice@server:/srv/data /mnt/data fuse.sftpmount _netdev,IdentityFile=/root/.ssh/id 0 0",
+    )]);
+    roff.control("SH", ["SEE ALSO"]);
+    roff.text([roman(
+        "sshfs(1), ssh(1), ssh_config(5), sshd(8) (the known_hosts format), fusermount3(1), \
+         mount.fuse3(8)",
     )]);
     roff.to_writer(&mut out)?;
     page.render_version_section(&mut out)?;

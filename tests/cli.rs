@@ -60,6 +60,7 @@ fn help_and_version() {
         "idmap",
         "umask",
         "fstab",
+        "sftpmount status [MOUNTPOINT]",
     ] {
         assert!(help.contains(needle), "help lacks {needle}");
     }

@@ -71,9 +71,21 @@ fn the_installed_binary_mounts_fstab_lines_through_mount_8() {
         "{}",
         &man[..80.min(man.len())]
     );
-    for option in ["follow_symlinks", "ProxyJump", "max_conns", "workaround"] {
-        assert!(man.contains(option), "the man page lacks {option}");
+    for needed in [
+        "follow_symlinks",
+        "ProxyJump",
+        "max_conns",
+        "workaround",
+        r"\fIPORT\fR",
+        "sftpmount status",
+        ".SH RECONNECTING",
+        ".SH LOGS",
+        ".SH STATUS",
+    ] {
+        assert!(man.contains(needed), "the man page lacks {needed}");
     }
+    // README.md is not installed: the page stands alone.
+    assert!(!man.contains("README"), "the man page points to README");
 
     let sshd = Sshd::start();
     let dir = tempfile::tempdir().unwrap();

@@ -384,6 +384,7 @@ fn debug_logs_each_request_with_its_latency() {
     if live {
         let _ = fs::metadata(mp.join("no-such-name"));
         fs::write(mp.join("f"), b"x").unwrap();
+        fs::read_dir(&mp).unwrap().for_each(drop);
     }
     let _ = std::process::Command::new("umount").arg(&mp).status();
     let status = within(Duration::from_secs(30), move || child.wait().unwrap());
@@ -402,9 +403,20 @@ fn debug_logs_each_request_with_its_latency() {
         lstat.contains("NO_SUCH_FILE in ") && lstat.ends_with(" ms"),
         "{lstat}"
     );
+    // Handles are shown as the paths they were opened by (they are reused across files and
+    // channels), and the server's features once per connection, not once per channel.
+    let f = sshd.remote_root().join("f");
     assert!(
         text.lines()
-            .any(|l| l.contains("WRITE ") && l.contains("-> OK in ")),
+            .any(|l| l.contains(&format!("WRITE {} 0+1", f.display())) && l.contains("-> OK in ")),
         "{text}"
     );
+    let root = sshd.remote_root().display().to_string();
+    assert!(
+        text.lines()
+            .any(|l| l.contains(&format!("READDIR {root} ->"))),
+        "{text}"
+    );
+    assert!(!text.contains("handle 0"), "{text}");
+    assert_eq!(text.matches("ServerFeatures").count(), 1, "{text}");
 }

@@ -203,11 +203,17 @@ impl Options {
     }
 }
 
+/// Both ways to call the program.
+pub const USAGE: &str = "sftpmount [OPTIONS] [user@]host:[dir] MOUNTPOINT\n       \
+                         sftpmount status [MOUNTPOINT]";
+
 /// The command line's definition, with the option table as its help's epilogue (also what the
 /// man page is made from).
 pub fn command() -> clap::Command {
     use clap::CommandFactory;
-    Cli::command().after_help(table::help_text(100))
+    Cli::command()
+        .override_usage(USAGE)
+        .after_help(table::help_text(100))
 }
 
 /// What parsing the command line asks the program to do.

@@ -215,7 +215,7 @@ pub const TABLE: &[OptionDoc] = &[
     row(
         Sshfs,
         "reconnect, reconnect=no",
-        "re-establish a lost connection (default yes): open files carry on (see README: When the network goes away)",
+        "re-establish a lost connection (default yes): open files carry on (see RECONNECTING in sftpmount(1))",
     ),
     row(
         Sshfs,
@@ -400,7 +400,7 @@ pub const TABLE: &[OptionDoc] = &[
     row(
         Mount,
         "dev, nodev, suid, nosuid, exec, noexec, atime, noatime",
-        "passed to the kernel (default nodev,nosuid; from fstab, dev and suid are ignored: see README, fstab)",
+        "passed to the kernel (default nodev,nosuid; from fstab, dev and suid are ignored: a server's device files and setuid programs would act on this machine)",
     ),
     row(
         Mount,
@@ -431,7 +431,7 @@ pub const TABLE: &[OptionDoc] = &[
     row(
         Own,
         "short_writes",
-        "a write that does not fit in the buffer is answered with a short count for the part that fit, instead of waiting for room (programs that ignore write(2)'s count lose the rest: see README)",
+        "a write that does not fit in the buffer is answered with a short count for the part that fit, instead of waiting for room (programs that ignore write(2)'s count lose the rest, where a local filesystem would have taken it all)",
     ),
     row(
         Own,
@@ -474,7 +474,9 @@ pub fn help_text(width: usize) -> String {
     out.push_str(
         "Unmount with `umount MOUNTPOINT` or `fusermount3 -u MOUNTPOINT`: data in flight is \
          written first.\nfstab: `alice@host:/srv /mnt/srv fuse.sftpmount \
-         _netdev,IdentityFile=/root/.ssh/id 0 0`",
+         _netdev,IdentityFile=/root/.ssh/id 0 0`\nState of each mount (connection, \
+         reconnections, traffic, open files): `sftpmount status [MOUNTPOINT]`.\nMore: man \
+         sftpmount.",
     );
     out
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use russh::client::Handle;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::{BoxFuture, ConnectError, Connection, Connector, Link, RemoteSettings};
 use crate::sftp::{Session, SftpError, Transport, WireGate};
@@ -97,6 +97,8 @@ async fn establish(
         },
         other => other.into(),
     })?;
+    // Once per connection: every channel of it has the same server.
+    debug!(features = ?first.features(), "SFTP server");
     if let Some(text) = first.shell_output() {
         warn!(
             "{} printed {text:?} from the login's shell before starting the SFTP server: \

@@ -118,6 +118,8 @@ struct InFlight {
     submitted_at: Instant,
     /// What the request was, kept only while requests are logged (`-d`, `sshfs_debug`).
     logged_as: Option<String>,
+    /// The path an OPEN or OPENDIR opens, while requests are logged: its handle's name.
+    opens: Option<String>,
     sent_at: Option<Instant>,
     /// Past its timeout since then, waiting for the verdict on the connection (see
     /// [`Session::stalls`]).
@@ -131,6 +133,8 @@ const VERDICT_WAIT: Duration = Duration::from_secs(30);
 struct Table {
     next_id: u32,
     in_flight: HashMap<u32, InFlight>,
+    /// Open handles and their paths, kept only while requests are logged.
+    handle_paths: HashMap<Bytes, String>,
     /// Set once the session is unusable; every later request fails with it.
     dead: Option<SftpError>,
     /// When the channel last moved: a packet sent or a reply received. A request still queued
@@ -143,6 +147,7 @@ impl Default for Table {
         Table {
             next_id: 0,
             in_flight: HashMap::new(),
+            handle_paths: HashMap::new(),
             dead: None,
             last_progress: Instant::now(),
         }
@@ -307,7 +312,6 @@ impl Session {
             }
         }
         features.in_order = has_limits && !has_vendor_id;
-        debug!(?features, has_limits, "SFTP server extensions");
 
         let shared = Arc::new(Shared {
             table: Mutex::new(Table::default()),
@@ -409,14 +413,23 @@ impl Session {
             let _ = tx.send(Err(SftpError::ConnectionLost));
             return Pending { rx };
         }
+        let logged = tracing::enabled!(target: REQUEST_LOG, tracing::Level::DEBUG);
+        let logged_as = logged.then(|| request.describe(|h| table.handle_paths.get(h).cloned()));
+        if let (true, Request::Close { handle }) = (logged, request) {
+            table.handle_paths.remove(handle);
+        }
+        let opens = request
+            .opens()
+            .filter(|_| logged)
+            .map(|p| String::from_utf8_lossy(p).into_owned());
         table.in_flight.insert(
             id,
             InFlight {
                 reply: tx,
                 on_wire: None,
                 submitted_at: Instant::now(),
-                logged_as: tracing::enabled!(target: REQUEST_LOG, tracing::Level::DEBUG)
-                    .then(|| request.describe()),
+                logged_as,
+                opens,
                 sent_at: None,
                 expired_at: None,
             },
@@ -813,7 +826,20 @@ async fn read_loop(mut incoming: Incoming, mut inbox: BytesMut, shared: Arc<Shar
             };
             match proto::decode_response(packet.clone()) {
                 Ok((id, response)) => {
-                    let entry = shared.table.lock().unwrap().in_flight.remove(&id);
+                    let entry = {
+                        let mut table = shared.table.lock().unwrap();
+                        let entry = table.in_flight.remove(&id);
+                        if let (
+                            Some(InFlight {
+                                opens: Some(path), ..
+                            }),
+                            Response::Handle(h),
+                        ) = (&entry, &response)
+                        {
+                            table.handle_paths.insert(h.clone(), path.clone());
+                        }
+                        entry
+                    };
                     match entry {
                         Some(entry) => {
                             if let Some(what) = &entry.logged_as {
@@ -906,6 +932,7 @@ mod tests {
             on_wire: None,
             submitted_at: now - submitted_ago,
             logged_as: None,
+            opens: None,
             sent_at: sent_ago.map(|ago| now - ago),
             expired_at: None,
         }

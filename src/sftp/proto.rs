@@ -265,10 +265,17 @@ pub enum Request {
 }
 
 impl Request {
-    /// One line for the request log: its type and its path or handle and range.
-    pub fn describe(&self) -> String {
+    /// One line for the request log: its type and its path or handle and range; a handle is
+    /// shown as the path `handle_path` gives for it (handles are reused, and mean nothing to a
+    /// reader), else in hex.
+    pub fn describe(&self, handle_path: impl Fn(&Bytes) -> Option<String>) -> String {
         let path = |p: &Bytes| String::from_utf8_lossy(p).into_owned();
-        let handle = |h: &Bytes| h.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let handle = |h: &Bytes| {
+            handle_path(h).unwrap_or_else(|| {
+                let hex = h.iter().map(|b| format!("{b:02x}")).collect::<String>();
+                format!("handle {hex}")
+            })
+        };
         match self {
             Request::Open {
                 path: p, pflags, ..
@@ -301,6 +308,14 @@ impl Request {
                 format!("SYMLINK {} -> {}", path(link), path(target))
             }
             Request::Extended { name, .. } => format!("EXTENDED {name}"),
+        }
+    }
+
+    /// The path an OPEN or OPENDIR opens: its handle's name in the request log.
+    pub fn opens(&self) -> Option<&Bytes> {
+        match self {
+            Request::Open { path, .. } | Request::Opendir { path } => Some(path),
+            _ => None,
         }
     }
 
