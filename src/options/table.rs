@@ -474,8 +474,8 @@ pub fn help_text(width: usize) -> String {
     out.push_str(
         "Unmount with `umount MOUNTPOINT` or `fusermount3 -u MOUNTPOINT`: data in flight is \
          written first.\nfstab: `alice@host:/srv /mnt/srv fuse.sftpmount \
-         _netdev,IdentityFile=/root/.ssh/id 0 0`\nState of each mount (connection, \
-         reconnections, traffic, open files): `sftpmount status [MOUNTPOINT]`.\nMore: man \
+         _netdev,IdentityFile=/root/.ssh/id 0 0`\nEach mount's state (connection, \
+         reconnections, traffic, files): `sftpmount status [MOUNTPOINT]`.\nMore: man \
          sftpmount.",
     );
     out
