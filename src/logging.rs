@@ -1,7 +1,7 @@
 //! Where the daemon's log goes: stderr in the foreground, the file `logfile=` names, else syslog
 //! (the systemd journal reads it) or, where there is no syslog (containers, minimal systems), a
-//! file in the user's state directory, said at mount. Until the mount is ready, warnings reach
-//! the terminal as well. Lines that may mix with other mounts' name their mount point.
+//! file in the user's state directory, said at mount. Warnings logged while a background mount
+//! starts are shown on the terminal once it is up. Lines that may mix with other mounts' name their mount point.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -41,14 +41,24 @@ enum Sink {
 /// The note to give at mount when the log is not where the user would look (syslog missing).
 static WHERE_NOTE: OnceLock<String> = OnceLock::new();
 
+/// Warnings logged while the mount was starting in the background: shown on the terminal once
+/// it is up (a refusal stays one line; the log has them either way).
+static START_WARNINGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
 /// The mount is ready and stderr is about to go: from now on the log alone is read.
 pub fn detached() {
     STARTING.store(false, Ordering::Relaxed);
 }
 
-/// Said once the mount is up, when the log went somewhere unexpected.
-pub fn where_note() -> Option<&'static str> {
-    WHERE_NOTE.get().map(String::as_str)
+/// What to tell the terminal once the mount is up: the warnings logged while it started, and
+/// where the log goes when that is somewhere unexpected.
+pub fn said_at_mount() -> Vec<String> {
+    let mut lines: Vec<String> = std::mem::take(&mut *START_WARNINGS.lock().unwrap())
+        .into_iter()
+        .map(|w| format!("warning: {w}"))
+        .collect();
+    lines.extend(WHERE_NOTE.get().map(|n| format!("note: {n}")));
+    lines
 }
 
 /// The log file used when there is no syslog: `$XDG_STATE_HOME/sftpmount/log`, else
@@ -166,8 +176,7 @@ pub fn init(logging: Logging, destination: Destination, mountpoint: &Path) -> Re
 
 /// One formatted log event, written whole when dropped: to syslog with the priority its level
 /// names, or to a file, with the mount point after the level; while the mount is starting, a
-/// warning goes to the terminal too (the refusal itself goes there through the ready pipe, as
-/// one line).
+/// warning is kept for the terminal too.
 #[derive(Default)]
 struct LogLine(Vec<u8>);
 
@@ -208,7 +217,7 @@ impl Drop for LogLine {
         };
         let message = text[at + level.len()..].trim_start();
         if level == "WARN" && STARTING.load(Ordering::Relaxed) {
-            eprintln!("sftpmount: warning: {message}");
+            START_WARNINGS.lock().unwrap().push(message.to_string());
         }
         let line = format!("{}{level} {label}: {message}", &text[..at]);
         match sink {

@@ -215,8 +215,8 @@ pub fn run(opts: Options, mountpoint: PathBuf, ready: Option<ReadyPipe>) -> anyh
         )
     };
     if let Some(ready) = ready {
-        if let Some(note) = crate::logging::where_note() {
-            eprintln!("sftpmount: note: {note}");
+        for line in crate::logging::said_at_mount() {
+            eprintln!("sftpmount: {line}");
         }
         ready.send(&[0]);
         detach();

@@ -143,8 +143,8 @@ pub const TABLE: &[OptionDoc] = &[
     ),
     row(
         Ssh,
-        "StrictHostKeyChecking=yes|accept-new|no",
-        "unknown host key: refuse (yes, the default; ask counts as yes), or learn it; a changed key is always refused",
+        "StrictHostKeyChecking=ask|yes|accept-new|no",
+        "unknown host key: ask at the terminal as ssh does (ask, the default: yes or the fingerprint records it; with no terminal or in BatchMode, refused), refuse (yes), or learn it; a changed key is always refused",
     ),
     row(
         Ssh,
@@ -194,7 +194,12 @@ pub const TABLE: &[OptionDoc] = &[
     row(
         Ssh,
         "BatchMode=yes",
-        "never ask for a password or passphrase",
+        "never ask for a password, a passphrase or a host key's trust",
+    ),
+    row(
+        Ssh,
+        "NumberOfPasswordPrompts=N",
+        "times a password or a key's passphrase is asked before going on (default 3)",
     ),
     row(
         Ssh,
@@ -204,7 +209,7 @@ pub const TABLE: &[OptionDoc] = &[
     row(
         Ssh,
         "LogLevel=, ControlPath=, ...",
-        "interactive ssh's settings, accepted with no effect: AddKeysToAgent, AddressFamily, Canonical*, CheckHostIP, ControlMaster, ControlPath, ControlPersist, EscapeChar, ExitOnForwardFailure, ForwardAgent, ForwardX11*, GSSAPI*, IPQoS, LogLevel, NoHostAuthenticationForLocalhost, NumberOfPasswordPrompts, PreferredAuthentications, Protocol, RequestTTY, SendEnv, SetEnv, TCPKeepAlive, UpdateHostKeys, VerifyHostKeyDNS, VisualHostKey",
+        "interactive ssh's settings, accepted with no effect: AddKeysToAgent, AddressFamily, Canonical*, CheckHostIP, ControlMaster, ControlPath, ControlPersist, EscapeChar, ExitOnForwardFailure, ForwardAgent, ForwardX11*, GSSAPI*, IPQoS, LogLevel, NoHostAuthenticationForLocalhost, PreferredAuthentications, Protocol, RequestTTY, SendEnv, SetEnv, TCPKeepAlive, UpdateHostKeys, VerifyHostKeyDNS, VisualHostKey",
     ),
     row(
         Ssh,

@@ -22,7 +22,12 @@ struct Secrets<'a> {
     cache: &'a SecretCache,
     from_stdin: bool,
     batch: bool,
-    skipped_keys: Vec<String>,
+    /// Times a password or passphrase is asked (NumberOfPasswordPrompts).
+    prompts: u32,
+    /// Encrypted keys not used, and why.
+    skipped_keys: Vec<(String, &'static str)>,
+    /// The password was typed at a prompt during this login: a wrong one may be asked again.
+    password_typed: bool,
 }
 
 impl Secrets<'_> {
@@ -34,11 +39,24 @@ impl Secrets<'_> {
                 std::io::stdin().read_line(&mut line).ok()?;
                 Some(line.trim_end_matches(['\n', '\r']).to_string())
             } else {
-                self.ask(prompt)
+                let typed = self.ask(prompt);
+                self.password_typed |= typed.is_some();
+                typed
             }
             .map(zeroize::Zeroizing::new);
         }
         password.as_ref().map(|p| p.to_string())
+    }
+
+    /// After a refused password: forgets it and says so, when the person who typed it may
+    /// type it again (not from stdin, not one kept from an earlier login).
+    fn password_refused(&mut self) -> bool {
+        if !self.password_typed {
+            return false;
+        }
+        *self.cache.password.lock().unwrap() = None;
+        tell_terminal("Permission denied, please try again.");
+        true
     }
 
     fn ask(&self, prompt: &str) -> Option<String> {
@@ -46,6 +64,14 @@ impl Secrets<'_> {
             return None;
         }
         ask_terminal(prompt)
+    }
+}
+
+/// A line to the person at the terminal, if there is one (as ssh's messages between prompts).
+fn tell_terminal(message: &str) {
+    use std::io::Write;
+    if let Ok(mut tty) = std::fs::OpenOptions::new().write(true).open("/dev/tty") {
+        let _ = writeln!(tty, "{message}\r");
     }
 }
 
@@ -93,7 +119,9 @@ pub(super) async fn authenticate(
         cache: &target.secrets,
         from_stdin: target.password_stdin,
         batch: target.batch_mode,
+        prompts: target.password_prompts,
         skipped_keys: Vec::new(),
+        password_typed: false,
     };
 
     if target.methods.publickey
@@ -214,10 +242,16 @@ pub(super) async fn authenticate(
     }
     if target.methods.password && offered(&methods, MethodKind::Password) {
         let prompt = format!("{}@{}'s password: ", user, target.host);
-        if let Some(password) = secrets.password(&prompt) {
+        for _ in 0..secrets.prompts {
+            let Some(password) = secrets.password(&prompt) else {
+                break;
+            };
             tried.push("password");
             if let AuthResult::Success = handle.authenticate_password(user, password).await? {
                 return Ok(());
+            }
+            if !secrets.password_refused() {
+                break;
             }
         }
     }
@@ -227,11 +261,8 @@ pub(super) async fn authenticate(
     } else {
         tried.join(", ")
     };
-    for skipped in &secrets.skipped_keys {
-        tried.push_str(&format!(
-            "; skipped encrypted key {skipped}: nobody to ask for its passphrase (no terminal, or \
-             BatchMode): add it to ssh-agent"
-        ));
+    for (skipped, why) in &secrets.skipped_keys {
+        tried.push_str(&format!("; skipped encrypted key {skipped}: {why}"));
     }
     Err(SshError::AuthRefused {
         user: user.to_string(),
@@ -342,17 +373,27 @@ fn read_key(
     match russh::keys::decode_secret_key(&text, None) {
         Ok(key) => Ok(Some(key)),
         Err(russh::keys::Error::KeyIsEncrypted) => {
-            let prompt = format!("Enter passphrase for key '{}': ", path.display());
-            let Some(passphrase) = secrets.ask(&prompt) else {
-                secrets.skipped_keys.push(path.display().to_string());
-                return Ok(None);
-            };
-            russh::keys::decode_secret_key(&text, Some(&passphrase))
-                .map(Some)
-                .map_err(|_| SshError::KeyFile {
-                    path: path.display().to_string(),
-                    why: "wrong passphrase".into(),
-                })
+            // As ssh: asked again after a wrong passphrase, then the key is passed over and
+            // the next method tried.
+            let mut prompt = format!("Enter passphrase for key '{}': ", path.display());
+            for _ in 0..secrets.prompts {
+                let Some(passphrase) = secrets.ask(&prompt).map(zeroize::Zeroizing::new) else {
+                    secrets.skipped_keys.push((
+                        path.display().to_string(),
+                        "nobody to ask for its passphrase (no terminal, or BatchMode): add it \
+                         to ssh-agent",
+                    ));
+                    return Ok(None);
+                };
+                if let Ok(key) = russh::keys::decode_secret_key(&text, Some(&passphrase)) {
+                    return Ok(Some(key));
+                }
+                prompt = format!("Bad passphrase, try again for '{}': ", path.display());
+            }
+            secrets
+                .skipped_keys
+                .push((path.display().to_string(), "wrong passphrase"));
+            Ok(None)
         }
         Err(e) => Err(SshError::KeyFile {
             path: path.display().to_string(),

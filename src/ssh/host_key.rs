@@ -23,6 +23,11 @@ pub(super) enum HostKeyVerdict {
     Unknown {
         fingerprint: String,
     },
+    /// Unknown, and StrictHostKeyChecking=ask: a person may be asked.
+    AskUser {
+        key: PublicKey,
+        fingerprint: String,
+    },
     Changed {
         fingerprint: String,
         file: String,
@@ -47,20 +52,22 @@ fn fingerprint(key: &PublicKey) -> String {
 }
 
 /// Every known_hosts file of `target` that can be read, parsed (see `known_hosts.rs`); a bad
-/// line is reported alone, a missing file is no news.
-fn read_known_hosts(target: &Target) -> Vec<(PathBuf, KnownHosts)> {
+/// line is reported alone (when `report` says: files are read twice a connection), a missing
+/// file is no news.
+fn read_known_hosts(target: &Target, report: bool) -> Vec<(PathBuf, KnownHosts)> {
     let mut files = Vec::new();
     for file in &target.known_hosts_files {
         match std::fs::read(file) {
             Ok(contents) => {
                 let parsed = known_hosts::parse(&contents, file);
-                for skipped in &parsed.skipped {
+                for skipped in parsed.skipped.iter().filter(|_| report) {
                     warn!("known_hosts {skipped}");
                 }
                 files.push((file.clone(), parsed));
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => warn!("cannot read known_hosts file {}: {e}", file.display()),
+            Err(e) if report => warn!("cannot read known_hosts file {}: {e}", file.display()),
+            Err(_) => {}
         }
     }
     files
@@ -79,7 +86,7 @@ fn presented_key(presented: &PublicKeyOrCertificate) -> (PublicKey, Option<&Cert
 /// Whether a `@cert-authority` line names the host: then host certificates are asked for.
 pub(super) fn wants_certificates(target: &Target) -> bool {
     let (name, port) = target.known_hosts_key();
-    let files = read_known_hosts(target);
+    let files = read_known_hosts(target, false);
     known_hosts::names_an_authority(
         files.iter().map(|(f, k)| (f.as_path(), k)),
         &known_hosts::lookup_name(name, port),
@@ -135,7 +142,7 @@ pub(super) fn check_host_key(
     if let Some(refusal) = revoked_by_file(target, &keys) {
         return refusal;
     }
-    let files = read_known_hosts(target);
+    let files = read_known_hosts(target, true);
     let lookup = known_hosts::lookup_name(name, port);
     // A certificate is accepted on a trusted authority's word; failing that, its key is
     // checked as a plain host key (as ssh: "No matching CA found. Retry with plain key").
@@ -193,9 +200,24 @@ pub(super) fn check_host_key(
         }
         Verdict::Unknown => {}
     }
-    if target.strict == StrictHostKeyChecking::Yes {
-        return HostKeyVerdict::Unknown { fingerprint };
+    match target.strict {
+        StrictHostKeyChecking::Yes => return HostKeyVerdict::Unknown { fingerprint },
+        StrictHostKeyChecking::Ask => {
+            return HostKeyVerdict::AskUser {
+                key: key.clone(),
+                fingerprint,
+            };
+        }
+        StrictHostKeyChecking::AcceptNew | StrictHostKeyChecking::No => {}
     }
+    learn(target, key)
+}
+
+/// Records `key` for the target's host where UserKnownHostsFile says (the first file).
+pub(super) fn learn(target: &Target, key: &PublicKey) -> HostKeyVerdict {
+    let fingerprint = fingerprint(key);
+    let (name, port) = target.known_hosts_key();
+    let lookup = known_hosts::lookup_name(name, port);
     // /dev/null (the usual way to say "a throwaway host, remember nothing") cannot be appended
     // to as a file: accept the key for this mount only, as ssh does in effect.
     let Some(learn_into) = target.learn_into.as_ref().filter(|f| !is_device(f)) else {
@@ -222,6 +244,48 @@ pub(super) fn check_host_key(
     }
 }
 
+/// Asks at the terminal, as ssh does, whether an unknown host key is to be trusted: `yes` or
+/// its fingerprint trusts it, `no` does not. `None` when there is no terminal to ask at.
+pub(super) fn ask_user(target: &Target, key: &PublicKey) -> Option<bool> {
+    use std::io::{BufRead, Write};
+    let tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+        .ok()?;
+    let mut out = tty.try_clone().ok()?;
+    let mut answers = std::io::BufReader::new(tty);
+    let name = target.known_hosts_name();
+    let sha256 = key.fingerprint(HashAlg::Sha256).to_string();
+    write!(
+        out,
+        "The authenticity of host '{name}' can't be established.\r\n{} key fingerprint is \
+         {sha256}.\r\nAre you sure you want to continue connecting (yes/no/[fingerprint])? ",
+        key_type_name(key)
+    )
+    .ok()?;
+    loop {
+        let mut line = String::new();
+        if answers.read_line(&mut line).ok()? == 0 {
+            return Some(false);
+        }
+        match line.trim() {
+            "yes" => return Some(true),
+            "no" => return Some(false),
+            answer if answer == sha256 => return Some(true),
+            _ => write!(out, "Please type 'yes', 'no' or the fingerprint: ").ok()?,
+        }
+    }
+}
+
+/// The key type as ssh names it in its prompt (ED25519, ECDSA, RSA).
+fn key_type_name(key: &PublicKey) -> String {
+    let name = key.algorithm().as_str().to_string();
+    let name = name.strip_prefix("ssh-").unwrap_or(&name);
+    let name = name.split('-').next().unwrap_or(name);
+    name.to_ascii_uppercase()
+}
+
 /// A character or block device, such as /dev/null.
 fn is_device(path: &Path) -> bool {
     use std::os::unix::fs::FileTypeExt;
@@ -237,9 +301,9 @@ pub(super) fn host_key_error(
 ) -> SshError {
     let host = target.known_hosts_name();
     match verdict.lock().unwrap().take() {
-        Some(HostKeyVerdict::Unknown { fingerprint }) => {
-            SshError::UnknownHostKey { host, fingerprint }
-        }
+        Some(
+            HostKeyVerdict::Unknown { fingerprint } | HostKeyVerdict::AskUser { fingerprint, .. },
+        ) => SshError::UnknownHostKey { host, fingerprint },
         Some(HostKeyVerdict::Changed {
             fingerprint,
             file,

@@ -122,6 +122,7 @@ impl std::fmt::Debug for SecretCache {
 pub struct ClientHandler {
     target: Arc<Target>,
     verdict: Arc<Mutex<Option<HostKeyVerdict>>>,
+    clock: PromptClock,
     /// What carries this connection, kept as long as the session runs: the jump host's
     /// connection (its channel is our stream) or the proxy command (killed with the session).
     _carrier: Option<Carrier>,
@@ -141,7 +142,26 @@ impl client::Handler for ClientHandler {
         &mut self,
         key: &russh::keys::PublicKeyOrCertificate,
     ) -> Result<bool, Self::Error> {
-        let verdict = host_key::check_host_key(&self.target, key);
+        let mut verdict = host_key::check_host_key(&self.target, key);
+        if let HostKeyVerdict::AskUser { key, fingerprint } = &verdict {
+            let trusted = if self.target.batch_mode {
+                None
+            } else {
+                // A person typing is not a network wait: the connect timeout stops meanwhile.
+                let _asking = self.clock.asking();
+                let (target, key) = (self.target.clone(), key.clone());
+                tokio::task::spawn_blocking(move || host_key::ask_user(&target, &key))
+                    .await
+                    .ok()
+                    .flatten()
+            };
+            verdict = match trusted {
+                Some(true) => host_key::learn(&self.target, key),
+                _ => HostKeyVerdict::Unknown {
+                    fingerprint: fingerprint.clone(),
+                },
+            };
+        }
         let accept = matches!(verdict, HostKeyVerdict::Known);
         *self.verdict.lock().unwrap() = Some(verdict);
         Ok(accept)
@@ -165,76 +185,79 @@ fn connect_to(
         let verdict = Arc::new(Mutex::new(None));
         let config = Arc::new(client_config(&target));
         let timeout = target.connect_timeout;
+        let clock = PromptClock::default();
         debug!("connecting to {addr} as {}", target.user);
-        let connected = tokio::time::timeout(timeout, async {
-            let result = match &target.route {
-                Route::Direct => {
-                    let stream =
-                        tokio::net::TcpStream::connect((target.host.as_str(), target.port))
+        let connected = clock
+            .timeout(timeout, async {
+                let result = match &target.route {
+                    Route::Direct => {
+                        let stream =
+                            tokio::net::TcpStream::connect((target.host.as_str(), target.port))
+                                .await
+                                .map_err(|source| SshError::Unreachable {
+                                    addr: addr.clone(),
+                                    source,
+                                })?;
+                        stream.set_nodelay(true).ok();
+                        limit_unsent(&stream);
+                        let handler = handler(&target, &verdict, &clock, None);
+                        client::connect_stream(config, stream, handler).await
+                    }
+                    Route::Jump(jump) => {
+                        let via = connect(jump.clone()).await?;
+                        let channel = via
+                            .channel_open_direct_tcpip(
+                                target.host.clone(),
+                                target.port.into(),
+                                "127.0.0.1",
+                                0,
+                            )
                             .await
-                            .map_err(|source| SshError::Unreachable {
+                            .map_err(|e| SshError::Jump {
                                 addr: addr.clone(),
+                                jump: jump.addr(),
+                                why: match e {
+                                    russh::Error::ChannelOpenFailure(reason) => format!(
+                                        "it refused to forward ({reason:?}): does its sshd allow \
+                                     AllowTcpForwarding, and can it reach {addr}?"
+                                    ),
+                                    other => other.to_string(),
+                                },
+                            })?;
+                        debug!("reached {addr} through {}", jump.addr());
+                        let stream = channel.into_stream();
+                        let handler = handler(&target, &verdict, &clock, Some(Carrier::Jump(via)));
+                        client::connect_stream(config, stream, handler).await
+                    }
+                    Route::Command(command) => {
+                        let mut child = tokio::process::Command::new("/bin/sh")
+                            .arg("-c")
+                            .arg(format!("exec {command}"))
+                            .stdin(std::process::Stdio::piped())
+                            .stdout(std::process::Stdio::piped())
+                            .kill_on_drop(true)
+                            .spawn()
+                            .map_err(|source| SshError::ProxyCommand {
+                                command: command.clone(),
                                 source,
                             })?;
-                    stream.set_nodelay(true).ok();
-                    limit_unsent(&stream);
-                    let handler = handler(&target, &verdict, None);
-                    client::connect_stream(config, stream, handler).await
-                }
-                Route::Jump(jump) => {
-                    let via = connect(jump.clone()).await?;
-                    let channel = via
-                        .channel_open_direct_tcpip(
-                            target.host.clone(),
-                            target.port.into(),
-                            "127.0.0.1",
-                            0,
-                        )
-                        .await
-                        .map_err(|e| SshError::Jump {
-                            addr: addr.clone(),
-                            jump: jump.addr(),
-                            why: match e {
-                                russh::Error::ChannelOpenFailure(reason) => format!(
-                                    "it refused to forward ({reason:?}): does its sshd allow \
-                                     AllowTcpForwarding, and can it reach {addr}?"
-                                ),
-                                other => other.to_string(),
-                            },
-                        })?;
-                    debug!("reached {addr} through {}", jump.addr());
-                    let stream = channel.into_stream();
-                    let handler = handler(&target, &verdict, Some(Carrier::Jump(via)));
-                    client::connect_stream(config, stream, handler).await
-                }
-                Route::Command(command) => {
-                    let mut child = tokio::process::Command::new("/bin/sh")
-                        .arg("-c")
-                        .arg(format!("exec {command}"))
-                        .stdin(std::process::Stdio::piped())
-                        .stdout(std::process::Stdio::piped())
-                        .kill_on_drop(true)
-                        .spawn()
-                        .map_err(|source| SshError::ProxyCommand {
-                            command: command.clone(),
-                            source,
-                        })?;
-                    let (Some(stdout), Some(stdin)) = (child.stdout.take(), child.stdin.take())
-                    else {
-                        return Err(SshError::ProxyCommand {
-                            command: command.clone(),
-                            source: std::io::Error::other("its stdin or stdout is not a pipe"),
-                        });
-                    };
-                    debug!("reaching {addr} through ProxyCommand {command}");
-                    let stream = tokio::io::join(stdout, stdin);
-                    let handler = handler(&target, &verdict, Some(Carrier::Command(child)));
-                    client::connect_stream(config, stream, handler).await
-                }
-            };
-            result.map_err(|e| host_key::host_key_error(&target, &verdict, e))
-        })
-        .await;
+                        let (Some(stdout), Some(stdin)) = (child.stdout.take(), child.stdin.take())
+                        else {
+                            return Err(SshError::ProxyCommand {
+                                command: command.clone(),
+                                source: std::io::Error::other("its stdin or stdout is not a pipe"),
+                            });
+                        };
+                        debug!("reaching {addr} through ProxyCommand {command}");
+                        let stream = tokio::io::join(stdout, stdin);
+                        let handler =
+                            handler(&target, &verdict, &clock, Some(Carrier::Command(child)));
+                        client::connect_stream(config, stream, handler).await
+                    }
+                };
+                result.map_err(|e| host_key::host_key_error(&target, &verdict, e))
+            })
+            .await;
         let mut handle = connected.map_err(|_| SshError::Timeout {
             addr: addr.clone(),
             secs: timeout.as_secs(),
@@ -246,14 +269,77 @@ fn connect_to(
     })
 }
 
+/// The connect timeout's clock, stopped while a person is asked something (a host key's
+/// yes or no): a person typing is not a network wait.
+#[derive(Clone, Default)]
+struct PromptClock(Arc<Mutex<ClockState>>);
+
+#[derive(Default)]
+struct ClockState {
+    /// Time spent asking, finished questions.
+    asked: std::time::Duration,
+    asking_since: Option<std::time::Instant>,
+}
+
+/// Restarts the clock when dropped.
+struct Asking(PromptClock);
+
+impl Drop for Asking {
+    fn drop(&mut self) {
+        let mut state = (self.0).0.lock().unwrap();
+        if let Some(since) = state.asking_since.take() {
+            state.asked += since.elapsed();
+        }
+    }
+}
+
+impl PromptClock {
+    fn asking(&self) -> Asking {
+        self.0.lock().unwrap().asking_since = Some(std::time::Instant::now());
+        Asking(self.clone())
+    }
+
+    /// Time not to count: questions asked, and the one being asked.
+    fn paused(&self) -> std::time::Duration {
+        let state = self.0.lock().unwrap();
+        state.asked
+            + state
+                .asking_since
+                .map_or_else(Default::default, |s| s.elapsed())
+    }
+
+    /// `future`, unless `timeout` of network time (time not spent asking) passes first.
+    async fn timeout<F: Future>(
+        &self,
+        timeout: std::time::Duration,
+        future: F,
+    ) -> Result<F::Output, ()> {
+        let start = std::time::Instant::now();
+        tokio::pin!(future);
+        loop {
+            let deadline = start + timeout + self.paused();
+            tokio::select! {
+                out = &mut future => return Ok(out),
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    if start + timeout + self.paused() <= std::time::Instant::now() {
+                        return Err(());
+                    }
+                }
+            }
+        }
+    }
+}
+
 fn handler(
     target: &Arc<Target>,
     verdict: &Arc<Mutex<Option<HostKeyVerdict>>>,
+    clock: &PromptClock,
     carrier: Option<Carrier>,
 ) -> ClientHandler {
     ClientHandler {
         target: target.clone(),
         verdict: verdict.clone(),
+        clock: clock.clone(),
         _carrier: carrier,
     }
 }

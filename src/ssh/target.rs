@@ -15,6 +15,9 @@ use super::{SecretCache, SshError};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StrictHostKeyChecking {
     Yes,
+    /// ssh's default: a person at a terminal is asked (yes, no or the fingerprint); with
+    /// nobody to ask, as `Yes`.
+    Ask,
     AcceptNew,
     No,
 }
@@ -22,7 +25,8 @@ pub enum StrictHostKeyChecking {
 impl StrictHostKeyChecking {
     pub fn parse(value: &str) -> Option<Self> {
         match value.to_ascii_lowercase().as_str() {
-            "yes" | "ask" => Some(Self::Yes),
+            "yes" => Some(Self::Yes),
+            "ask" => Some(Self::Ask),
             "accept-new" => Some(Self::AcceptNew),
             "no" | "off" => Some(Self::No),
             _ => None,
@@ -85,6 +89,8 @@ pub struct Target {
     pub methods: Methods,
     /// BatchMode: never ask anybody for a password or passphrase.
     pub batch_mode: bool,
+    /// Times a password or passphrase is asked (NumberOfPasswordPrompts).
+    pub password_prompts: u32,
     pub password_stdin: bool,
     /// What the first connection was given, for the reconnections.
     pub secrets: Arc<SecretCache>,
@@ -333,12 +339,12 @@ fn resolve_host(spec: HostSpec, config_paths: &[PathBuf], hops: usize) -> Result
         }
     };
     let strict = match c.get("stricthostkeychecking") {
-        None => StrictHostKeyChecking::Yes,
+        None => StrictHostKeyChecking::Ask,
         Some(v) => StrictHostKeyChecking::parse(v).ok_or_else(|| {
             bad(
                 "StrictHostKeyChecking",
                 v,
-                "expected yes, accept-new or no".into(),
+                "expected yes, ask, accept-new or no".into(),
             )
         })?,
     };
@@ -378,6 +384,12 @@ fn resolve_host(spec: HostSpec, config_paths: &[PathBuf], hops: usize) -> Result
             password: yes_no("passwordauthentication", true)?,
         },
         batch_mode: yes_no("batchmode", false)?,
+        password_prompts: match c.get("numberofpasswordprompts") {
+            None => 3,
+            Some(v) => v
+                .parse()
+                .map_err(|_| bad("NumberOfPasswordPrompts", v, "expected a number".into()))?,
+        },
         password_stdin: false,
         secrets: Arc::default(),
         host,
