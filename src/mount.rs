@@ -173,6 +173,7 @@ pub fn run(opts: Options, mountpoint: PathBuf, ready: Option<ReadyPipe>) -> anyh
     };
     let core = Arc::new(core);
     runtime.spawn(core.clone().follow_reconnections());
+    runtime.spawn(give_memory_back_when_idle());
     let ttl = KernelTtl {
         attr: opts.attr_timeout,
         entry: opts.entry_timeout,
@@ -269,6 +270,26 @@ pub fn run(opts: Options, mountpoint: PathBuf, ready: Option<ReadyPipe>) -> anyh
     }
     info!("unmounted {}", mountpoint.display());
     Ok(())
+}
+
+/// Returns the heap's free memory to the system once the mount has sent no request for a
+/// while: a tree walk's listings and a transfer's buffers are freed when done, but the
+/// allocator keeps the pages (measured: 100 MB resident after one `ls -R`, for nothing).
+async fn give_memory_back_when_idle() {
+    const IDLE: std::time::Duration = std::time::Duration::from_secs(10);
+    let mut last = crate::sftp::traffic::requests();
+    let mut trimmed = true;
+    loop {
+        tokio::time::sleep(IDLE).await;
+        let now = crate::sftp::traffic::requests();
+        if now != last {
+            (last, trimmed) = (now, false);
+        } else if !trimmed {
+            // SAFETY: malloc_trim only walks the allocator's own free lists.
+            unsafe { libc::malloc_trim(0) };
+            trimmed = true;
+        }
+    }
 }
 
 /// A lazy unmount: busy files (a writer still holding one open) must not keep us mounted. An

@@ -346,7 +346,7 @@ fn cached_pages_survive_a_reopen_until_the_file_changes() {
 }
 
 #[test]
-fn reading_a_directory_fetches_listings_three_levels_below_it_ahead() {
+fn a_look_at_a_directory_fetches_nothing_more_and_a_walk_is_fetched_ahead() {
     let recorder = SftpRecorder::new();
     let sshd = Sshd::start_recorded(&recorder);
     let top = sshd.remote_root().join("top");
@@ -357,16 +357,6 @@ fn reading_a_directory_fetches_listings_three_levels_below_it_ahead() {
     }
     let with = Mount::new(&sshd, &[]);
     let without = Mount::new(&sshd, &["-o", "dir_prefetch=no"]);
-
-    let before = recorder.settled();
-    assert_eq!(names(&without.join("top")).len(), 6);
-    assert_eq!(names(&without.join("top/a")), set_names(&["b"]));
-    let cost = recorder.settled().since(&before);
-    assert_eq!(cost.count("OPENDIR"), 2, "without prefetch: {cost:?}");
-
-    let before = recorder.settled();
-    assert_eq!(names(&with.join("top")).len(), 6);
-    let cost = recorder.settled().since(&before);
     let opened = |cost: &SftpRequests| -> BTreeSet<String> {
         let root = sshd.remote_root().join("top");
         let root = root.to_str().unwrap();
@@ -375,24 +365,50 @@ fn reading_a_directory_fetches_listings_three_levels_below_it_ahead() {
             .map(|p| p.strip_prefix(root).unwrap_or(p).to_string())
             .collect()
     };
-    // top, its six subdirectories, a/b and a/b/c: not a/b/c/d, four levels down.
-    assert_eq!(
-        opened(&cost),
-        set_names(&[
-            "", "/a", "/x0", "/x1", "/x2", "/x3", "/x4", "/a/b", "/a/b/c"
-        ]),
-        "ls of top: {cost:?}"
-    );
+
+    let before = recorder.settled();
+    assert_eq!(names(&without.join("top")).len(), 6);
+    assert_eq!(names(&without.join("top/a")), set_names(&["b"]));
+    let cost = recorder.settled().since(&before);
+    assert_eq!(cost.count("OPENDIR"), 2, "without prefetch: {cost:?}");
+
+    // `ls top`: a look, not a walk. Nothing is fetched that was not asked for.
+    let before = recorder.settled();
+    assert_eq!(names(&with.join("top")).len(), 6);
+    let cost = recorder.settled().since(&before);
+    assert_eq!(opened(&cost), set_names(&[""]), "ls of top: {cost:?}");
+
+    // A walk (a directory read just after its parent, as ls -R, find and du go): the rest of
+    // the tree is fetched ahead, each directory once, and the walker finds the deepest one
+    // already there.
     let before = recorder.settled();
     assert_eq!(names(&with.join("top/x3")), set_names(&["file"]));
-    assert_eq!(names(&with.join("top/a/b/c")), set_names(&["d"]));
-    // Those were fetched ahead; reading a/b/c moved the frontier on to what is below it.
-    let cost = recorder.settled().since(&before);
+    for (dir, below) in [
+        ("top/a", "b"),
+        ("top/a/b", "c"),
+        ("top/a/b/c", "d"),
+        ("top/a/b/c/d", "e"),
+    ] {
+        assert_eq!(names(&with.join(dir)), set_names(&[below]));
+    }
+    let walk = recorder.settled().since(&before);
     assert_eq!(
-        opened(&cost),
-        set_names(&["/a/b/c/d", "/a/b/c/d/e"]),
-        "{cost:?}"
+        opened(&walk),
+        set_names(&[
+            "/a",
+            "/x0",
+            "/x1",
+            "/x2",
+            "/x3",
+            "/x4",
+            "/a/b",
+            "/a/b/c",
+            "/a/b/c/d",
+            "/a/b/c/d/e"
+        ]),
+        "{walk:?}"
     );
+    assert!(walk.opened_dirs.values().all(|&n| n == 1), "{walk:?}");
     let before = recorder.settled();
     assert_eq!(names(&with.join("top/a/b/c/d/e")).len(), 0);
     assert_eq!(recorder.settled().since(&before).total(), 0);
@@ -407,6 +423,9 @@ fn a_directory_too_large_to_cache_is_not_fetched_ahead_again_and_again() {
     let m = Mount::new(&sshd, &["-o", "dcache_max_size=100"]);
     let before = recorder.settled();
     for _ in 0..3 {
+        // A walk's step (top read just after the mount's root): top's subdirectories are
+        // fetched ahead.
+        assert_eq!(names(m.path()), set_names(&["top"]));
         assert_eq!(names(&m.join("top")), set_names(&["big"]));
         // Each listing's prefetch is over before the next listing.
         recorder.settled();
@@ -416,7 +435,7 @@ fn a_directory_too_large_to_cache_is_not_fetched_ahead_again_and_again() {
     assert_eq!(
         cost.opened_dirs.get(big_path).copied(),
         Some(1),
-        "three listings of its parent: {cost:?}"
+        "three walks through its parent: {cost:?}"
     );
     // Read for real, it is listed every time (it cannot be kept).
     assert_eq!(names(&m.join("top/big")).len(), 300);

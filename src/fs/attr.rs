@@ -439,7 +439,7 @@ impl Core {
         let mut attrs = Attrs::default();
         if let Some(size) = set.size {
             // Writes already accepted must land before the size changes under them.
-            if let Some(w) = self.inode_writes(ino) {
+            if let Some(w) = self.inode_writes_or_new(ino) {
                 w.settle().await;
                 // Read-ahead past the new end would be stale.
                 w.truncated_to(size);

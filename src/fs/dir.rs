@@ -23,6 +23,10 @@ const DIR_PREFETCH_CONCURRENCY: usize = 16;
 const DIR_PREFETCH_STACK: usize = 256;
 /// How far below a directory being read its subdirectories are fetched ahead.
 const DIR_PREFETCH_DEPTH: u32 = 3;
+/// A directory read within this of its parent is a step of a tree walk.
+const WALK_WINDOW: std::time::Duration = std::time::Duration::from_secs(5);
+/// Directories read lately, remembered to see a walk.
+const RECENT_READS: usize = 64;
 
 /// Entries, and bytes of names, one listing may hold: a server that never ends a listing must
 /// not take the mount's memory with it.
@@ -61,11 +65,50 @@ pub struct DirEntry {
     pub gone: bool,
 }
 
-/// Directories whose listings are to be fetched ahead (top = next), and the workers doing it.
+/// Directories whose listings are to be fetched ahead (top = next), the workers doing it, and
+/// the directories read lately with their subdirectories (to tell a walk from a look).
 #[derive(Default)]
 pub(super) struct DirPrefetch {
     pub(super) stack: std::collections::VecDeque<(Vec<u8>, u32)>,
     pub(super) workers: usize,
+    recent: std::collections::VecDeque<RecentRead>,
+}
+
+struct RecentRead {
+    path: Vec<u8>,
+    at: std::time::Instant,
+    subdirs: Vec<Vec<u8>>,
+}
+
+impl DirPrefetch {
+    /// Notes that `path` was read, with its `subdirs` (paths, in name order). When it lies
+    /// below a directory read within [`WALK_WINDOW`], a walk is under way: returns that
+    /// directory's other subdirectories, the walk's next steps after this one's own.
+    fn read(&mut self, path: &[u8], subdirs: &[Vec<u8>]) -> Option<Vec<Vec<u8>>> {
+        let now = std::time::Instant::now();
+        let parent = &path[..path.iter().rposition(|&b| b == b'/').unwrap_or(0)];
+        let siblings = self
+            .recent
+            .iter()
+            .find(|r| r.path == parent && now.duration_since(r.at) < WALK_WINDOW)
+            .map(|r| {
+                r.subdirs
+                    .iter()
+                    .filter(|s| s.as_slice() != path)
+                    .cloned()
+                    .collect()
+            });
+        self.recent.retain(|r| r.path != path);
+        self.recent.push_back(RecentRead {
+            path: path.to_vec(),
+            at: now,
+            subdirs: subdirs.to_vec(),
+        });
+        if self.recent.len() > RECENT_READS {
+            self.recent.pop_front();
+        }
+        siblings
+    }
 }
 
 /// A listing being fetched, for others who want it too.
@@ -200,7 +243,9 @@ impl Core {
 
     /// Fetches listings below the directory `dir` into the cache while its reader is busy
     /// with it, so that a tree walk (`ls -lR`, `find`, `du`) finds them there instead of
-    /// waiting two round trips per directory, one directory after another. `subdirs` (the ones
+    /// waiting two round trips per directory, one directory after another. A walk shows as a
+    /// directory read a moment after its parent; a directory read alone fetches nothing more.
+    /// `subdirs` (the ones
     /// the kernel was just told about, in name order as `ls -R` and `find -s` visit them) go on
     /// top of one stack for the mount: the directory read last is the walker's position, so its
     /// neighbourhood comes first. [`DIR_PREFETCH_CONCURRENCY`] workers take from the top, each
@@ -215,7 +260,14 @@ impl Core {
             return;
         };
         subdirs.sort();
-        let paths = subdirs.iter().map(|name| join(&base, name)).collect();
+        let paths: Vec<Vec<u8>> = subdirs.iter().map(|name| join(&base, name)).collect();
+        // Only a walk: a look at one directory (`ls /usr`) fetches nothing it did not ask for.
+        let Some(siblings) = self.dir_prefetch.lock().unwrap().read(&base, &paths) else {
+            return;
+        };
+        // The walker's next steps: this directory's subdirectories first (on top), then the
+        // rest of its parent's.
+        self.push_prefetch(siblings, 1);
         self.push_prefetch(paths, 1);
     }
 
@@ -317,7 +369,9 @@ impl Core {
                                 let mut attrs = e.attrs;
                                 attrs.nlink = crate::sftp::proto::longname_nlink(&e.longname);
                                 name_bytes += e.filename.len();
-                                entries.push((e.filename, attrs))
+                                // A copy: a slice would keep the whole reply packet
+                                // alive as long as the cache keeps the name.
+                                entries.push((Bytes::copy_from_slice(&e.filename), attrs))
                             }
                             Ok(false) => {}
                             Err(why) => rejected.push(why),

@@ -88,7 +88,9 @@ struct Node {
     lookups: u64,
     /// Symlinks need the non-following lsetstat: setstat would change their target.
     symlink: bool,
-    writes: Arc<InodeWrites>,
+    /// Made at the first open or truncate: most inodes are only ever looked at, and a tree
+    /// walk's hundred thousand would each carry one for nothing.
+    writes: Option<Arc<InodeWrites>>,
     /// What the file was when it was last opened: the kernel's cached pages are kept across
     /// opens only while it stays the same.
     contents_seen: Option<ContentsSeen>,
@@ -111,7 +113,7 @@ impl Node {
             place,
             lookups: 1,
             symlink,
-            writes: Arc::default(),
+            writes: None,
             contents_seen: None,
             shown: None,
             ctime: None,
@@ -356,8 +358,16 @@ impl InodeTable {
         self.nodes.get(&ino).is_some_and(|n| n.symlink)
     }
 
+    /// The write state of `ino`, if it was ever opened or truncated (else it has none to
+    /// wait for).
     pub fn writes(&self, ino: u64) -> Option<Arc<InodeWrites>> {
-        self.nodes.get(&ino).map(|n| n.writes.clone())
+        self.nodes.get(&ino).and_then(|n| n.writes.clone())
+    }
+
+    /// The write state of `ino`, made now if it has none; `None` for an inode we forgot.
+    pub fn writes_or_new(&mut self, ino: u64) -> Option<Arc<InodeWrites>> {
+        let node = self.nodes.get_mut(&ino)?;
+        Some(node.writes.get_or_insert_with(Arc::default).clone())
     }
 
     /// The name is gone on the server; the inode stays for whoever still holds it open, and

@@ -278,8 +278,15 @@ impl Core {
             .ok_or(libc::ESTALE)
     }
 
+    /// `ino`'s write state if it has one: none means nothing of it is in flight.
     fn inode_writes(&self, ino: u64) -> Option<Arc<InodeWrites>> {
         self.inodes.lock().unwrap().writes(ino)
+    }
+
+    /// `ino`'s write state, made if it has none (an open, a truncate); `None`: a forgotten
+    /// inode.
+    fn inode_writes_or_new(&self, ino: u64) -> Option<Arc<InodeWrites>> {
+        self.inodes.lock().unwrap().writes_or_new(ino)
     }
 
     /// The path of `ino` while a name still reaches it (it was not unlinked): the cache's key.

@@ -224,7 +224,7 @@ impl Core {
         opener: u32,
     ) -> FsResult<u64> {
         let channel = opened.channel;
-        let Some(inode_writes) = self.inode_writes(ino) else {
+        let Some(inode_writes) = self.inode_writes_or_new(ino) else {
             opened.session.close_unawaited(opened.handle);
             self.files_on[channel].fetch_sub(1, Ordering::Relaxed);
             return Err(libc::ESTALE);
@@ -622,7 +622,7 @@ impl Core {
         };
         let handle = handle.map_err(errno)?;
         let keep_cache = self.keep_cache(ino, attrs.as_ref());
-        if let Some(w) = self.inode_writes(ino) {
+        if let Some(w) = self.inode_writes_or_new(ino) {
             if !self.is_open(ino) {
                 w.forget_size();
             }

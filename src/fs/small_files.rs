@@ -136,7 +136,7 @@ impl Core {
             return None;
         }
         self.small_files.fetched(path).await;
-        let writes = self.inode_writes(ino)?;
+        let writes = self.inode_writes_or_new(ino)?;
         if writes.pending() {
             return None;
         }

@@ -406,6 +406,7 @@ impl Session {
         }
         let id = table.next_id;
         table.next_id = table.next_id.wrapping_add(1);
+        super::traffic::count_request();
         let mut head = BytesMut::with_capacity(256);
         let tail = request.encode_head(id, &mut head);
         // Queue under the table lock so that queue order is id order.
