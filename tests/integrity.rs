@@ -334,11 +334,17 @@ fn writes_lost_at_shutdown_are_logged_with_file_and_bytes() {
         .find(|l| l.contains("did not reach the server"))
         .unwrap_or_else(|| panic!("no loss in the log: {log}"));
     assert!(line.contains("/doomed"), "{line}");
-    let bytes: u64 = line
-        .split_whitespace()
-        .skip_while(|w| !w.ends_with("ERROR"))
-        .nth(1)
+    // `TIME ERROR MOUNTPOINT: N bytes written to PATH did not reach the server: ...`
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let bytes: u64 = words
+        .iter()
+        .position(|w| *w == "bytes")
+        .and_then(|i| words.get(i.checked_sub(1)?))
         .and_then(|w| w.parse().ok())
         .unwrap_or_else(|| panic!("no byte count in: {line}"));
+    assert!(
+        line.contains(&format!("ERROR {}: ", m.path().display())),
+        "{line}"
+    );
     assert!(bytes > 0 && bytes <= 8 * MIB as u64, "{line}");
 }
