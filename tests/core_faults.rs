@@ -538,3 +538,43 @@ async fn a_name_removed_or_replaced_while_its_last_release_is_on_its_way_leaves_
         f.core.unlink(ROOT, b"a").await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn times_set_after_writes_stay_set_when_a_cut_makes_the_writes_go_again() {
+    let f = start(settings()).await;
+    let data = random_bytes(6 * MIB, 11);
+    let fh = f.create("f").await;
+    let ino = f.core.lookup(ROOT, b"f").await.expect("lookup").attr.ino.0;
+    // Nothing reaches the server from here on: the writes, and the times set after them (as
+    // cp -p, tar and rsync -t set them after their last write), wait for the next connection.
+    f.server.black_hole();
+    f.write_all(fh, 0, &data)
+        .await
+        .expect("writes held for the link");
+    let mtime = std::time::UNIX_EPOCH + Duration::from_secs(1_500_000_000);
+    let times = SetAttr {
+        atime: Some(mtime),
+        mtime: Some(mtime),
+        ..SetAttr::default()
+    };
+    within(
+        Duration::from_secs(5),
+        "futimens behind unsent writes",
+        f.core.setattr(ino, Some(fh), times, std::process::id()),
+    )
+    .await
+    .expect("futimens");
+    f.server.cut();
+    within(Duration::from_secs(60), "close", f.close(fh))
+        .await
+        .expect("close after the cut");
+    assert_eq!(f.server.connections(), 2, "one reconnection");
+    assert_same("the server's file", &f.on_server("f"), &data);
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(f.dir.path().join("f")).unwrap();
+    assert_eq!(
+        meta.mtime(),
+        1_500_000_000,
+        "the writes sent again moved the mtime"
+    );
+}
