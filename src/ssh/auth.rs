@@ -60,7 +60,13 @@ impl Secrets<'_> {
     }
 
     fn ask(&self, prompt: &str) -> Option<String> {
-        if self.batch {
+        // A reconnection asks nobody: whoever mounted may be long gone from that terminal.
+        if self.batch
+            || self
+                .cache
+                .logged_in
+                .load(std::sync::atomic::Ordering::Relaxed)
+        {
             return None;
         }
         ask_terminal(prompt)

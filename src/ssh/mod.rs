@@ -9,6 +9,7 @@ pub mod known_hosts;
 pub mod target;
 
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use russh::client::{self, Handle};
@@ -111,6 +112,9 @@ impl SshError {
 pub struct SecretCache {
     password: Mutex<Option<zeroize::Zeroizing<String>>>,
     keys: Mutex<std::collections::HashMap<PathBuf, russh::keys::PrivateKey>>,
+    /// A login succeeded once: later connections are reconnections, and nobody is asked
+    /// anything then (not even in the foreground, where a terminal may still be there).
+    pub(super) logged_in: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for SecretCache {
@@ -144,7 +148,8 @@ impl client::Handler for ClientHandler {
     ) -> Result<bool, Self::Error> {
         let mut verdict = host_key::check_host_key(&self.target, key);
         if let HostKeyVerdict::AskUser { key, fingerprint } = &verdict {
-            let trusted = if self.target.batch_mode {
+            let reconnecting = self.target.secrets.logged_in.load(Ordering::Relaxed);
+            let trusted = if self.target.batch_mode || reconnecting {
                 None
             } else {
                 // A person typing is not a network wait: the connect timeout stops meanwhile.
@@ -264,6 +269,7 @@ fn connect_to(
         })??;
         debug!("connected to {addr}, host key verified; authenticating");
         auth::authenticate(&mut handle, &target).await?;
+        target.secrets.logged_in.store(true, Ordering::Relaxed);
         debug!("logged in to {addr} as {}", target.user);
         Ok(handle)
     })
