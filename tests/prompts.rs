@@ -9,13 +9,19 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use common::*;
 
 /// Runs the binary with `args` on a pseudo-terminal of its own (its controlling terminal),
-/// answering each prompt in `answers` (text to wait for, then the line to type) in turn.
-/// Returns its exit code and what the terminal showed.
-fn on_terminal(sshd: &Sshd, args: &[String], answers: &[(&str, &str)]) -> (i32, String) {
+/// answering each prompt in `answers` (text to wait for, then the line to type) in turn; what
+/// the terminal showed comes out on the child's stdout when the binary has exited, and its exit
+/// code is the child's.
+fn spawn_on_terminal(
+    sshd: &Sshd,
+    args: &[String],
+    answers: &[(&str, &str)],
+) -> std::process::Child {
     const SCRIPT: &str = r#"
 import json, os, pty, select, sys, time
 answers = json.loads(sys.argv[1])
@@ -40,22 +46,34 @@ while time.time() < deadline:
         time.sleep(0.3)
         os.write(fd, answers.pop(0)[1].encode() + b"\n")
         pending = b""
-_, status = os.waitpid(pid, 0)
+# A binary still running at the deadline (stuck on a question nobody answers) is killed,
+# so that the test fails instead of hanging.
+done, status = os.waitpid(pid, os.WNOHANG)
+if done == 0:
+    os.kill(pid, 9)
+    seen += b"\n[killed: still running after 60 s]\n"
+    _, status = os.waitpid(pid, 0)
 sys.stdout.write(seen.decode(errors="replace"))
 sys.exit(os.waitstatus_to_exitcode(status))
 "#;
-    let answers = serde_json_list(answers);
-    let out = output_with_timeout(
-        Command::new("python3")
-            .args(["-c", SCRIPT, &answers])
-            .arg(sftpmount_command().get_program())
-            .args(args)
-            .env("HOME", sshd.client_home())
-            .env_remove("SSH_AUTH_SOCK")
-            .env_remove("SSH_ASKPASS"),
-        None,
-        std::time::Duration::from_secs(90),
-    );
+    Command::new("python3")
+        .args(["-c", SCRIPT, &serde_json_list(answers)])
+        .arg(sftpmount_command().get_program())
+        .args(args)
+        .env("HOME", sshd.client_home())
+        .env_remove("SSH_AUTH_SOCK")
+        .env_remove("SSH_ASKPASS")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// [`spawn_on_terminal`] to its end: the exit code and what the terminal showed.
+fn on_terminal(sshd: &Sshd, args: &[String], answers: &[(&str, &str)]) -> (i32, String) {
+    let child = spawn_on_terminal(sshd, args, answers);
+    let out = within(Duration::from_secs(90), move || {
+        child.wait_with_output().unwrap()
+    });
     let shown = String::from_utf8_lossy(&out.stdout).into_owned();
     (out.status.code().unwrap_or(-1), shown)
 }
@@ -222,4 +240,40 @@ fn a_wrong_password_or_passphrase_is_asked_again_as_ssh_does() {
     );
     assert_eq!(code, 1, "{shown}");
     assert!(shown.contains("enc_key: wrong passphrase"), "{shown}");
+}
+
+#[test]
+fn a_reconnection_asks_nobody_even_with_a_terminal_there() {
+    let sshd = Sshd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mp = dir.path().join("mnt");
+    fs::create_dir(&mp).unwrap();
+    let _cleanup = UnmountOnDrop(mp.clone());
+    let known = dir.path().join("known_hosts");
+    fs::copy(sshd.known_hosts_path(), &known).unwrap();
+    let mut args = mount_args(&sshd.source(), &mp, &["-f".to_string()]);
+    args.extend([
+        "-p".to_string(),
+        sshd.port().to_string(),
+        "-o".into(),
+        format!("IdentityFile={}", sshd.user_key_path().display()),
+        "-o".into(),
+        format!("UserKnownHostsFile={}", known.display()),
+    ]);
+    // In the foreground, on a terminal nobody answers.
+    let child = spawn_on_terminal(&sshd, &args, &[]);
+    assert!(wait_until(Duration::from_secs(20), || mount_info(&mp).is_some()));
+    fs::write(mp.join("f"), b"x").unwrap();
+    // The host key is forgotten, then the connection lost: the reconnection meets a key it
+    // does not know, and must refuse it, not wait on a question.
+    fs::write(&known, "").unwrap();
+    assert!(sshd.kill_connections() > 0);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(run("umount", &[mp.as_os_str()], "/").status.success());
+    let out = within(Duration::from_secs(90), move || {
+        child.wait_with_output().unwrap()
+    });
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(!shown.contains("authenticity"), "asked: {shown}");
+    assert!(shown.contains("is not known"), "{shown}");
 }
