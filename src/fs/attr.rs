@@ -512,10 +512,12 @@ impl Core {
         let mut _names = None;
         let (change, after) = match &open {
             Some(file) => {
-                let own = file.handle.live().await?;
                 if times {
-                    self.after_writes(ino, own.ordering_channel()).await;
+                    let channel = file.handle.live().await?.ordering_channel();
+                    self.after_writes(ino, channel).await;
                 }
+                // Taken after the writes landed: they may have gone on a new connection.
+                let own = file.handle.live().await?;
                 let change = own.session.fsetstat(own.handle.clone(), attrs);
                 let after = self
                     .features
@@ -540,18 +542,30 @@ impl Core {
                 (change, self.features.in_order.then(|| session.lstat(&path)))
             }
         };
-        let result = change.await;
+        let mut after = after;
+        let result = match (change.await, &open) {
+            // Setting attributes twice does no harm: a change lost with its connection is
+            // sent again on the file's reopened handle (the attributes are then asked anew).
+            (Err(SftpError::ConnectionLost), Some(file)) => {
+                after = None;
+                let again = asked.clone();
+                file.handle
+                    .idempotent(|own| own.session.fsetstat(own.handle.clone(), again.clone()))
+                    .await
+            }
+            (result, _) => result.map_err(|e| match e.status() {
+                // OpenSSH says FAILURE for EFBIG (and for little else a truncate meets).
+                Some(StatusCode::FAILURE) if set.size.is_some() => libc::EFBIG,
+                _ => errno(e),
+            }),
+        };
         drop(_names);
         if result.is_ok() {
             super::open_file::known_changed(&self.files.of_inode(ino), &asked);
         }
         self.changed_attrs(ino);
         let ticket = self.cache.ticket();
-        result.map_err(|e| match e.status() {
-            // OpenSSH says FAILURE for EFBIG (and for little else a truncate meets).
-            Some(StatusCode::FAILURE) if set.size.is_some() => libc::EFBIG,
-            _ => errno(e),
-        })?;
+        result?;
         match after {
             Some(after) => {
                 let attrs = at_least(after.await.map_err(errno)?, floor);
