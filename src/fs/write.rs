@@ -440,8 +440,12 @@ impl WritePipeline {
         if self.append {
             return;
         }
-        self.lanes.lock().unwrap().push(lane);
+        // Both under the lanes' lock (taken before the state's, as `place` takes them): a
+        // writer must never see a lane without its load (it indexed past the loads: a panic).
+        let mut lanes = self.lanes.lock().unwrap();
         self.state.lock().unwrap().lane_load.push(0);
+        lanes.push(lane);
+        drop(lanes);
         self.changed.send_replace(());
     }
 
