@@ -94,25 +94,35 @@ fn mount_args(source: &str, mountpoint: &Path, opts: &[String]) -> Vec<String> {
     args
 }
 
-const QUESTION: &str = "Are you sure you want to continue connecting (yes/no/[fingerprint])?";
-
-#[test]
-fn an_unknown_host_key_is_asked_about_with_its_fingerprint_and_recorded_when_trusted() {
-    let sshd = Sshd::start();
+/// A mount point in a directory of its own, unmounted when the test ends.
+fn mount_point() -> (tempfile::TempDir, std::path::PathBuf, UnmountOnDrop) {
     let dir = tempfile::tempdir().unwrap();
     let mp = dir.path().join("mnt");
     fs::create_dir(&mp).unwrap();
-    let _cleanup = UnmountOnDrop(mp.clone());
-    let known = dir.path().join("known_hosts");
-    let opts = vec![
+    let cleanup = UnmountOnDrop(mp.clone());
+    (dir, mp, cleanup)
+}
+
+/// The test key and `known` as the only known_hosts, StrictHostKeyChecking left at its default.
+fn key_login(sshd: &Sshd, known: &Path) -> Vec<String> {
+    vec![
         "-p".to_string(),
         sshd.port().to_string(),
         "-o".into(),
         format!("IdentityFile={}", sshd.user_key_path().display()),
         "-o".into(),
         format!("UserKnownHostsFile={}", known.display()),
-    ];
-    let args = mount_args(&sshd.source(), &mp, &opts);
+    ]
+}
+
+const QUESTION: &str = "Are you sure you want to continue connecting (yes/no/[fingerprint])?";
+
+#[test]
+fn an_unknown_host_key_is_asked_about_with_its_fingerprint_and_recorded_when_trusted() {
+    let sshd = Sshd::start();
+    let (dir, mp, _cleanup) = mount_point();
+    let known = dir.path().join("known_hosts");
+    let args = mount_args(&sshd.source(), &mp, &key_login(&sshd, &known));
     let fingerprint = {
         let out = run(
             "ssh-keygen",
@@ -166,10 +176,7 @@ fn an_unknown_host_key_is_asked_about_with_its_fingerprint_and_recorded_when_tru
 #[test]
 fn a_wrong_password_or_passphrase_is_asked_again_as_ssh_does() {
     let sshd = Sshd::start_with_password_auth();
-    let dir = tempfile::tempdir().unwrap();
-    let mp = dir.path().join("mnt");
-    fs::create_dir(&mp).unwrap();
-    let _cleanup = UnmountOnDrop(mp.clone());
+    let (dir, mp, _cleanup) = mount_point();
     let password = "pw-Qq7!typed at a terminal";
     let (source, mut opts) = sshd.password_login(password);
     opts.retain(|o| o != "password_stdin");
@@ -245,21 +252,11 @@ fn a_wrong_password_or_passphrase_is_asked_again_as_ssh_does() {
 #[test]
 fn a_reconnection_asks_nobody_even_with_a_terminal_there() {
     let sshd = Sshd::start();
-    let dir = tempfile::tempdir().unwrap();
-    let mp = dir.path().join("mnt");
-    fs::create_dir(&mp).unwrap();
-    let _cleanup = UnmountOnDrop(mp.clone());
+    let (dir, mp, _cleanup) = mount_point();
     let known = dir.path().join("known_hosts");
     fs::copy(sshd.known_hosts_path(), &known).unwrap();
     let mut args = mount_args(&sshd.source(), &mp, &["-f".to_string()]);
-    args.extend([
-        "-p".to_string(),
-        sshd.port().to_string(),
-        "-o".into(),
-        format!("IdentityFile={}", sshd.user_key_path().display()),
-        "-o".into(),
-        format!("UserKnownHostsFile={}", known.display()),
-    ]);
+    args.extend(key_login(&sshd, &known));
     // In the foreground, on a terminal nobody answers.
     let child = spawn_on_terminal(&sshd, &args, &[]);
     assert!(wait_until(Duration::from_secs(20), || mount_info(&mp).is_some()));

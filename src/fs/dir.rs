@@ -245,13 +245,13 @@ impl Core {
     /// with it, so that a tree walk (`ls -lR`, `find`, `du`) finds them there instead of
     /// waiting two round trips per directory, one directory after another. A walk shows as a
     /// directory read a moment after its parent; a directory read alone fetches nothing more.
-    /// `subdirs` (the ones
-    /// the kernel was just told about, in name order as `ls -R` and `find -s` visit them) go on
-    /// top of one stack for the mount: the directory read last is the walker's position, so its
-    /// neighbourhood comes first. [`DIR_PREFETCH_CONCURRENCY`] workers take from the top, each
-    /// fetched listing pushing its own subdirectories down to [`DIR_PREFETCH_DEPTH`] levels below
-    /// the read directory; the oldest entries fall off the bottom of a full stack. A single
-    /// `ls` thus costs a bounded number of listings, and a walk keeps ahead of its walker.
+    /// `subdirs` (the ones the kernel was just told about, in name order as `ls -R` and
+    /// `find -s` visit them) go on top of one stack for the mount: the directory read last is
+    /// the walker's position, so its neighbourhood comes first. [`DIR_PREFETCH_CONCURRENCY`]
+    /// workers take from the top, each fetched listing pushing its own subdirectories down to
+    /// [`DIR_PREFETCH_DEPTH`] levels below the read directory; the oldest entries fall off the
+    /// bottom of a full stack. A walk thus costs a bounded number of listings ahead of its
+    /// walker.
     pub fn prefetch_listings(self: &Arc<Self>, dir: u64, mut subdirs: Vec<Bytes>) {
         if !self.config.dir_prefetch || !self.config.cache.enabled {
             return;
@@ -369,9 +369,7 @@ impl Core {
                                 let mut attrs = e.attrs;
                                 attrs.nlink = crate::sftp::proto::longname_nlink(&e.longname);
                                 name_bytes += e.filename.len();
-                                // A copy: a slice would keep the whole reply packet
-                                // alive as long as the cache keeps the name.
-                                entries.push((Bytes::copy_from_slice(&e.filename), attrs))
+                                entries.push((e.filename, attrs))
                             }
                             Ok(false) => {}
                             Err(why) => rejected.push(why),

@@ -21,7 +21,8 @@ use super::{ClientHandler, SecretCache, SshError, Target};
 struct Secrets<'a> {
     cache: &'a SecretCache,
     from_stdin: bool,
-    batch: bool,
+    /// Someone may be asked (see `Target::may_ask`).
+    may_ask: bool,
     /// Times a password or passphrase is asked (NumberOfPasswordPrompts).
     prompts: u32,
     /// Encrypted keys not used, and why.
@@ -60,13 +61,7 @@ impl Secrets<'_> {
     }
 
     fn ask(&self, prompt: &str) -> Option<String> {
-        // A reconnection asks nobody: whoever mounted may be long gone from that terminal.
-        if self.batch
-            || self
-                .cache
-                .logged_in
-                .load(std::sync::atomic::Ordering::Relaxed)
-        {
+        if !self.may_ask {
             return None;
         }
         ask_terminal(prompt)
@@ -124,7 +119,7 @@ pub(super) async fn authenticate(
     let mut secrets = Secrets {
         cache: &target.secrets,
         from_stdin: target.password_stdin,
-        batch: target.batch_mode,
+        may_ask: target.may_ask(),
         prompts: target.password_prompts,
         skipped_keys: Vec::new(),
         password_typed: false,

@@ -51,23 +51,25 @@ fn fingerprint(key: &PublicKey) -> String {
     )
 }
 
+/// The known_hosts files of a target, parsed once a connection: they decide both which host
+/// key algorithms are asked for and what the key offered is worth.
+pub(super) type KnownHostsFiles = Vec<(PathBuf, KnownHosts)>;
+
 /// Every known_hosts file of `target` that can be read, parsed (see `known_hosts.rs`); a bad
-/// line is reported alone (when `report` says: files are read twice a connection), a missing
-/// file is no news.
-fn read_known_hosts(target: &Target, report: bool) -> Vec<(PathBuf, KnownHosts)> {
+/// line is reported alone, a missing file is no news.
+pub(super) fn read_known_hosts(target: &Target) -> KnownHostsFiles {
     let mut files = Vec::new();
     for file in &target.known_hosts_files {
         match std::fs::read(file) {
             Ok(contents) => {
                 let parsed = known_hosts::parse(&contents, file);
-                for skipped in parsed.skipped.iter().filter(|_| report) {
+                for skipped in &parsed.skipped {
                     warn!("known_hosts {skipped}");
                 }
                 files.push((file.clone(), parsed));
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) if report => warn!("cannot read known_hosts file {}: {e}", file.display()),
-            Err(_) => {}
+            Err(e) => warn!("cannot read known_hosts file {}: {e}", file.display()),
         }
     }
     files
@@ -84,9 +86,8 @@ fn presented_key(presented: &PublicKeyOrCertificate) -> (PublicKey, Option<&Cert
 }
 
 /// Whether a `@cert-authority` line names the host: then host certificates are asked for.
-pub(super) fn wants_certificates(target: &Target) -> bool {
+pub(super) fn wants_certificates(target: &Target, files: &KnownHostsFiles) -> bool {
     let (name, port) = target.known_hosts_key();
-    let files = read_known_hosts(target, false);
     known_hosts::names_an_authority(
         files.iter().map(|(f, k)| (f.as_path(), k)),
         &known_hosts::lookup_name(name, port),
@@ -128,6 +129,7 @@ fn revoked_by_file(target: &Target, keys: &[&PublicKey]) -> Option<HostKeyVerdic
 
 pub(super) fn check_host_key(
     target: &Target,
+    files: &KnownHostsFiles,
     presented: &PublicKeyOrCertificate,
 ) -> HostKeyVerdict {
     let (key, cert) = presented_key(presented);
@@ -142,7 +144,6 @@ pub(super) fn check_host_key(
     if let Some(refusal) = revoked_by_file(target, &keys) {
         return refusal;
     }
-    let files = read_known_hosts(target, true);
     let lookup = known_hosts::lookup_name(name, port);
     // A certificate is accepted on a trusted authority's word; failing that, its key is
     // checked as a plain host key (as ssh: "No matching CA found. Retry with plain key").

@@ -18,7 +18,7 @@ use tracing::debug;
 
 pub use target::{Route, Target, Wanted};
 
-use host_key::HostKeyVerdict;
+use host_key::{HostKeyVerdict, KnownHostsFiles};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SshError {
@@ -125,6 +125,7 @@ impl std::fmt::Debug for SecretCache {
 
 pub struct ClientHandler {
     target: Arc<Target>,
+    known_hosts: Arc<KnownHostsFiles>,
     verdict: Arc<Mutex<Option<HostKeyVerdict>>>,
     clock: PromptClock,
     /// What carries this connection, kept as long as the session runs: the jump host's
@@ -146,10 +147,9 @@ impl client::Handler for ClientHandler {
         &mut self,
         key: &russh::keys::PublicKeyOrCertificate,
     ) -> Result<bool, Self::Error> {
-        let mut verdict = host_key::check_host_key(&self.target, key);
+        let mut verdict = host_key::check_host_key(&self.target, &self.known_hosts, key);
         if let HostKeyVerdict::AskUser { key, fingerprint } = &verdict {
-            let reconnecting = self.target.secrets.logged_in.load(Ordering::Relaxed);
-            let trusted = if self.target.batch_mode || reconnecting {
+            let trusted = if !self.target.may_ask() {
                 None
             } else {
                 // A person typing is not a network wait: the connect timeout stops meanwhile.
@@ -188,7 +188,8 @@ fn connect_to(
     Box::pin(async move {
         let addr = target.addr();
         let verdict = Arc::new(Mutex::new(None));
-        let config = Arc::new(client_config(&target));
+        let known_hosts = Arc::new(host_key::read_known_hosts(&target));
+        let config = Arc::new(client_config(&target, &known_hosts));
         let timeout = target.connect_timeout;
         let clock = PromptClock::default();
         debug!("connecting to {addr} as {}", target.user);
@@ -205,7 +206,7 @@ fn connect_to(
                                 })?;
                         stream.set_nodelay(true).ok();
                         limit_unsent(&stream);
-                        let handler = handler(&target, &verdict, &clock, None);
+                        let handler = handler(&target, &known_hosts, &verdict, &clock, None);
                         client::connect_stream(config, stream, handler).await
                     }
                     Route::Jump(jump) => {
@@ -231,7 +232,13 @@ fn connect_to(
                             })?;
                         debug!("reached {addr} through {}", jump.addr());
                         let stream = channel.into_stream();
-                        let handler = handler(&target, &verdict, &clock, Some(Carrier::Jump(via)));
+                        let handler = handler(
+                            &target,
+                            &known_hosts,
+                            &verdict,
+                            &clock,
+                            Some(Carrier::Jump(via)),
+                        );
                         client::connect_stream(config, stream, handler).await
                     }
                     Route::Command(command) => {
@@ -255,8 +262,13 @@ fn connect_to(
                         };
                         debug!("reaching {addr} through ProxyCommand {command}");
                         let stream = tokio::io::join(stdout, stdin);
-                        let handler =
-                            handler(&target, &verdict, &clock, Some(Carrier::Command(child)));
+                        let handler = handler(
+                            &target,
+                            &known_hosts,
+                            &verdict,
+                            &clock,
+                            Some(Carrier::Command(child)),
+                        );
                         client::connect_stream(config, stream, handler).await
                     }
                 };
@@ -338,12 +350,14 @@ impl PromptClock {
 
 fn handler(
     target: &Arc<Target>,
+    known_hosts: &Arc<KnownHostsFiles>,
     verdict: &Arc<Mutex<Option<HostKeyVerdict>>>,
     clock: &PromptClock,
     carrier: Option<Carrier>,
 ) -> ClientHandler {
     ClientHandler {
         target: target.clone(),
+        known_hosts: known_hosts.clone(),
         verdict: verdict.clone(),
         clock: clock.clone(),
         _carrier: carrier,
@@ -390,9 +404,9 @@ fn certificate_algorithms(keys: &[Algorithm]) -> Vec<Algorithm> {
         .collect()
 }
 
-fn client_config(target: &Target) -> client::Config {
+fn client_config(target: &Target, known_hosts: &KnownHostsFiles) -> client::Config {
     let mut preferred = target.algorithms.clone();
-    if host_key::wants_certificates(target) {
+    if host_key::wants_certificates(target, known_hosts) {
         preferred.host_key_certificates = certificate_algorithms(&preferred.key).into();
     }
     client::Config {

@@ -162,6 +162,17 @@ impl Target {
         }
     }
 
+    /// Whether a person may be asked something now (a secret, a host key's trust): not in
+    /// BatchMode, and not once a login succeeded: a reconnection asks nobody, as whoever
+    /// mounted may be long gone from that terminal.
+    pub fn may_ask(&self) -> bool {
+        !self.batch_mode
+            && !self
+                .secrets
+                .logged_in
+                .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The name and port a known_hosts lookup uses (HostKeyAlias drops the port, as in ssh).
     pub fn known_hosts_key(&self) -> (&str, u16) {
         match &self.host_key_alias {
