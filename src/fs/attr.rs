@@ -8,8 +8,9 @@ use fuser::{FileAttr, FileType, INodeNo};
 
 use super::cache::Known;
 use super::handle::ordering_channel;
-use super::open_file::OpenFile;
-use super::{Core, Entry, FsResult, errno, is_symlink};
+use super::inode::{ContentsSeen, now_secs};
+use super::open_files::OpenFile;
+use super::{Core, Entry, FsResult, KeepCache, errno, is_symlink};
 use crate::sftp::proto::Attrs;
 use crate::sftp::{Session, SftpError, StatusCode};
 
@@ -97,7 +98,7 @@ impl Core {
         let time = |s: u32| UNIX_EPOCH + Duration::from_secs(s as u64);
         let size = a.size.unwrap_or(0);
         let (names, own_ctime, listed) = {
-            let inodes = self.inodes.lock().unwrap();
+            let inodes = self.inodes.table();
             (
                 inodes.names(ino),
                 inodes.ctime(ino),
@@ -139,7 +140,7 @@ impl Core {
     pub(super) fn shown(&self, ino: u64, attrs: &Attrs) -> FileAttr {
         let provisional = self.provisional(ino);
         let attrs = {
-            let mut inodes = self.inodes.lock().unwrap();
+            let mut inodes = self.inodes.table();
             match inodes.shown(ino) {
                 Some(ahead) if provisional => ahead,
                 _ => {
@@ -154,12 +155,12 @@ impl Core {
     /// Whether what the kernel is told of `ino` now is ahead of the server (attribute changes
     /// still on their way): it must not keep it, but ask again.
     pub fn provisional(&self, ino: u64) -> bool {
-        self.inode_writes(ino).is_some_and(|w| w.attrs_changing())
+        self.inodes.writes(ino).is_some_and(|w| w.attrs_changing())
     }
 
     /// Attributes with the size of writes the server has not acked yet.
     fn with_pending_size(&self, ino: u64, mut attr: FileAttr) -> FileAttr {
-        if let Some(w) = self.inode_writes(ino) {
+        if let Some(w) = self.inodes.writes(ino) {
             let floor = w.size_floor();
             if floor > attr.size {
                 attr.size = floor;
@@ -172,7 +173,7 @@ impl Core {
     /// True while writes through the mount to `ino` are in flight: the server's attributes
     /// for it are about to change, so they are neither cached nor served from cache.
     fn writes_pending(&self, ino: Option<u64>) -> bool {
-        ino.and_then(|ino| self.inode_writes(ino))
+        ino.and_then(|ino| self.inodes.writes(ino))
             .is_some_and(|w| w.pending())
     }
 
@@ -180,12 +181,28 @@ impl Core {
     /// may land before or after the request (they travel on other channels), and their acks may
     /// come before its reply, so only what was in flight when it was sent can be counted.
     fn size_floor(&self, ino: u64) -> u64 {
-        self.inode_writes(ino).map_or(0, |w| w.size_floor())
+        self.inodes.writes(ino).map_or(0, |w| w.size_floor())
     }
 
     /// lstat of `path` (the inode `ino`, if the kernel holds one), through the cache.
     pub(super) async fn stat_cached(&self, ino: Option<u64>, path: &[u8]) -> FsResult<Attrs> {
         self.stat_through_cache(ino, path, false).await
+    }
+
+    /// Whether the kernel may keep the pages it cached for `ino`, opened with `attrs`: its
+    /// size and mtime unchanged since the last open, and that mtime already old then (see
+    /// [`ContentsSeen`]).
+    pub(super) fn keep_cache(&self, ino: u64, attrs: Option<&Attrs>) -> bool {
+        let now = now_secs();
+        let seen = attrs.and_then(|a| Some(ContentsSeen::at(a.size?, a.atime_mtime?.1, now)));
+        let before = self.inodes.table().swap_contents_seen(ino, seen);
+        match self.config.keep_cache {
+            KeepCache::Never => false,
+            KeepCache::WhileUnchanged => before
+                .zip(seen)
+                .is_some_and(|(before, seen)| before.still(&seen)),
+            KeepCache::Always => true,
+        }
     }
 
     /// The attributes of `ino` at `path` for an open: cached ones only if they are at most
@@ -204,7 +221,7 @@ impl Core {
         // Changes on their way: the server does not show them yet, the kernel was told them.
         if let Some(ino) = ino
             && self.provisional(ino)
-            && let Some(shown) = self.inodes.lock().unwrap().shown(ino)
+            && let Some(shown) = self.inodes.table().shown(ino)
         {
             return Ok(shown);
         }
@@ -250,7 +267,7 @@ impl Core {
 
     /// Stats `parent/name` and records the kernel's new reference to it.
     pub(super) async fn entry(&self, parent: u64, name: &[u8], path: &[u8]) -> FsResult<Entry> {
-        let known = self.inodes.lock().unwrap().child(parent, name);
+        let known = self.inodes.table().child(parent, name);
         let attrs = self.stat_cached(known, path).await?;
         Ok(self.remember_entry(parent, name, &attrs))
     }
@@ -259,8 +276,7 @@ impl Core {
     pub(super) fn remember_entry(&self, parent: u64, name: &[u8], attrs: &Attrs) -> Entry {
         let ino = self
             .inodes
-            .lock()
-            .unwrap()
+            .table()
             .remember(parent, name, is_symlink(attrs));
         Entry {
             attr: self.shown(ino, attrs),
@@ -273,14 +289,14 @@ impl Core {
         let open = fh
             .and_then(|fh| self.file(fh).ok())
             .or_else(|| self.files.of_inode(ino).pop());
-        let attrs = match (self.linked_path(ino), open) {
+        let attrs = match (self.inodes.linked_path(ino), open) {
             (Some(path), _) => self.stat_cached(Some(ino), &path).await?,
             // An unlinked open file: only its handle still reaches it.
             (None, Some(file)) => {
                 // A change of its attributes in flight, or acked meanwhile on another channel:
                 // the server's answer may be older than what the kernel was told.
                 let before = file.inode_writes.generation();
-                let shown = self.inodes.lock().unwrap().shown(ino);
+                let shown = self.inodes.table().shown(ino);
                 if self.provisional(ino)
                     && let Some(shown) = shown.clone()
                 {
@@ -302,7 +318,7 @@ impl Core {
                 }
             }
             (None, None) => {
-                let path = &self.path(ino)?;
+                let path = &self.inodes.path(ino)?;
                 let follow = self.config.symlinks.follow;
                 self.idempotent(|s| attrs_of(s, path, follow)).await?
             }
@@ -354,7 +370,7 @@ impl Core {
                 result = on.session.fsetstat(on.handle.clone(), resend.clone()).await;
             }
             if result.is_ok() {
-                super::open_file::known_changed(&known_by, &resend);
+                super::open_files::known_changed(&known_by, &resend);
             }
             result.map_err(errno)
         }));
@@ -394,7 +410,7 @@ impl Core {
     /// modification time again): at once when they are all queued on that channel of a server
     /// that keeps a channel's order, else once they are acked.
     async fn after_writes(&self, ino: u64, channel: usize) {
-        if let Some(w) = self.inode_writes(ino)
+        if let Some(w) = self.inodes.writes(ino)
             && !(self.features.in_order && w.all_queued_on(channel))
         {
             w.settle().await;
@@ -418,7 +434,7 @@ impl Core {
     /// on. `attr` is what the kernel is told, with that ctime.
     pub(super) fn status_changed(&self, ino: u64, mut attr: FileAttr) -> FileAttr {
         let now = std::time::SystemTime::now();
-        self.inodes.lock().unwrap().set_ctime(ino, now);
+        self.inodes.table().set_ctime(ino, now);
         self.changed_other_names(ino);
         attr.ctime = attr.ctime.max(now);
         attr
@@ -439,7 +455,7 @@ impl Core {
         let mut attrs = Attrs::default();
         if let Some(size) = set.size {
             // Writes already accepted must land before the size changes under them.
-            if let Some(w) = self.inode_writes_or_new(ino) {
+            if let Some(w) = self.inodes.writes_or_new(ino) {
                 w.settle().await;
                 // Read-ahead past the new end would be stale.
                 w.truncated_to(size);
@@ -454,10 +470,10 @@ impl Core {
         // meanwhile may be put back: the price of not asking), an owner must be current.
         let owner_partial = set.uid.is_some() != set.gid.is_some();
         let times_partial = set.atime.is_some() != set.mtime.is_some();
-        let shown = self.inodes.lock().unwrap().shown(ino);
+        let shown = self.inodes.table().shown(ino);
         let provisional = self.provisional(ino);
         let current = if owner_partial && !provisional || (times_partial && shown.is_none()) {
-            Some(self.stat_cached(Some(ino), &self.path(ino)?).await?)
+            Some(self.stat_cached(Some(ino), &self.inodes.path(ino)?).await?)
         } else {
             shown.clone()
         };
@@ -491,17 +507,17 @@ impl Core {
             && let Some(predicted) = self.change_in_background(file, &attrs, shown)
         {
             self.changed_attrs(ino);
-            self.inodes.lock().unwrap().show(ino, &predicted);
+            self.inodes.table().show(ino, &predicted);
             return Ok(self.with_pending_size(ino, self.to_attr(ino, &predicted)));
         }
         // A change sent in the background before this one must land first, or the older
         // value would win (they may travel on different channels).
-        if let Some(w) = self.inode_writes(ino)
+        if let Some(w) = self.inodes.writes(ino)
             && w.attrs_changing()
         {
             w.settle().await;
         }
-        let symlink = self.inodes.lock().unwrap().is_symlink(ino);
+        let symlink = self.inodes.table().is_symlink(ino);
         let asked = attrs.clone();
         // The attributes after the change are asked right behind it on its channel: a server
         // that runs a channel in order answers both in one round trip.
@@ -532,8 +548,8 @@ impl Core {
                         .await;
                 }
                 let session = generation.meta();
-                _names = Some(self.namespace.read().await);
-                let path = self.path(ino)?;
+                _names = Some(self.inodes.names_kept().await);
+                let path = self.inodes.path(ino)?;
                 let change = if symlink {
                     session.lsetstat(&path, attrs)
                 } else {
@@ -561,7 +577,7 @@ impl Core {
         };
         drop(_names);
         if result.is_ok() {
-            super::open_file::known_changed(&self.files.of_inode(ino), &asked);
+            super::open_files::known_changed(&self.files.of_inode(ino), &asked);
         }
         self.changed_attrs(ino);
         let ticket = self.cache.ticket();
@@ -570,9 +586,9 @@ impl Core {
             Some(after) => {
                 let attrs = at_least(after.await.map_err(errno)?, floor);
                 // What the server made of it (a chown clears set-id bits).
-                super::open_file::known_changed(&self.files.of_inode(ino), &attrs);
+                super::open_files::known_changed(&self.files.of_inode(ino), &attrs);
                 // The kernel asks again at once when it must clear setuid bits.
-                if let Some(path) = self.linked_path(ino)
+                if let Some(path) = self.inodes.linked_path(ino)
                     && !self.writes_pending(Some(ino))
                 {
                     self.cache

@@ -584,16 +584,21 @@ impl MetaCache {
     /// directory); a directory just made is known empty.
     pub fn created(&self, path: &[u8], attrs: Attrs, dir_after: DirAfter) {
         let mut inner = self.inner.lock().unwrap();
-        self.created_in(&mut inner, path, attrs, dir_after);
+        self.created_in(&mut inner, path, Some(attrs), dir_after);
     }
 
-    fn created_in(&self, inner: &mut Inner, path: &[u8], attrs: Attrs, dir_after: DirAfter) {
-        let made_dir = is_dir(&attrs);
-        let attrs_mtime = attrs.atime_mtime.map(|t| t.1);
+    fn created_in(
+        &self,
+        inner: &mut Inner,
+        path: &[u8],
+        attrs: Option<Attrs>,
+        dir_after: DirAfter,
+    ) {
+        let made_dir = attrs.as_ref().is_some_and(is_dir);
+        let attrs_mtime = attrs.as_ref().and_then(|a| a.atime_mtime).map(|t| t.1);
         let dir_after = dir_after.filter(|_| self.config.enabled);
-        let Some((dir, name)) =
-            inner.changed_in_place(path, self.known(Known::Attrs(attrs)), dir_after)
-        else {
+        let known = attrs.and_then(|a| self.known(Known::Attrs(a)));
+        let Some((dir, name)) = inner.changed_in_place(path, known, dir_after) else {
             return;
         };
         if let Some(listing) = inner.dirs.get_mut(dir)
@@ -622,7 +627,9 @@ impl MetaCache {
 
     /// A file renamed through the mount from `from` to `to`, both in the directory `dir_after`
     /// describes (if given): it keeps `attrs`, and the listing is edited, not dropped.
-    pub fn renamed(&self, from: &[u8], to: &[u8], attrs: Attrs, dir_after: DirAfter) {
+    /// `attrs`: the file's, if they are known (a file the mount just wrote is known as one,
+    /// its attributes not).
+    pub fn renamed(&self, from: &[u8], to: &[u8], attrs: Option<Attrs>, dir_after: DirAfter) {
         let mut inner = self.inner.lock().unwrap();
         let dir_after = dir_after.filter(|(ticket, _)| ticket.0 == inner.epoch);
         // The contents go along with the name.
@@ -850,7 +857,7 @@ mod tests {
         assert_eq!(dir(&c), None);
         // A rename within the directory: the listing edited, the file's attributes moved.
         let before = c.ticket();
-        c.renamed(b"/r/b", b"/r/c", attrs(1), Some((before, attrs(9))));
+        c.renamed(b"/r/b", b"/r/c", Some(attrs(1)), Some((before, attrs(9))));
         assert_eq!(dir(&c), Some(9));
         assert_eq!(c.name(b"/r/b"), Some(Known::Missing));
         assert_eq!(c.name(b"/r/c"), Some(Known::Attrs(attrs(1))));

@@ -65,12 +65,35 @@ pub struct DirEntry {
     pub gone: bool,
 }
 
+/// The core's directories part: the open directories, the listings being fetched (for others
+/// who want them too), and the listings fetched ahead for a tree walk.
+#[derive(Default)]
+pub(super) struct Directories {
+    open: Mutex<HashMap<u64, Arc<DirHandle>>>,
+    in_flight: Mutex<HashMap<Vec<u8>, ListingWatch>>,
+    prefetch: Mutex<DirPrefetch>,
+}
+
+impl Directories {
+    fn handle(&self, fh: u64) -> Option<Arc<DirHandle>> {
+        self.open.lock().unwrap().get(&fh).cloned()
+    }
+
+    fn set_handle(&self, fh: u64, handle: Arc<DirHandle>) {
+        self.open.lock().unwrap().insert(fh, handle);
+    }
+
+    fn close(&self, fh: u64) {
+        self.open.lock().unwrap().remove(&fh);
+    }
+}
+
 /// Directories whose listings are to be fetched ahead (top = next), the workers doing it, and
 /// the directories read lately with their subdirectories (to tell a walk from a look).
 #[derive(Default)]
-pub(super) struct DirPrefetch {
-    pub(super) stack: std::collections::VecDeque<(Vec<u8>, u32)>,
-    pub(super) workers: usize,
+struct DirPrefetch {
+    stack: std::collections::VecDeque<(Vec<u8>, u32)>,
+    workers: usize,
     recent: std::collections::VecDeque<RecentRead>,
 }
 
@@ -112,13 +135,13 @@ impl DirPrefetch {
 }
 
 /// A listing being fetched, for others who want it too.
-pub(super) type ListingWatch = tokio::sync::watch::Receiver<Option<FsResult<Vec<(Bytes, Attrs)>>>>;
+type ListingWatch = tokio::sync::watch::Receiver<Option<FsResult<Vec<(Bytes, Attrs)>>>>;
 
 /// An open directory: the listing its reader goes through, taken at opendir and again when
 /// the reader starts over (rewinddir sees the directory as it is then).
-pub(super) struct DirHandle {
-    pub(super) ino: u64,
-    pub(super) entries: Vec<(Bytes, Attrs)>,
+struct DirHandle {
+    ino: u64,
+    entries: Vec<(Bytes, Attrs)>,
     /// The inode numbers the mount had given the entries' names when the listing was taken:
     /// a name removed since keeps the number its file had (its `d_ino` is that `st_ino`).
     inos: Vec<Option<u64>>,
@@ -130,7 +153,7 @@ impl Core {
     /// Paths of the files with writes in flight (only open files can have them).
     fn pending_paths(&self) -> HashSet<Vec<u8>> {
         let files = self.files.all();
-        let inodes = self.inodes.lock().unwrap();
+        let inodes = self.inodes.table();
         files
             .iter()
             .filter(|f| f.inode_writes.pending())
@@ -141,13 +164,13 @@ impl Core {
     pub async fn opendir(&self, ino: u64) -> FsResult<u64> {
         let handle = self.dir_handle(ino).await?;
         let fh = self.files.new_fh();
-        self.dirs.lock().unwrap().insert(fh, Arc::new(handle));
+        self.dirs.set_handle(fh, Arc::new(handle));
         Ok(fh)
     }
 
     /// The directory `ino` as a handle reads it.
     async fn dir_handle(&self, ino: u64) -> FsResult<DirHandle> {
-        let path = self.path(ino)?;
+        let path = self.inodes.path(ino)?;
         // A listing the mount keeps up to date itself is read as its lookups are: as long as
         // the directory's mtime, asked once a second, is the one the mount's changes left.
         if let Some(check) = self.cache.own_dir_to_check(&path) {
@@ -159,7 +182,7 @@ impl Core {
             None => self.fetch_listing(&path).await?,
         };
         let inos = {
-            let inodes = self.inodes.lock().unwrap();
+            let inodes = self.inodes.table();
             entries
                 .iter()
                 .map(|(name, _)| inodes.child(ino, name))
@@ -199,7 +222,7 @@ impl Core {
     /// for a tree walk) is waited for rather than asked for twice.
     async fn fetch_listing(&self, path: &[u8]) -> FsResult<Vec<(Bytes, Attrs)>> {
         let (tx, waiting) = {
-            let mut in_flight = self.listings_in_flight.lock().unwrap();
+            let mut in_flight = self.dirs.in_flight.lock().unwrap();
             match in_flight.get(path) {
                 Some(rx) => (None, Some(rx.clone())),
                 None => {
@@ -223,7 +246,7 @@ impl Core {
                 self.0.lock().unwrap().remove(self.1);
             }
         }
-        let _in_flight = InFlight(&self.listings_in_flight, path);
+        let _in_flight = InFlight(&self.dirs.in_flight, path);
         let ticket = self.cache.ticket();
         // A file with writes or attribute changes in flight at any time during the fetch may
         // be listed as it was before them: not kept (their acks do not move the ticket).
@@ -256,13 +279,13 @@ impl Core {
         if !self.config.dir_prefetch || !self.config.cache.enabled {
             return;
         }
-        let Ok(base) = self.path(dir) else {
+        let Ok(base) = self.inodes.path(dir) else {
             return;
         };
         subdirs.sort();
         let paths: Vec<Vec<u8>> = subdirs.iter().map(|name| join(&base, name)).collect();
         // Only a walk: a look at one directory (`ls /usr`) fetches nothing it did not ask for.
-        let Some(siblings) = self.dir_prefetch.lock().unwrap().read(&base, &paths) else {
+        let Some(siblings) = self.dirs.prefetch.lock().unwrap().read(&base, &paths) else {
             return;
         };
         // The walker's next steps: this directory's subdirectories first (on top), then the
@@ -272,7 +295,7 @@ impl Core {
     }
 
     fn push_prefetch(self: &Arc<Self>, paths: Vec<Vec<u8>>, depth: u32) {
-        let mut state = self.dir_prefetch.lock().unwrap();
+        let mut state = self.dirs.prefetch.lock().unwrap();
         // Reversed: the first in name order ends on top.
         state
             .stack
@@ -290,7 +313,7 @@ impl Core {
     async fn prefetch_worker(self: Arc<Self>) {
         loop {
             let (path, depth) = {
-                let mut state = self.dir_prefetch.lock().unwrap();
+                let mut state = self.dirs.prefetch.lock().unwrap();
                 match state.stack.pop_back() {
                     Some(next) => next,
                     None => {
@@ -400,19 +423,13 @@ impl Core {
 
     /// Entries from `offset` on; with `plus`, each carries attributes and a kernel reference.
     pub async fn readdir(&self, fh: u64, offset: u64, plus: bool) -> FsResult<Vec<DirEntry>> {
-        let mut dir = self
-            .dirs
-            .lock()
-            .unwrap()
-            .get(&fh)
-            .cloned()
-            .ok_or(libc::EBADF)?;
+        let mut dir = self.dirs.handle(fh).ok_or(libc::EBADF)?;
         if offset == 0 && dir.started.swap(true, Ordering::AcqRel) {
             // rewinddir(3): the directory as it is now, not as it was at opendir.
             let again = self.dir_handle(dir.ino).await?;
             again.started.store(true, Ordering::Release);
             dir = Arc::new(again);
-            self.dirs.lock().unwrap().insert(fh, dir.clone());
+            self.dirs.set_handle(fh, dir.clone());
         }
         let mut out = Vec::new();
         // ".." only needs an inode number; the kernel looks the parent up itself.
@@ -435,7 +452,7 @@ impl Core {
             let listed_as = dir.inos[i];
             if plus {
                 let (ino, gone) = {
-                    let mut inodes = self.inodes.lock().unwrap();
+                    let mut inodes = self.inodes.table();
                     let symlink = is_symlink(attrs);
                     match (listed_as, inodes.child(dir.ino, name)) {
                         // The name went since it was listed: the number its file had (as a
@@ -479,7 +496,7 @@ impl Core {
     }
 
     pub fn releasedir(&self, fh: u64) {
-        self.dirs.lock().unwrap().remove(&fh);
+        self.dirs.close(fh);
     }
 }
 

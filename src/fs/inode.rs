@@ -8,10 +8,11 @@
 //! first (as libfuse does for sshfs), which is its path until its last close.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 
+use super::FsResult;
 use super::write::InodeWrites;
 use crate::sftp::proto::Attrs;
 
@@ -120,6 +121,105 @@ impl Node {
             aliases: Vec::new(),
             listed_nlink: None,
         }
+    }
+}
+
+/// The core's inodes part: the table (each inode's names, what the kernel was shown of it, its
+/// write state) under its one lock, the lock that names change under, and the hidden names
+/// still to remove.
+pub struct Inodes {
+    table: Mutex<InodeTable>,
+    /// Held shared while a path is used to reach an open file again (an open, a reopen, a write
+    /// lane), and exclusively while a name is removed or replaced: such a path names the same
+    /// file until the guard goes.
+    names: tokio::sync::RwLock<()>,
+    /// Hidden names whose file's last descriptor closed while the server could not be told:
+    /// removed after the next reconnection.
+    hidden_to_remove: Mutex<Vec<Vec<u8>>>,
+    /// The longest name the server's filesystem takes.
+    name_max: usize,
+}
+
+impl Inodes {
+    pub fn new(root_path: Bytes, name_max: usize) -> Self {
+        Inodes {
+            table: Mutex::new(InodeTable::new(root_path)),
+            names: tokio::sync::RwLock::new(()),
+            hidden_to_remove: Mutex::default(),
+            name_max,
+        }
+    }
+
+    /// The table, for what must be read or changed under one lock.
+    pub fn table(&self) -> MutexGuard<'_, InodeTable> {
+        self.table.lock().unwrap()
+    }
+
+    /// Paths keep naming the files they name while this is held.
+    pub async fn names_kept(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.names.read().await
+    }
+
+    /// For a removal or a replacement of a name: no path is being used to reach a file meanwhile.
+    pub async fn names_changing(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
+        self.names.write().await
+    }
+
+    pub fn path(&self, ino: u64) -> FsResult<Vec<u8>> {
+        self.table().path(ino).ok_or(libc::ESTALE)
+    }
+
+    pub fn child_path(&self, parent: u64, name: &[u8]) -> FsResult<Vec<u8>> {
+        if name.contains(&b'/') {
+            return Err(libc::EINVAL);
+        }
+        // OpenSSH answers a name over the limit with BAD_MESSAGE (EINVAL): every operation,
+        // lookup included, says what a local filesystem says.
+        if name.len() > self.name_max {
+            return Err(libc::ENAMETOOLONG);
+        }
+        self.table().child_path(parent, name).ok_or(libc::ESTALE)
+    }
+
+    /// The path of `ino` while a name still reaches it (it was not unlinked): the cache's key.
+    pub fn linked_path(&self, ino: u64) -> Option<Vec<u8>> {
+        self.table().linked_path(ino)
+    }
+
+    /// The path of `ino`, and whether it may be cached under it (see [`Inodes::linked_path`]).
+    pub fn path_and_linked(&self, ino: u64) -> FsResult<(Vec<u8>, bool)> {
+        self.table().path_and_linked(ino).ok_or(libc::ESTALE)
+    }
+
+    /// `ino`'s write state if it has one: none means nothing of it is in flight.
+    pub fn writes(&self, ino: u64) -> Option<Arc<InodeWrites>> {
+        self.table().writes(ino)
+    }
+
+    /// `ino`'s write state, made if it has none (an open, a truncate); `None`: a forgotten
+    /// inode.
+    pub fn writes_or_new(&self, ino: u64) -> Option<Arc<InodeWrites>> {
+        self.table().writes_or_new(ino)
+    }
+
+    /// The hidden name of `ino`, which is gone from the table from now on (its last descriptor
+    /// closed).
+    pub fn take_hidden(&self, ino: u64) -> Option<Vec<u8>> {
+        let mut table = self.table();
+        let hidden = table.hidden_path(ino)?;
+        table.gone(ino);
+        Some(hidden)
+    }
+
+    /// A hidden name the server could not be told to remove: tried again after the next
+    /// reconnection.
+    pub fn remove_later(&self, hidden: Vec<u8>) {
+        self.hidden_to_remove.lock().unwrap().push(hidden);
+    }
+
+    /// The hidden names left to remove (see [`Inodes::remove_later`]).
+    pub fn take_hidden_to_remove(&self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut *self.hidden_to_remove.lock().unwrap())
     }
 }
 

@@ -1,10 +1,14 @@
 //! The filesystem core: POSIX operations on inodes and open files, carried out with SFTP
-//! requests. It knows nothing of the kernel protocol (the `fuse` adapter does that). This file
-//! holds the [`Core`] and what its parts share; each concern is a module of its own: `attr`
-//! (attributes, getattr, setattr), `namespace` (names), `open_file` (opens, reads, writes,
-//! barriers, shutdown), `open_files` (the descriptor table), `dir` (listings), `inode` (the
-//! inode table: names, and paths only while a name reaches a file), `cache` (metadata cache),
-//! `read` (read-ahead) and `write` (the write pipeline).
+//! requests. It knows nothing of the kernel protocol (the `fuse` adapter does that). The
+//! [`Core`] is a handful of parts, each owning its state behind its own locks: the inodes
+//! (`inode`: names, paths only while a name reaches a file, what the kernel was shown, each
+//! inode's write state, and the lock names change under), the open files (`open_files`:
+//! descriptors, their handles, write pipelines (`write`) and read-ahead (`read`), files served
+//! from memory (`small_files`)), the directories (`dir`: open listings, listings in flight and
+//! fetched ahead) and the metadata cache (`cache`). The operations that use several parts are
+//! `impl Core` blocks by concern: `attr` (getattr, setattr), `namespace` (names), `open_file`
+//! (opens, reads, writes, barriers, reopening after a reconnection, shutdown), `dir` (readdir)
+//! and `small_files` (opens answered from memory).
 
 mod attr;
 pub mod cache;
@@ -21,11 +25,9 @@ pub mod write;
 pub use attr::{IdMapping, SetAttr};
 pub use dir::DirEntry;
 pub use namespace::CreateMode;
-pub use open_file::{Loss, Opened};
+pub use open_file::Loss;
 
-use std::collections::HashMap;
-use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use fuser::FileAttr;
@@ -34,9 +36,9 @@ use crate::remote::{Generation, Remote};
 use crate::sftp::proto::Attrs;
 use crate::sftp::{ServerFeatures, Session, SftpError, StatVfs, StatusCode};
 use cache::{CacheConfig, MetaCache};
-use dir::{DirHandle, DirPrefetch, ListingWatch};
-use inode::InodeTable;
-use write::InodeWrites;
+use dir::Directories;
+use inode::Inodes;
+use open_files::{FileSettings, OpenFiles};
 
 /// Errors are plain errno values: that is all the kernel can carry.
 pub type Errno = i32;
@@ -129,9 +131,6 @@ pub enum KeepCache {
     Always,
 }
 
-/// Read-ahead of all open files together, at most.
-const MAX_PREFETCH_TOTAL: usize = 64 * 1024 * 1024;
-
 /// The open files as `sftpmount status` shows them.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct FilesStatus {
@@ -143,6 +142,14 @@ pub struct FilesStatus {
     pub files_with_errors: usize,
     /// Bytes of open files whose WRITE failed.
     pub lost_bytes: u64,
+}
+
+/// An open file, as the kernel is told about it.
+#[derive(Debug, Clone, Copy)]
+pub struct Opened {
+    pub fh: u64,
+    /// The kernel may keep the pages it cached for this file: it did not change.
+    pub keep_cache: bool,
 }
 
 /// An entry the kernel is told about: the inode and its attributes.
@@ -157,28 +164,12 @@ pub struct Core {
     remote: Arc<Remote>,
     /// What the server offered at the first connection.
     features: ServerFeatures,
-    /// Open files whose first handle is on each channel (by index).
-    files_on: Vec<AtomicUsize>,
-    budget: ByteBudget,
-    read_budget: ByteBudget,
     root: Bytes,
-    inodes: Mutex<InodeTable>,
-    /// The descriptor table (files with a server handle) and every descriptor's number.
-    files: open_files::OpenFiles,
-    dirs: Mutex<HashMap<u64, Arc<DirHandle>>>,
+    inodes: Inodes,
+    files: OpenFiles,
+    dirs: Directories,
+    /// What the server's files and directories were seen to be, and their contents read ahead.
     cache: MetaCache,
-    small_files: small_files::SmallFiles,
-    dir_prefetch: Mutex<DirPrefetch>,
-    listings_in_flight: Mutex<HashMap<Vec<u8>, ListingWatch>>,
-    /// Held (shared) while a file is opened again by its path for more lanes, and exclusively
-    /// while a name is removed or replaced: a reopen must reach the same file, never one that
-    /// took its name.
-    namespace: tokio::sync::RwLock<()>,
-    /// Hidden names whose file's last descriptor closed while the server could not be told:
-    /// removed after the next reconnection.
-    hidden_to_remove: Mutex<Vec<Vec<u8>>>,
-    /// The mount is going down: writes are refused from now on.
-    shutting_down: std::sync::atomic::AtomicBool,
     config: CoreConfig,
 }
 
@@ -187,23 +178,24 @@ impl Core {
     pub fn new(remote: Arc<Remote>, first: &Generation, root: Bytes, config: CoreConfig) -> Self {
         Core {
             features: first.meta().features().clone(),
-            files_on: (0..remote.settings().sftp_channels)
-                .map(|_| AtomicUsize::new(0))
-                .collect(),
+            files: OpenFiles::new(
+                remote.settings().sftp_channels,
+                FileSettings {
+                    write_buffer: config.write_buffer,
+                    write_buffer_total: config.write_buffer_total,
+                    short_writes: config.short_writes,
+                    readahead: config.readahead,
+                    max_write: first.meta().features().max_write as usize,
+                    max_read: first.meta().features().max_read,
+                    in_order: first.meta().features().in_order,
+                    reconnect_wait: remote.settings().reconnect_wait,
+                },
+            ),
             remote,
-            budget: ByteBudget::new(config.write_buffer_total),
-            read_budget: ByteBudget::new(MAX_PREFETCH_TOTAL),
-            inodes: Mutex::new(InodeTable::new(root.clone())),
+            inodes: Inodes::new(root.clone(), config.name_max),
             root,
-            files: Default::default(),
-            dirs: Mutex::default(),
+            dirs: Directories::default(),
             cache: MetaCache::new(config.cache),
-            small_files: Default::default(),
-            dir_prefetch: Mutex::default(),
-            listings_in_flight: Mutex::default(),
-            namespace: tokio::sync::RwLock::new(()),
-            hidden_to_remove: Mutex::default(),
-            shutting_down: Default::default(),
             config,
         }
     }
@@ -215,26 +207,7 @@ impl Core {
 
     /// What `sftpmount status` reports of the files: see [`FilesStatus`].
     pub fn files_status(&self) -> FilesStatus {
-        let files = self.files.all();
-        let mut status = FilesStatus {
-            open_files: files.len() + self.small_files.open_count(),
-            unacked_bytes: (self.config.write_buffer_total - self.budget.available()) as u64,
-            ..Default::default()
-        };
-        for file in &files {
-            let failures = file.inode_writes.failures();
-            if failures
-                > file
-                    .failures_seen
-                    .load(std::sync::atomic::Ordering::Acquire)
-            {
-                status.files_with_errors += 1;
-            }
-            if let Some(writer) = &file.writer {
-                status.lost_bytes += writer.lost_bytes();
-            }
-        }
-        status
+        self.files.status()
     }
 
     /// Runs a request that may be sent twice (it only reads) on the metadata channel; one lost
@@ -258,51 +231,6 @@ impl Core {
         }
     }
 
-    fn path(&self, ino: u64) -> FsResult<Vec<u8>> {
-        self.inodes.lock().unwrap().path(ino).ok_or(libc::ESTALE)
-    }
-
-    fn child_path(&self, parent: u64, name: &[u8]) -> FsResult<Vec<u8>> {
-        if name.contains(&b'/') {
-            return Err(libc::EINVAL);
-        }
-        // OpenSSH answers a name over the limit with BAD_MESSAGE (EINVAL): every operation,
-        // lookup included, says what a local filesystem says.
-        if name.len() > self.config.name_max {
-            return Err(libc::ENAMETOOLONG);
-        }
-        self.inodes
-            .lock()
-            .unwrap()
-            .child_path(parent, name)
-            .ok_or(libc::ESTALE)
-    }
-
-    /// `ino`'s write state if it has one: none means nothing of it is in flight.
-    fn inode_writes(&self, ino: u64) -> Option<Arc<InodeWrites>> {
-        self.inodes.lock().unwrap().writes(ino)
-    }
-
-    /// `ino`'s write state, made if it has none (an open, a truncate); `None`: a forgotten
-    /// inode.
-    fn inode_writes_or_new(&self, ino: u64) -> Option<Arc<InodeWrites>> {
-        self.inodes.lock().unwrap().writes_or_new(ino)
-    }
-
-    /// The path of `ino` while a name still reaches it (it was not unlinked): the cache's key.
-    fn linked_path(&self, ino: u64) -> Option<Vec<u8>> {
-        self.inodes.lock().unwrap().linked_path(ino)
-    }
-
-    /// The path of `ino`, and whether it may be cached under it (see [`Core::linked_path`]).
-    fn path_and_linked(&self, ino: u64) -> FsResult<(Vec<u8>, bool)> {
-        self.inodes
-            .lock()
-            .unwrap()
-            .path_and_linked(ino)
-            .ok_or(libc::ESTALE)
-    }
-
     /// `path` was created, changed, renamed or removed through the mount: what the cache knew
     /// of it and of its directory is gone. Called once the server has answered, so that no
     /// listing or stat fetched before the change is stored after it.
@@ -312,7 +240,7 @@ impl Core {
 
     /// The contents or attributes of `ino` changed through the mount.
     fn changed_attrs(&self, ino: u64) {
-        if let Some(path) = self.linked_path(ino) {
+        if let Some(path) = self.inodes.linked_path(ino) {
             self.cache.invalidate_attrs(&path);
         }
         self.changed_other_names(ino);
@@ -321,7 +249,7 @@ impl Core {
     /// What the cache holds under `ino`'s other names (hard links made through the mount) is
     /// older than a change made through one of them.
     fn changed_other_names(&self, ino: u64) {
-        let aliases = self.inodes.lock().unwrap().alias_paths(ino);
+        let aliases = self.inodes.table().alias_paths(ino);
         for path in aliases {
             self.cache.invalidate_attrs(&path);
         }

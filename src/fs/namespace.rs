@@ -39,16 +39,16 @@ enum RenameError {
 
 impl Core {
     pub async fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Entry> {
-        let path = self.child_path(parent, name)?;
+        let path = self.inodes.child_path(parent, name)?;
         self.entry(parent, name, &path).await
     }
 
     pub fn forget(&self, ino: u64, count: u64) {
-        self.inodes.lock().unwrap().forget(ino, count);
+        self.inodes.table().forget(ino, count);
     }
 
     pub async fn readlink(&self, ino: u64) -> FsResult<Bytes> {
-        let (path, linked) = self.path_and_linked(ino)?;
+        let (path, linked) = self.inodes.path_and_linked(ino)?;
         if linked && let Some(target) = self.cache.link(&path) {
             return Ok(target);
         }
@@ -73,7 +73,7 @@ impl Core {
     }
 
     pub async fn mkdir(&self, parent: u64, name: &[u8], mode: CreateMode) -> FsResult<Entry> {
-        let path = self.child_path(parent, name)?;
+        let path = self.inodes.child_path(parent, name)?;
         let attrs = Attrs {
             permissions: Some(mode.mode & !mode.umask & 0o7777),
             ..Default::default()
@@ -101,7 +101,7 @@ impl Core {
         ticket: Ticket,
         made: Reply<()>,
     ) -> FsResult<Attrs> {
-        let dir = self.path(parent)?;
+        let dir = self.inodes.path(parent)?;
         let after = self.features.in_order.then(|| session.lstat(path));
         let parent_after = self.features.in_order.then(|| session.lstat(&dir));
         if let Err(e) = made.await {
@@ -143,7 +143,7 @@ impl Core {
         let mut changed_here = false;
         if self.config.owner_from_caller && mode.owner.0 != 0 {
             let (uid, mut gid) = self.config.ids.remote(mode.owner.0, mode.owner.1);
-            if let Ok(dir) = self.path(parent)
+            if let Ok(dir) = self.inodes.path(parent)
                 && let Ok(parent_attrs) = self.stat_cached(Some(parent), &dir).await
                 && parent_attrs.permissions.unwrap_or(0) & libc::S_ISGID != 0
                 && let Some((_, dir_gid)) = parent_attrs.uid_gid
@@ -230,9 +230,9 @@ impl Core {
     }
 
     pub async fn unlink(&self, parent: u64, name: &[u8]) -> FsResult<()> {
-        let path = self.child_path(parent, name)?;
-        let dir = self.path(parent)?;
-        let _names = self.namespace.write().await;
+        let path = self.inodes.child_path(parent, name)?;
+        let dir = self.inodes.path(parent)?;
+        let _names = self.inodes.names_changing().await;
         let session = self.meta().await?;
         let ticket = self.cache.ticket();
         // An open file keeps its contents under a hidden name until its last close.
@@ -262,7 +262,7 @@ impl Core {
             return Err(errno(e));
         }
         let (ino, others, linked_elsewhere) = {
-            let mut inodes = self.inodes.lock().unwrap();
+            let mut inodes = self.inodes.table();
             let ino = inodes.child(parent, name);
             let linked_elsewhere = ino
                 .and_then(|ino| inodes.listed_nlink(ino))
@@ -301,18 +301,18 @@ impl Core {
         // A file removed from it while a descriptor's release (which the kernel sends after
         // close(2) returned) was on its way is kept under a hidden name until that release:
         // `cat d/f; rm -rf d` must not fail for it. Waited for a moment.
-        let child = self.inodes.lock().unwrap().child(parent, name);
+        let child = self.inodes.table().child(parent, name);
         if let Some(dir) = child {
             for _ in 0..100 {
-                if !self.inodes.lock().unwrap().has_hidden_in(dir) {
+                if !self.inodes.table().has_hidden_in(dir) {
                     break;
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
         }
-        let path = self.child_path(parent, name)?;
-        let dir = self.path(parent)?;
-        let _names = self.namespace.write().await;
+        let path = self.inodes.child_path(parent, name)?;
+        let dir = self.inodes.path(parent)?;
+        let _names = self.inodes.names_changing().await;
         let session = self.meta().await?;
         let ticket = self.cache.ticket();
         let removed = session.rmdir(&path);
@@ -327,7 +327,7 @@ impl Core {
             }
             return Err(errno(e));
         }
-        self.inodes.lock().unwrap().unlink(parent, name);
+        self.inodes.table().unlink(parent, name);
         // It was empty: nothing cached below it but its own listing.
         let dir_after = dir_after(ticket, parent_after).await;
         self.cache.removed(&path, dir_after);
@@ -341,7 +341,7 @@ impl Core {
         target: &[u8],
         owner: (u32, u32),
     ) -> FsResult<Entry> {
-        let path = self.child_path(parent, name)?;
+        let path = self.inodes.child_path(parent, name)?;
         let session = self.meta().await?;
         let ticket = self.cache.ticket();
         let made = session.symlink(&path, target);
@@ -365,9 +365,9 @@ impl Core {
         new_name: &[u8],
         no_replace: bool,
     ) -> FsResult<()> {
-        let from = self.child_path(parent, name)?;
-        let to = self.child_path(new_parent, new_name)?;
-        let _names = self.namespace.write().await;
+        let from = self.inodes.child_path(parent, name)?;
+        let to = self.inodes.child_path(new_parent, new_name)?;
+        let _names = self.inodes.names_changing().await;
         let ticket = self.cache.ticket();
         let mut parent_after = None;
         let replaced = match no_replace {
@@ -386,7 +386,7 @@ impl Core {
             // One request; the directory's attributes right behind it.
             let session = self.meta().await?;
             let renamed = session.rename(&from, &to);
-            let dir = self.path(parent)?;
+            let dir = self.inodes.path(parent)?;
             parent_after = self.features.in_order.then(|| session.lstat(&dir));
             renamed.await.map_err(RenameError::Sftp)
         } else {
@@ -396,10 +396,17 @@ impl Core {
         // its own entries, which spares a scan of the cache for each of rsync's renames. A
         // file renamed keeps its attributes, and the listings it moved between are edited, not
         // dropped: a lock file renamed into place (git, editors) leaves the names around it
-        // known.
+        // known. A file whose attributes the cache no longer has (its writes were acked before
+        // its close asked for them) is still known as a file by its inode.
         let known_file = match self.cache.name(&from) {
-            Some(Known::Attrs(a)) if !is_dir(&a) => Some(a),
-            _ => None,
+            Some(Known::Attrs(a)) if !is_dir(&a) => Some(Some(a)),
+            _ => {
+                let inodes = self.inodes.table();
+                let shown = inodes.child(parent, name).and_then(|ino| inodes.shown(ino));
+                shown
+                    .filter(|a| a.permissions.is_some() && !is_dir(a))
+                    .map(|_| None)
+            }
         };
         let known_dir_or_unknown = known_file.is_none();
         match (&result, known_file) {
@@ -440,7 +447,7 @@ impl Core {
             });
         }
         let hidden = {
-            let mut inodes = self.inodes.lock().unwrap();
+            let mut inodes = self.inodes.table();
             let hidden = replaced.as_ref().and_then(|replaced| {
                 let ino = inodes.child(new_parent, new_name);
                 inodes.hide(new_parent, new_name, &replaced.name);
@@ -465,8 +472,8 @@ impl Core {
     /// the last name the mount knows it by: removing or replacing the name moves the file there
     /// instead (see `inode.rs`).
     fn hidden_name_for(&self, parent: u64, name: &[u8]) -> Option<Vec<u8>> {
-        let ino = self.inodes.lock().unwrap().child(parent, name)?;
-        if self.inodes.lock().unwrap().names(ino) != 1 || !self.is_open(ino) {
+        let ino = self.inodes.table().child(parent, name)?;
+        if self.inodes.table().names(ino) != 1 || !self.files.is_open(ino) {
             return None;
         }
         static HIDDEN: AtomicU64 = AtomicU64::new(0);
@@ -488,7 +495,7 @@ impl Core {
         let Some(name) = self.hidden_name_for(new_parent, new_name) else {
             return Ok(None);
         };
-        let path = join(&self.path(new_parent)?, &name);
+        let path = join(&self.inodes.path(new_parent)?, &name);
         let meta = self.meta().await?;
         let linked = self.features.hardlink && meta.hardlink(to, &path).await.is_ok();
         if linked || meta.rename_exclusive(to, &path).await.is_ok() {
@@ -593,12 +600,12 @@ impl Core {
             return Err(libc::ENOSYS);
         }
         // A file whose last name went is not given a new one (linkat of /proc/PID/fd/N).
-        if self.inodes.lock().unwrap().is_unlinked(ino) {
+        if self.inodes.table().is_unlinked(ino) {
             return Err(libc::ENOENT);
         }
-        let _names = self.namespace.read().await;
-        let existing = self.path(ino)?;
-        let path = self.child_path(new_parent, new_name)?;
+        let _names = self.inodes.names_kept().await;
+        let existing = self.inodes.path(ino)?;
+        let path = self.inodes.child_path(new_parent, new_name)?;
         let session = self.meta().await?;
         let ticket = self.cache.ticket();
         let linked = session.hardlink(&existing, &path);
@@ -608,7 +615,7 @@ impl Core {
         // The new name is another name of the same inode, as on a local filesystem: one inode
         // number, the link count of the names the mount knows, a change through either name
         // seen through the other at once.
-        self.inodes.lock().unwrap().link(ino, new_parent, new_name);
+        self.inodes.table().link(ino, new_parent, new_name);
         let attr = self.shown(ino, &attrs);
         Ok(Entry {
             attr: self.status_changed(ino, attr),

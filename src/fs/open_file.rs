@@ -2,167 +2,28 @@
 //! channel it writes through, reads (read-ahead or direct, short replies read on), writes into
 //! the write pipeline, the barriers (flush, fsync, release) and the shutdown that settles them.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use tracing::{debug, error, warn};
 
 use super::cache::{Contents, Known};
-use super::handle::{FileHandle, ServerHandle, SftpLane, SftpSource};
-use super::inode::{ContentsSeen, now_secs};
+use super::handle::{ServerHandle, SftpLane, SftpSource};
 use super::namespace::CreateMode;
-use super::read::{self, Prefetcher};
-use super::write::{InodeWrites, WriteLimits, WritePipeline};
-use super::{Core, Entry, Errno, FsResult, KeepCache, errno};
+use super::open_files::{NewFile, OpenFile, same_file};
+use super::read;
+use super::small_files::SMALL_FILE;
+use super::write::WritePipeline;
+use super::{Core, Entry, Errno, FsResult, Opened, errno};
 use crate::remote::Generation;
 use crate::sftp::client::Reply;
 use crate::sftp::proto::{Attrs, open_flags};
-use crate::sftp::{Session, SftpError, StatusCode};
-
-/// An open file, as the kernel is told about it.
-#[derive(Debug, Clone, Copy)]
-pub struct Opened {
-    pub fh: u64,
-    /// The kernel may keep the pages it cached for this file: it did not change.
-    pub keep_cache: bool,
-}
+use crate::sftp::{SftpError, StatusCode};
 
 /// A file gets lanes on the other channels once this much was written to it: a small file is
 /// done before a second handle would pay for its open and close.
 const SPREAD_AFTER_BYTES: u64 = 2 * 1024 * 1024;
-
-/// Files read whole by one kernel READ: opened on the metadata channel (see `open_handle`),
-/// and read ahead whole when their directory is read file by file (see `small_files.rs`).
-pub(super) const SMALL_FILE: u64 = 128 * 1024;
-/// Small files open there at once, at most: the rest go to the data channels, so that a program
-/// holding thousands open neither fills one session's handle table nor crowds out lookups.
-const SMALL_FILES_ON_METADATA_CHANNEL: usize = 32;
-
-/// OpenSSH's sshd grants each session channel a 2 MiB window (CHAN_SES_WINDOW_DEFAULT).
-const LANE_TARGET: usize = 2 * 1024 * 1024;
-
-/// Read-ahead per open file, at most (a far link needs rate x round trip: 250 MB/s x 40 ms).
-const MAX_PREFETCH: usize = 16 * 1024 * 1024;
-
-/// A handle on another channel: which channel, and the handle.
-type LaneHandle = (Arc<Session>, Bytes);
-
-pub(super) struct OpenFile {
-    pub(super) ino: u64,
-    /// The server's handle, swapped for a new one when the connection is.
-    pub(super) handle: Arc<FileHandle>,
-    /// The channel (by index) the file was opened on, where it is counted in `files_on`.
-    pub(super) channel: usize,
-    /// The open(2) flags: a reopen uses them, less O_CREAT, O_EXCL and O_TRUNC.
-    pub(super) flags: i32,
-    /// What the mount knows of the file: attributes seen at the open, and at its own changes
-    /// since, to know the file again at a reopen (see [`same_file`]).
-    pub(super) identity: Mutex<Option<Attrs>>,
-    pub(super) writer: Option<Arc<WritePipeline>>,
-    /// Read-ahead for sequential readers; none for write-only opens.
-    pub(super) prefetch: Option<Prefetcher>,
-    pub(super) inode_writes: Arc<InodeWrites>,
-    /// Handles on the other channels, opened once the file proved large: closed on release,
-    /// which leaves `None` so that a handle opened after it is closed at once, not leaked.
-    pub(super) lane_handles: Mutex<Option<Vec<LaneHandle>>>,
-    pub(super) spreading: std::sync::atomic::AtomicBool,
-    /// The inode's write failures this descriptor has reported (fsync reports each once).
-    pub(super) failures_seen: AtomicU64,
-    /// The process that opened it: its attribute changes may be reported at its close.
-    pub(super) opener: u32,
-    /// A close (flush) came after the last write: the program may be done with the file, so a
-    /// change of its attributes is no longer one its close can report.
-    pub(super) flushed: std::sync::atomic::AtomicBool,
-    /// What this descriptor wrote, while that is all of a small file it created or truncated:
-    /// kept as the file's contents at close (git writes its config, then reads it back). With
-    /// the inode's contents generation it expects: anything else that changed the file (another
-    /// descriptor's write, a truncate) moves it past that.
-    written: Mutex<Option<(bytes::BytesMut, u64)>>,
-}
-
-impl OpenFile {
-    /// This descriptor changed the file's mode, owner or times (a step of the inode's
-    /// generation taken at `before`), not its contents: what it wrote is still all of them.
-    pub(super) fn contents_unchanged_since(&self, before: u64) {
-        if let Some((_, expected)) = self.written.lock().unwrap().as_mut()
-            && *expected == before
-        {
-            *expected += 1;
-        }
-    }
-}
-
-/// Whether `now`, the attributes of what a reopen found under the file's path, can be the file
-/// `file` had open. SFTP v3 has no file identity; what it does give must all agree with what
-/// the mount knew of the file (`identity`: kept up to date by the mount's own changes): the
-/// same type, permissions and owner, for a reader a modification time no older, and a size that what the
-/// mount did explains (at least what it set and what was acked; for a writer, at most what it
-/// set, had or sent, as the server may or may not have applied the WRITEs in flight). A file
-/// put in its place with the same owner and mode, a newer mtime and a size in those bounds is
-/// taken for it: the window that remains.
-fn same_file(file: &OpenFile, now: &Attrs) -> Result<(), String> {
-    let Some(known) = file.identity.lock().unwrap().clone() else {
-        return Err("nothing is known of the file it had open".into());
-    };
-    let kind = |a: &Attrs| a.permissions.map(|m| m & libc::S_IFMT);
-    if kind(&known) != kind(now) {
-        return Err("it is another kind of file now".into());
-    }
-    if known.permissions != now.permissions {
-        return Err(format!(
-            "its mode is {:o}, not {:o}",
-            now.permissions.unwrap_or(0) & 0o7777,
-            known.permissions.unwrap_or(0) & 0o7777
-        ));
-    }
-    if known.uid_gid.is_some() && known.uid_gid != now.uid_gid {
-        return Err("it has another owner".into());
-    }
-    // A reader's: for a writer, what the mount itself did bounds its size more closely, and
-    // the mtimes its own writes and changes left are not all known to it.
-    let mtime = |a: &Attrs| a.atime_mtime.map(|t| t.1);
-    if file.writer.is_none()
-        && let (Some(then), Some(now)) = (mtime(&known), mtime(now))
-        && now < then
-    {
-        return Err(format!("it was modified at {now}, before the {then} seen"));
-    }
-    let size = now.size.unwrap_or(0);
-    let (least, most) = file.inode_writes.size_bounds(known.size.unwrap_or(0));
-    if size < least {
-        return Err(format!(
-            "it holds {size} bytes, fewer than the {least} it had"
-        ));
-    }
-    if file.writer.is_some() && size > most {
-        return Err(format!(
-            "it holds {size} bytes, more than it could have ({most})"
-        ));
-    }
-    Ok(())
-}
-
-/// The mount changed the attributes of the file `files` have open (`change`: what it set):
-/// they are known by them from now on. The size is not: the writes' bounds know it.
-pub(super) fn known_changed(files: &[Arc<OpenFile>], change: &Attrs) {
-    for file in files {
-        let mut identity = file.identity.lock().unwrap();
-        let Some(known) = identity.as_mut() else {
-            continue;
-        };
-        if let Some(mode) = change.permissions {
-            let kind = known.permissions.unwrap_or(0) & libc::S_IFMT;
-            known.permissions = Some(kind | (mode & 0o7777));
-        }
-        if change.uid_gid.is_some() {
-            known.uid_gid = change.uid_gid;
-        }
-        if change.atime_mtime.is_some() {
-            known.atime_mtime = change.atime_mtime;
-        }
-    }
-}
 
 /// Writes of one file that did not reach the server.
 #[derive(Debug, Clone)]
@@ -212,8 +73,6 @@ impl Core {
         pflags
     }
 
-    /// `path`: where the file was opened; its own filesystem is the one that may be full (it
-    /// may be a mount of its own), so a failed write asks there for the free space.
     fn register_open(
         &self,
         ino: u64,
@@ -223,66 +82,20 @@ impl Core {
         identity: Option<Attrs>,
         opener: u32,
     ) -> FsResult<u64> {
-        let channel = opened.channel;
-        let Some(inode_writes) = self.inode_writes_or_new(ino) else {
+        let Some(inode_writes) = self.inodes.writes_or_new(ino) else {
             opened.session.close_unawaited(opened.handle);
-            self.files_on[channel].fetch_sub(1, Ordering::Relaxed);
+            self.files.closed_on(opened.channel);
             return Err(libc::ESTALE);
         };
-        let handle = FileHandle::new(opened.clone(), self.remote.settings().reconnect_wait);
-        let statvfs_path = Bytes::copy_from_slice(path);
-        let writer = (flags & libc::O_ACCMODE != libc::O_RDONLY).then(|| {
-            WritePipeline::new(
-                Arc::new(SftpLane {
-                    handle: opened,
-                    file: handle.clone(),
-                    statvfs_path,
-                }),
-                WriteLimits {
-                    per_file: self.config.write_buffer,
-                    max_write: self.features.max_write as usize,
-                    short_writes: self.config.short_writes,
-                    lane_target: LANE_TARGET,
-                    in_order: self.features.in_order,
-                },
-                self.budget.clone(),
-                inode_writes.clone(),
-                flags & libc::O_APPEND != 0,
-            )
-        });
-        let reads = flags & libc::O_ACCMODE != libc::O_WRONLY;
-        let prefetch = (reads && self.config.readahead).then(|| {
-            Prefetcher::new(
-                Arc::new(SftpSource {
-                    file: handle.clone(),
-                }),
-                self.read_budget.clone(),
-                self.features.max_read,
-                MAX_PREFETCH,
-            )
-        });
-        let fh = self.files.new_fh();
-        let failures_seen = AtomicU64::new(inode_writes.failures());
-        self.files.insert(
-            fh,
-            Arc::new(OpenFile {
-                ino,
-                handle,
-                channel,
-                flags,
-                identity: Mutex::new(identity),
-                writer,
-                prefetch,
-                inode_writes,
-                lane_handles: Mutex::new(Some(Vec::new())),
-                spreading: Default::default(),
-                flushed: Default::default(),
-                opener,
-                failures_seen,
-                written: Mutex::new(None),
-            }),
-        );
-        Ok(fh)
+        Ok(self.files.register(NewFile {
+            ino,
+            opened,
+            inode_writes,
+            flags,
+            path,
+            identity,
+            opener,
+        }))
     }
 
     /// Keeps open files working across reconnections: each time the connection is replaced,
@@ -299,10 +112,9 @@ impl Core {
                 reopening.spawn(async move { core.reopen(&file, &generation).await });
             }
             let outcomes = reopening.join_all().await;
-            let leftovers = std::mem::take(&mut *self.hidden_to_remove.lock().unwrap());
-            for hidden in leftovers {
+            for hidden in self.inodes.take_hidden_to_remove() {
                 if !self.remove_hidden_path(&hidden).await {
-                    self.hidden_to_remove.lock().unwrap().push(hidden);
+                    self.inodes.remove_later(hidden);
                 }
             }
             let failed = outcomes.iter().filter(|reopened| !**reopened).count();
@@ -333,7 +145,7 @@ impl Core {
             Ok(handle) => {
                 // New chunks go to the new handle, and the file may spread again.
                 if let Some(writer) = &file.writer {
-                    let path = self.path(file.ino).unwrap_or_default();
+                    let path = self.inodes.path(file.ino).unwrap_or_default();
                     writer.add_lane(Arc::new(SftpLane {
                         handle: handle.clone(),
                         file: file.handle.clone(),
@@ -345,7 +157,7 @@ impl Core {
                 true
             }
             Err(why) => {
-                let path = self.inodes.lock().unwrap().path(file.ino);
+                let path = self.inodes.table().path(file.ino);
                 let path = path.map(|p| String::from_utf8_lossy(&p).into_owned());
                 warn!(
                     "{} cannot be reopened after the reconnection ({why}): its descriptor fails with EIO",
@@ -363,8 +175,9 @@ impl Core {
         generation: &Generation,
     ) -> Result<ServerHandle, String> {
         // The path must name this file until the new handle is checked.
-        let _names = self.namespace.read().await;
+        let _names = self.inodes.names_kept().await;
         let path = self
+            .inodes
             .path(file.ino)
             .map_err(|_| "no name reaches it any more")?;
         if file.flags & libc::O_APPEND != 0 && file.inode_writes.pending() {
@@ -416,8 +229,8 @@ impl Core {
     /// replaced on the server by someone else is caught by the new handle's attributes: same
     /// type, owner and mode, and at least the size ours had just before.
     async fn open_lanes(&self, file: &Arc<OpenFile>, writer: &Arc<WritePipeline>) {
-        let _names = self.namespace.read().await;
-        let Ok(path) = self.path(file.ino) else {
+        let _names = self.inodes.names_kept().await;
+        let Ok(path) = self.inodes.path(file.ino) else {
             return;
         };
         // Only over the connection the file's handle is on.
@@ -507,7 +320,7 @@ impl Core {
         };
         // The descriptor is closed: no reopen may install a handle for it any more.
         file.handle.replace(Err(libc::EBADF));
-        self.files_on[file.channel].fetch_sub(1, Ordering::Relaxed);
+        self.files.closed_on(file.channel);
         closing.join_all().await;
         closed.map_err(errno)
     }
@@ -537,15 +350,8 @@ impl Core {
         Option<Reply<Attrs>>,
     )> {
         let generation = self.remote.current().await.map_err(|_| libc::EIO)?;
-        let channels = generation.channels.len().min(self.files_on.len());
-        let load = |i: usize| self.files_on[i].load(Ordering::Relaxed);
-        let channel = if small && load(0) < SMALL_FILES_ON_METADATA_CHANNEL {
-            0
-        } else {
-            (1..channels).min_by_key(|&i| load(i)).unwrap_or(0)
-        };
+        let channel = self.files.channel_for(small, generation.channels.len());
         let session = generation.channels[channel].clone();
-        self.files_on[channel].fetch_add(1, Ordering::Relaxed);
         let opened = session.open(path, pflags, attrs);
         let (after, dir_after) = match stat_after {
             Some(dir) if self.features.in_order => {
@@ -561,7 +367,7 @@ impl Core {
                 handle,
             }),
             Err(e) => {
-                self.files_on[channel].fetch_sub(1, Ordering::Relaxed);
+                self.files.closed_on(channel);
                 Err(e)
             }
         };
@@ -570,7 +376,7 @@ impl Core {
 
     /// `caller`: the process opening it.
     pub async fn open(self: &Arc<Self>, ino: u64, flags: i32, caller: u32) -> FsResult<Opened> {
-        let (path, linked) = self.path_and_linked(ino)?;
+        let (path, linked) = self.inodes.path_and_linked(ino)?;
         let pflags = Self::sftp_open_flags(flags & !(libc::O_CREAT | libc::O_EXCL));
         let truncating = pflags & open_flags::TRUNC != 0;
         let read_only = flags & libc::O_ACCMODE == libc::O_RDONLY && !truncating;
@@ -580,13 +386,13 @@ impl Core {
         {
             return Ok(opened);
         }
-        if truncating && let Some(w) = self.inode_writes(ino) {
+        if truncating && let Some(w) = self.inodes.writes(ino) {
             w.settle().await;
         }
         // Until the handle is registered, a rename or unlink through the mount waits: the path
         // names this inode's file when the OPEN reaches the server.
-        let _names = self.namespace.read().await;
-        let (path, linked) = self.path_and_linked(ino)?;
+        let _names = self.inodes.names_kept().await;
+        let (path, linked) = self.inodes.path_and_linked(ino)?;
         // The attributes that decide whether the kernel's cached pages are still the file's
         // travel alongside the OPEN, so they cost no round trip of their own.
         let stat = async {
@@ -599,8 +405,7 @@ impl Core {
         let small = read_only
             && self
                 .inodes
-                .lock()
-                .unwrap()
+                .table()
                 .shown(ino)
                 .and_then(|a| a.size)
                 .is_some_and(|size| size <= SMALL_FILE);
@@ -622,8 +427,8 @@ impl Core {
         };
         let handle = handle.map_err(errno)?;
         let keep_cache = self.keep_cache(ino, attrs.as_ref());
-        if let Some(w) = self.inode_writes_or_new(ino) {
-            if !self.is_open(ino) {
+        if let Some(w) = self.inodes.writes_or_new(ino) {
+            if !self.files.is_open(ino) {
                 w.forget_size();
             }
             if truncating {
@@ -631,7 +436,7 @@ impl Core {
             }
         }
         // Not asked when truncating: the type, mode and owner the kernel was shown will do.
-        let identity = attrs.or_else(|| self.inodes.lock().unwrap().shown(ino));
+        let identity = attrs.or_else(|| self.inodes.table().shown(ino));
         let fh = self.register_open(ino, handle, flags, &path, identity, caller)?;
         if truncating {
             self.capture_writes(fh);
@@ -640,22 +445,6 @@ impl Core {
             self.read_ahead_after(&path);
         }
         Ok(Opened { fh, keep_cache })
-    }
-
-    /// Whether the kernel may keep the pages it cached for `ino`, opened with `attrs`: its
-    /// size and mtime unchanged since the last open, and that mtime already old then (see
-    /// [`ContentsSeen`]).
-    pub(super) fn keep_cache(&self, ino: u64, attrs: Option<&Attrs>) -> bool {
-        let now = now_secs();
-        let seen = attrs.and_then(|a| Some(ContentsSeen::at(a.size?, a.atime_mtime?.1, now)));
-        let before = self.inodes.lock().unwrap().swap_contents_seen(ino, seen);
-        match self.config.keep_cache {
-            KeepCache::Never => false,
-            KeepCache::WhileUnchanged => before
-                .zip(seen)
-                .is_some_and(|(before, seen)| before.still(&seen)),
-            KeepCache::Always => true,
-        }
     }
 
     /// mknod(2): a regular file is made (and closed) as an exclusive create would; SFTP has
@@ -685,8 +474,8 @@ impl Core {
         flags: i32,
         caller: u32,
     ) -> FsResult<(Entry, u64)> {
-        let _names = self.namespace.read().await;
-        let path = self.child_path(parent, name)?;
+        let _names = self.inodes.names_kept().await;
+        let path = self.inodes.child_path(parent, name)?;
         let attrs = Attrs {
             permissions: Some(mode.mode & !mode.umask & 0o7777),
             ..Default::default()
@@ -695,7 +484,7 @@ impl Core {
         // file someone made meanwhile is known as such (it keeps its mode and owner) and not
         // taken for one this create made. Only then is it opened as it is (a round trip more).
         let excl = flags & libc::O_EXCL != 0;
-        let dir = self.path(parent)?;
+        let dir = self.inodes.path(parent)?;
         let ticket = self.cache.ticket();
         let exclusive = Self::sftp_open_flags(flags | libc::O_CREAT | libc::O_EXCL);
         let (mut opened, mut after, mut parent_after) = self
@@ -730,7 +519,7 @@ impl Core {
             Err(e) => {
                 self.changed_path(&path);
                 let _ = opened.session.close(opened.handle).await;
-                self.files_on[opened.channel].fetch_sub(1, Ordering::Relaxed);
+                self.files.closed_on(opened.channel);
                 return Err(errno(e));
             }
         };
@@ -743,7 +532,7 @@ impl Core {
             attrs
         };
         self.cache.created(&path, attrs.clone(), dir_after);
-        let ino = self.inodes.lock().unwrap().remember(parent, name, false);
+        let ino = self.inodes.table().remember(parent, name, false);
         let fh = self.register_open(ino, opened, flags, &path, Some(attrs.clone()), caller)?;
         if attrs.size == Some(0) {
             self.capture_writes(fh);
@@ -757,7 +546,7 @@ impl Core {
     }
 
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
-        if let Some(whole) = self.small_files.open_file(fh) {
+        if let Some(whole) = self.files.small.open_file(fh) {
             return self.read_whole(&whole, offset, size).await;
         }
         let file = self.file(fh)?;
@@ -773,12 +562,7 @@ impl Core {
         let source = SftpSource {
             file: file.handle.clone(),
         };
-        let known_end = self
-            .inodes
-            .lock()
-            .unwrap()
-            .shown(file.ino)
-            .and_then(|a| a.size);
+        let known_end = self.inodes.table().shown(file.ino).and_then(|a| a.size);
         let ticket = self.cache.ticket();
         let generation = file.inode_writes.generation();
         let data =
@@ -793,7 +577,7 @@ impl Core {
             && file.flags & libc::O_ACCMODE == libc::O_RDONLY
             && file.inode_writes.generation() == generation
             && !file.inode_writes.pending()
-            && let Some(path) = self.linked_path(file.ino)
+            && let Some(path) = self.inodes.linked_path(file.ino)
             && let Some(Known::Attrs(attrs)) = self.cache.name(&path)
             && attrs.size == Some(data.len() as u64)
         {
@@ -814,7 +598,7 @@ impl Core {
     ) -> FsResult<u32> {
         let file = self.file(fh)?;
         let writer = file.writer.clone().ok_or(libc::EBADF)?;
-        if self.shutting_down.load(Ordering::Acquire) {
+        if self.files.closed_to_writes() {
             writer.close();
         }
         file.flushed.store(false, Ordering::Release);
@@ -837,10 +621,9 @@ impl Core {
         // After the write is pending, so that no stat from before it is stored after it.
         self.changed_attrs(file.ino);
         self.inodes
-            .lock()
-            .unwrap()
+            .table()
             .set_ctime(file.ino, std::time::SystemTime::now());
-        if self.files_on.len() > 1
+        if self.files.several_channels()
             && !writer.is_append()
             && writer.accepted_bytes() >= SPREAD_AFTER_BYTES
             && !file.spreading.swap(true, Ordering::Relaxed)
@@ -854,7 +637,7 @@ impl Core {
     /// close(2) of one descriptor: every write accepted so far is on the server, or its error
     /// is returned here.
     pub async fn flush(&self, fh: u64) -> FsResult<()> {
-        if self.small_files.open_file(fh).is_some() {
+        if self.files.small.open_file(fh).is_some() {
             return Ok(());
         }
         let file = self.file(fh)?;
@@ -879,7 +662,7 @@ impl Core {
         if let Some((ticket, after)) = after
             && let Ok(attrs) = after.await
             && !file.inode_writes.pending()
-            && let Some(path) = self.linked_path(file.ino)
+            && let Some(path) = self.inodes.linked_path(file.ino)
         {
             self.cache
                 .put_name(ticket, path.clone(), Known::Attrs(attrs.clone()));
@@ -913,7 +696,7 @@ impl Core {
     /// any of them since this descriptor was opened is reported, once, as Linux does. Then the
     /// server is asked to fsync (when it can).
     pub async fn fsync(&self, fh: u64) -> FsResult<()> {
-        if let Some(whole) = self.small_files.open_file(fh) {
+        if let Some(whole) = self.files.small.open_file(fh) {
             return self.fsync_whole(&whole).await;
         }
         let file = self.file(fh)?;
@@ -985,19 +768,14 @@ impl Core {
         settled
     }
 
-    /// Whether a descriptor of `ino` is open through the mount.
-    pub(super) fn is_open(&self, ino: u64) -> bool {
-        self.files.has_inode(ino) || self.small_files.is_open(ino)
-    }
-
     /// Once the last descriptor of `ino` is closed, the hidden name its file was kept under
     /// (its name was removed or replaced while it was open) goes, and the file with it.
     async fn remove_hidden(&self, ino: u64) {
-        if self.inodes.lock().unwrap().hidden_path(ino).is_none() {
+        if self.inodes.table().hidden_path(ino).is_none() {
             return;
         }
         // Not while an open of it (through /proc/PID/fd) is on its way.
-        let _names = self.namespace.write().await;
+        let _names = self.inodes.names_changing().await;
         self.remove_hidden_if_closed(ino).await;
     }
 
@@ -1005,17 +783,15 @@ impl Core {
     /// was hidden, in case the last release passed while the REMOVE or RENAME was on its way
     /// (it found no hidden name then).
     pub(super) async fn remove_hidden_if_closed(&self, ino: u64) {
-        if self.is_open(ino) {
+        if self.files.is_open(ino) {
             return;
         }
-        let Some(hidden) = self.inodes.lock().unwrap().hidden_path(ino) else {
+        let Some(hidden) = self.inodes.take_hidden(ino) else {
             return;
         };
-        self.inodes.lock().unwrap().gone(ino);
         self.cache.invalidate(&hidden);
         if !self.remove_hidden_path(&hidden).await {
-            // Tried again after the next reconnection.
-            self.hidden_to_remove.lock().unwrap().push(hidden);
+            self.inodes.remove_later(hidden);
         }
     }
 
@@ -1043,7 +819,7 @@ impl Core {
     /// What of `file`'s writes failed, once they settled with `settled`.
     fn loss(&self, file: &OpenFile, settled: FsResult<()>) -> Option<Loss> {
         let errno = settled.err()?;
-        let path = self.inodes.lock().unwrap().path(file.ino);
+        let path = self.inodes.table().path(file.ino);
         Some(Loss {
             path: path.map(|p| String::from_utf8_lossy(&p).into_owned()),
             bytes: file.writer.as_ref().map_or(0, |w| w.lost_bytes()),
@@ -1055,7 +831,7 @@ impl Core {
     /// write accepted before is acked, closes every remote handle, and returns what could not
     /// be written. A file still open keeps its descriptor; only its later writes fail.
     pub async fn shut_down(&self) -> Vec<Loss> {
-        self.shutting_down.store(true, Ordering::Release);
+        self.files.close_to_writes();
         // Left in the table: a descriptor still open gets EIO for its writes, not EBADF.
         let files = self.files.all();
         for writer in files.iter().filter_map(|f| f.writer.as_ref()) {
@@ -1070,7 +846,7 @@ impl Core {
             losses.extend(self.loss(&file, settled));
             let _ = self.close_handles(&file).await;
         }
-        let hidden = self.inodes.lock().unwrap().hidden();
+        let hidden = self.inodes.table().hidden();
         if let Ok(meta) = self.meta().await {
             for path in hidden {
                 let _ = meta.remove(&path).await;

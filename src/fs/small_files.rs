@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -23,11 +23,14 @@ use tokio::sync::watch;
 
 use super::cache::Contents;
 use super::handle::{FileHandle, SftpSource};
-use super::open_file::{Opened, SMALL_FILE};
 use super::read::read_range;
 use super::write::InodeWrites;
-use super::{Core, FsResult, KeepCache, errno, is_regular};
+use super::{Core, FsResult, KeepCache, Opened, errno, is_regular};
 use crate::sftp::proto::{Attrs, open_flags};
+
+/// Files read whole by one kernel READ: opened on the metadata channel (see
+/// `OpenFiles::channel_for`), and read ahead whole when their directory is read file by file.
+pub(super) const SMALL_FILE: u64 = 128 * 1024;
 
 /// Files fetched ahead after the first open in a directory; doubled on each open that keeps to
 /// the listing's order, up to `MAX_WINDOW`.
@@ -108,7 +111,7 @@ impl BriefHandle {
         if let Ok(own) = self.source.file.now() {
             own.session.close_unawaited(own.handle);
         }
-        core.files_on[self.channel].fetch_sub(1, Ordering::Relaxed);
+        core.files.closed_on(self.channel);
     }
 }
 
@@ -135,8 +138,8 @@ impl Core {
         if !self.keeps_contents() || self.remote.current_now().is_none() {
             return None;
         }
-        self.small_files.fetched(path).await;
-        let writes = self.inode_writes_or_new(ino)?;
+        self.files.small.fetched(path).await;
+        let writes = self.inodes.writes_or_new(ino)?;
         if writes.pending() {
             return None;
         }
@@ -160,7 +163,8 @@ impl Core {
             failures_seen: AtomicU64::new(writes.failures()),
             writes,
         };
-        self.small_files
+        self.files
+            .small
             .state
             .lock()
             .unwrap()
@@ -187,7 +191,8 @@ impl Core {
         };
         let (dir, name) = (&path[..slash.max(1)], &path[slash + 1..]);
         let last = self
-            .small_files
+            .files
+            .small
             .state
             .lock()
             .unwrap()
@@ -199,7 +204,7 @@ impl Core {
         let Some((at, ahead)) = self.cache.names_after(dir, name, hint, MAX_WINDOW, small) else {
             return;
         };
-        let mut state = self.small_files.state.lock().unwrap();
+        let mut state = self.files.small.state.lock().unwrap();
         let window = match last {
             // Within what was fetched ahead for it: the program follows the listing.
             Some(s) if at > s.at && at <= s.at + 1 + s.window => (s.window * 2).min(MAX_WINDOW),
@@ -216,7 +221,8 @@ impl Core {
             let core = self.clone();
             tokio::spawn(async move {
                 core.fetch_whole(&path, attrs).await;
-                core.small_files
+                core.files
+                    .small
                     .state
                     .lock()
                     .unwrap()
@@ -262,7 +268,7 @@ impl Core {
             let end = (start + size as usize).min(file.data.len());
             return Ok(file.data.slice(start..end));
         }
-        let brief = self.open_briefly(&self.path(file.ino)?).await?;
+        let brief = self.open_briefly(&self.inodes.path(file.ino)?).await?;
         let max = self.features.max_read;
         let data = read_range(&brief.source, offset, size, max, None).await;
         brief.close(self);
@@ -280,7 +286,7 @@ impl Core {
         if file.writes.generation() == file.generation {
             return Ok(());
         }
-        let brief = self.open_briefly(&self.path(file.ino)?).await?;
+        let brief = self.open_briefly(&self.inodes.path(file.ino)?).await?;
         let synced = match brief.source.file.now() {
             Ok(own) => own.session.fsync(&own.handle).await.map_err(errno),
             Err(e) => Err(e),
@@ -305,7 +311,7 @@ impl Core {
 
     /// Closes a descriptor served from memory; its inode, or `None` if `fh` is not one.
     pub(super) fn release_whole(&self, fh: u64) -> Option<u64> {
-        let file = self.small_files.state.lock().unwrap().open.remove(&fh)?;
+        let file = self.files.small.state.lock().unwrap().open.remove(&fh)?;
         Some(file.ino)
     }
 }
