@@ -172,7 +172,7 @@ pub fn run(opts: Options, mountpoint: PathBuf, ready: Option<ReadyPipe>) -> anyh
         }
     };
     let core = Arc::new(core);
-    runtime.spawn(core.clone().follow_reconnections());
+    runtime.spawn(core.clone().background_work());
     runtime.spawn(give_memory_back_when_idle());
     let ttl = KernelTtl {
         attr: opts.attr_timeout,

@@ -68,7 +68,7 @@ async fn start(settings: RemoteSettings) -> Fixture {
             owner_from_caller: false,
         },
     ));
-    tokio::spawn(core.clone().follow_reconnections());
+    tokio::spawn(core.clone().background_work());
     Fixture { server, core, dir }
 }
 

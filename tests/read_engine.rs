@@ -108,3 +108,35 @@ fn a_file_growing_on_the_server_is_read_on_the_same_descriptor() {
     );
     assert!(tail == more, "appended bytes differ");
 }
+
+#[test]
+fn a_small_file_read_at_random_costs_one_fetch_of_all_of_it() {
+    let recorder = SftpRecorder::new();
+    let sshd = Sshd::start_recorded(&recorder);
+    let len = 300_000u64;
+    random_file(sshd.remote_root().join("pack"), len, 12);
+    let original = fs::read(sshd.remote_root().join("pack")).unwrap();
+    let m = Mount::new(&sshd, &[]);
+    // `git index-pack` and linkers read small files at random offsets; the kernel's own
+    // read-ahead is off for them, so each page it lacks is a READ of its own.
+    let f = File::open(m.join("pack")).unwrap();
+    use std::os::unix::io::AsRawFd;
+    let advised = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
+    assert_eq!(advised, 0);
+    let before = recorder.settled();
+    let mut rng = RandomBytes::new(13);
+    let mut buf = vec![0u8; 4096];
+    for _ in 0..40 {
+        let offset = rng.next_u64() % (len - 4096) / 4096 * 4096;
+        f.read_exact_at(&mut buf, offset).unwrap();
+        let at = offset as usize;
+        assert!(
+            buf[..] == original[at..at + 4096],
+            "bytes at {offset} differ"
+        );
+    }
+    let cost = recorder.settled().since(&before);
+    // Two READs away from each other, then the whole file (in the server's largest READs).
+    assert!(cost.count("READ") <= 6, "{cost:?}");
+    assert!(cost.read_bytes <= len + 3 * 4096, "{cost:?}");
+}

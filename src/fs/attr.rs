@@ -248,7 +248,7 @@ impl Core {
         let follow = self.config.symlinks.follow;
         let asked = self.idempotent(|s| attrs_of(s, path, follow));
         let result = match own_check {
-            Some(check) => tokio::join!(asked, self.check_own_listing(check)).0,
+            Some(check) => tokio::join!(asked, self.check_own_listing(check, false)).0,
             None => asked.await,
         };
         let result = result.map(|attrs| at_least(attrs, floor));

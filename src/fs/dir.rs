@@ -67,11 +67,28 @@ pub struct DirEntry {
 
 /// The core's directories part: the open directories, the listings being fetched (for others
 /// who want them too), and the listings fetched ahead for a tree walk.
-#[derive(Default)]
 pub(super) struct Directories {
     open: Mutex<HashMap<u64, Arc<DirHandle>>>,
     in_flight: Mutex<HashMap<Vec<u8>, ListingWatch>>,
     prefetch: Mutex<DirPrefetch>,
+    /// Directories of the mount's own to read again in the background (see
+    /// [`Core::check_own_listing`]), and their reader's end, taken by
+    /// [`Core::settle_own_listings`].
+    to_relist: tokio::sync::mpsc::UnboundedSender<OwnCheck>,
+    relister: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<OwnCheck>>>,
+}
+
+impl Default for Directories {
+    fn default() -> Self {
+        let (to_relist, relister) = tokio::sync::mpsc::unbounded_channel();
+        Directories {
+            open: Mutex::default(),
+            in_flight: Mutex::default(),
+            prefetch: Mutex::default(),
+            to_relist,
+            relister: Mutex::new(Some(relister)),
+        }
+    }
 }
 
 impl Directories {
@@ -174,7 +191,7 @@ impl Core {
         // A listing the mount keeps up to date itself is read as its lookups are: as long as
         // the directory's mtime, asked once a second, is the one the mount's changes left.
         if let Some(check) = self.cache.own_dir_to_check(&path) {
-            self.check_own_listing(check).await;
+            self.check_own_listing(check, true).await;
         }
         let pending = self.pending_paths();
         let entries = match self.cache.listing(&path, |p| !pending.contains(p)) {
@@ -199,8 +216,10 @@ impl Core {
     /// Whether a directory the mount made is still as its listing has it, asked once a second
     /// (its mtime) rather than once per missing name. SFTP v3 times are whole seconds: a change
     /// by someone else within the second of the mount's last change leaves the mtime, so once
-    /// that second is over the listing is read again, once.
-    pub(super) async fn check_own_listing(&self, check: OwnCheck) {
+    /// that second is over the listing is read again, once. With `wait` false (a lookup, which
+    /// asked its own name alongside), that reading goes on in the background: the lookup does
+    /// not wait two round trips more for names it did not ask about.
+    pub(super) async fn check_own_listing(&self, check: OwnCheck, wait: bool) {
         let dir = &check.dir;
         let now = self.idempotent(|s| async move { s.lstat(dir).await }).await;
         let mtime = now.ok().and_then(|a| a.atime_mtime).map(|t| t.1);
@@ -214,8 +233,33 @@ impl Core {
             // Not yet: asked again at the next lookup.
             return;
         }
-        let relisted = self.fetch_listing(dir).await.is_ok();
-        self.cache.own_checked(&check, relisted.then_some(true));
+        if !wait {
+            // Until it is read again, the next lookup checks again.
+            let _ = self.dirs.to_relist.send(check);
+            return;
+        }
+        self.relist_own(&check).await;
+    }
+
+    async fn relist_own(&self, check: &OwnCheck) {
+        let relisted = self.fetch_listing(&check.dir).await.is_ok();
+        self.cache.own_checked(check, relisted.then_some(true));
+    }
+
+    /// Reads again the directories lookups found due (see [`Core::check_own_listing`]), a
+    /// few at once. Runs for the mount's life.
+    pub(super) async fn settle_own_listings(self: Arc<Self>) {
+        let Some(mut due) = self.dirs.relister.lock().unwrap().take() else {
+            return;
+        };
+        let mut reading = tokio::task::JoinSet::new();
+        while let Some(check) = due.recv().await {
+            while reading.len() >= DIR_PREFETCH_CONCURRENCY {
+                reading.join_next().await;
+            }
+            let core = self.clone();
+            reading.spawn(async move { core.relist_own(&check).await });
+        }
     }
 
     /// A listing from the server, kept in the cache. A listing already being fetched (ahead,

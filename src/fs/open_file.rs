@@ -98,10 +98,19 @@ impl Core {
         }))
     }
 
+    /// What the core does in the background for the mount's life: reopening open files after
+    /// a reconnection, and reading again listings that lookups found due.
+    pub async fn background_work(self: Arc<Self>) {
+        tokio::join!(
+            self.clone().follow_reconnections(),
+            self.clone().settle_own_listings()
+        );
+    }
+
     /// Keeps open files working across reconnections: each time the connection is replaced,
     /// every open file is reopened on the new one (see [`Core::reopen`]). Runs for the mount's
     /// life.
-    pub async fn follow_reconnections(self: Arc<Self>) {
+    async fn follow_reconnections(self: Arc<Self>) {
         let mut seen = self.remote.current_now().map_or(1, |g| g.id);
         while let Some(generation) = self.remote.after(seen).await {
             seen = generation.id;
@@ -552,17 +561,22 @@ impl Core {
         let file = self.file(fh)?;
         // A read sees every earlier write through the mount.
         file.inode_writes.settle().await;
-        if let Some(prefetch) = &file.prefetch
-            && let Some(data) = prefetch
-                .read(offset, size, file.inode_writes.generation())
-                .await
-        {
-            return Ok(data);
+        let known_end = self.inodes.table().shown(file.ino).and_then(|a| a.size);
+        if let Some(prefetch) = &file.prefetch {
+            // What the kernel was shown, or more when the mount's own writes made it longer
+            // since (the pack `git index-pack` wrote and reads back).
+            let opened = file.identity.lock().unwrap().as_ref().and_then(|a| a.size);
+            let written = file.inode_writes.size_bounds(opened.unwrap_or(0)).0;
+            let file_size = known_end.unwrap_or(0).max(written);
+            let generation = file.inode_writes.generation();
+            let fetched = prefetch.read(offset, size, generation, Some(file_size));
+            if let Some(data) = fetched.await {
+                return Ok(data);
+            }
         }
         let source = SftpSource {
             file: file.handle.clone(),
         };
-        let known_end = self.inodes.table().shown(file.ino).and_then(|a| a.size);
         let ticket = self.cache.ticket();
         let generation = file.inode_writes.generation();
         let data =

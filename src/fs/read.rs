@@ -115,6 +115,13 @@ const PREFETCH_AFTER: u64 = 256 * 1024;
 /// a read this close to where the last one ended still counts as sequential.
 const SEQUENTIAL_SLACK: u64 = 1024 * 1024;
 
+/// A file this small is fetched whole once a reader shows it reads at random (`git
+/// index-pack` reads back the pack it wrote, a linker its objects): one round trip instead of
+/// one per read. Small enough that a slow link carries it in a few round trips' time.
+const WHOLE_FILE_MAX: u64 = 512 * 1024;
+/// Reads away from where the last one ended before a small file is fetched whole.
+const RANDOM_READS_FOR_WHOLE: u32 = 2;
+
 type ChunkResult = Option<Result<Bytes, Errno>>;
 
 /// A fetched or fetching chunk; its share of the mount's read-ahead budget is given back when
@@ -139,6 +146,10 @@ struct State {
     chunks: BTreeMap<u64, Chunk>,
     /// A chunk came back short: the file ends there, fetch nothing past it.
     end: Option<u64>,
+    /// Reads away from where the last one ended, since the last write through the mount.
+    random_reads: u32,
+    /// All of the file (up to `end`) is fetched: every read within it is served.
+    whole: bool,
 }
 
 pub struct Prefetcher {
@@ -170,16 +181,26 @@ impl Prefetcher {
         self.state.lock().unwrap().window
     }
 
-    /// Serves `size` bytes at `offset` from the window when the read is sequential. `None`: the
-    /// caller reads directly (a random read, or the window could not answer it whole).
-    pub async fn read(&self, offset: u64, size: u32, generation: u64) -> Option<Bytes> {
+    /// Serves `size` bytes at `offset` from the window when the read is sequential, or from
+    /// the whole file when it is small (`file_size`, as last known) and read at random. `None`:
+    /// the caller reads directly (a random read, or the window could not answer it whole).
+    pub async fn read(
+        &self,
+        offset: u64,
+        size: u32,
+        generation: u64,
+        file_size: Option<u64>,
+    ) -> Option<Bytes> {
         let end = offset + size as u64;
+        let first = offset / self.chunk * self.chunk;
         let wanted: Vec<(u64, watch::Receiver<ChunkResult>)> = {
             let mut s = self.state.lock().unwrap();
             if s.generation != generation {
                 s.chunks.clear();
                 s.window = 0;
                 s.end = None;
+                s.whole = false;
+                s.random_reads = 0;
                 s.generation = generation;
             }
             // The end of the file seen earlier only stops fetching ahead: a read that reaches
@@ -187,9 +208,11 @@ impl Prefetcher {
             if let Some(e) = s.end
                 && end > e
             {
-                let from = e / self.chunk * self.chunk;
-                drop(s.chunks.split_off(&from));
-                s.end = None;
+                if !s.whole {
+                    let from = e / self.chunk * self.chunk;
+                    drop(s.chunks.split_off(&from));
+                    s.end = None;
+                }
                 s.next = end;
                 return None;
             }
@@ -199,69 +222,76 @@ impl Prefetcher {
                 .next_back()
                 .is_some_and(|(&start, _)| offset < start + self.chunk);
             let sequential = in_window || offset.abs_diff(s.next) <= SEQUENTIAL_SLACK;
+            // In a small file every read is near the last one: there, one that does not go on
+            // from where the last ended is taken as random.
+            let small = file_size.filter(|&n| n > 0 && n <= WHOLE_FILE_MAX);
+            let random = match small {
+                Some(_) => offset != s.next && !in_window,
+                None => !sequential,
+            };
             s.next = if sequential { s.next.max(end) } else { end };
-            if !sequential {
-                s.chunks.clear();
-                s.window = 0;
-                s.end = None;
-                s.run_bytes = size as u64;
-                return None;
-            }
-            s.run_bytes += size as u64;
-            if s.run_bytes < PREFETCH_AFTER {
-                return None;
-            }
-            if s.window == 0 || end >= s.grow_at {
-                s.window = (s.window * 2).clamp(INITIAL_WINDOW, self.max_window);
-                s.grow_at = end + s.window as u64 / 4;
-            }
-            let first = offset / self.chunk * self.chunk;
-            // Chunks well behind the reader are done with (those just behind may still be
-            // asked for by a READ that arrives late).
-            let keep_from = first.saturating_sub(SEQUENTIAL_SLACK) / self.chunk * self.chunk;
-            s.chunks = s.chunks.split_off(&keep_from);
-            let horizon = end + s.window as u64;
-            let mut start = first;
-            while start < horizon && s.end.is_none_or(|e| start < e) {
-                if let std::collections::btree_map::Entry::Vacant(slot) = s.chunks.entry(start) {
-                    // Out of budget: read-ahead stops growing; the reader is served directly.
-                    let Ok(permit) = self
-                        .budget
-                        .0
-                        .clone()
-                        .try_acquire_many_owned(self.chunk as u32)
-                    else {
-                        break;
-                    };
-                    let (tx, rx) = watch::channel(None);
-                    let fetch = self.source.read(start, self.chunk as u32);
-                    let (source, len) = (self.source.clone(), self.chunk as u32);
-                    tokio::spawn(async move {
-                        let whole = match fetch.await {
-                            Ok(first) => read_on(&*source, start, len, first).await,
-                            Err(e) => Err(e),
-                        };
-                        let _ = tx.send(Some(whole));
-                    });
-                    slot.insert(Chunk {
-                        result: rx,
-                        _budget: permit,
-                    });
+            if !s.whole && random {
+                s.random_reads += 1;
+                match small {
+                    Some(n) if s.random_reads >= RANDOM_READS_FOR_WHOLE => {
+                        s.chunks.clear();
+                        self.fetch_whole(&mut s, n);
+                    }
+                    _ if !sequential => {
+                        s.chunks.clear();
+                        s.window = 0;
+                        s.end = None;
+                        s.run_bytes = size as u64;
+                        return None;
+                    }
+                    _ => {}
                 }
-                start += self.chunk;
             }
-            // Every chunk the read needs must be there (the budget may have run out first);
-            // otherwise the direct read answers it, never a gap taken for the end of the file.
-            let covered = (first..end)
-                .step_by(self.chunk as usize)
-                .all(|c| s.end.is_some_and(|e| c >= e) || s.chunks.contains_key(&c));
-            if !covered {
-                return None;
+            if s.whole {
+                // Within the file as it was fetched (a read past its end returned above).
+                if !Self::covered(&s, self.chunk, first, end) {
+                    return None;
+                }
+                s.chunks
+                    .range(first..end)
+                    .map(|(&start, chunk)| (start, chunk.result.clone()))
+                    .collect()
+            } else {
+                s.run_bytes += size as u64;
+                if s.run_bytes < PREFETCH_AFTER {
+                    return None;
+                }
+                if s.window == 0 || end >= s.grow_at {
+                    s.window = (s.window * 2).clamp(INITIAL_WINDOW, self.max_window);
+                    s.grow_at = end + s.window as u64 / 4;
+                }
+                // Chunks well behind the reader are done with (those just behind may still be
+                // asked for by a READ that arrives late).
+                let keep_from = first.saturating_sub(SEQUENTIAL_SLACK) / self.chunk * self.chunk;
+                s.chunks = s.chunks.split_off(&keep_from);
+                let horizon = end + s.window as u64;
+                let mut start = first;
+                while start < horizon && s.end.is_none_or(|e| start < e) {
+                    if !s.chunks.contains_key(&start)
+                        && !self.fetch_chunk(&mut s, start, self.chunk)
+                    {
+                        // Out of budget: read-ahead stops growing; the reader is served
+                        // directly.
+                        break;
+                    }
+                    start += self.chunk;
+                }
+                // Every chunk the read needs must be there (the budget may have run out
+                // first); otherwise the direct read answers it, never a gap taken for the end
+                // of the file.
+                if !Self::covered(&s, self.chunk, first, end) {
+                    return None;
+                }
+                s.chunks
+                    .range(first..end)
+                    .map(|(&start, chunk)| (start, chunk.result.clone()))
+                    .collect()
             }
-            s.chunks
-                .range(first..end)
-                .map(|(&start, chunk)| (start, chunk.result.clone()))
-                .collect()
         };
         let mut out = BytesMut::with_capacity(size as usize);
         for (start, mut rx) in wanted {
@@ -271,7 +301,9 @@ impl Prefetcher {
             };
             let Ok(data) = data else {
                 // Let the direct read retry and report the error itself.
-                self.state.lock().unwrap().chunks.remove(&start);
+                let mut s = self.state.lock().unwrap();
+                s.chunks.remove(&start);
+                s.whole = false;
                 return None;
             };
             let pos = offset + out.len() as u64;
@@ -279,7 +311,8 @@ impl Prefetcher {
                 // A chunk in between was dropped (a failed fetch): read directly.
                 return None;
             }
-            let short = (data.len() as u64) < self.chunk;
+            let asked = self.state.lock().unwrap().asked(start, self.chunk);
+            let short = (data.len() as u64) < asked;
             if short {
                 self.state.lock().unwrap().end = Some(start + data.len() as u64);
             }
@@ -295,6 +328,66 @@ impl Prefetcher {
             }
         }
         Some(out.freeze())
+    }
+
+    /// Whether every chunk of `first..end` is fetched or fetching (or past the end).
+    fn covered(s: &State, chunk: u64, first: u64, end: u64) -> bool {
+        (first..end)
+            .step_by(chunk as usize)
+            .all(|c| s.end.is_some_and(|e| c >= e) || s.chunks.contains_key(&c))
+    }
+
+    /// Starts fetching `len` bytes at `start` as a chunk, if the budget has room.
+    fn fetch_chunk(&self, s: &mut State, start: u64, len: u64) -> bool {
+        let Ok(permit) = self.budget.0.clone().try_acquire_many_owned(len as u32) else {
+            return false;
+        };
+        let (tx, rx) = watch::channel(None);
+        let fetch = self.source.read(start, len as u32);
+        let source = self.source.clone();
+        tokio::spawn(async move {
+            let whole = match fetch.await {
+                Ok(first) => read_on(&*source, start, len as u32, first).await,
+                Err(e) => Err(e),
+            };
+            let _ = tx.send(Some(whole));
+        });
+        s.chunks.insert(
+            start,
+            Chunk {
+                result: rx,
+                _budget: permit,
+            },
+        );
+        true
+    }
+
+    /// Fetches all `size` bytes of the file at once, each chunk asked for no further than
+    /// `size`, so that no READ past the end costs a round trip more; the end is taken to be
+    /// there (a read past it goes to the server, which may have more by now).
+    fn fetch_whole(&self, s: &mut State, size: u64) {
+        let mut start = 0;
+        while start < size {
+            let len = self.chunk.min(size - start);
+            if !self.fetch_chunk(s, start, len) {
+                s.chunks.clear();
+                return;
+            }
+            start += self.chunk;
+        }
+        s.end = Some(size);
+        s.whole = true;
+    }
+}
+
+impl State {
+    /// The bytes a chunk at `start` was asked for: less than a chunk only for the last one of a
+    /// file fetched whole.
+    fn asked(&self, start: u64, chunk: u64) -> u64 {
+        match self.end {
+            Some(e) if self.whole => chunk.min(e.saturating_sub(start)),
+            _ => chunk,
+        }
     }
 }
 
@@ -343,7 +436,7 @@ mod tests {
         let mut windows = Vec::new();
         while offset < file.len {
             let size = 131072u32;
-            let got = match p.read(offset, size, 0).await {
+            let got = match p.read(offset, size, 0, None).await {
                 Some(d) => d.to_vec(),
                 // The first reads are the caller's, until the run is long enough.
                 None if offset + (size as u64) < PREFETCH_AFTER => {
@@ -365,6 +458,52 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_small_file_read_at_random_is_fetched_whole_once() {
+        let len = 300 * 1024;
+        let file = Arc::new(FakeFile {
+            len,
+            asked: AtomicUsize::new(0),
+            reads: AtomicUsize::new(0),
+        });
+        let p = Prefetcher::new(file.clone(), ByteBudget::new(64 << 20), 64 * 1024, 16 << 20);
+        // `git index-pack` reading back its pack: 4 KiB here and there, never past the end.
+        let offsets = [
+            12288u64, 16384, 61440, 36864, 155648, 102400, 4096, 290816, 0,
+        ];
+        let mut served = 0;
+        for offset in offsets {
+            if let Some(got) = p.read(offset, 4096, 0, Some(len)).await {
+                assert_eq!(got, expected(offset, 4096, len), "at {offset}");
+                served += 1;
+            }
+        }
+        // 12288 and 61440 go away from where the last read ended (16384 goes on from 12288):
+        // from the second of those on, all is served.
+        assert_eq!(
+            served,
+            offsets.len() - 2,
+            "all from the second random read on"
+        );
+        assert_eq!(
+            file.asked.load(Ordering::Relaxed),
+            len as usize,
+            "the file once"
+        );
+        // Not past its end (the server may have more by now), and a read after a write
+        // through the mount (a new generation) is not served from what was fetched before.
+        assert!(p.read(len - 100, 4096, 0, Some(len)).await.is_none());
+        assert!(p.read(8192, 4096, 1, Some(len)).await.is_none());
+        // A larger file is not fetched whole.
+        let big = 4 << 20;
+        let p = Prefetcher::new(file.clone(), ByteBudget::new(64 << 20), 64 * 1024, 16 << 20);
+        let asked = file.asked.load(Ordering::Relaxed);
+        for offset in offsets {
+            assert!(p.read(offset, 4096, 0, Some(big)).await.is_none());
+        }
+        assert_eq!(file.asked.load(Ordering::Relaxed), asked);
+    }
+
+    #[tokio::test]
     async fn reads_near_each_other_fetch_little_extra() {
         let file = Arc::new(FakeFile {
             len: 64 << 20,
@@ -379,7 +518,7 @@ mod tests {
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
             let offset = (x >> 16) % (64 << 20) / 4096 * 4096;
-            p.read(offset, 4096, 0).await;
+            p.read(offset, 4096, 0, None).await;
         }
         assert_eq!(
             file.asked.load(Ordering::Relaxed),
@@ -392,7 +531,7 @@ mod tests {
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
             let offset = (8 << 20) + (x >> 16) % (2 << 20) / 4096 * 4096;
-            if let Some(d) = p.read(offset, 4096, 0).await {
+            if let Some(d) = p.read(offset, 4096, 0, None).await {
                 assert_eq!(d.to_vec(), expected(offset, 4096, file.len));
             }
         }
@@ -438,7 +577,7 @@ mod tests {
         let mut served = 0;
         while offset < file.len {
             let want = expected(offset, 131072, file.len);
-            let got = match p.read(offset, 131072, 0).await {
+            let got = match p.read(offset, 131072, 0, None).await {
                 Some(d) => {
                     served += 1;
                     d.to_vec()
@@ -476,7 +615,7 @@ mod tests {
         let mut offset = 0u64;
         let mut got = Vec::new();
         loop {
-            let data = match p.read(offset, 131072, 0).await {
+            let data = match p.read(offset, 131072, 0, None).await {
                 Some(d) => d.to_vec(),
                 None => expected(offset, 131072, file.len.load(Ordering::Relaxed) as u64),
             };
@@ -491,7 +630,7 @@ mod tests {
         // At the old end: the caller asks the server, or the prefetcher serves the new bytes.
         for _ in 0..8 {
             let want = expected(offset, 131072, 1_500_000);
-            if let Some(d) = p.read(offset, 131072, 0).await {
+            if let Some(d) = p.read(offset, 131072, 0, None).await {
                 assert!(
                     d.to_vec() == want,
                     "stale end of file at {offset}: {} bytes",
@@ -517,7 +656,7 @@ mod tests {
         for step in 0..40u64 {
             for p in &readers {
                 let offset = step * 131072;
-                if let Some(d) = p.read(offset, 131072, 0).await {
+                if let Some(d) = p.read(offset, 131072, 0, None).await {
                     assert!(
                         d.to_vec() == expected(offset, 131072, file.len),
                         "wrong data at {offset}"
@@ -541,12 +680,12 @@ mod tests {
             reads: AtomicUsize::new(0),
         });
         let p = Prefetcher::new(file.clone(), ByteBudget::new(64 << 20), 64 * 1024, 8 << 20);
-        p.read(0, 4096, 0).await;
+        p.read(0, 4096, 0, None).await;
         let base = file.asked.load(Ordering::Relaxed);
         for i in 1..200u64 {
             let offset = (i * 7_919_993) % 49_000_000;
             assert!(
-                p.read(offset, 4096, 0).await.is_none(),
+                p.read(offset, 4096, 0, None).await.is_none(),
                 "random read at {offset}"
             );
         }
@@ -558,14 +697,14 @@ mod tests {
         // Sequential again, then a write (new generation) drops what was fetched.
         let mut offset = 1_000_000;
         while offset < 1_000_000 + PREFETCH_AFTER {
-            p.read(offset, 4096, 0).await;
+            p.read(offset, 4096, 0, None).await;
             offset += 4096;
         }
-        let got = p.read(offset, 4096, 0).await.expect("sequential");
+        let got = p.read(offset, 4096, 0, None).await.expect("sequential");
         assert_eq!(got.to_vec(), expected(offset, 4096, file.len));
         let before = file.reads.load(Ordering::Relaxed);
         offset += 4096;
-        let got = p.read(offset, 4096, 1).await.expect("sequential");
+        let got = p.read(offset, 4096, 1, None).await.expect("sequential");
         assert_eq!(got.to_vec(), expected(offset, 4096, file.len));
         assert!(
             file.reads.load(Ordering::Relaxed) > before,
