@@ -1,6 +1,7 @@
-//! `latency_proxy LISTEN_PORT TARGET_PORT DELAY_MS`: the tests' delay line as a program, for
-//! scripts/bench. Accepts on 127.0.0.1:LISTEN_PORT, forwards to 127.0.0.1:TARGET_PORT, holding
-//! every chunk DELAY_MS in each direction. Lines on its standard input break the link, for the
+//! `latency_proxy LISTEN_PORT TARGET_PORT DELAY_MS [RATE_MBIT]`: the tests' delay line as a
+//! program, for scripts/bench. Accepts on 127.0.0.1:LISTEN_PORT, forwards to
+//! 127.0.0.1:TARGET_PORT, holding every chunk DELAY_MS in each direction; with RATE_MBIT, each
+//! direction carries at most that many megabits a second, behind a queue of 50 ms. Lines on its standard input break the link, for the
 //! benchmark's fault case: `cut` (end every connection), `refuse` / `allow` (new connections),
 //! `black-hole` / `restore`.
 
@@ -12,24 +13,33 @@ use std::time::Duration;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: latency_proxy LISTEN_PORT TARGET_PORT DELAY_MS";
-    let [_, listen, target, delay] = &args[..] else {
-        eprintln!("{usage}");
-        std::process::exit(2);
+    let usage = "usage: latency_proxy LISTEN_PORT TARGET_PORT DELAY_MS [RATE_MBIT]";
+    let (listen, target, delay, rate) = match &args[1..] {
+        [listen, target, delay] => (listen, target, delay, None),
+        [listen, target, delay, rate] => (listen, target, delay, Some(rate)),
+        _ => {
+            eprintln!("{usage}");
+            std::process::exit(2);
+        }
     };
-    let (Ok(listen), Ok(target), Ok(delay)) = (
+    let (Ok(listen), Ok(target), Ok(delay), Ok(rate)) = (
         listen.parse::<u16>(),
         target.parse::<u16>(),
         delay.parse::<u64>(),
+        rate.map(|r| r.parse::<f64>()).transpose(),
     ) else {
         eprintln!("{usage}");
         std::process::exit(2);
     };
-    let (_, link) = proxy::start_with_link(listen, target, Duration::from_millis(delay))
-        .unwrap_or_else(|e| {
-            eprintln!("latency_proxy: cannot listen on 127.0.0.1:{listen}: {e}");
-            std::process::exit(1)
-        });
+    let delay = Duration::from_millis(delay);
+    let shape = match rate {
+        Some(mbit) => proxy::Shape::rate_limited(delay, mbit),
+        None => proxy::Shape::delay(delay),
+    };
+    let (_, link) = proxy::start_shaped(listen, target, shape).unwrap_or_else(|e| {
+        eprintln!("latency_proxy: cannot listen on 127.0.0.1:{listen}: {e}");
+        std::process::exit(1)
+    });
     for line in std::io::stdin().lock().lines() {
         match line.as_deref().map(str::trim) {
             Ok("cut") => link.cut(),

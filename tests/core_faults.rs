@@ -581,3 +581,44 @@ async fn times_set_after_writes_stay_set_when_a_cut_makes_the_writes_go_again() 
         "the writes sent again moved the mtime"
     );
 }
+
+/// Found by scripts/namespace-fsx (seed 970261146, with cuts): `File::create` over a file
+/// another descriptor has open is an open and a truncate; the truncate waited for the link, and
+/// the mount took the file's size as already 0, so the reconnection found the server's file
+/// "larger than it could be" and failed both descriptors with EIO.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncate_waiting_for_the_link_leaves_the_file_s_descriptors_reopenable() {
+    let f = start(settings()).await;
+    let data = random_bytes(40_000, 12);
+    let first = f.create("f").await;
+    f.write_all(first, 0, &data).await.expect("write");
+    f.core.fsync(first).await.expect("fsync");
+    let second = f.open("f", libc::O_WRONLY).await;
+    let ino = f.core.lookup(ROOT, b"f").await.expect("lookup").attr.ino.0;
+    // Nothing reaches the server from here on: the truncate waits for the next connection,
+    // whose reopening of both descriptors comes first.
+    f.server.black_hole();
+    let core = f.core.clone();
+    let truncate = SetAttr {
+        size: Some(0),
+        ..SetAttr::default()
+    };
+    let truncating = tokio::spawn(async move {
+        core.setattr(ino, Some(second), truncate, std::process::id())
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    f.server.cut();
+    let attr = within(Duration::from_secs(60), "truncate", truncating)
+        .await
+        .expect("the truncate task")
+        .expect("truncate");
+    assert_eq!(attr.size, 0);
+    assert_eq!(f.server.connections(), 2, "one reconnection");
+    f.write_all(first, 0, b"after")
+        .await
+        .expect("the first descriptor writes after the reconnection");
+    f.close(second).await.expect("close the second");
+    f.close(first).await.expect("close the first");
+    assert_same("the server's file", &f.on_server("f"), b"after");
+}

@@ -379,15 +379,38 @@ impl Run {
                     .unwrap_or_else(|e| self.fail(format!("fsync fd {i}: {e}")));
             }
         }
-        let mut on_server: Vec<String> = fs::read_dir(&self.server)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        on_server.sort();
-        let hidden = on_server
+        // Open and nameless: kept under a hidden name each, until their last close.
+        let mut open: Vec<usize> = self.fds.iter().map(|fd| fd.inode).collect();
+        open.extend(self.holder.as_ref().map(|h| h.inode));
+        open.sort();
+        open.dedup();
+        let nameless = open
             .iter()
-            .filter(|n| n.contains("sftpmount-hidden"))
+            .filter(|inode| !self.names.values().any(|n| n == *inode))
             .count();
+        let listing = || {
+            let mut on_server: Vec<String> = fs::read_dir(&self.server)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            on_server.sort();
+            on_server
+        };
+        let hidden_in = |names: &[String]| {
+            names
+                .iter()
+                .filter(|n| n.contains("sftpmount-hidden"))
+                .count()
+        };
+        // The kernel sends a file's release after its last close(2) has returned: a hidden
+        // name may still be on its way out.
+        let mut on_server = listing();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while hidden_in(&on_server) > nameless && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            on_server = listing();
+        }
+        let hidden = hidden_in(&on_server);
         let mut names: Vec<&str> = on_server
             .iter()
             .map(String::as_str)
@@ -415,15 +438,6 @@ impl Run {
                 format!("{name} on the server: mode {mode:o}, not {:o}", want.mode)
             })
         }
-        // Open and nameless: kept under a hidden name each, until their last close.
-        let mut open: Vec<usize> = self.fds.iter().map(|fd| fd.inode).collect();
-        open.extend(self.holder.as_ref().map(|h| h.inode));
-        open.sort();
-        open.dedup();
-        let nameless = open
-            .iter()
-            .filter(|inode| !self.names.values().any(|n| n == *inode))
-            .count();
         self.check(hidden == nameless, || {
             format!("{hidden} hidden files on the server, {nameless} open files without a name")
         });

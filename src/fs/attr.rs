@@ -10,6 +10,7 @@ use super::cache::Known;
 use super::handle::ordering_channel;
 use super::inode::{ContentsSeen, now_secs};
 use super::open_files::OpenFile;
+use super::write::InodeWrites;
 use super::{Core, Entry, FsResult, KeepCache, errno, is_symlink};
 use crate::sftp::proto::Attrs;
 use crate::sftp::{Session, SftpError, StatusCode};
@@ -78,6 +79,38 @@ pub struct SetAttr {
     pub size: Option<u64>,
     pub atime: Option<SystemTime>,
     pub mtime: Option<SystemTime>,
+}
+
+/// A truncate on its way to the server (see [`InodeWrites::truncating`]): confirmed with
+/// [`Truncating::done`]; dropped otherwise (failed, or never sent), the size stays as it was.
+struct Truncating {
+    writes: Arc<InodeWrites>,
+    size: u64,
+    done: bool,
+}
+
+impl Truncating {
+    fn start(writes: Arc<InodeWrites>, size: u64) -> Truncating {
+        writes.truncating(size);
+        Truncating {
+            writes,
+            size,
+            done: false,
+        }
+    }
+
+    fn done(mut self) {
+        self.done = true;
+        self.writes.truncated_to(self.size);
+    }
+}
+
+impl Drop for Truncating {
+    fn drop(&mut self) {
+        if !self.done {
+            self.writes.truncate_failed();
+        }
+    }
 }
 
 impl Core {
@@ -453,15 +486,22 @@ impl Core {
             .and_then(|fh| self.file(fh).ok())
             .or_else(|| self.files.writing(ino));
         let mut attrs = Attrs::default();
-        if let Some(size) = set.size {
-            // Writes already accepted must land before the size changes under them.
-            if let Some(w) = self.inodes.writes_or_new(ino) {
-                w.settle().await;
-                // Read-ahead past the new end would be stale.
-                w.truncated_to(size);
+        // Writes already accepted must land before the size changes under them. Until the
+        // server confirms the new size, a reopen after a reconnection takes either size for
+        // the file's (the change may wait for that reopen, or be lost and sent again).
+        let truncating = match set.size {
+            Some(size) => {
+                attrs.size = Some(size);
+                match self.inodes.writes_or_new(ino) {
+                    Some(w) => {
+                        w.settle().await;
+                        Some(Truncating::start(w, size))
+                    }
+                    None => None,
+                }
             }
-            attrs.size = Some(size);
-        }
+            None => None,
+        };
         if let Some(mode) = set.mode {
             attrs.permissions = Some(mode & 0o7777);
         }
@@ -576,6 +616,9 @@ impl Core {
             }),
         };
         drop(_names);
+        if let (Some(truncating), Ok(())) = (truncating, &result) {
+            truncating.done();
+        }
         if result.is_ok() {
             super::open_files::known_changed(&self.files.of_inode(ino), &asked);
         }

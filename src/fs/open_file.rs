@@ -25,6 +25,23 @@ use crate::sftp::{SftpError, StatusCode};
 /// done before a second handle would pay for its open and close.
 const SPREAD_AFTER_BYTES: u64 = 2 * 1024 * 1024;
 
+/// Why a reopen after a reconnection installed no handle.
+enum NotReopened {
+    /// That connection was lost too: the next one reopens the file.
+    Lost,
+    /// The path does not reach the file it had open, or the server refused: why.
+    Refused(String),
+}
+
+impl From<SftpError> for NotReopened {
+    fn from(e: SftpError) -> Self {
+        match e {
+            SftpError::ConnectionLost => NotReopened::Lost,
+            other => NotReopened::Refused(other.to_string()),
+        }
+    }
+}
+
 /// Writes of one file that did not reach the server.
 #[derive(Debug, Clone)]
 pub struct Loss {
@@ -126,6 +143,8 @@ impl Core {
                     self.inodes.remove_later(hidden);
                 }
             }
+            // Those left for the next connection (this one went too) are not counted.
+            let outcomes: Vec<bool> = outcomes.into_iter().flatten().collect();
             let failed = outcomes.iter().filter(|reopened| !**reopened).count();
             if !outcomes.is_empty() {
                 warn!(
@@ -142,13 +161,14 @@ impl Core {
     /// path (it was not unlinked), with its flags less O_CREAT, O_EXCL and O_TRUNC, of the same
     /// type, and of a size that what the mount sent explains (at least what was acked, at most
     /// what was in flight). Otherwise its descriptor fails with EIO from now on, and nothing is
-    /// written into whatever now has its name. Returns whether it was reopened.
-    async fn reopen(&self, file: &OpenFile, generation: &Generation) -> bool {
+    /// written into whatever now has its name. Returns whether it was reopened; `None` when
+    /// that connection went too (the next one reopens it).
+    async fn reopen(&self, file: &OpenFile, generation: &Generation) -> Option<bool> {
         let Ok(old) = file.handle.now() else {
-            return true;
+            return Some(true);
         };
         if old.generation >= generation.id {
-            return true;
+            return Some(true);
         }
         match self.reopened(file, generation).await {
             Ok(handle) => {
@@ -163,9 +183,12 @@ impl Core {
                     file.spreading.store(false, Ordering::Relaxed);
                 }
                 file.handle.replace(Ok(handle));
-                true
+                Some(true)
             }
-            Err(why) => {
+            // That connection went too: the next one reopens the file (its old handle is
+            // older than that one's generation).
+            Err(NotReopened::Lost) => None,
+            Err(NotReopened::Refused(why)) => {
                 let path = self.inodes.table().path(file.ino);
                 let path = path.map(|p| String::from_utf8_lossy(&p).into_owned());
                 warn!(
@@ -173,7 +196,7 @@ impl Core {
                     path.as_deref().unwrap_or("a removed file")
                 );
                 file.handle.replace(Err(libc::EIO));
-                false
+                Some(false)
             }
         }
     }
@@ -182,16 +205,17 @@ impl Core {
         &self,
         file: &OpenFile,
         generation: &Generation,
-    ) -> Result<ServerHandle, String> {
+    ) -> Result<ServerHandle, NotReopened> {
+        let refused = |why: &str| NotReopened::Refused(why.to_string());
         // The path must name this file until the new handle is checked.
         let _names = self.inodes.names_kept().await;
         let path = self
             .inodes
             .path(file.ino)
-            .map_err(|_| "no name reaches it any more")?;
+            .map_err(|_| refused("no name reaches it any more"))?;
         if file.flags & libc::O_APPEND != 0 && file.inode_writes.pending() {
             // Where the server appended them, if it did, is unknown: never sent twice.
-            return Err("appends were in flight".into());
+            return Err(refused("appends were in flight"));
         }
         let flags = file.flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC);
         let channel = file.channel.min(generation.channels.len() - 1);
@@ -199,10 +223,12 @@ impl Core {
         let handle = session
             .open(&path, Self::sftp_open_flags(flags), Attrs::default())
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(NotReopened::from)?;
         let same = match session.fstat(handle.clone()).await {
-            Ok(attrs) => same_file(file, &attrs).map(|()| attrs),
-            Err(e) => Err(e.to_string()),
+            Ok(attrs) => same_file(file, &attrs)
+                .map(|()| attrs)
+                .map_err(NotReopened::Refused),
+            Err(e) => Err(NotReopened::from(e)),
         };
         match same {
             Ok(attrs) => *file.identity.lock().unwrap() = Some(attrs),

@@ -70,6 +70,9 @@ struct InodeWritesState {
     /// file again.
     acked_end: u64,
     size_set: Option<u64>,
+    /// A size the mount is giving the file, not yet confirmed by the server: until then the
+    /// file may have it or still what it had (see [`InodeWrites::size_bounds`]).
+    size_changing: Option<u64>,
     /// The lowest offset of a write that failed for good (not one of unknown fate): the file
     /// should end there, not hold later writes that landed beyond a hole (see
     /// [`InodeWrites::prefix_cut`]).
@@ -240,12 +243,27 @@ impl InodeWrites {
         self.state.lock().unwrap().next_seq
     }
 
-    /// The mount gave the file this size (a truncate): its contents changed other than by a
-    /// write.
+    /// The mount is giving the file this size (a truncate on its way): read-ahead is stale
+    /// from now on, and until [`InodeWrites::truncated_to`] or
+    /// [`InodeWrites::truncate_failed`] the server's file may have either size.
+    pub fn truncating(&self, size: u64) {
+        let mut s = self.state.lock().unwrap();
+        s.next_seq += 1;
+        s.size_changing = Some(size);
+    }
+
+    /// The truncate announced by [`InodeWrites::truncating`] did not happen.
+    pub fn truncate_failed(&self) {
+        self.state.lock().unwrap().size_changing = None;
+    }
+
+    /// The mount gave the file this size (a truncate the server confirmed, or an O_TRUNC
+    /// open it answered): its contents changed other than by a write.
     pub fn truncated_to(&self, size: u64) {
         let mut s = self.state.lock().unwrap();
         s.next_seq += 1;
         s.size_set = Some(size);
+        s.size_changing = None;
         s.acked_end = 0;
         s.first_lost = None;
     }
@@ -279,14 +297,16 @@ impl InodeWrites {
     /// The sizes the server's file may have from what the mount did, for a file that had
     /// `opened` bytes when it was opened: at least the end of the furthest acked write and the
     /// size the mount last set (else `opened`); at most the furthest end in flight, that size,
-    /// or `opened`.
+    /// or `opened`; a truncate on its way widens them to its size too.
     pub fn size_bounds(&self, opened: u64) -> (u64, u64) {
         let s = self.state.lock().unwrap();
         let base = s.size_set.unwrap_or(opened);
-        (
-            s.acked_end.max(base),
-            s.unacked_end.max(s.acked_end).max(base),
-        )
+        let least = s.acked_end.max(base);
+        let most = s.unacked_end.max(s.acked_end).max(base);
+        match s.size_changing {
+            Some(size) => (least.min(size), most.max(size)),
+            None => (least, most),
+        }
     }
 
     /// The size to report while writes are in flight: the server's size does not know them yet.

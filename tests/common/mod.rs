@@ -764,8 +764,19 @@ impl Mount {
         delay_ms: u64,
         extra: &[&str],
     ) -> (Mount, std::sync::Arc<proxy::Link>) {
-        let (port, link) = proxy::start_with_link(0, sshd.port(), Duration::from_millis(delay_ms))
-            .expect("start the delay line");
+        let shape = proxy::Shape::delay(Duration::from_millis(delay_ms));
+        Mount::shaped(sshd, shape, extra)
+    }
+
+    /// A mount that reaches `sshd` through a delay line of any [`proxy::Shape`] (a rate
+    /// limit too), with its [`proxy::Link`].
+    pub fn shaped(
+        sshd: &Sshd,
+        shape: proxy::Shape,
+        extra: &[&str],
+    ) -> (Mount, std::sync::Arc<proxy::Link>) {
+        let (port, link) =
+            proxy::start_shaped(0, sshd.port(), shape).expect("start the delay line");
         let mut known = fs::OpenOptions::new()
             .append(true)
             .open(sshd.known_hosts_path())

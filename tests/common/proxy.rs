@@ -1,6 +1,10 @@
 //! A TCP delay line of our own, between a mount and sshd: holds every chunk a fixed delay in each
-//! direction, so the round trip gains twice that; bandwidth is not limited. Only loopback.
-//! Shared by the integration tests (in-process) and `examples/latency_proxy.rs` (benchmarks).
+//! direction, so the round trip gains twice that. Bandwidth is not limited unless a [`Shape`]
+//! says so: then each direction is a bottleneck of that rate with a queue of bounded length in
+//! front of it (a home uplink's modem); once the queue is full the line stops reading, so the
+//! sender's own socket buffers fill behind it, as they do in front of a real one. Only
+//! loopback. Shared by the integration tests (in-process) and `examples/latency_proxy.rs`
+//! (benchmarks).
 //!
 //! The tests also break the link through its [`Link`]: cut every connection, black-hole them
 //! (nothing delivered either way, no FIN: a suspended laptop, a dead Wi-Fi), refuse new ones.
@@ -10,10 +14,11 @@
 
 #![allow(dead_code)]
 
+use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -54,6 +59,35 @@ impl Link {
     }
 }
 
+/// What the line does to the bytes it carries, in each direction.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    /// Held this long each way.
+    pub delay: Duration,
+    /// At most this many bytes a second each way (`None`: as fast as they come).
+    pub rate: Option<u64>,
+    /// The bottleneck's queue holds this much of its rate; a full queue stops the reading.
+    pub queue: Duration,
+}
+
+impl Shape {
+    pub fn delay(delay: Duration) -> Shape {
+        Shape {
+            delay,
+            rate: None,
+            queue: Duration::from_millis(50),
+        }
+    }
+
+    /// `mbit` megabits a second each way, with a queue of 50 ms.
+    pub fn rate_limited(delay: Duration, mbit: f64) -> Shape {
+        Shape {
+            rate: Some((mbit * 1e6 / 8.0) as u64),
+            ..Shape::delay(delay)
+        }
+    }
+}
+
 /// Listens on 127.0.0.1:`listen_port` (0: any free port) and forwards each connection to
 /// 127.0.0.1:`target_port` with `delay` each way. Returns the port it listens on; the proxy runs
 /// on threads until the process ends.
@@ -67,20 +101,29 @@ pub fn start_with_link(
     target_port: u16,
     delay: Duration,
 ) -> std::io::Result<(u16, Arc<Link>)> {
+    start_shaped(listen_port, target_port, Shape::delay(delay))
+}
+
+/// [`start_with_link`] for a line of any [`Shape`].
+pub fn start_shaped(
+    listen_port: u16,
+    target_port: u16,
+    shape: Shape,
+) -> std::io::Result<(u16, Arc<Link>)> {
     let listener = TcpListener::bind(("127.0.0.1", listen_port))?;
     let port = listener.local_addr()?.port();
     let link = Arc::new(Link::default());
     let served = link.clone();
-    thread::spawn(move || serve_link(listener, target_port, delay, served));
+    thread::spawn(move || serve_link(listener, target_port, shape, served));
     Ok((port, link))
 }
 
 /// Accepts and forwards until the listener fails.
 pub fn serve(listener: TcpListener, target_port: u16, delay: Duration) {
-    serve_link(listener, target_port, delay, Arc::default())
+    serve_link(listener, target_port, Shape::delay(delay), Arc::default())
 }
 
-fn serve_link(listener: TcpListener, target_port: u16, delay: Duration, link: Arc<Link>) {
+fn serve_link(listener: TcpListener, target_port: u16, shape: Shape, link: Arc<Link>) {
     for client in listener.incoming().flatten() {
         if link.refuse.load(Ordering::SeqCst) {
             let _ = client.shutdown(Shutdown::Both);
@@ -97,32 +140,115 @@ fn serve_link(listener: TcpListener, target_port: u16, delay: Duration, link: Ar
         if let (Ok(c), Ok(s)) = (client.try_clone(), server.try_clone()) {
             link.connections.lock().unwrap().push((c, s));
         }
-        delay_line(client, server2, delay, link.clone());
-        delay_line(server, client2, delay, link.clone());
+        delay_line(client, server2, shape, link.clone());
+        delay_line(server, client2, shape, link.clone());
     }
 }
 
-fn delay_line(mut from: TcpStream, mut to: TcpStream, delay: Duration, link: Arc<Link>) {
+/// The bottleneck's queue: chunks waiting to be sent at the line's rate, and their bytes.
+#[derive(Default)]
+struct Queue {
+    chunks: VecDeque<Vec<u8>>,
+    bytes: usize,
+    /// The reading side is done (its connection ended).
+    closed: bool,
+}
+
+fn delay_line(mut from: TcpStream, mut to: TcpStream, shape: Shape, link: Arc<Link>) {
     let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
     let reading = link.clone();
-    thread::spawn(move || {
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            // Black-holed: nothing is read either, so the sender's buffers fill as they would.
-            reading.hold_while_black_holed();
-            match from.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if tx
-                        .send((Instant::now() + delay, buf[..n].to_vec()))
-                        .is_err()
+    let delay = shape.delay;
+    match shape.rate {
+        None => {
+            thread::spawn(move || {
+                let mut buf = vec![0u8; 256 * 1024];
+                loop {
+                    // Black-holed: nothing is read either, so the sender's buffers fill as
+                    // they would.
+                    reading.hold_while_black_holed();
+                    match from.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if tx
+                                .send((Instant::now() + delay, buf[..n].to_vec()))
+                                .is_err()
+                            {
+                                break;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        Some(rate) => {
+            let rate = rate.max(1000);
+            let limit = ((rate as f64 * shape.queue.as_secs_f64()) as usize).max(16 * 1024);
+            let queue = Arc::new((Mutex::new(Queue::default()), Condvar::new()));
+            let filling = queue.clone();
+            // Reads while the queue has room: a full one leaves the bytes in the sender's
+            // socket buffers.
+            thread::spawn(move || {
+                let (lock, changed) = &*filling;
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    reading.hold_while_black_holed();
                     {
+                        let mut q = lock.lock().unwrap();
+                        while q.bytes >= limit {
+                            q = changed.wait(q).unwrap();
+                        }
+                    }
+                    let n = match from.read(&mut buf) {
+                        Ok(0) | Err(_) => 0,
+                        Ok(n) => n,
+                    };
+                    let mut q = lock.lock().unwrap();
+                    if n == 0 {
+                        q.closed = true;
+                        changed.notify_all();
+                        break;
+                    }
+                    q.chunks.push_back(buf[..n].to_vec());
+                    q.bytes += n;
+                    changed.notify_all();
+                }
+            });
+            // Sends the queue's chunks at the rate, each then held `delay`.
+            thread::spawn(move || {
+                let (lock, changed) = &*queue;
+                let mut free_at = Instant::now();
+                loop {
+                    let chunk = {
+                        let mut q = lock.lock().unwrap();
+                        loop {
+                            if let Some(chunk) = q.chunks.pop_front() {
+                                break Some(chunk);
+                            }
+                            if q.closed {
+                                break None;
+                            }
+                            q = changed.wait(q).unwrap();
+                        }
+                    };
+                    let Some(chunk) = chunk else { break };
+                    let now = Instant::now();
+                    let start = free_at.max(now);
+                    free_at = start + Duration::from_secs_f64(chunk.len() as f64 / rate as f64);
+                    if free_at > now {
+                        thread::sleep(free_at - now);
+                    }
+                    {
+                        let mut q = lock.lock().unwrap();
+                        q.bytes -= chunk.len();
+                        changed.notify_all();
+                    }
+                    if tx.send((free_at + delay, chunk)).is_err() {
                         break;
                     }
                 }
-            }
+            });
         }
-    });
+    }
     thread::spawn(move || {
         while let Ok((due, chunk)) = rx.recv() {
             let now = Instant::now();
