@@ -14,7 +14,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use super::gate::{GatePermit, WireGate};
+use super::gate::{Direction, GatePermit, WireGate};
 use super::proto::{
     self, Attrs, DecodeError, Limits, NameEntry, Request, Response, StatVfs, StatusCode,
     StreamStart,
@@ -113,7 +113,8 @@ pub const REQUEST_LOG: &str = "sftpmount::requests";
 
 struct InFlight {
     reply: oneshot::Sender<Result<Response>>,
-    /// A WRITE's room on the wire (see `gate.rs`), given back with the entry.
+    /// Bulk's room on the wire (a WRITE's data, a large READ's reply: see `gate.rs`), given
+    /// back with the entry.
     on_wire: Option<GatePermit>,
     submitted_at: Instant,
     /// What the request was, kept only while requests are logged (`-d`, `sshfs_debug`).
@@ -749,11 +750,11 @@ async fn write_loop(
 ) {
     while let Some((head, tail)) = queue.recv().await {
         let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]);
-        // A WRITE's data goes out only when the connection has room for it on the wire.
-        let on_wire = if tail.is_empty() {
-            None
-        } else {
-            Some(shared.gate.admit(tail.len()).await)
+        // Bulk goes out only when the connection has room for it on the wire: a WRITE's data,
+        // and the reply a large READ asks for.
+        let on_wire = match bulk(&head, &tail) {
+            Some((direction, len)) => Some(shared.gate.admit(direction, len).await),
+            None => None,
         };
         {
             let mut table = shared.table.lock().unwrap();
@@ -779,6 +780,24 @@ async fn write_loop(
             entry.sent_at = Some(now);
         }
     }
+}
+
+/// A READ asking for at least this much is bulk (read-ahead, a large file's reads): it waits
+/// for room on the wire; smaller ones go first, as lookups do.
+const BULK_READ: u32 = 64 * 1024;
+
+/// The bulk a queued request (its `head`, and `tail`: a WRITE's data) puts on the wire, and
+/// which way.
+fn bulk(head: &[u8], tail: &[u8]) -> Option<(Direction, usize)> {
+    if !tail.is_empty() {
+        return Some((Direction::Up, tail.len()));
+    }
+    // A READ ends with its length.
+    if head.get(4) == Some(&proto::packet_type::READ) && head.len() >= 13 {
+        let len = u32::from_be_bytes(head[head.len() - 4..].try_into().expect("4 bytes"));
+        return (len >= BULK_READ).then_some((Direction::Down, len as usize));
+    }
+    None
 }
 
 /// The longest reply past the packet limit that is read and dropped; a longer length is garbage.
@@ -860,9 +879,15 @@ async fn read_loop(mut incoming: Incoming, mut inbox: BytesMut, shared: Arc<Shar
                                 (Response::Status { code, .. }, Some(permit))
                                     if *code == StatusCode::OK =>
                                 {
+                                    permit.delivered(permit.bytes());
                                     super::traffic::count_written(permit.bytes())
                                 }
-                                (Response::Data(data), _) => super::traffic::count_read(data.len()),
+                                (Response::Data(data), on_wire) => {
+                                    if let Some(permit) = on_wire {
+                                        permit.delivered(data.len());
+                                    }
+                                    super::traffic::count_read(data.len())
+                                }
                                 _ => {}
                             }
                             let _ = entry.reply.send(Ok(response));
