@@ -206,3 +206,30 @@ fn a_change_by_another_program_is_carried_out_before_it_returns() {
     assert_eq!(on_server.mode() & 0o7777, 0o600);
     drop(held);
 }
+
+/// Found by scripts/namespace-fsx (seed 3621543705): a chmod through a descriptor open for
+/// writing is answered at once from what the kernel was shown of the file; after another
+/// descriptor truncated and rewrote the file, that was the truncated size, and the kernel took
+/// the file for empty: a reader got 0 bytes of a 16,109-byte file.
+#[test]
+fn a_chmod_answered_at_once_keeps_the_size_other_descriptors_wrote() {
+    let sshd = Sshd::start();
+    let root = sshd.remote_root();
+    fs::write(root.join("f"), vec![1u8; 11_845]).unwrap();
+    let m = Mount::new(&sshd, &[]);
+    let reader = File::open(m.join("f")).unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    use std::os::unix::fs::FileExt;
+    assert_eq!(reader.read_at(&mut buf, 0).unwrap(), 11_845);
+    let writer = OpenOptions::new().write(true).open(m.join("f")).unwrap();
+    let data = vec![2u8; 16_109];
+    fs::write(m.join("f"), &data).unwrap();
+    writer
+        .set_permissions(fs::Permissions::from_mode(0o644))
+        .unwrap();
+    let got = reader.read_at(&mut buf, 0).unwrap();
+    assert_eq!(got, data.len(), "the reader's read after the chmod");
+    assert_eq!(&buf[..got], &data[..]);
+    assert_eq!(fs::read(root.join("f")).unwrap(), data);
+    drop(writer);
+}

@@ -416,6 +416,11 @@ impl Core {
             file.contents_unchanged_since(horizon);
         }
         let mut predicted = shown;
+        // What the kernel was last shown may predate writes through the mount since (another
+        // descriptor's truncate and rewrite): the size they leave, or the kernel would take
+        // the file for shorter than it is.
+        let shown_size = predicted.size.unwrap_or(0);
+        predicted.size = Some(shown_size.max(file.inode_writes.size_bounds(shown_size).0));
         if let Some(mode) = attrs.permissions {
             let kind = predicted.permissions.unwrap_or(0) & libc::S_IFMT;
             predicted.permissions = Some(kind | mode);
