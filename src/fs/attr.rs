@@ -281,7 +281,13 @@ impl Core {
         let follow = self.config.symlinks.follow;
         let asked = self.idempotent(|s| attrs_of(s, path, follow));
         let result = match own_check {
-            Some(check) => tokio::join!(asked, self.check_own_listing(check, false)).0,
+            Some(check) => {
+                let (result, due) = tokio::join!(asked, self.check_own_listing(check));
+                if let Some(due) = due {
+                    self.relist_later(due);
+                }
+                result
+            }
             None => asked.await,
         };
         let result = result.map(|attrs| at_least(attrs, floor));
@@ -419,8 +425,7 @@ impl Core {
         // What the kernel was last shown may predate writes through the mount since (another
         // descriptor's truncate and rewrite): the size they leave, or the kernel would take
         // the file for shorter than it is.
-        let shown_size = predicted.size.unwrap_or(0);
-        predicted.size = Some(shown_size.max(file.inode_writes.size_bounds(shown_size).0));
+        predicted.size = Some(file.inode_writes.size_at_least(predicted.size.unwrap_or(0)));
         if let Some(mode) = attrs.permissions {
             let kind = predicted.permissions.unwrap_or(0) & libc::S_IFMT;
             predicted.permissions = Some(kind | mode);

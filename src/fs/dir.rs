@@ -72,8 +72,9 @@ pub(super) struct Directories {
     in_flight: Mutex<HashMap<Vec<u8>, ListingWatch>>,
     prefetch: Mutex<DirPrefetch>,
     /// Directories of the mount's own to read again in the background (see
-    /// [`Core::check_own_listing`]), and their reader's end, taken by
-    /// [`Core::settle_own_listings`].
+    /// [`Core::relist_later`]), each once however many lookups found it due, and the
+    /// queue's reader's end, taken by [`Core::settle_own_listings`].
+    relisting: Mutex<HashSet<Vec<u8>>>,
     to_relist: tokio::sync::mpsc::UnboundedSender<OwnCheck>,
     relister: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<OwnCheck>>>,
 }
@@ -85,6 +86,7 @@ impl Default for Directories {
             open: Mutex::default(),
             in_flight: Mutex::default(),
             prefetch: Mutex::default(),
+            relisting: Mutex::default(),
             to_relist,
             relister: Mutex::new(Some(relister)),
         }
@@ -190,8 +192,10 @@ impl Core {
         let path = self.inodes.path(ino)?;
         // A listing the mount keeps up to date itself is read as its lookups are: as long as
         // the directory's mtime, asked once a second, is the one the mount's changes left.
-        if let Some(check) = self.cache.own_dir_to_check(&path) {
-            self.check_own_listing(check, true).await;
+        if let Some(check) = self.cache.own_dir_to_check(&path)
+            && let Some(due) = self.check_own_listing(check).await
+        {
+            self.relist_own(&due).await;
         }
         let pending = self.pending_paths();
         let entries = match self.cache.listing(&path, |p| !pending.contains(p)) {
@@ -216,38 +220,41 @@ impl Core {
     /// Whether a directory the mount made is still as its listing has it, asked once a second
     /// (its mtime) rather than once per missing name. SFTP v3 times are whole seconds: a change
     /// by someone else within the second of the mount's last change leaves the mtime, so once
-    /// that second is over the listing is read again, once. With `wait` false (a lookup, which
-    /// asked its own name alongside), that reading goes on in the background: the lookup does
-    /// not wait two round trips more for names it did not ask about.
-    pub(super) async fn check_own_listing(&self, check: OwnCheck, wait: bool) {
+    /// that second is over the listing is read again, once: returned when that is due (see
+    /// [`Core::relist_own`], [`Core::relist_later`]).
+    pub(super) async fn check_own_listing(&self, check: OwnCheck) -> Option<OwnCheck> {
         let dir = &check.dir;
         let now = self.idempotent(|s| async move { s.lstat(dir).await }).await;
         let mtime = now.ok().and_then(|a| a.atime_mtime).map(|t| t.1);
         if mtime != Some(check.mtime) {
-            return self.cache.own_checked(&check, None);
+            self.cache.own_checked(&check, None);
+            return None;
         }
         if check.settled {
-            return self.cache.own_checked(&check, Some(false));
+            self.cache.own_checked(&check, Some(false));
+            return None;
         }
-        if racy(check.mtime, now_secs()) {
-            // Not yet: asked again at the next lookup.
-            return;
-        }
-        if !wait {
-            // Until it is read again, the next lookup checks again.
-            let _ = self.dirs.to_relist.send(check);
-            return;
-        }
-        self.relist_own(&check).await;
+        // Racy: not yet, asked again at the next lookup.
+        (!racy(check.mtime, now_secs())).then_some(check)
     }
 
-    async fn relist_own(&self, check: &OwnCheck) {
-        let relisted = self.fetch_listing(&check.dir).await.is_ok();
-        self.cache.own_checked(check, relisted.then_some(true));
+    /// Reads a directory of the mount's own again, as `due` found it should be.
+    async fn relist_own(&self, due: &OwnCheck) {
+        let relisted = self.fetch_listing(&due.dir).await.is_ok();
+        self.cache.own_checked(due, relisted.then_some(true));
     }
 
-    /// Reads again the directories lookups found due (see [`Core::check_own_listing`]), a
-    /// few at once. Runs for the mount's life.
+    /// [`Core::relist_own`] in the background: a lookup, which asked its own name alongside the
+    /// check, does not wait two round trips more for names it did not ask about. Until it is
+    /// read again, the next lookup there checks again.
+    pub(super) fn relist_later(&self, due: OwnCheck) {
+        if self.dirs.relisting.lock().unwrap().insert(due.dir.clone()) {
+            let _ = self.dirs.to_relist.send(due);
+        }
+    }
+
+    /// Reads again the directories lookups found due (see [`Core::relist_later`]), a few at
+    /// once. Runs for the mount's life.
     pub(super) async fn settle_own_listings(self: Arc<Self>) {
         let Some(mut due) = self.dirs.relister.lock().unwrap().take() else {
             return;
@@ -258,7 +265,10 @@ impl Core {
                 reading.join_next().await;
             }
             let core = self.clone();
-            reading.spawn(async move { core.relist_own(&check).await });
+            reading.spawn(async move {
+                core.relist_own(&check).await;
+                core.dirs.relisting.lock().unwrap().remove(&check.dir);
+            });
         }
     }
 

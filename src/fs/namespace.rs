@@ -398,27 +398,25 @@ impl Core {
         // dropped: a lock file renamed into place (git, editors) leaves the names around it
         // known. A file whose attributes the cache no longer has (its writes were acked before
         // its close asked for them) is still known as a file by its inode.
-        let known_file = match self.cache.name(&from) {
-            Some(Known::Attrs(a)) if !is_dir(&a) => Some(Some(a)),
-            _ => {
-                let inodes = self.inodes.table();
-                let shown = inodes.child(parent, name).and_then(|ino| inodes.shown(ino));
-                shown
-                    .filter(|a| a.permissions.is_some() && !is_dir(a))
-                    .map(|_| None)
-            }
+        let file_attrs = match self.cache.name(&from) {
+            Some(Known::Attrs(a)) if !is_dir(&a) => Some(a),
+            _ => None,
         };
-        let known_dir_or_unknown = known_file.is_none();
+        let known_file = file_attrs.is_some() || {
+            let inodes = self.inodes.table();
+            let shown = inodes.child(parent, name).and_then(|ino| inodes.shown(ino));
+            shown.is_some_and(|a| a.permissions.is_some() && !is_dir(&a))
+        };
         match (&result, known_file) {
-            (Ok(()), Some(attrs)) => {
+            (Ok(()), true) => {
                 let dir_after = dir_after(ticket, parent_after).await;
-                self.cache.renamed(&from, &to, attrs, dir_after);
+                self.cache.renamed(&from, &to, file_attrs, dir_after);
             }
-            (Err(_), Some(_)) => {
+            (Err(_), true) => {
                 self.changed_path(&from);
                 self.changed_path(&to);
             }
-            (_, None) => {
+            (_, false) => {
                 self.cache.invalidate_tree(&from);
                 self.cache.invalidate_tree(&to);
             }
@@ -462,7 +460,7 @@ impl Core {
         if let Some(ino) = hidden {
             self.remove_hidden_if_closed(ino).await;
         }
-        if known_dir_or_unknown {
+        if !known_file {
             self.cache.removed(&from, None);
         }
         Ok(())

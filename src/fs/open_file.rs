@@ -591,9 +591,7 @@ impl Core {
         if let Some(prefetch) = &file.prefetch {
             // What the kernel was shown, or more when the mount's own writes made it longer
             // since (the pack `git index-pack` wrote and reads back).
-            let opened = file.identity.lock().unwrap().as_ref().and_then(|a| a.size);
-            let written = file.inode_writes.size_bounds(opened.unwrap_or(0)).0;
-            let file_size = known_end.unwrap_or(0).max(written);
+            let file_size = file.inode_writes.size_at_least(known_end.unwrap_or(0));
             let generation = file.inode_writes.generation();
             let fetched = prefetch.read(offset, size, generation, Some(file_size));
             if let Some(data) = fetched.await {

@@ -246,19 +246,11 @@ impl OpenFiles {
 
     /// Makes the open file `new` describes; returns its descriptor number.
     pub(super) fn register(&self, new: NewFile) -> u64 {
-        let NewFile {
-            ino,
-            opened,
-            inode_writes,
-            flags,
-            path,
-            identity,
-            opener,
-        } = new;
+        let (opened, inode_writes, flags) = (new.opened, new.inode_writes, new.flags);
         let settings = &self.settings;
         let channel = opened.channel;
         let handle = FileHandle::new(opened.clone(), settings.reconnect_wait);
-        let statvfs_path = Bytes::copy_from_slice(path);
+        let statvfs_path = Bytes::copy_from_slice(new.path);
         let writer = (flags & libc::O_ACCMODE != libc::O_RDONLY).then(|| {
             WritePipeline::new(
                 Arc::new(SftpLane {
@@ -292,18 +284,18 @@ impl OpenFiles {
         let fh = self.new_fh();
         let failures_seen = AtomicU64::new(inode_writes.failures());
         let file = OpenFile {
-            ino,
+            ino: new.ino,
             handle,
             channel,
             flags,
-            identity: Mutex::new(identity),
+            identity: Mutex::new(new.identity),
             writer,
             prefetch,
             inode_writes,
             lane_handles: Mutex::new(Some(Vec::new())),
             spreading: Default::default(),
             flushed: Default::default(),
-            opener,
+            opener: new.opener,
             failures_seen,
             written: Mutex::new(None),
         };

@@ -247,16 +247,9 @@ impl Prefetcher {
                     _ => {}
                 }
             }
-            if s.whole {
-                // Within the file as it was fetched (a read past its end returned above).
-                if !Self::covered(&s, self.chunk, first, end) {
-                    return None;
-                }
-                s.chunks
-                    .range(first..end)
-                    .map(|(&start, chunk)| (start, chunk.result.clone()))
-                    .collect()
-            } else {
+            // A file fetched whole serves any read within it (one past its end returned above);
+            // else the window moves on with a sequential reader.
+            if !s.whole {
                 s.run_bytes += size as u64;
                 if s.run_bytes < PREFETCH_AFTER {
                     return None;
@@ -281,17 +274,19 @@ impl Prefetcher {
                     }
                     start += self.chunk;
                 }
-                // Every chunk the read needs must be there (the budget may have run out
-                // first); otherwise the direct read answers it, never a gap taken for the end
-                // of the file.
-                if !Self::covered(&s, self.chunk, first, end) {
-                    return None;
-                }
-                s.chunks
-                    .range(first..end)
-                    .map(|(&start, chunk)| (start, chunk.result.clone()))
-                    .collect()
             }
+            // Every chunk the read needs must be there (the budget may have run out first);
+            // otherwise the direct read answers it, never a gap taken for the end of the file.
+            let covered = (first..end)
+                .step_by(self.chunk as usize)
+                .all(|c| s.end.is_some_and(|e| c >= e) || s.chunks.contains_key(&c));
+            if !covered {
+                return None;
+            }
+            s.chunks
+                .range(first..end)
+                .map(|(&start, chunk)| (start, chunk.result.clone()))
+                .collect()
         };
         let mut out = BytesMut::with_capacity(size as usize);
         for (start, mut rx) in wanted {
@@ -328,13 +323,6 @@ impl Prefetcher {
             }
         }
         Some(out.freeze())
-    }
-
-    /// Whether every chunk of `first..end` is fetched or fetching (or past the end).
-    fn covered(s: &State, chunk: u64, first: u64, end: u64) -> bool {
-        (first..end)
-            .step_by(chunk as usize)
-            .all(|c| s.end.is_some_and(|e| c >= e) || s.chunks.contains_key(&c))
     }
 
     /// Starts fetching `len` bytes at `start` as a chunk, if the budget has room.

@@ -309,6 +309,12 @@ impl InodeWrites {
         }
     }
 
+    /// The size of a file last known to have `known` bytes, at least what the mount's own
+    /// acked writes (since its last truncate) made it.
+    pub fn size_at_least(&self, known: u64) -> u64 {
+        known.max(self.size_bounds(known).0)
+    }
+
     /// The size to report while writes are in flight: the server's size does not know them yet.
     pub fn size_floor(&self) -> u64 {
         self.state.lock().unwrap().unacked_end
