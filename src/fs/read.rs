@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{OwnedSemaphorePermit, watch};
 
+use super::cache::COHERENCE;
 use super::{ByteBudget, Errno};
 
 pub type ReadFuture = Pin<Box<dyn Future<Output = Result<Bytes, Errno>> + Send>>;
@@ -148,8 +149,10 @@ struct State {
     end: Option<u64>,
     /// Reads away from where the last one ended, since the last write through the mount.
     random_reads: u32,
-    /// All of the file (up to `end`) is fetched: every read within it is served.
+    /// All of the file (up to `end`) is fetched: every read within it is served, until
+    /// [`COHERENCE`] after the fetch (`whole_at`).
     whole: bool,
+    whole_at: Option<std::time::Instant>,
 }
 
 pub struct Prefetcher {
@@ -202,6 +205,14 @@ impl Prefetcher {
                 s.whole = false;
                 s.random_reads = 0;
                 s.generation = generation;
+            }
+            // Another program may have changed the file on the server since it was fetched
+            // whole (the kernel asks again what it dropped): served only within the second the
+            // mount's other caches allow; a read after that fetches it again.
+            if s.whole && s.whole_at.is_none_or(|at| at.elapsed() >= COHERENCE) {
+                s.chunks.clear();
+                s.end = None;
+                s.whole = false;
             }
             // The end of the file seen earlier only stops fetching ahead: a read that reaches
             // it is asked of the server, which may have more by now (`tail -f`).
@@ -365,6 +376,7 @@ impl Prefetcher {
         }
         s.end = Some(size);
         s.whole = true;
+        s.whole_at = Some(std::time::Instant::now());
     }
 }
 
@@ -383,6 +395,7 @@ impl State {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
 
     /// A file of `len` bytes whose byte at i is i % 251; counts the bytes it was asked for.
     struct FakeFile {
@@ -489,6 +502,41 @@ mod tests {
             assert!(p.read(offset, 4096, 0, Some(big)).await.is_none());
         }
         assert_eq!(file.asked.load(Ordering::Relaxed), asked);
+    }
+
+    /// A file whose bytes can be changed, as another program changes it on the server.
+    struct ChangingFile(Mutex<Vec<u8>>);
+
+    impl ReadSource for ChangingFile {
+        fn read(&self, offset: u64, len: u32) -> ReadFuture {
+            let data = self.0.lock().unwrap();
+            let start = (offset as usize).min(data.len());
+            let end = (start + len as usize).min(data.len());
+            let got = Bytes::copy_from_slice(&data[start..end]);
+            Box::pin(async move { Ok(got) })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_file_fetched_whole_is_fetched_again_after_a_second() {
+        let len = 300 * 1024;
+        let file = Arc::new(ChangingFile(Mutex::new(vec![1u8; len])));
+        let p = Prefetcher::new(file.clone(), ByteBudget::new(64 << 20), 64 * 1024, 16 << 20);
+        let size = Some(len as u64);
+        assert!(p.read(12288, 4096, 0, size).await.is_none());
+        let got = p.read(61440, 4096, 0, size).await.expect("fetched whole");
+        assert!(got.len() == 4096 && got.iter().all(|&b| b == 1));
+        // Rewritten on the server, same size: within the second, what was fetched.
+        *file.0.lock().unwrap() = vec![2u8; len];
+        let got = p.read(36864, 4096, 0, size).await.expect("served");
+        assert!(got.len() == 4096 && got.iter().all(|&b| b == 1));
+        // After it, never the old bytes: read directly, or fetched whole again.
+        tokio::time::sleep(COHERENCE + Duration::from_millis(100)).await;
+        for offset in [155648u64, 4096, 200704] {
+            if let Some(got) = p.read(offset, 4096, 0, size).await {
+                assert!(got.iter().all(|&b| b == 2), "old bytes served at {offset}");
+            }
+        }
     }
 
     #[tokio::test]
