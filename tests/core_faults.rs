@@ -6,6 +6,7 @@
 mod common;
 
 use std::fs;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -621,4 +622,129 @@ async fn a_truncate_waiting_for_the_link_leaves_the_file_s_descriptors_reopenabl
     f.close(second).await.expect("close the second");
     f.close(first).await.expect("close the first");
     assert_same("the server's file", &f.on_server("f"), b"after");
+}
+
+impl Fixture {
+    /// Runs `change` while the server carries out requests but its answers are held, then cuts
+    /// the link: the answer is lost, the change was made.
+    async fn with_answer_lost<T: Send + 'static>(
+        &self,
+        change: impl std::future::Future<Output = FsResult<T>> + Send + 'static,
+    ) -> FsResult<T> {
+        self.server.hold_replies();
+        let running = tokio::spawn(change);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.server.cut();
+        within(Duration::from_secs(30), "the change", running)
+            .await
+            .expect("the change's task")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_the_server_made_whose_answer_was_lost_with_the_connection_succeeds() {
+    let f = start(settings()).await;
+    for name in ["gone", "open", "moved", "linked"] {
+        f.write_small(name).await;
+    }
+    let kept_open = f.open("open", libc::O_RDONLY).await;
+    let dir = f.dir.path();
+    let mode = CreateMode {
+        mode: 0o755,
+        umask: 0o022,
+        owner: (0, 0),
+    };
+    fs::create_dir(dir.join("empty")).unwrap();
+    let core = f.core.clone();
+    let linked = core
+        .lookup(ROOT, b"linked")
+        .await
+        .expect("lookup")
+        .attr
+        .ino
+        .0;
+
+    let c = core.clone();
+    f.with_answer_lost(async move { c.unlink(ROOT, b"gone").await })
+        .await
+        .expect("unlink");
+    assert!(!dir.join("gone").exists());
+    let c = core.clone();
+    f.with_answer_lost(async move { c.unlink(ROOT, b"open").await })
+        .await
+        .expect("unlink of an open file");
+    assert!(!dir.join("open").exists());
+    let c = core.clone();
+    f.with_answer_lost(async move { c.rename(ROOT, b"moved", ROOT, b"there", false).await })
+        .await
+        .expect("rename");
+    assert!(dir.join("there").exists() && !dir.join("moved").exists());
+    let c = core.clone();
+    f.with_answer_lost(async move { c.rmdir(ROOT, b"empty").await })
+        .await
+        .expect("rmdir");
+    assert!(!dir.join("empty").exists());
+    let c = core.clone();
+    f.with_answer_lost(async move { c.mkdir(ROOT, b"new", mode).await })
+        .await
+        .expect("mkdir");
+    assert!(dir.join("new").is_dir());
+    let c = core.clone();
+    f.with_answer_lost(async move { c.symlink(ROOT, b"sym", b"there", (0, 0)).await })
+        .await
+        .expect("symlink");
+    assert_eq!(fs::read_link(dir.join("sym")).unwrap(), Path::new("there"));
+    let c = core.clone();
+    f.with_answer_lost(async move { c.link(linked, ROOT, b"second").await })
+        .await
+        .expect("link");
+    assert_eq!(fs::read(dir.join("second")).unwrap(), b"x");
+    // Changes of attributes by path (no descriptor open for writing).
+    let c = core.clone();
+    let chmod = SetAttr {
+        mode: Some(0o600),
+        ..SetAttr::default()
+    };
+    f.with_answer_lost(async move { c.setattr(linked, None, chmod, 0).await })
+        .await
+        .expect("chmod");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(dir.join("linked"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let there = core
+        .lookup(ROOT, b"there")
+        .await
+        .expect("lookup")
+        .attr
+        .ino
+        .0;
+    let c = core.clone();
+    let truncate = SetAttr {
+        size: Some(0),
+        ..SetAttr::default()
+    };
+    let attr = f
+        .with_answer_lost(async move { c.setattr(there, None, truncate, 0).await })
+        .await
+        .expect("truncate");
+    assert_eq!(attr.size, 0);
+    assert_eq!(fs::metadata(dir.join("there")).unwrap().len(), 0);
+    assert_eq!(f.server.connections(), 10, "a connection per change");
+    // The open file lived on under a hidden name, and goes at its close.
+    let read = f
+        .core
+        .read(kept_open, 0, 10)
+        .await
+        .expect("read the open file");
+    assert_eq!(&read[..], b"x");
+    f.close(kept_open).await.expect("close");
+    let names = server_names(dir);
+    assert_eq!(
+        names,
+        ["linked", "new", "second", "sym", "there"],
+        "no hidden name left"
+    );
 }

@@ -619,6 +619,28 @@ impl Core {
                     .idempotent(|own| own.session.fsetstat(own.handle.clone(), again.clone()))
                     .await
             }
+            // So is a change by path; sent again as the first was sent, on the new connection.
+            (Err(SftpError::ConnectionLost), None) => {
+                after = None;
+                _names = None;
+                async {
+                    let generation = self.remote.current().await.map_err(|_| libc::EIO)?;
+                    if times {
+                        self.after_writes(ino, ordering_channel(generation.id, 0))
+                            .await;
+                    }
+                    let session = generation.meta();
+                    _names = Some(self.inodes.names_kept().await);
+                    let path = self.inodes.path(ino)?;
+                    let again = asked.clone();
+                    let change = match symlink {
+                        true => session.lsetstat(&path, again),
+                        false => session.setstat(&path, again),
+                    };
+                    change.await.map_err(errno)
+                }
+                .await
+            }
             (result, _) => result.map_err(|e| match e.status() {
                 // OpenSSH says FAILURE for EFBIG (and for little else a truncate meets).
                 Some(StatusCode::FAILURE) if set.size.is_some() => libc::EFBIG,

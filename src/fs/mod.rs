@@ -223,6 +223,37 @@ impl Core {
         }
     }
 
+    /// A change (by path, on the metadata channel) whose answer was lost with its connection:
+    /// the server may or may not have made it. It is sent once more on the next connection,
+    /// and an error that says it was already made (`made_before`: a REMOVE's NO_SUCH_FILE)
+    /// counts as done: the caller holds the names lock, so no change of the mount's own
+    /// explains that answer; another client's change of that name at that moment can, and is
+    /// taken as the one asked for (README, "Survives a lost connection"). Any other result of
+    /// `first` stands.
+    async fn change_once<F, Fut, M, MFut>(
+        &self,
+        first: Result<(), SftpError>,
+        send: F,
+        made_before: M,
+    ) -> Result<(), SftpError>
+    where
+        F: FnOnce(Arc<Session>) -> Fut,
+        Fut: std::future::Future<Output = Result<(), SftpError>>,
+        M: FnOnce(Arc<Session>, SftpError) -> MFut,
+        MFut: std::future::Future<Output = bool>,
+    {
+        if !matches!(first, Err(SftpError::ConnectionLost)) {
+            return first;
+        }
+        let Ok(session) = self.meta().await else {
+            return first;
+        };
+        match send(session.clone()).await {
+            Err(e) if made_before(session, e.clone()).await => Ok(()),
+            other => other,
+        }
+    }
+
     /// The metadata channel of the connection now (waiting for a lost one a bounded time).
     async fn meta(&self) -> FsResult<Arc<Session>> {
         match self.remote.current().await {

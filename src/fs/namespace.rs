@@ -2,6 +2,7 @@
 //! replacement a server without posix-rename cannot do in one request), hard links. Names change
 //! under the namespace lock, so that a file reopened by its path is never another file.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -28,6 +29,43 @@ impl CreateMode {
     /// The permission bits asked for.
     fn permissions(&self) -> u32 {
         self.mode & !self.umask & 0o7777
+    }
+}
+
+/// What a creation by path makes: sent, sent again after a lost connection, and recognized
+/// as made by the first sending (see [`Core::change_once`]).
+enum Making<'a> {
+    Dir(Attrs),
+    Symlink { target: &'a [u8] },
+    HardLink { existing: &'a [u8] },
+}
+
+impl Making<'_> {
+    fn send(&self, session: &Session, path: &[u8]) -> Reply<()> {
+        match self {
+            Making::Dir(attrs) => session.mkdir(path, attrs.clone()),
+            Making::Symlink { target } => session.symlink(path, target),
+            Making::HardLink { existing } => session.hardlink(existing, path),
+        }
+    }
+
+    /// Whether `path` is what the first sending made, the second one having failed with `e`
+    /// (OpenSSH's bare FAILURE for a name that exists).
+    async fn made_before(&self, session: &Session, path: &[u8], e: &SftpError) -> bool {
+        if e.status() != Some(StatusCode::FAILURE) {
+            return false;
+        }
+        match self {
+            Making::Dir(_) => session.lstat(path).await.is_ok_and(|a| is_dir(&a)),
+            Making::Symlink { target } => session
+                .readlink(path)
+                .await
+                .is_ok_and(|t| t.as_ref() == *target),
+            Making::HardLink { existing } => {
+                let (made, first) = tokio::join!(session.lstat(path), session.lstat(existing));
+                matches!((made, first), (Ok(m), Ok(f)) if m == f)
+            }
+        }
     }
 }
 
@@ -80,37 +118,51 @@ impl Core {
         };
         let session = self.meta().await?;
         let ticket = self.cache.ticket();
-        let made = session.mkdir(&path, attrs);
-        let attrs = self.made(parent, &path, &session, ticket, made).await?;
+        let attrs = self
+            .made(parent, &path, &session, ticket, Making::Dir(attrs))
+            .await?;
         let attrs = self
             .as_created(&session, parent, &path, attrs, &mode, false)
             .await;
         Ok(self.remember_entry(parent, name, &attrs))
     }
 
-    /// The end of a creation by path (mkdir, symlink, link) whose request `made` was just
-    /// queued on `session` (`ticket`: taken before): right behind it, on a server that runs a
-    /// channel in order, the new name's attributes (or, if it failed, whether the name exists)
-    /// and its directory's, without a round trip of their own; the directory's cached listing
-    /// gains the name. Returns the new name's attributes.
+    /// A creation by path (mkdir, symlink, link) on `session` (`ticket`: taken before): right
+    /// behind it, on a server that runs a channel in order, the new name's attributes (or, if
+    /// it failed, whether the name exists) and its directory's, without a round trip of their
+    /// own; the directory's cached listing gains the name. Returns the new name's attributes.
     async fn made(
         &self,
         parent: u64,
         path: &[u8],
         session: &Session,
         ticket: Ticket,
-        made: Reply<()>,
+        making: Making<'_>,
     ) -> FsResult<Attrs> {
         let dir = self.inodes.path(parent)?;
-        let after = self.features.in_order.then(|| session.lstat(path));
+        let made = making.send(session, path);
+        let mut after = self.features.in_order.then(|| session.lstat(path));
         let parent_after = self.features.in_order.then(|| session.lstat(&dir));
-        if let Err(e) = made.await {
+        let made = made.await;
+        let lost = matches!(made, Err(SftpError::ConnectionLost));
+        let making = &making;
+        let made = self
+            .change_once(
+                made,
+                |again| making.send(&again, path),
+                |again, e| async move { making.made_before(&again, path, &e).await },
+            )
+            .await;
+        if lost {
+            after = None;
+        }
+        if let Err(e) = made {
             self.changed_path(path);
             return Err(self.refine_exists(e, path, after).await);
         }
         let attrs = match after {
             Some(after) => after.await,
-            None => session.lstat(path).await,
+            None => self.meta().await?.lstat(path).await,
         };
         match attrs {
             Ok(attrs) => {
@@ -242,7 +294,23 @@ impl Core {
             None => session.remove(&path),
         };
         let mut parent_after = self.features.in_order.then(|| session.lstat(&dir));
-        let mut removed = removed.await;
+        let removed = removed.await;
+        let no_such_file = |e: &SftpError| e.status() == Some(StatusCode::NO_SUCH_FILE);
+        let mut removed = match &hidden {
+            Some(h) => {
+                let to = &join(&dir, h);
+                let send = |again: Arc<Session>| again.rename_exclusive(&path, to);
+                let made_before = |again: Arc<Session>, e: SftpError| async move {
+                    no_such_file(&e) && again.lstat(to).await.is_ok()
+                };
+                self.change_once(removed, send, made_before).await
+            }
+            None => {
+                let send = |again: Arc<Session>| again.remove(&path);
+                let made_before = |_, e: SftpError| async move { no_such_file(&e) };
+                self.change_once(removed, send, made_before).await
+            }
+        };
         if let (Err(e), Some(_)) = (&removed, &hidden) {
             warn!(
                 "{} is open but could not be moved to a hidden name ({e}): removed; its open descriptors go on, but cannot be reopened after a reconnection",
@@ -317,7 +385,14 @@ impl Core {
         let ticket = self.cache.ticket();
         let removed = session.rmdir(&path);
         let parent_after = self.features.in_order.then(|| session.lstat(&dir));
-        if let Err(e) = removed.await {
+        let removed = self
+            .change_once(
+                removed.await,
+                |again| again.rmdir(&path),
+                |_, e| async move { e.status() == Some(StatusCode::NO_SUCH_FILE) },
+            )
+            .await;
+        if let Err(e) = removed {
             self.cache.invalidate_tree(&path);
             // The common FAILURE of rmdir is a directory that is not empty.
             if e.status() == Some(StatusCode::FAILURE)
@@ -344,8 +419,9 @@ impl Core {
         let path = self.inodes.child_path(parent, name)?;
         let session = self.meta().await?;
         let ticket = self.cache.ticket();
-        let made = session.symlink(&path, target);
-        let attrs = self.made(parent, &path, &session, ticket, made).await?;
+        let attrs = self
+            .made(parent, &path, &session, ticket, Making::Symlink { target })
+            .await?;
         let mode = CreateMode {
             mode: 0o777,
             umask: 0,
@@ -380,15 +456,24 @@ impl Core {
             if self.meta().await?.lstat(&to).await.is_ok() {
                 return Err(libc::EEXIST);
             }
-            let renamed = self.meta().await?.rename_exclusive(&from, &to);
-            renamed.await.map_err(RenameError::Sftp)
-        } else if self.features.posix_rename && parent == new_parent {
-            // One request; the directory's attributes right behind it.
+            let renamed = self.meta().await?.rename_exclusive(&from, &to).await;
+            let send = |again: Arc<Session>| again.rename_exclusive(&from, &to);
+            let made_before = |again, e| moved_before(again, e, &to);
+            let renamed = self.change_once(renamed, send, made_before).await;
+            renamed.map_err(RenameError::Sftp)
+        } else if self.features.posix_rename {
+            // One request; on a server that runs a channel in order, the directory's
+            // attributes right behind it.
             let session = self.meta().await?;
             let renamed = session.rename(&from, &to);
-            let dir = self.inodes.path(parent)?;
-            parent_after = self.features.in_order.then(|| session.lstat(&dir));
-            renamed.await.map_err(RenameError::Sftp)
+            if parent == new_parent {
+                let dir = self.inodes.path(parent)?;
+                parent_after = self.features.in_order.then(|| session.lstat(&dir));
+            }
+            let send = |again: Arc<Session>| again.rename(&from, &to);
+            let made_before = |again, e| moved_before(again, e, &to);
+            let renamed = self.change_once(renamed.await, send, made_before).await;
+            renamed.map_err(RenameError::Sftp)
         } else {
             self.rename_replacing(&from, &to).await
         };
@@ -606,9 +691,11 @@ impl Core {
         let path = self.inodes.child_path(new_parent, new_name)?;
         let session = self.meta().await?;
         let ticket = self.cache.ticket();
-        let linked = session.hardlink(&existing, &path);
+        let making = Making::HardLink {
+            existing: &existing,
+        };
         let attrs = self
-            .made(new_parent, &path, &session, ticket, linked)
+            .made(new_parent, &path, &session, ticket, making)
             .await?;
         // The new name is another name of the same inode, as on a local filesystem: one inode
         // number, the link count of the names the mount knows, a change through either name
@@ -649,6 +736,12 @@ impl Replaced {
             );
         }
     }
+}
+
+/// Whether a rename sent again (failing with `e`) had been made by its first sending: its
+/// source is gone and its target is there.
+async fn moved_before(session: Arc<Session>, e: SftpError, to: &[u8]) -> bool {
+    e.status() == Some(StatusCode::NO_SUCH_FILE) && session.lstat(to).await.is_ok()
 }
 
 /// The directory's attributes asked behind a change (see [`super::cache::DirAfter`]).

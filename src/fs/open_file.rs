@@ -98,7 +98,7 @@ impl Core {
         path: &[u8],
         identity: Option<Attrs>,
         opener: u32,
-    ) -> FsResult<u64> {
+    ) -> FsResult<(u64, Option<Arc<OpenFile>>)> {
         let Some(inode_writes) = self.inodes.writes_or_new(ino) else {
             opened.session.close_unawaited(opened.handle);
             self.files.closed_on(opened.channel);
@@ -131,7 +131,7 @@ impl Core {
         let mut seen = self.remote.current_now().map_or(1, |g| g.id);
         while let Some(generation) = self.remote.after(seen).await {
             seen = generation.id;
-            let files = self.files.all();
+            let files = self.files.to_reopen_on(generation.id);
             let mut reopening = tokio::task::JoinSet::new();
             for file in files {
                 let (core, generation) = (self.clone(), generation.clone());
@@ -156,6 +156,18 @@ impl Core {
         }
     }
 
+    /// A file opened on a connection lost before it was registered, which that connection's
+    /// reopening pass did not see: reopened here, on the connection now (or left to the next
+    /// pass when that goes too). Called without the names lock, which reopening takes.
+    async fn reopen_missed(&self, missed: Option<Arc<OpenFile>>) {
+        let Some(file) = missed else { return };
+        if let Ok(generation) = self.remote.current().await
+            && self.reopen(&file, &generation).await == Some(false)
+        {
+            debug!("a file opened as its connection was lost could not be reopened");
+        }
+    }
+
     /// Reopens `file` on `generation` and installs the new handle, so that its lost READs are
     /// asked again and its lost WRITEs sent again there. Only the same file is reopened: by its
     /// path (it was not unlinked), with its flags less O_CREAT, O_EXCL and O_TRUNC, of the same
@@ -164,6 +176,7 @@ impl Core {
     /// written into whatever now has its name. Returns whether it was reopened; `None` when
     /// that connection went too (the next one reopens it).
     async fn reopen(&self, file: &OpenFile, generation: &Generation) -> Option<bool> {
+        let _reopening = file.reopening.lock().await;
         let Ok(old) = file.handle.now() else {
             return Some(true);
         };
@@ -220,12 +233,13 @@ impl Core {
         let flags = file.flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC);
         let channel = file.channel.min(generation.channels.len() - 1);
         let session = generation.channels[channel].clone();
+        let asked = file.size_bounds();
         let handle = session
             .open(&path, Self::sftp_open_flags(flags), Attrs::default())
             .await
             .map_err(NotReopened::from)?;
         let same = match session.fstat(handle.clone()).await {
-            Ok(attrs) => same_file(file, &attrs)
+            Ok(attrs) => same_file(file, &attrs, asked)
                 .map(|()| attrs)
                 .map_err(NotReopened::Refused),
             Err(e) => Err(NotReopened::from(e)),
@@ -472,7 +486,9 @@ impl Core {
         }
         // Not asked when truncating: the type, mode and owner the kernel was shown will do.
         let identity = attrs.or_else(|| self.inodes.table().shown(ino));
-        let fh = self.register_open(ino, handle, flags, &path, identity, caller)?;
+        let (fh, missed) = self.register_open(ino, handle, flags, &path, identity, caller)?;
+        drop(_names);
+        self.reopen_missed(missed).await;
         if truncating {
             self.capture_writes(fh);
         }
@@ -568,7 +584,10 @@ impl Core {
         };
         self.cache.created(&path, attrs.clone(), dir_after);
         let ino = self.inodes.table().remember(parent, name, false);
-        let fh = self.register_open(ino, opened, flags, &path, Some(attrs.clone()), caller)?;
+        let (fh, missed) =
+            self.register_open(ino, opened, flags, &path, Some(attrs.clone()), caller)?;
+        drop(_names);
+        self.reopen_missed(missed).await;
         if attrs.size == Some(0) {
             self.capture_writes(fh);
         }

@@ -63,9 +63,17 @@ pub(super) struct OpenFile {
     /// the inode's contents generation it expects: anything else that changed the file (another
     /// descriptor's write, a truncate) moves it past that.
     pub(super) written: Mutex<Option<(bytes::BytesMut, u64)>>,
+    /// Held while the file is reopened: a file its registrar reopens may be in a pass too.
+    pub(super) reopening: tokio::sync::Mutex<()>,
 }
 
 impl OpenFile {
+    /// The sizes the server's file may have now, from what the mount did to it.
+    pub(super) fn size_bounds(&self) -> (u64, u64) {
+        let known = self.identity.lock().unwrap().as_ref().and_then(|a| a.size);
+        self.inode_writes.size_bounds(known.unwrap_or(0))
+    }
+
     /// This descriptor changed the file's mode, owner or times (a step of the inode's
     /// generation taken at `before`), not its contents: what it wrote is still all of them.
     pub(super) fn contents_unchanged_since(&self, before: u64) {
@@ -84,8 +92,9 @@ impl OpenFile {
 /// mount did explains (at least what it set and what was acked; for a writer, at most what it
 /// set, had or sent, as the server may or may not have applied the WRITEs in flight). A file
 /// put in its place with the same owner and mode, a newer mtime and a size in those bounds is
-/// taken for it: the window that remains.
-pub(super) fn same_file(file: &OpenFile, now: &Attrs) -> Result<(), String> {
+/// taken for it: the window that remains. `asked`: the size bounds when `now` was asked for; a
+/// truncate confirmed since moved them, and the server's answer may be from either side of it.
+pub(super) fn same_file(file: &OpenFile, now: &Attrs, asked: (u64, u64)) -> Result<(), String> {
     let Some(known) = file.identity.lock().unwrap().clone() else {
         return Err("nothing is known of the file it had open".into());
     };
@@ -113,7 +122,8 @@ pub(super) fn same_file(file: &OpenFile, now: &Attrs) -> Result<(), String> {
         return Err(format!("it was modified at {now}, before the {then} seen"));
     }
     let size = now.size.unwrap_or(0);
-    let (least, most) = file.inode_writes.size_bounds(known.size.unwrap_or(0));
+    let bounds = file.inode_writes.size_bounds(known.size.unwrap_or(0));
+    let (least, most) = (bounds.0.min(asked.0), bounds.1.max(asked.1));
     if size < least {
         return Err(format!(
             "it holds {size} bytes, fewer than the {least} it had"
@@ -185,6 +195,9 @@ pub(super) struct FileSettings {
 
 pub(super) struct OpenFiles {
     table: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    /// The newest connection whose reopening pass took the table (written and read under its
+    /// lock): a file registered after that with a handle of an older connection was missed.
+    reopen_pass: AtomicU64,
     next_fh: AtomicU64,
     /// Descriptors served from memory, and the read-ahead across a directory's small files.
     pub(super) small: SmallFiles,
@@ -201,6 +214,7 @@ impl OpenFiles {
     pub(super) fn new(channels: usize, settings: FileSettings) -> Self {
         OpenFiles {
             table: Mutex::default(),
+            reopen_pass: AtomicU64::new(0),
             next_fh: AtomicU64::new(1),
             small: SmallFiles::default(),
             on_channel: (0..channels).map(|_| AtomicUsize::new(0)).collect(),
@@ -244,11 +258,13 @@ impl OpenFiles {
         self.on_channel.len() > 1
     }
 
-    /// Makes the open file `new` describes; returns its descriptor number.
-    pub(super) fn register(&self, new: NewFile) -> u64 {
+    /// Makes the open file `new` describes; returns its descriptor number, and the file when its
+    /// handle's connection was replaced before it was registered: the reopening pass missed it,
+    /// the caller reopens it.
+    pub(super) fn register(&self, new: NewFile) -> (u64, Option<Arc<OpenFile>>) {
         let (opened, inode_writes, flags) = (new.opened, new.inode_writes, new.flags);
         let settings = &self.settings;
-        let channel = opened.channel;
+        let (channel, generation) = (opened.channel, opened.generation);
         let handle = FileHandle::new(opened.clone(), settings.reconnect_wait);
         let statvfs_path = Bytes::copy_from_slice(new.path);
         let writer = (flags & libc::O_ACCMODE != libc::O_RDONLY).then(|| {
@@ -298,9 +314,13 @@ impl OpenFiles {
             opener: new.opener,
             failures_seen,
             written: Mutex::new(None),
+            reopening: tokio::sync::Mutex::new(()),
         };
-        self.table.lock().unwrap().insert(fh, Arc::new(file));
-        fh
+        let file = Arc::new(file);
+        let mut table = self.table.lock().unwrap();
+        table.insert(fh, file.clone());
+        let missed = self.reopen_pass.load(Ordering::Relaxed) > generation;
+        (fh, missed.then_some(file))
     }
 
     pub(super) fn get(&self, fh: u64) -> Option<Arc<OpenFile>> {
@@ -314,6 +334,14 @@ impl OpenFiles {
     /// Every open file with a server handle, as of now.
     pub(super) fn all(&self) -> Vec<Arc<OpenFile>> {
         self.table.lock().unwrap().values().cloned().collect()
+    }
+
+    /// Every open file, to be reopened on connection `generation`; a file registered later
+    /// with an older handle is handed to its registrar (see [`OpenFiles::register`]).
+    pub(super) fn to_reopen_on(&self, generation: u64) -> Vec<Arc<OpenFile>> {
+        let table = self.table.lock().unwrap();
+        self.reopen_pass.fetch_max(generation, Ordering::Relaxed);
+        table.values().cloned().collect()
     }
 
     /// The open files of `ino`.

@@ -27,6 +27,8 @@ enum LinkState {
     Open,
     /// Holds everything; the probe is not answered.
     BlackHole,
+    /// Requests are delivered, replies held; the probe is not answered.
+    RepliesHeld,
     /// Over for good: the relays end.
     Cut,
 }
@@ -85,6 +87,12 @@ impl LocalServer {
         self.set_link(LinkState::BlackHole);
     }
 
+    /// The current connection delivers requests, and holds the replies: a cut then loses
+    /// answers to requests the server carried out.
+    pub fn hold_replies(&self) {
+        self.set_link(LinkState::RepliesHeld);
+    }
+
     /// A black-holed connection delivers again, what it held first.
     pub fn restore(&self) {
         self.set_link(LinkState::Open);
@@ -131,10 +139,10 @@ impl LocalServer {
             let from_server = child.stdout.take().unwrap();
             let (client_end, relay_end) = tokio::io::duplex(1 << 20);
             let (relay_in, relay_out) = tokio::io::split(relay_end);
-            tokio::spawn(relay(relay_in, to_server, state.clone()));
+            tokio::spawn(relay(relay_in, to_server, state.clone(), false));
             let mut ends = state.clone();
             tokio::spawn(async move {
-                relay(from_server, relay_out, ends.clone()).await;
+                relay(from_server, relay_out, ends.clone(), true).await;
                 // The server goes with its connection.
                 let _ = ends.wait_for(|s| *s == LinkState::Cut).await;
                 let _ = child.kill().await;
@@ -175,7 +183,10 @@ impl Connection for Probe {
     fn answers(&self) -> BoxFuture<'_, bool> {
         let mut state = self.0.clone();
         Box::pin(async move {
-            match state.wait_for(|s| *s != LinkState::BlackHole).await {
+            match state
+                .wait_for(|s| matches!(s, LinkState::Open | LinkState::Cut))
+                .await
+            {
                 Ok(s) => *s == LinkState::Open,
                 Err(_) => false,
             }
@@ -183,17 +194,22 @@ impl Connection for Probe {
     }
 }
 
-/// Moves bytes one way while the link is open, holds them while it is black-holed, and ends
-/// (dropping both ends) once it is cut or either end closes.
+/// Moves bytes one way (`replies`: the server's) while the link is open, holds them while it
+/// is black-holed (or holding replies), and ends (dropping both ends) once it is cut or either
+/// end closes.
 async fn relay(
     mut from: impl AsyncRead + Unpin,
     mut to: impl AsyncWrite + Unpin,
     mut state: watch::Receiver<LinkState>,
+    replies: bool,
 ) {
+    let held = move |s: &LinkState| {
+        *s == LinkState::BlackHole || (replies && *s == LinkState::RepliesHeld)
+    };
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        match state.wait_for(|s| *s != LinkState::BlackHole).await {
-            Ok(s) if *s == LinkState::Open => {}
+        match state.wait_for(|s| !held(s)).await {
+            Ok(s) if *s != LinkState::Cut => {}
             _ => return,
         }
         let n = tokio::select! {
@@ -204,8 +220,8 @@ async fn relay(
             // Reading is cancel-safe: nothing read is lost.
             _ = state.changed() => continue,
         };
-        match state.wait_for(|s| *s != LinkState::BlackHole).await {
-            Ok(s) if *s == LinkState::Open => {}
+        match state.wait_for(|s| !held(s)).await {
+            Ok(s) if *s != LinkState::Cut => {}
             _ => return,
         }
         let cut = async {
