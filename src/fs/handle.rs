@@ -17,6 +17,9 @@ use tokio::sync::watch;
 use super::read::{ReadFuture, ReadSource};
 use super::write::{AckFuture, WriteLane};
 use super::{Errno, errno};
+use crate::sftp::client::Pending;
+use crate::sftp::gate::Direction;
+use crate::sftp::proto::Response;
 use crate::sftp::{Session, SftpError, StatusCode};
 
 /// A handle on one connection's channel.
@@ -164,16 +167,44 @@ pub struct SftpSource {
     pub file: Arc<FileHandle>,
 }
 
+/// Read-ahead beyond this much of the link's delivery rate only waits (see
+/// [`ReadSource::ahead_limit`]).
+const AHEAD_TIME: f64 = 1.0;
+/// A file's unacked writes, in seconds of the link's delivery rate (see
+/// [`WriteLane::buffer_limit`]), and at least this many bytes.
+const BUFFER_TIME: f64 = 2.0;
+const MIN_BUFFER_LIMIT: usize = 1 << 20;
+/// Before the link's rate is known (a round trip, on a fast link).
+const UNKNOWN_BUFFER_LIMIT: usize = 4 << 20;
+
 impl ReadSource for SftpSource {
+    fn ahead_limit(&self) -> usize {
+        let rate = self
+            .file
+            .now()
+            .ok()
+            .and_then(|h| h.session.delivery_rate(Direction::Down));
+        rate.map_or(usize::MAX, |rate| (rate * AHEAD_TIME) as usize)
+    }
+
     fn read(&self, offset: u64, len: u32) -> ReadFuture {
         let file = self.file.clone();
+        // In pieces of the size the link wants (see `WireGate::bulk_request`), all asked at once.
         let first = file.now().map(|h| {
-            let reply = h.session.submit_read(h.handle.clone(), offset, len);
-            (h, reply)
+            let pieces = pieces(len as usize, h.session.bulk_request(Direction::Down));
+            let replies: Vec<_> = pieces
+                .map(|(at, piece)| {
+                    let reply =
+                        h.session
+                            .submit_read(h.handle.clone(), offset + at as u64, piece as u32);
+                    (piece, reply)
+                })
+                .collect();
+            (h, replies)
         });
         Box::pin(async move {
-            let (mut handle, reply) = first?;
-            let mut result = reply.await;
+            let (mut handle, replies) = first?;
+            let mut result = joined_reads(replies).await;
             // A read may be asked twice: it changes nothing. Once per connection lost.
             while matches!(result, Err(SftpError::ConnectionLost)) {
                 handle = file.after(handle.generation).await?;
@@ -185,6 +216,42 @@ impl ReadSource for SftpSource {
             result.map_err(errno)
         })
     }
+}
+
+/// `len` bytes in equal pieces of about `piece` (all of them in one when `None`), none much
+/// smaller (the gate counts only large READs as bulk): each piece's offset within them, and
+/// its length.
+fn pieces(len: usize, piece: Option<usize>) -> impl Iterator<Item = (usize, usize)> {
+    let count = piece.map_or(1, |piece| (len / piece.max(1)).max(1));
+    let piece = len.div_ceil(count).max(1);
+    (0..len.max(1))
+        .step_by(piece)
+        .map(move |at| (at, piece.min(len - at)))
+}
+
+/// The replies to the pieces of one READ, as one reply: the pieces in order up to the first
+/// short one (a server may answer short anywhere: the caller asks again from there). A piece
+/// that failed after others brought data shortens the reply; the caller's next READ meets the
+/// failure, or, for a lost connection, carries on on the next one.
+async fn joined_reads<F>(replies: Vec<(usize, F)>) -> Result<Bytes, SftpError>
+where
+    F: std::future::Future<Output = Result<Bytes, SftpError>>,
+{
+    let mut joined = bytes::BytesMut::new();
+    let count = replies.len();
+    for (asked, reply) in replies {
+        let data = match reply.await {
+            Ok(data) if count == 1 => return Ok(data),
+            Ok(data) => data,
+            Err(e) if joined.is_empty() => return Err(e),
+            Err(_) => break,
+        };
+        joined.extend_from_slice(&data);
+        if data.len() < asked {
+            break;
+        }
+    }
+    Ok(joined.freeze())
 }
 
 /// One handle on one SFTP channel, as a write pipeline lane. A WRITE lost with the connection
@@ -201,15 +268,22 @@ impl WriteLane for SftpLane {
         let lane = self.handle.clone();
         let file = self.file.clone();
         let statvfs_path = self.statvfs_path.clone();
-        // Sent now, in the order the pipeline submits, unless the lane's connection is gone.
+        // Sent now, in the order the pipeline submits, unless the lane's connection is gone; in
+        // pieces of the size the link wants (see `WireGate::bulk_request`).
         let first = (!lane.lost()).then(|| {
-            lane.session
-                .write(lane.handle.clone(), offset, data.clone())
+            let piece = lane.session.bulk_request(Direction::Up);
+            pieces(data.len(), piece)
+                .map(|(at, len)| {
+                    let piece = data.slice(at..at + len);
+                    lane.session
+                        .write(lane.handle.clone(), offset + at as u64, piece)
+                })
+                .collect::<Vec<_>>()
         });
         Box::pin(async move {
             let mut on = lane;
             let mut reply = match first {
-                Some(pending) => pending.response().await,
+                Some(pending) => joined_writes(pending).await,
                 None => Err(SftpError::ConnectionLost),
             };
             while matches!(reply, Err(SftpError::ConnectionLost)) {
@@ -231,6 +305,33 @@ impl WriteLane for SftpLane {
     fn usable(&self) -> bool {
         !self.handle.lost()
     }
+
+    fn buffer_limit(&self) -> usize {
+        let rate = self.handle.session.delivery_rate(Direction::Up);
+        rate.map_or(UNKNOWN_BUFFER_LIMIT, |rate| {
+            ((rate * BUFFER_TIME) as usize).max(MIN_BUFFER_LIMIT)
+        })
+    }
+}
+
+/// The replies to the pieces of one WRITE, as one reply: OK when every piece is; lost when one
+/// was lost with its connection (the whole WRITE is sent again); else the first failure.
+async fn joined_writes(pending: Vec<Pending>) -> Result<Response, SftpError> {
+    let (mut lost, mut failure, mut ok) = (false, None, None);
+    for piece in pending {
+        match piece.response().await {
+            Err(SftpError::ConnectionLost) => lost = true,
+            Ok(reply @ Response::Status { code, .. }) if code == StatusCode::OK => ok = Some(reply),
+            other => {
+                failure.get_or_insert(other);
+            }
+        }
+    }
+    match (lost, failure, ok) {
+        (false, Some(failure), _) => failure,
+        (false, None, Some(ok)) => Ok(ok),
+        _ => Err(SftpError::ConnectionLost),
+    }
 }
 
 /// OpenSSH reports a full disk as a bare FAILURE; the server's free space tells them apart.
@@ -241,5 +342,50 @@ async fn write_failure_errno(session: &Session, statvfs_path: &[u8], e: SftpErro
     match session.statvfs(statvfs_path).await {
         Ok(vfs) if vfs.bavail.saturating_mul(vfs.frsize.max(1)) < 2 * 1024 * 1024 => libc::ENOSPC,
         _ => libc::EIO,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_is_cut_into_pieces_of_the_size_asked() {
+        let cut = |len, piece| pieces(len, piece).collect::<Vec<_>>();
+        assert_eq!(cut(10, Some(4)), [(0, 5), (5, 5)]);
+        assert_eq!(cut(8, Some(4)), [(0, 4), (4, 4)]);
+        assert_eq!(cut(3, Some(4)), [(0, 3)]);
+        let kib = |n: usize| n << 10;
+        assert_eq!(
+            cut(kib(255), Some(kib(64))),
+            [(0, kib(85)), (kib(85), kib(85)), (kib(170), kib(85))]
+        );
+        assert_eq!(cut(10, None), [(0, 10)]);
+        assert_eq!(cut(0, Some(4)), [(0, 0)], "an empty request is still one");
+    }
+
+    #[tokio::test]
+    async fn the_pieces_of_a_read_end_at_the_first_short_one() {
+        let reply = |data: &'static [u8]| async move { Ok(Bytes::from_static(data)) };
+        let replies = vec![(3, reply(b"abc")), (3, reply(b"de")), (3, reply(b"fgh"))];
+        assert_eq!(&joined_reads(replies).await.unwrap()[..], b"abcde");
+        let failed = |e: SftpError| async move { Err::<Bytes, _>(e) };
+        let replies: Vec<(
+            usize,
+            std::pin::Pin<Box<dyn std::future::Future<Output = _>>>,
+        )> = vec![
+            (3, Box::pin(reply(b"abc"))),
+            (3, Box::pin(failed(SftpError::ConnectionLost))),
+        ];
+        assert_eq!(
+            &joined_reads(replies).await.unwrap()[..],
+            b"abc",
+            "what came before a lost piece"
+        );
+        let replies = vec![(3, failed(SftpError::ConnectionLost))];
+        assert!(matches!(
+            joined_reads(replies).await,
+            Err(SftpError::ConnectionLost)
+        ));
     }
 }

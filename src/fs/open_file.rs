@@ -362,9 +362,13 @@ impl Core {
         for (channel, handle) in lanes {
             closing.spawn(async move { channel.close(handle).await });
         }
-        // A handle whose connection is gone went with it.
+        // A handle whose connection is gone went with it, one whose CLOSE a cut took too (its
+        // writes were settled before).
         let closed = match file.handle.now() {
-            Ok(own) if !own.session.is_closed() => own.session.close(own.handle).await,
+            Ok(own) if !own.session.is_closed() => match own.session.close(own.handle).await {
+                Err(SftpError::ConnectionLost) => Ok(()),
+                other => other,
+            },
             _ => Ok(()),
         };
         // The descriptor is closed: no reopen may install a handle for it any more.

@@ -25,8 +25,15 @@ pub type ReadFuture = Pin<Box<dyn Future<Output = Result<Bytes, Errno>> + Send>>
 /// Where a file's bytes come from: READ requests on one handle.
 pub trait ReadSource: Send + Sync {
     /// Queues a READ now; the future gives the data: empty at end of file, and possibly
-    /// shorter than asked anywhere (see [`read_on`]).
+    /// shorter than asked anywhere (see [`read_on`]). Dropping the future before the READ left
+    /// takes it back.
     fn read(&self, offset: u64, len: u32) -> ReadFuture;
+
+    /// How far ahead of a reader it is worth fetching: what the link brings in a moment (more
+    /// only waits, and is fetched for nothing when the reader stops).
+    fn ahead_limit(&self) -> usize {
+        usize::MAX
+    }
 }
 
 /// Completes a READ of `len` bytes at `offset` whose reply was `first`. A server may answer a
@@ -266,14 +273,17 @@ impl Prefetcher {
                     return None;
                 }
                 if s.window == 0 || end >= s.grow_at {
-                    s.window = (s.window * 2).clamp(INITIAL_WINDOW, self.max_window);
+                    let most = self.max_window.min(self.source.ahead_limit());
+                    s.window = (s.window * 2).clamp(INITIAL_WINDOW, most.max(INITIAL_WINDOW));
                     s.grow_at = end + s.window as u64 / 4;
                 }
                 // Chunks well behind the reader are done with (those just behind may still be
                 // asked for by a READ that arrives late).
                 let keep_from = first.saturating_sub(SEQUENTIAL_SLACK) / self.chunk * self.chunk;
                 s.chunks = s.chunks.split_off(&keep_from);
-                let horizon = end + s.window as u64;
+                // Not past the end the file is known to have: a read beyond it (the file grew)
+                // is asked of the server.
+                let horizon = (end + s.window as u64).min(file_size.unwrap_or(u64::MAX));
                 let mut start = first;
                 while start < horizon && s.end.is_none_or(|e| start < e) {
                     if !s.chunks.contains_key(&start)
@@ -345,11 +355,20 @@ impl Prefetcher {
         let fetch = self.source.read(start, len as u32);
         let source = self.source.clone();
         tokio::spawn(async move {
-            let whole = match fetch.await {
-                Ok(first) => read_on(&*source, start, len as u32, first).await,
-                Err(e) => Err(e),
+            let whole = async {
+                match fetch.await {
+                    Ok(first) => read_on(&*source, start, len as u32, first).await,
+                    Err(e) => Err(e),
+                }
             };
-            let _ = tx.send(Some(whole));
+            // A chunk dropped (the reader went elsewhere, or closed the file) is not fetched:
+            // its READs not yet sent are taken back.
+            tokio::select! {
+                whole = whole => {
+                    let _ = tx.send(Some(whole));
+                }
+                () = tx.closed() => {}
+            }
         });
         s.chunks.insert(
             start,
@@ -456,6 +475,46 @@ mod tests {
         assert_eq!(*windows.last().unwrap(), 4 << 20, "window grew to its cap");
         // Nothing far past the end was fetched.
         assert!(file.asked.load(Ordering::Relaxed) < file.len as usize + (5 << 20));
+    }
+
+    /// A source whose link brings `ahead` bytes in a moment.
+    struct SlowLink(Arc<FakeFile>, usize);
+
+    impl ReadSource for SlowLink {
+        fn read(&self, offset: u64, len: u32) -> ReadFuture {
+            self.0.read(offset, len)
+        }
+
+        fn ahead_limit(&self) -> usize {
+            self.1
+        }
+    }
+
+    #[tokio::test]
+    async fn read_ahead_stops_at_the_known_end_and_at_what_the_link_brings_in_a_moment() {
+        let len = 6_000_000;
+        let file = Arc::new(FakeFile {
+            len,
+            asked: AtomicUsize::new(0),
+            reads: AtomicUsize::new(0),
+        });
+        let source = Arc::new(SlowLink(file.clone(), 1 << 20));
+        let p = Prefetcher::new(source, ByteBudget::new(64 << 20), 64 * 1024, 16 << 20);
+        let mut offset = 0;
+        while offset < len {
+            let got = p.read(offset, 131072, 0, Some(len)).await;
+            if let Some(got) = got {
+                assert_eq!(got, expected(offset, 131072, len), "at {offset}");
+            }
+            assert!(p.window() <= 1 << 20, "window {} at {offset}", p.window());
+            offset += 131072;
+        }
+        // What was asked past the end: at most the rest of the last chunk.
+        let asked = file.asked.load(Ordering::Relaxed) as u64;
+        assert!(
+            asked <= len + 65536,
+            "{asked} bytes asked of a file of {len}"
+        );
     }
 
     #[tokio::test]

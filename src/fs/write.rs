@@ -373,6 +373,12 @@ pub trait WriteLane: Send + Sync {
     fn usable(&self) -> bool {
         true
     }
+
+    /// The unacked bytes a file may hold on this lane's link: a few seconds of its rate keep it
+    /// full; more only makes a writer's progress (and its Ctrl-C) lag behind the link.
+    fn buffer_limit(&self) -> usize {
+        usize::MAX
+    }
 }
 
 /// Limits of one file's pipeline.
@@ -584,6 +590,13 @@ impl WritePipeline {
         self.changed.send_replace(());
     }
 
+    /// The unacked bytes this file may hold now: its limit, or less on a slow link (see
+    /// [`WriteLane::buffer_limit`]).
+    fn per_file(&self) -> usize {
+        let link = self.lanes.lock().unwrap().first().map(|l| l.buffer_limit());
+        self.limits.per_file.min(link.unwrap_or(usize::MAX))
+    }
+
     /// Waits for room and takes it: per file first, then from the mount's global budget. The
     /// write is numbered (for [`WritePipeline::settle`]) under the same lock that checks
     /// [`WritePipeline::close`], so a barrier after a close sees every write taken before it.
@@ -602,7 +615,7 @@ impl WritePipeline {
                 if self.closed.load(Ordering::Acquire) {
                     return Err(libc::EIO);
                 }
-                let free = self.limits.per_file.saturating_sub(s.buffered);
+                let free = self.per_file().saturating_sub(s.buffered);
                 // A request larger than the whole buffer goes alone into an empty buffer.
                 let take = if free >= len || (s.buffered == 0 && whole) {
                     Some(len)

@@ -359,6 +359,18 @@ impl Session {
         let _ = dead.wait_for(|&dead| dead).await;
     }
 
+    /// How large a bulk request going `direction` should be on this connection's link, at
+    /// most (see [`super::gate::WireGate::bulk_request`]); `None` until the link is learnt.
+    pub fn bulk_request(&self, direction: super::gate::Direction) -> Option<usize> {
+        self.shared.gate.bulk_request(direction)
+    }
+
+    /// The rate this connection's bulk is delivered at going `direction`, bytes a second, once
+    /// learnt.
+    pub fn delivery_rate(&self, direction: super::gate::Direction) -> Option<f64> {
+        self.shared.gate.delivery_rate(direction)
+    }
+
     pub fn is_closed(&self) -> bool {
         *self.shared.dead.borrow()
     }
@@ -750,12 +762,32 @@ async fn write_loop(
 ) {
     while let Some((head, tail)) = queue.recv().await {
         let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]);
+        // A READ whose caller stopped waiting before it left (read-ahead the reader no longer
+        // wants) is not sent: it only changes what is on the wire.
+        let read = head.get(4) == Some(&proto::packet_type::READ);
+        let unwanted = |shared: &Shared| {
+            let mut table = shared.table.lock().unwrap();
+            let gone = table
+                .in_flight
+                .get(&id)
+                .is_some_and(|e| e.reply.is_closed());
+            if read && gone {
+                table.in_flight.remove(&id);
+            }
+            read && gone
+        };
+        if unwanted(&shared) {
+            continue;
+        }
         // Bulk goes out only when the connection has room for it on the wire: a WRITE's data,
         // and the reply a large READ asks for.
         let on_wire = match bulk(&head, &tail) {
             Some((direction, len)) => Some(shared.gate.admit(direction, len).await),
             None => None,
         };
+        if on_wire.is_some() && unwanted(&shared) {
+            continue;
+        }
         {
             let mut table = shared.table.lock().unwrap();
             match table.in_flight.get_mut(&id) {
@@ -783,8 +815,9 @@ async fn write_loop(
 }
 
 /// A READ asking for at least this much is bulk (read-ahead, a large file's reads): it waits
-/// for room on the wire; smaller ones go first, as lookups do.
-const BULK_READ: u32 = 64 * 1024;
+/// for room on the wire; smaller ones go first, as lookups do. A little below the least bulk
+/// request, so that the pieces a large READ is split into all count.
+const BULK_READ: u32 = (super::gate::MIN_BULK_REQUEST - 1024) as u32;
 
 /// The bulk a queued request (its `head`, and `tail`: a WRITE's data) puts on the wire, and
 /// which way.

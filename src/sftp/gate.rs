@@ -5,19 +5,24 @@
 //! this (issue #21), 20 Mbit/s at 40 ms RTT: `ls -l` + `cat` of a small file took 10.7 s during
 //! a 32 MiB upload or download, 0.32 s idle.
 //!
-//! So the link is learnt, as BBR learns it: the rate at which bulk bytes are delivered (acked
-//! WRITE data, received READ data) and the lowest round trip give the bandwidth-delay product,
-//! and bulk in flight is held to [`GAIN`] times that (at least [`MIN_CAP`]): a small request
-//! then waits behind about one round trip of bulk. The cap starts at [`MIN_CAP`] and doubles
-//! with each round trip while the rate keeps up with it, since the rate it measures is all the
-//! cap lets through until the link is full. The fastest rate of the last [`RATE_WINDOW`]
-//! counts, so that a pause (the program thinking) does not shrink the cap.
+//! So the queue is measured and held to a target, as LEDBAT does for background transfers: each
+//! bulk request's time on the wire, less what its own bytes take at the delivery rate, is
+//! compared with that of one sent while no other bulk was in flight (the base: the round trip,
+//! the server's work, nothing queued); the difference is the queue the bulk in flight made.
+//! Below the target ([`target`]: half a round trip) the cap grows, by up to half of each
+//! request delivered (about 1.5 times a round trip), above it the cap shrinks as fast. Once no
+//! request went alone for [`DRAIN_EVERY`], bulk is let through one at a time until one has
+//! (BBR's ProbeRTT): a base taken long ago, before the path changed, would misjudge the queue.
 //!
-//! Round trips are taken from small requests (not bulk) answered while little bulk was in
-//! flight, so that the queue the bulk makes does not raise them; the lowest of the last minute
-//! or two counts, so that a path that got longer is noticed. The price: a channel whose server
-//! stalls keeps its share until its requests time out (`request_timeout`), and the other
-//! channels' bulk waits behind it meanwhile.
+//! Bulk goes in requests whose size follows the link too ([`WireGate::bulk_request`]: larger
+//! ones are split): a quarter of a round trip of the delivery rate, at least
+//! [`MIN_BULK_REQUEST`]; the fastest rate of the last [`RATE_WINDOW`] counts, so that a pause
+//! does not shrink them. The cap is never below two of them.
+//!
+//! Round trips of small requests (not bulk) answered while little bulk was in flight give the
+//! target; the lowest of the last minute or two counts, so that a path that got longer is
+//! noticed. The price: a channel whose server stalls keeps its share until its requests time out
+//! (`request_timeout`), and the other channels' bulk waits behind it meanwhile.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -25,13 +30,20 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-/// Bulk in flight, at most, in bandwidth-delay products: one keeps the link full, the second
-/// covers the delivery rate's dips.
-const GAIN: f64 = 2.0;
-/// The least the cap may be: bulk a near link takes in a moment (at RTT 0, `ls -l` + `cat`
-/// during a 256 MiB upload took 0.025-0.036 s with 1 MiB on the wire, 0.06-0.15 s with every
-/// channel's 2 MiB window full), and what a slow one drains in a fraction of a second.
+/// The cap before anything is learnt: bulk a near link takes in a moment (at RTT 0, `ls -l` +
+/// `cat` during a 256 MiB upload took 0.025-0.036 s with 1 MiB on the wire, 0.06-0.15 s with
+/// every channel's 2 MiB window full), and a slow one drains in a fraction of a second.
 pub const MIN_CAP: usize = 256 << 10;
+/// Bulk goes in requests of about a quarter of a round trip of the link's rate (at least
+/// [`BULK_REQUEST_TIME`] of it, so that a fast link is not cut into many small requests), and
+/// never less than this: one request of 256 KiB is 100 ms of a 20 Mbit/s line.
+pub const MIN_BULK_REQUEST: usize = 32 << 10;
+const BULK_REQUEST_TIME: Duration = Duration::from_millis(10);
+/// The least queue the target allows: below a few milliseconds, the scheduling of a busy
+/// machine reads as queue.
+const MIN_TARGET: Duration = Duration::from_millis(5);
+/// How long bulk may go without a request sent alone (a fresh base) before one is made to.
+const DRAIN_EVERY: Duration = Duration::from_secs(10);
 /// Round trips are taken only while at most this much bulk is in flight.
 const CLEAN_IN_FLIGHT: usize = 512 << 10;
 /// How long the lowest round trip of a period stands.
@@ -48,18 +60,26 @@ pub enum Direction {
     Down,
 }
 
-/// One direction's bulk: what is in flight, who waits, what was delivered and how fast.
+/// One direction's bulk: what is in flight, who waits, what was delivered, how fast and how
+/// queued.
 struct Flow {
     in_flight: usize,
     cap: usize,
-    /// Bulk waiting to go, in the order it asked: first come, first sent.
-    waiting: VecDeque<(usize, oneshot::Sender<()>)>,
+    /// Bulk waiting to go, in the order it asked: first come, first sent. Each is told whether
+    /// it went alone.
+    waiting: VecDeque<(usize, oneshot::Sender<bool>)>,
     /// Bytes delivered so far, and when the last of them was.
     delivered: u64,
     delivered_at: Instant,
     /// Delivery rates (bytes a second) of the last [`RATE_WINDOW`], each with when it was
     /// taken; only those that may still be the fastest are kept.
     rates: VecDeque<(Instant, f64)>,
+    /// A request's time on the wire, less its own bytes at the rate, when it went alone; and
+    /// when the last request that went alone was delivered.
+    base: Option<Duration>,
+    alone_at: Instant,
+    /// Bulk goes one request at a time until one has gone alone (see [`DRAIN_EVERY`]).
+    draining: bool,
 }
 
 impl Flow {
@@ -71,18 +91,34 @@ impl Flow {
             delivered: 0,
             delivered_at: Instant::now(),
             rates: VecDeque::new(),
+            base: None,
+            alone_at: Instant::now(),
+            draining: false,
         }
+    }
+
+    /// The size bulk requests should have, from the rate and round trip learnt.
+    fn bulk_request(&self, rtt: Option<Duration>) -> Option<usize> {
+        let (rate, rtt) = (self.fastest()?, rtt?);
+        let time = (rtt / 4).max(BULK_REQUEST_TIME);
+        Some(((rate * time.as_secs_f64()) as usize).max(MIN_BULK_REQUEST))
+    }
+
+    /// Whether `len` more may go now: always when nothing is in flight.
+    fn fits(&self, len: usize) -> bool {
+        self.in_flight == 0 || (!self.draining && self.in_flight + len <= self.cap)
     }
 
     /// Admits the waiting bulk that fits now, in its order.
     fn let_in(&mut self) {
         while let Some(len) = self.waiting.front().map(|w| w.0) {
-            if self.in_flight != 0 && self.in_flight + len > self.cap {
+            if !self.fits(len) {
                 break;
             }
             let (len, tx) = self.waiting.pop_front().expect("front exists");
+            let alone = self.in_flight == 0;
             self.in_flight += len;
-            if tx.send(()).is_err() {
+            if tx.send(alone).is_err() {
                 // Its sender went away (the session ended): the room is free again.
                 self.in_flight -= len;
             }
@@ -105,6 +141,45 @@ impl Flow {
         {
             self.rates.pop_front();
         }
+    }
+
+    /// A request of `bytes` (`alone`: sent with no other bulk in flight) spent `wire` between
+    /// its sending and its reply (`rtt`: a small request's round trip): the cap moves towards
+    /// the queue `target`. `least`: the cap's floor.
+    #[allow(clippy::too_many_arguments)]
+    fn learn_queue(
+        &mut self,
+        now: Instant,
+        wire: Duration,
+        bytes: usize,
+        alone: bool,
+        rtt: Option<Duration>,
+        target: Duration,
+        least: usize,
+    ) {
+        // Its own bytes at the rate, and at most what the wire time leaves beyond a round trip
+        // (the first rates are low: the cap let little through).
+        let own = self.fastest().map_or(Duration::ZERO, |rate| {
+            Duration::from_secs_f64(bytes as f64 / rate)
+        });
+        let own = own.min(wire.saturating_sub(rtt.unwrap_or_default()));
+        let sample = wire.saturating_sub(own);
+        if alone {
+            // The lowest of the recent ones: a path that got longer is seen at the next drain.
+            let recent = now.duration_since(self.alone_at) < DRAIN_EVERY;
+            self.base = Some(match self.base {
+                Some(base) if recent => base.min(sample),
+                _ => sample,
+            });
+            self.alone_at = now;
+            self.draining = false;
+        } else if now.duration_since(self.alone_at) > DRAIN_EVERY && !self.draining {
+            self.draining = true;
+        }
+        let queue = sample.saturating_sub(self.base.unwrap_or(sample));
+        let off = 1.0 - queue.as_secs_f64() / target.as_secs_f64();
+        let step = off.clamp(-1.0, 1.0) * bytes as f64 / 2.0;
+        self.cap = ((self.cap as f64 + step) as usize).max(least);
     }
 }
 
@@ -132,16 +207,10 @@ impl State {
         }
     }
 
-    /// The cap of `direction` from what was learnt: [`GAIN`] bandwidth-delay products.
-    fn recap(&mut self, direction: Direction) {
-        let rtt = self.min_rtt();
-        let flow = self.flow(direction);
-        // Plus one more of the least cap: bulk goes in requests of up to a few hundred KiB,
-        // and a cap that holds one of them only measures what one at a time delivers.
-        if let (Some(rate), Some(rtt)) = (flow.fastest(), rtt) {
-            flow.cap = ((GAIN * rate * rtt.as_secs_f64()) as usize).max(MIN_CAP) + MIN_CAP;
-        }
-        flow.let_in();
+    /// The queue bulk may make: half a round trip, at least [`MIN_TARGET`].
+    fn target(&self) -> Duration {
+        self.min_rtt()
+            .map_or(MIN_TARGET, |rtt| (rtt / 2).max(MIN_TARGET))
     }
 }
 
@@ -156,6 +225,8 @@ pub struct GatePermit {
     direction: Direction,
     len: usize,
     sent_at: Instant,
+    /// No other bulk of its direction was in flight when it went.
+    alone: bool,
     /// The flow's delivered bytes, and the time of the last of them, when this was sent.
     delivered_before: u64,
     delivered_at_before: Instant,
@@ -168,7 +239,7 @@ impl GatePermit {
     }
 
     /// Its reply came with `bytes` of bulk delivered (a WRITE's data acked, a READ's data
-    /// received): a sample of the rate the link delivers at.
+    /// received): a sample of the rate the link delivers at, and of the queue.
     pub fn delivered(&self, bytes: usize) {
         self.gate.delivered(self, bytes);
     }
@@ -202,20 +273,21 @@ impl WireGate {
         let waiting = {
             let mut s = self.state.lock().unwrap();
             let flow = s.flow(direction);
-            if flow.waiting.is_empty() && (flow.in_flight == 0 || flow.in_flight + len <= flow.cap)
-            {
+            if flow.waiting.is_empty() && flow.fits(len) {
+                let alone = flow.in_flight == 0;
                 flow.in_flight += len;
-                None
+                Err(alone)
             } else {
                 let (tx, rx) = oneshot::channel();
                 flow.waiting.push_back((len, tx));
-                Some(rx)
+                Ok(rx)
             }
         };
-        if let Some(rx) = waiting {
-            // The sender is only dropped once it has admitted us (see `let_in`).
-            let _ = rx.await;
-        }
+        // The sender is only dropped once it has admitted us (see `let_in`).
+        let alone = match waiting {
+            Err(alone) => alone,
+            Ok(rx) => rx.await.unwrap_or(false),
+        };
         let s = self.state.lock().unwrap();
         let flow = match direction {
             Direction::Up => &s.up,
@@ -226,6 +298,7 @@ impl WireGate {
             direction,
             len,
             sent_at: Instant::now(),
+            alone,
             delivered_before: flow.delivered,
             delivered_at_before: flow.delivered_at,
         }
@@ -234,10 +307,11 @@ impl WireGate {
     /// A delivery rate sample, as BBR takes it: the bytes delivered between this request's
     /// sending and its reply, over the longer of that time and the time since the last
     /// delivery before it was sent (so that a burst of replies queued together does not read
-    /// as a faster link).
+    /// as a faster link); and a sample of the queue (see [`Flow::learn_queue`]).
     fn delivered(&self, permit: &GatePermit, bytes: usize) {
         let now = Instant::now();
         let mut s = self.state.lock().unwrap();
+        let (target, rtt) = (s.target(), s.min_rtt());
         let flow = s.flow(permit.direction);
         flow.delivered += bytes as u64;
         flow.delivered_at = now;
@@ -248,7 +322,21 @@ impl WireGate {
             let rate = (flow.delivered - permit.delivered_before) as f64 / interval.as_secs_f64();
             flow.add_rate(now, rate);
         }
-        s.recap(permit.direction);
+        let least = 2 * flow.bulk_request(rtt).unwrap_or(MIN_BULK_REQUEST);
+        let wire = now.duration_since(permit.sent_at);
+        let before = flow.cap;
+        flow.learn_queue(now, wire, bytes, permit.alone, rtt, target, least);
+        if flow.cap.abs_diff(before) > before / 4 || flow.cap == least && before != least {
+            tracing::debug!(
+                "bulk {:?}: {:.2} MB/s, base {:.1} ms, target {:.1} ms, cap {} KiB",
+                permit.direction,
+                flow.fastest().unwrap_or(0.0) / 1e6,
+                flow.base.unwrap_or_default().as_secs_f64() * 1e3,
+                target.as_secs_f64() * 1e3,
+                flow.cap >> 10
+            );
+        }
+        flow.let_in();
     }
 
     /// The round trip of a small request just answered.
@@ -262,8 +350,19 @@ impl WireGate {
             s.period_start = Instant::now();
         }
         s.best_now = Some(s.best_now.map_or(rtt, |best| best.min(rtt)));
-        s.recap(Direction::Up);
-        s.recap(Direction::Down);
+    }
+
+    /// How large a bulk request going `direction` should be, at most (larger ones are split):
+    /// none until the link is learnt.
+    pub fn bulk_request(&self, direction: Direction) -> Option<usize> {
+        let mut s = self.state.lock().unwrap();
+        let rtt = s.min_rtt();
+        s.flow(direction).bulk_request(rtt)
+    }
+
+    /// The fastest rate bulk going `direction` was delivered at lately, bytes a second.
+    pub fn delivery_rate(&self, direction: Direction) -> Option<f64> {
+        self.state.lock().unwrap().flow(direction).fastest()
     }
 
     /// Bytes of bulk the connection may have on the wire now, going `direction`.
@@ -305,26 +404,77 @@ mod tests {
         drop(huge);
     }
 
-    #[tokio::test]
-    async fn the_cap_follows_the_rate_and_the_round_trip() {
-        let gate = WireGate::new();
-        gate.sample(Duration::from_millis(40));
-        // 2.5 MB/s (20 Mbit/s): 100 KB a round trip, so the cap is at its least.
+    #[test]
+    fn the_cap_grows_while_bulk_is_not_queued_and_shrinks_when_it_is() {
+        let mut flow = Flow::new();
         let now = Instant::now();
-        {
-            let mut s = gate.state.lock().unwrap();
-            s.up.add_rate(now, 2.5e6);
-            s.recap(Direction::Up);
+        let ms = Duration::from_millis;
+        let (target, least) = (ms(20), 128 << 10);
+        // 64 KiB at 2.5 MB/s take 26 ms of their own: a request alone gives the base (40 ms).
+        flow.add_rate(now, 2.5e6);
+        flow.learn_queue(now, ms(66), 65536, true, None, target, least);
+        assert_eq!(
+            flow.cap,
+            MIN_CAP + 32768,
+            "nothing queued: half the request more"
+        );
+        // Queued 10 ms: half the target, a quarter of the request more.
+        flow.learn_queue(now, ms(76), 65536, false, None, target, least);
+        assert_eq!(flow.cap, MIN_CAP + 32768 + 16384);
+        // Queued 60 ms: three times the target, half the request less (the most it moves).
+        flow.learn_queue(now, ms(126), 65536, false, None, target, least);
+        assert_eq!(flow.cap, MIN_CAP + 16384);
+        for _ in 0..20 {
+            flow.learn_queue(now, ms(126), 65536, false, None, target, least);
         }
-        assert_eq!(gate.cap(Direction::Up), 2 * MIN_CAP);
-        // 250 MB/s: 10 MB a round trip, twice that in flight.
-        {
-            let mut s = gate.state.lock().unwrap();
-            s.up.add_rate(now, 2.5e8);
-            s.recap(Direction::Up);
-        }
-        assert_eq!(gate.cap(Direction::Up), 20_000_000 + MIN_CAP);
-        assert_eq!(gate.cap(Direction::Down), MIN_CAP, "each direction its own");
+        assert_eq!(flow.cap, least, "never below its floor");
+        // No request alone for a while: one at a time until one goes alone.
+        flow.learn_queue(
+            now + DRAIN_EVERY * 2,
+            ms(66),
+            65536,
+            false,
+            None,
+            target,
+            least,
+        );
+        assert!(flow.draining);
+        flow.in_flight = 1000;
+        assert!(!flow.fits(1), "draining: only alone");
+        flow.in_flight = 0;
+        assert!(flow.fits(1 << 30), "alone, whatever its size");
+        flow.learn_queue(
+            now + DRAIN_EVERY * 2,
+            ms(50),
+            65536,
+            true,
+            None,
+            target,
+            least,
+        );
+        assert!(!flow.draining);
+        assert_eq!(
+            flow.base,
+            Some(ms(50) - Duration::from_secs_f64(65536.0 / 2.5e6))
+        );
+    }
+
+    #[tokio::test]
+    async fn bulk_requests_follow_the_rate_and_the_round_trip() {
+        let gate = WireGate::new();
+        assert_eq!(gate.bulk_request(Direction::Up), None, "nothing learnt yet");
+        gate.sample(Duration::from_millis(40));
+        let now = Instant::now();
+        gate.state.lock().unwrap().up.add_rate(now, 2.5e6);
+        // 20 Mbit/s: a quarter of a round trip is 25 KB, less than the least.
+        assert_eq!(gate.bulk_request(Direction::Up), Some(MIN_BULK_REQUEST));
+        gate.state.lock().unwrap().up.add_rate(now, 2.5e8);
+        assert_eq!(gate.bulk_request(Direction::Up), Some(2_500_000));
+        assert_eq!(
+            gate.bulk_request(Direction::Down),
+            None,
+            "each direction its own"
+        );
     }
 
     #[tokio::test]
