@@ -320,8 +320,9 @@ fn writes_lost_at_shutdown_are_logged_with_file_and_bytes() {
             ),
         ],
     );
+    // Less than a file may hold unacked before the link's rate is known: all of it accepted.
     let mut f = File::create(m.join("doomed")).unwrap();
-    f.write_all(&random_bytes(8 * MIB, 11)).unwrap();
+    f.write_all(&random_bytes(2 * MIB, 11)).unwrap();
     assert!(m.signal_daemon(libc::SIGTERM));
     assert!(
         m.wait_daemon_exit(Duration::from_secs(30)),
@@ -346,5 +347,5 @@ fn writes_lost_at_shutdown_are_logged_with_file_and_bytes() {
         line.contains(&format!("ERROR {}: ", m.path().display())),
         "{line}"
     );
-    assert!(bytes > 0 && bytes <= 8 * MIB as u64, "{line}");
+    assert!(bytes > 0 && bytes <= 2 * MIB as u64, "{line}");
 }
