@@ -361,17 +361,19 @@ fn sshd_restarted_with_another_host_key_is_refused_and_the_mount_stays_down() {
 
 #[test]
 fn changes_in_flight_at_the_cut_are_applied_once_or_fail() {
-    // The server carries out each change of "target" but its reply never comes; the
-    // connection is cut meanwhile. Sent again, a MKDIR or an exclusive create would say
-    // EEXIST, a REMOVE or a RENAME ENOENT: a change whose fate is unknown is never sent again,
-    // the program gets EIO, and the change is made exactly once.
+    // The server carries out the first change of "target" but its reply never comes; the
+    // connection is cut meanwhile. A MKDIR, REMOVE or RENAME is sent again on the next
+    // connection, whose answer (EEXIST, ENOENT) says it was made: the program is told it
+    // worked. An exclusive create is not sent again (EEXIST would not say whose file it is):
+    // EIO. Each is made exactly once.
     type Change = fn(&std::path::Path) -> std::io::Result<()>;
     type Check = fn(&std::path::Path) -> bool;
-    let cases: [(&str, Change, Check); 4] = [
+    let cases: [(&str, Change, Check, bool); 4] = [
         (
             "mkdir",
             |m| fs::create_dir(m.join("target")),
             |r| r.join("target").is_dir(),
+            true,
         ),
         (
             "exclusive create",
@@ -383,20 +385,23 @@ fn changes_in_flight_at_the_cut_are_applied_once_or_fail() {
                     .map(drop)
             },
             |r| r.join("target").is_file(),
+            false,
         ),
         (
             "unlink",
             |m| fs::remove_file(m.join("target")),
             |r| !r.join("target").exists(),
+            true,
         ),
         (
             "rename",
             |m| fs::rename(m.join("target"), m.join("renamed")),
             |r| !r.join("target").exists() && r.join("renamed").is_file(),
+            true,
         ),
     ];
-    for (what, change, done) in cases {
-        let sshd = Sshd::start_faulty(&["stall-change=target"]);
+    for (what, change, done, succeeds) in cases {
+        let sshd = Sshd::start_faulty(&["stall-change-once=target"]);
         if what == "unlink" || what == "rename" {
             fs::write(sshd.remote_root().join("target"), b"t").unwrap();
         }
@@ -408,8 +413,16 @@ fn changes_in_flight_at_the_cut_are_applied_once_or_fail() {
         std::thread::sleep(Duration::from_secs(1));
         link.cut();
         let result = within(Duration::from_secs(60), move || changing.join().unwrap());
-        let e = result.expect_err(what);
-        assert_eq!(e.raw_os_error(), Some(libc::EIO), "{what}: {e}");
+        if succeeds {
+            result.unwrap_or_else(|e| panic!("{what}: {e}"));
+        } else {
+            let e = result.expect_err(what);
+            assert_eq!(e.raw_os_error(), Some(libc::EIO), "{what}: {e}");
+        }
+        assert!(
+            sshd.remote_root().join(".stalled-target").exists(),
+            "{what}: the first was stalled"
+        );
         assert!(done(&sshd.remote_root()), "{what}: applied once");
     }
 }

@@ -30,6 +30,9 @@
 //! - `stall-change=NAME`: like `stall-path`, for the requests that change names alone (OPEN,
 //!   MKDIR, REMOVE, RMDIR, RENAME, SYMLINK, posix-rename, hardlink): the server carries them
 //!   out, their replies never come; lookups of NAME are answered.
+//! - `stall-change-once=NAME`: as `stall-change`, for the first such request only, on any
+//!   connection (a file `.stalled-NAME` next to NAME marks it done): one sent again after a cut
+//!   is answered.
 //! - `freeze-on-write=SECONDS`: at the first WRITE, stops reading requests for SECONDS, so the
 //!   channel's window fills and the client's later requests queue behind it; then reads and
 //!   drops everything until the client goes.
@@ -55,7 +58,7 @@ use std::thread;
 
 const USAGE: &str = "usage: faulty_sftp_server [--fault NAME[=VALUE]]... [--server PATH]";
 const FAULTS: &str = "short-read=N, no-extensions, bad-names, oversized-read, stray-reply, huge-reply, \
-     unknown-status=NAME, long-handle, no-type-bits=NAME, huge-size=NAME, stall-after=N, stall-path=NAME, stall-change=NAME, \
+     unknown-status=NAME, long-handle, no-type-bits=NAME, huge-size=NAME, stall-after=N, stall-path=NAME, stall-change=NAME, stall-change-once=NAME, \
      freeze-on-write=SECONDS, garbage-length=NAME, endless-listing=NAME";
 const DEFAULT_SERVER: &str = "/usr/lib/openssh/sftp-server";
 
@@ -139,6 +142,7 @@ struct Faults {
     stall_after: Option<u64>,
     stall_path: Option<Vec<u8>>,
     stall_change: Option<Vec<u8>>,
+    stall_change_once: Option<Vec<u8>>,
     freeze_on_write: Option<u64>,
     garbage_length: Option<Vec<u8>>,
     endless_listing: Option<Vec<u8>>,
@@ -173,6 +177,7 @@ impl Faults {
             (b"stall-after", Some(v)) => self.stall_after = Some(number(v).ok_or_else(bad)?),
             (b"stall-path", Some(v)) => self.stall_path = Some(v.to_vec()),
             (b"stall-change", Some(v)) => self.stall_change = Some(v.to_vec()),
+            (b"stall-change-once", Some(v)) => self.stall_change_once = Some(v.to_vec()),
             (b"freeze-on-write", Some(v)) => {
                 self.freeze_on_write = Some(number(v).ok_or_else(bad)?);
             }
@@ -405,7 +410,10 @@ fn on_request(shared: &Shared, mut packet: Vec<u8>) -> Option<Vec<u8>> {
     }
     let named = |name: Option<&[u8]>| path.is_some_and(|path| name == Some(last_component(path)));
     let stalled = named(faults.stall_path.as_deref())
-        || (CHANGES.contains(&kind) && named(faults.stall_change.as_deref()));
+        || (CHANGES.contains(&kind) && named(faults.stall_change.as_deref()))
+        || (CHANGES.contains(&kind)
+            && named(faults.stall_change_once.as_deref())
+            && path.is_some_and(first_stall));
     let no_type_bits = named(faults.no_type_bits.as_deref());
     let huge_size = named(faults.huge_size.as_deref());
     let endless = kind == fxp::OPENDIR && named(faults.endless_listing.as_deref());
@@ -473,6 +481,22 @@ fn read_length(read: &[u8]) -> Option<u32> {
     fields.string()?;
     fields.u64()?;
     fields.u32()
+}
+
+/// Whether this is the first stalled change of `path`'s name: marked by a file next to it.
+fn first_stall(path: &[u8]) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::path::Path::new(std::ffi::OsStr::from_bytes(path));
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return false;
+    };
+    let mut marker = std::ffi::OsString::from(".stalled-");
+    marker.push(name);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dir.join(marker))
+        .is_ok()
 }
 
 fn last_component(path: &[u8]) -> &[u8] {
