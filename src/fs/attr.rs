@@ -12,6 +12,7 @@ use super::inode::{ContentsSeen, now_secs};
 use super::open_files::OpenFile;
 use super::write::InodeWrites;
 use super::{Core, Entry, FsResult, KeepCache, errno, is_symlink};
+use crate::sftp::client::Reply;
 use crate::sftp::proto::Attrs;
 use crate::sftp::{Session, SftpError, StatusCode};
 
@@ -460,6 +461,37 @@ impl Core {
         }
     }
 
+    /// A change of `ino`'s attributes by its path on the connection now (behind the inode's
+    /// writes when it sets times), with its attributes asked right behind it on a server that
+    /// keeps a channel's order. The names lock comes back with it: the path names the inode's
+    /// file until the change is answered.
+    async fn setstat_by_path(
+        &self,
+        ino: u64,
+        attrs: Attrs,
+        symlink: bool,
+        times: bool,
+    ) -> FsResult<(
+        tokio::sync::RwLockReadGuard<'_, ()>,
+        Reply<()>,
+        Option<Reply<Attrs>>,
+    )> {
+        let generation = self.remote.current().await.map_err(|_| libc::EIO)?;
+        if times {
+            self.after_writes(ino, ordering_channel(generation.id, 0))
+                .await;
+        }
+        let session = generation.meta();
+        let names = self.inodes.names_kept().await;
+        let path = self.inodes.path(ino)?;
+        let change = match symlink {
+            true => session.lsetstat(&path, attrs),
+            false => session.setstat(&path, attrs),
+        };
+        let after = self.features.in_order.then(|| session.lstat(&path));
+        Ok((names, change, after))
+    }
+
     /// `caller`: the process asking.
     pub async fn setattr(
         &self,
@@ -592,20 +624,10 @@ impl Core {
                 (change, after)
             }
             None => {
-                let generation = self.remote.current().await.map_err(|_| libc::EIO)?;
-                if times {
-                    self.after_writes(ino, ordering_channel(generation.id, 0))
-                        .await;
-                }
-                let session = generation.meta();
-                _names = Some(self.inodes.names_kept().await);
-                let path = self.inodes.path(ino)?;
-                let change = if symlink {
-                    session.lsetstat(&path, attrs)
-                } else {
-                    session.setstat(&path, attrs)
-                };
-                (change, self.features.in_order.then(|| session.lstat(&path)))
+                let (names, change, after) =
+                    self.setstat_by_path(ino, attrs, symlink, times).await?;
+                _names = Some(names);
+                (change, after)
             }
         };
         let mut after = after;
@@ -621,25 +643,21 @@ impl Core {
             }
             // So is a change by path; sent again as the first was sent, on the new connection.
             (Err(SftpError::ConnectionLost), None) => {
-                after = None;
                 _names = None;
-                async {
-                    let generation = self.remote.current().await.map_err(|_| libc::EIO)?;
-                    if times {
-                        self.after_writes(ino, ordering_channel(generation.id, 0))
-                            .await;
+                match self
+                    .setstat_by_path(ino, asked.clone(), symlink, times)
+                    .await
+                {
+                    Ok((names, change, again_after)) => {
+                        _names = Some(names);
+                        after = again_after;
+                        change.await.map_err(errno)
                     }
-                    let session = generation.meta();
-                    _names = Some(self.inodes.names_kept().await);
-                    let path = self.inodes.path(ino)?;
-                    let again = asked.clone();
-                    let change = match symlink {
-                        true => session.lsetstat(&path, again),
-                        false => session.setstat(&path, again),
-                    };
-                    change.await.map_err(errno)
+                    Err(e) => {
+                        after = None;
+                        Err(e)
+                    }
                 }
-                .await
             }
             (result, _) => result.map_err(|e| match e.status() {
                 // OpenSSH says FAILURE for EFBIG (and for little else a truncate meets).
