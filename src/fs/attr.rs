@@ -392,10 +392,11 @@ impl Core {
         {
             return None;
         }
+        let known_by = self.files.of_inode(file.ino);
+        super::open_files::changing(&known_by, attrs);
         let change = own.session.fsetstat(own.handle.clone(), attrs.clone());
         let handle = file.handle.clone();
         let resend = attrs.clone();
-        let known_by = self.files.of_inode(file.ino);
         let (writes, horizon) = (file.inode_writes.clone(), file.inode_writes.generation());
         let resized = attrs.size.is_some();
         let accepted = writer.track_attr_change(Box::pin(async move {
@@ -409,8 +410,9 @@ impl Core {
                 on = handle.after(on.generation).await?;
                 result = on.session.fsetstat(on.handle.clone(), resend.clone()).await;
             }
-            if result.is_ok() {
-                super::open_files::known_changed(&known_by, &resend);
+            match &result {
+                Ok(()) => super::open_files::known_changed(&known_by, &resend),
+                Err(_) => super::open_files::change_failed(&known_by),
             }
             result.map_err(errno)
         }));
@@ -601,6 +603,8 @@ impl Core {
         }
         let symlink = self.inodes.table().is_symlink(ino);
         let asked = attrs.clone();
+        let known_by = self.files.of_inode(ino);
+        super::open_files::changing(&known_by, &asked);
         // The attributes after the change are asked right behind it on its channel: a server
         // that runs a channel in order answers both in one round trip.
         let times = attrs.atime_mtime.is_some();
@@ -669,8 +673,9 @@ impl Core {
         if let (Some(truncating), Ok(())) = (truncating, &result) {
             truncating.done();
         }
-        if result.is_ok() {
-            super::open_files::known_changed(&self.files.of_inode(ino), &asked);
+        match &result {
+            Ok(()) => super::open_files::known_changed(&known_by, &asked),
+            Err(_) => super::open_files::change_failed(&known_by),
         }
         self.changed_attrs(ino);
         let ticket = self.cache.ticket();

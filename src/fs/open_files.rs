@@ -65,6 +65,10 @@ pub(super) struct OpenFile {
     pub(super) written: Mutex<Option<(bytes::BytesMut, u64)>>,
     /// Held while the file is reopened: a file its registrar reopens may be in a pass too.
     pub(super) reopening: tokio::sync::Mutex<()>,
+    /// A change of the file's mode, owner or times on its way: until its answer, a reopen
+    /// takes either the old or the new values for the file's (a cut may lose the answer of a
+    /// change the server made).
+    pub(super) announced: Mutex<Option<Attrs>>,
 }
 
 impl OpenFile {
@@ -102,14 +106,21 @@ pub(super) fn same_file(file: &OpenFile, now: &Attrs, asked: (u64, u64)) -> Resu
     if kind(&known) != kind(now) {
         return Err("it is another kind of file now".into());
     }
-    if known.permissions != now.permissions {
+    let announced = file.announced.lock().unwrap().clone().unwrap_or_default();
+    let bits = |mode: Option<u32>| mode.map(|m| m & 0o7777);
+    if known.permissions != now.permissions
+        && (announced.permissions.is_none() || bits(announced.permissions) != bits(now.permissions))
+    {
         return Err(format!(
             "its mode is {:o}, not {:o}",
             now.permissions.unwrap_or(0) & 0o7777,
             known.permissions.unwrap_or(0) & 0o7777
         ));
     }
-    if known.uid_gid.is_some() && known.uid_gid != now.uid_gid {
+    if known.uid_gid.is_some()
+        && known.uid_gid != now.uid_gid
+        && (announced.uid_gid.is_none() || announced.uid_gid != now.uid_gid)
+    {
         return Err("it has another owner".into());
     }
     // A reader's: for a writer, what the mount itself did bounds its size more closely, and
@@ -118,6 +129,7 @@ pub(super) fn same_file(file: &OpenFile, now: &Attrs, asked: (u64, u64)) -> Resu
     if file.writer.is_none()
         && let (Some(then), Some(now)) = (mtime(&known), mtime(now))
         && now < then
+        && mtime(&announced) != Some(now)
     {
         return Err(format!("it was modified at {now}, before the {then} seen"));
     }
@@ -137,10 +149,26 @@ pub(super) fn same_file(file: &OpenFile, now: &Attrs, asked: (u64, u64)) -> Resu
     Ok(())
 }
 
+/// The mount is about to change the attributes of the file `files` have open (`change`):
+/// until [`known_changed`] or [`change_failed`], a reopen takes the old or the new values.
+pub(super) fn changing(files: &[Arc<OpenFile>], change: &Attrs) {
+    for file in files {
+        *file.announced.lock().unwrap() = Some(change.clone());
+    }
+}
+
+/// The change announced by [`changing`] failed: the file keeps what was known.
+pub(super) fn change_failed(files: &[Arc<OpenFile>]) {
+    for file in files {
+        *file.announced.lock().unwrap() = None;
+    }
+}
+
 /// The mount changed the attributes of the file `files` have open (`change`: what it set):
 /// they are known by them from now on. The size is not: the writes' bounds know it.
 pub(super) fn known_changed(files: &[Arc<OpenFile>], change: &Attrs) {
     for file in files {
+        *file.announced.lock().unwrap() = None;
         let mut identity = file.identity.lock().unwrap();
         let Some(known) = identity.as_mut() else {
             continue;
@@ -315,6 +343,7 @@ impl OpenFiles {
             failures_seen,
             written: Mutex::new(None),
             reopening: tokio::sync::Mutex::new(()),
+            announced: Mutex::new(None),
         };
         let file = Arc::new(file);
         let mut table = self.table.lock().unwrap();
