@@ -9,7 +9,7 @@ use fuser::{FileAttr, FileType, INodeNo};
 use super::cache::Known;
 use super::handle::ordering_channel;
 use super::inode::{ContentsSeen, now_secs};
-use super::open_files::OpenFile;
+use super::open_files::{Announced, OpenFile};
 use super::write::InodeWrites;
 use super::{Core, Entry, FsResult, KeepCache, errno, is_symlink};
 use crate::sftp::client::Reply;
@@ -392,8 +392,7 @@ impl Core {
         {
             return None;
         }
-        let known_by = self.files.of_inode(file.ino);
-        super::open_files::changing(&known_by, attrs);
+        let announced = Announced::new(self.files.of_inode(file.ino), attrs);
         let change = own.session.fsetstat(own.handle.clone(), attrs.clone());
         let handle = file.handle.clone();
         let resend = attrs.clone();
@@ -410,9 +409,8 @@ impl Core {
                 on = handle.after(on.generation).await?;
                 result = on.session.fsetstat(on.handle.clone(), resend.clone()).await;
             }
-            match &result {
-                Ok(()) => super::open_files::known_changed(&known_by, &resend),
-                Err(_) => super::open_files::change_failed(&known_by),
+            if result.is_ok() {
+                announced.confirm(&resend);
             }
             result.map_err(errno)
         }));
@@ -603,8 +601,7 @@ impl Core {
         }
         let symlink = self.inodes.table().is_symlink(ino);
         let asked = attrs.clone();
-        let known_by = self.files.of_inode(ino);
-        super::open_files::changing(&known_by, &asked);
+        let announced = Announced::new(self.files.of_inode(ino), &asked);
         // The attributes after the change are asked right behind it on its channel: a server
         // that runs a channel in order answers both in one round trip.
         let times = attrs.atime_mtime.is_some();
@@ -673,9 +670,8 @@ impl Core {
         if let (Some(truncating), Ok(())) = (truncating, &result) {
             truncating.done();
         }
-        match &result {
-            Ok(()) => super::open_files::known_changed(&known_by, &asked),
-            Err(_) => super::open_files::change_failed(&known_by),
+        if result.is_ok() {
+            announced.confirm(&asked);
         }
         self.changed_attrs(ino);
         let ticket = self.cache.ticket();

@@ -149,18 +149,33 @@ pub(super) fn same_file(file: &OpenFile, now: &Attrs, asked: (u64, u64)) -> Resu
     Ok(())
 }
 
-/// The mount is about to change the attributes of the file `files` have open (`change`):
-/// until [`known_changed`] or [`change_failed`], a reopen takes the old or the new values.
-pub(super) fn changing(files: &[Arc<OpenFile>], change: &Attrs) {
-    for file in files {
-        *file.announced.lock().unwrap() = Some(change.clone());
+/// A change of attributes the mount is about to send, announced to the files open on its
+/// inode: until it is confirmed, a reopen takes the old or the new values. Withdrawn when
+/// dropped unconfirmed (the change failed, or was given up on the way), so that no early
+/// return leaves the identity check loose.
+pub(super) struct Announced {
+    files: Vec<Arc<OpenFile>>,
+}
+
+impl Announced {
+    pub(super) fn new(files: Vec<Arc<OpenFile>>, change: &Attrs) -> Announced {
+        for file in &files {
+            *file.announced.lock().unwrap() = Some(change.clone());
+        }
+        Announced { files }
+    }
+
+    /// The server made the change: the files know the new values from now on.
+    pub(super) fn confirm(mut self, change: &Attrs) {
+        known_changed(&std::mem::take(&mut self.files), change);
     }
 }
 
-/// The change announced by [`changing`] failed: the file keeps what was known.
-pub(super) fn change_failed(files: &[Arc<OpenFile>]) {
-    for file in files {
-        *file.announced.lock().unwrap() = None;
+impl Drop for Announced {
+    fn drop(&mut self) {
+        for file in &self.files {
+            *file.announced.lock().unwrap() = None;
+        }
     }
 }
 
