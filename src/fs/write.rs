@@ -426,7 +426,11 @@ struct PipelineState {
 
 /// The write side of one open file.
 pub struct WritePipeline {
+    /// Lock order: `lanes` before `state` (before the inode's state), never the other way.
     lanes: Mutex<Vec<Arc<dyn WriteLane>>>,
+    /// The first lane, whose link sets the file's buffer; kept apart so that asking it needs no
+    /// lock (asked under `state`'s, it must not take `lanes`: a deadlock with `add_lane`).
+    link: Arc<dyn WriteLane>,
     limits: WriteLimits,
     budget: ByteBudget,
     inode: Arc<InodeWrites>,
@@ -451,6 +455,7 @@ impl WritePipeline {
         append: bool,
     ) -> Arc<Self> {
         Arc::new(WritePipeline {
+            link: first_lane.clone(),
             lanes: Mutex::new(vec![first_lane]),
             limits,
             budget,
@@ -593,8 +598,7 @@ impl WritePipeline {
     /// The unacked bytes this file may hold now: its limit, or less on a slow link (see
     /// [`WriteLane::buffer_limit`]).
     fn per_file(&self) -> usize {
-        let link = self.lanes.lock().unwrap().first().map(|l| l.buffer_limit());
-        self.limits.per_file.min(link.unwrap_or(usize::MAX))
+        self.limits.per_file.min(self.link.buffer_limit())
     }
 
     /// Waits for room and takes it: per file first, then from the mount's global budget. The
@@ -608,6 +612,7 @@ impl WritePipeline {
         let mut rx = self.changed.subscribe();
         let (take, seq) = loop {
             {
+                let per_file = self.per_file();
                 let mut s = self.state.lock().unwrap();
                 if let Some(errno) = s.latched {
                     return Err(errno);
@@ -615,7 +620,7 @@ impl WritePipeline {
                 if self.closed.load(Ordering::Acquire) {
                     return Err(libc::EIO);
                 }
-                let free = self.per_file().saturating_sub(s.buffered);
+                let free = per_file.saturating_sub(s.buffered);
                 // A request larger than the whole buffer goes alone into an empty buffer.
                 let take = if free >= len || (s.buffered == 0 && whole) {
                     Some(len)
