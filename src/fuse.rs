@@ -15,7 +15,6 @@ use fuser::{
     ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
     ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use tracing::debug;
 
 use crate::fs::{Core, CreateMode, SetAttr};
 
@@ -491,15 +490,13 @@ impl Filesystem for FuseAdapter {
         mut reply: ReplyDirectory,
     ) {
         self.spawn(|core| async move {
-            match core.readdir(fh.0, offset, false).await {
-                Ok(entries) => {
-                    for e in entries {
-                        if reply.add(INodeNo(e.ino), e.offset, e.kind, OsStr::from_bytes(&e.name)) {
-                            break;
-                        }
-                    }
-                    reply.ok();
-                }
+            let added = core
+                .readdir(fh.0, offset, false, |e| {
+                    reply.add(INodeNo(e.ino), e.offset, e.kind, OsStr::from_bytes(&e.name))
+                })
+                .await;
+            match added {
+                Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(e)),
             }
         });
@@ -515,50 +512,37 @@ impl Filesystem for FuseAdapter {
     ) {
         let ttl = self.ttl.both();
         self.spawn(|core| async move {
-            let entries = match core.readdir(fh.0, offset, true).await {
-                Ok(entries) => entries,
-                Err(e) => return reply.error(errno(e)),
-            };
-            let mut full = false;
             let mut subdirs = Vec::new();
-            for e in entries {
-                match e.attr {
+            let added = core
+                .readdir(fh.0, offset, true, |e| match &e.attr {
                     // The kernel takes no reference for "." and ".."; their attributes are
                     // unused.
-                    None if !full => {
+                    None => {
                         let attr = dot_attr(if e.ino == u64::MAX { ino.0 } else { e.ino });
-                        full = reply.add(
+                        let name = OsStr::from_bytes(&e.name);
+                        reply.add(
                             INodeNo(e.ino),
                             e.offset,
-                            OsStr::from_bytes(&e.name),
+                            name,
                             &Duration::ZERO,
                             &attr,
                             GENERATION,
-                        );
+                        )
                     }
-                    None => {}
                     Some(attr) => {
-                        if !full {
-                            let ttl = if e.gone { Duration::ZERO } else { ttl };
-                            full = reply.add(
-                                INodeNo(e.ino),
-                                e.offset,
-                                OsStr::from_bytes(&e.name),
-                                &ttl,
-                                &attr,
-                                GENERATION,
-                            );
-                            if !full && attr.kind == fuser::FileType::Directory && !e.gone {
-                                subdirs.push(e.name.clone());
-                            }
+                        let ttl = if e.gone { Duration::ZERO } else { ttl };
+                        let name = OsStr::from_bytes(&e.name);
+                        let full =
+                            reply.add(INodeNo(e.ino), e.offset, name, &ttl, attr, GENERATION);
+                        if !full && attr.kind == fuser::FileType::Directory && !e.gone {
+                            subdirs.push(e.name.clone());
                         }
-                        if full {
-                            // Not sent: give back the reference readdir took for it.
-                            debug!(ino = e.ino, "readdirplus buffer full");
-                            core.forget(e.ino, 1);
-                        }
+                        full
                     }
-                }
+                })
+                .await;
+            if let Err(e) = added {
+                return reply.error(errno(e));
             }
             reply.ok();
             if !subdirs.is_empty() {

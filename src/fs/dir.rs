@@ -475,8 +475,17 @@ impl Core {
         listed.map(|()| entries)
     }
 
-    /// Entries from `offset` on; with `plus`, each carries attributes and a kernel reference.
-    pub async fn readdir(&self, fh: u64, offset: u64, plus: bool) -> FsResult<Vec<DirEntry>> {
+    /// Gives `add` the entries from `offset` on until it answers that the reply is full
+    /// (`true`): a reply holds a page of entries, and a directory of a million is read in many,
+    /// each costing only what it holds. With `plus`, each entry carries attributes and a kernel
+    /// reference, taken only for the entries `add` took.
+    pub async fn readdir(
+        &self,
+        fh: u64,
+        offset: u64,
+        plus: bool,
+        mut add: impl FnMut(&DirEntry) -> bool,
+    ) -> FsResult<()> {
         let mut dir = self.dirs.handle(fh).ok_or(libc::EBADF)?;
         if offset == 0 && dir.started.swap(true, Ordering::AcqRel) {
             // rewinddir(3): the directory as it is now, not as it was at opendir.
@@ -485,26 +494,28 @@ impl Core {
             dir = Arc::new(again);
             self.dirs.set_handle(fh, dir.clone());
         }
-        let mut out = Vec::new();
         // ".." only needs an inode number; the kernel looks the parent up itself.
         let dots = [(&b"."[..], dir.ino), (&b".."[..], ROOT)];
         for (i, (name, ino)) in dots.iter().enumerate() {
             if offset <= i as u64 {
-                out.push(DirEntry {
+                let dot = DirEntry {
                     ino: *ino,
                     offset: i as u64 + 1,
                     kind: FileType::Directory,
                     name: Bytes::copy_from_slice(name),
                     attr: None,
                     gone: false,
-                });
+                };
+                if add(&dot) {
+                    return Ok(());
+                }
             }
         }
         let start = offset.saturating_sub(2) as usize;
         for (i, (name, attrs)) in dir.entries.iter().enumerate().skip(start) {
             let offset = i as u64 + 3;
             let listed_as = dir.inos[i];
-            if plus {
+            let entry = if plus {
                 let (ino, gone) = {
                     let mut inodes = self.inodes.table();
                     let symlink = is_symlink(attrs);
@@ -524,29 +535,35 @@ impl Core {
                     }
                 };
                 let attr = self.shown(ino, attrs);
-                out.push(DirEntry {
+                DirEntry {
                     ino,
                     offset,
                     kind: attr.kind,
                     name: name.clone(),
                     attr: Some(attr),
                     gone,
-                });
+                }
             } else {
                 // readdir needs only a number; an entry the mount gave none gets a placeholder
                 // the kernel replaces through lookup.
-                let attr = self.to_attr(0, attrs);
-                out.push(DirEntry {
+                DirEntry {
                     ino: listed_as.unwrap_or(u64::MAX),
                     offset,
-                    kind: attr.kind,
+                    kind: self.to_attr(0, attrs).kind,
                     name: name.clone(),
                     attr: None,
                     gone: false,
-                });
+                }
+            };
+            if add(&entry) {
+                if plus {
+                    // Not sent: the reference taken for it is given back.
+                    self.forget(entry.ino, 1);
+                }
+                break;
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     pub fn releasedir(&self, fh: u64) {

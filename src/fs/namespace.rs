@@ -85,6 +85,11 @@ impl Core {
         self.inodes.table().forget(ino, count);
     }
 
+    /// Inodes the mount keeps (the root and those the kernel holds references to).
+    pub fn known_inodes(&self) -> usize {
+        self.inodes.table().len()
+    }
+
     pub async fn readlink(&self, ino: u64) -> FsResult<Bytes> {
         let (path, linked) = self.inodes.path_and_linked(ino)?;
         if linked && let Some(target) = self.cache.link(&path) {
