@@ -15,8 +15,9 @@ use super::{Core, FsResult, is_dir, is_symlink};
 use crate::sftp::proto::Attrs;
 use crate::sftp::{Session, SftpError};
 
-/// READDIRs in flight at most for one listing.
-const MAX_READDIRS_IN_FLIGHT: usize = 16;
+/// READDIRs in flight at most for one listing: OpenSSH answers each with up to 100 names, so a
+/// directory of 100,000 costs about 16 round trips once the pipeline is full.
+const MAX_READDIRS_IN_FLIGHT: usize = 64;
 /// Listings fetched ahead at once for a tree walk; see [`Core::prefetch_listings`].
 const DIR_PREFETCH_CONCURRENCY: usize = 16;
 /// Directories waiting to be fetched ahead, at most.
@@ -426,6 +427,7 @@ impl Core {
         let mut entries = Vec::new();
         let mut name_bytes = 0;
         let mut rejected = Vec::new();
+        let mut batches = 0;
         let listed = loop {
             if entries.len() > MAX_LISTING_ENTRIES || name_bytes > MAX_LISTING_NAME_BYTES {
                 warn!(
@@ -446,14 +448,20 @@ impl Core {
                                 let mut attrs = e.attrs;
                                 attrs.nlink = crate::sftp::proto::longname_nlink(&e.longname);
                                 name_bytes += e.filename.len();
-                                entries.push((e.filename, attrs))
+                                // Copied out: a slice would keep the whole reply (long names
+                                // and all) alive as long as the listing.
+                                let name = Bytes::copy_from_slice(&e.filename);
+                                entries.push((name, attrs))
                             }
                             Ok(false) => {}
                             Err(why) => rejected.push(why),
                         }
                     }
-                    // A large directory: keep more batches coming, up to a bound.
-                    let depth = (in_flight.len() + 2).min(MAX_READDIRS_IN_FLIGHT);
+                    // A large directory: keep more batches coming, half as many as came so far
+                    // (the pipeline grows by half each round trip; those still in flight when
+                    // the end comes, answered "end" too, are at most half as many again).
+                    batches += 1;
+                    let depth = (batches / 2 + 2).min(MAX_READDIRS_IN_FLIGHT);
                     while in_flight.len() < depth {
                         in_flight.push_back(session.submit_readdir(handle.clone()));
                     }
@@ -472,6 +480,8 @@ impl Core {
         // The READDIRs still in flight answer "end of listing"; nobody waits for them.
         drop(in_flight);
         session.close_unawaited(handle);
+        // Kept as long as the directory is open: not with the room its growth left.
+        entries.shrink_to_fit();
         listed.map(|()| entries)
     }
 

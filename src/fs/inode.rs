@@ -89,38 +89,47 @@ struct Node {
     lookups: u64,
     /// Symlinks need the non-following lsetstat: setstat would change their target.
     symlink: bool,
-    /// Made at the first open or truncate: most inodes are only ever looked at, and a tree
-    /// walk's hundred thousand would each carry one for nothing.
-    writes: Option<Arc<InodeWrites>>,
-    /// What the file was when it was last opened: the kernel's cached pages are kept across
-    /// opens only while it stays the same.
-    contents_seen: Option<ContentsSeen>,
+    /// What only opened or changed files have: most inodes are only ever looked at, and a
+    /// listing's hundred thousand would each carry room for it for nothing.
+    used: Option<Box<Used>>,
     /// The attributes last shown to the kernel: a change of one time keeps the other without
     /// asking the server (SFTP v3 sets both at once), and an attribute change carried out in
     /// the background is answered from them.
     shown: Option<Attrs>,
-    /// When the inode's status last changed through the mount (SFTP v3 has no ctime).
-    ctime: Option<std::time::SystemTime>,
     /// Its other names, hard links made through the mount: (parent, name).
     aliases: Vec<(u64, Bytes)>,
     /// The link count the last listing showed, until a link or unlink through the mount.
     listed_nlink: Option<u32>,
 }
 
+/// What a node has once it was opened or changed through the mount.
+#[derive(Default)]
+struct Used {
+    /// Made at the first open or truncate.
+    writes: Option<Arc<InodeWrites>>,
+    /// What the file was when it was last opened: the kernel's cached pages are kept across
+    /// opens only while it stays the same.
+    contents_seen: Option<ContentsSeen>,
+    /// When the inode's status last changed through the mount (SFTP v3 has no ctime).
+    ctime: Option<std::time::SystemTime>,
+}
+
 impl Node {
+    fn used(&mut self) -> &mut Used {
+        self.used.get_or_insert_with(Box::default)
+    }
+
     /// A node the kernel has one reference to.
-    fn new(place: Option<Place>, symlink: bool) -> Node {
-        Node {
+    fn new(place: Option<Place>, symlink: bool) -> Box<Node> {
+        Box::new(Node {
             place,
             lookups: 1,
             symlink,
-            writes: None,
-            contents_seen: None,
+            used: None,
             shown: None,
-            ctime: None,
             aliases: Vec::new(),
             listed_nlink: None,
-        }
+        })
     }
 }
 
@@ -225,7 +234,9 @@ impl Inodes {
 
 pub struct InodeTable {
     root_path: Bytes,
-    nodes: HashMap<u64, Node>,
+    /// Boxed: the map of a directory's hundred thousand entries then grows by moving pointers,
+    /// not nodes (a rehash holds the old table and the new at once).
+    nodes: HashMap<u64, Box<Node>>,
     children: HashMap<(u64, Bytes), u64>,
     /// The nodes with a hidden place: asked of at every rmdir, so not found by a scan.
     hidden: std::collections::HashSet<u64>,
@@ -407,12 +418,12 @@ impl InodeTable {
 
     pub fn set_ctime(&mut self, ino: u64, at: std::time::SystemTime) {
         if let Some(node) = self.nodes.get_mut(&ino) {
-            node.ctime = Some(at);
+            node.used().ctime = Some(at);
         }
     }
 
     pub fn ctime(&self, ino: u64) -> Option<std::time::SystemTime> {
-        self.nodes.get(&ino)?.ctime
+        self.nodes.get(&ino)?.used.as_ref()?.ctime
     }
 
     /// Whether `ino` lost its name through the mount (it lives on for open descriptors).
@@ -451,7 +462,7 @@ impl InodeTable {
         seen: Option<ContentsSeen>,
     ) -> Option<ContentsSeen> {
         let node = self.nodes.get_mut(&ino)?;
-        std::mem::replace(&mut node.contents_seen, seen)
+        std::mem::replace(&mut node.used().contents_seen, seen)
     }
 
     pub fn is_symlink(&self, ino: u64) -> bool {
@@ -461,13 +472,13 @@ impl InodeTable {
     /// The write state of `ino`, if it was ever opened or truncated (else it has none to
     /// wait for).
     pub fn writes(&self, ino: u64) -> Option<Arc<InodeWrites>> {
-        self.nodes.get(&ino).and_then(|n| n.writes.clone())
+        self.nodes.get(&ino)?.used.as_ref()?.writes.clone()
     }
 
     /// The write state of `ino`, made now if it has none; `None` for an inode we forgot.
     pub fn writes_or_new(&mut self, ino: u64) -> Option<Arc<InodeWrites>> {
         let node = self.nodes.get_mut(&ino)?;
-        Some(node.writes.get_or_insert_with(Arc::default).clone())
+        Some(node.used().writes.get_or_insert_with(Arc::default).clone())
     }
 
     /// The name is gone on the server; the inode stays for whoever still holds it open, and
