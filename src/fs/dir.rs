@@ -10,7 +10,7 @@ use fuser::{FileAttr, FileType};
 use tracing::warn;
 
 use super::cache::OwnCheck;
-use super::inode::{ROOT, join, now_secs, racy};
+use super::inode::{Identity, ROOT, join, now_secs, racy};
 use super::{Core, FsResult, is_dir, is_symlink};
 use crate::sftp::proto::Attrs;
 use crate::sftp::{Session, SftpError};
@@ -162,9 +162,9 @@ type ListingWatch = tokio::sync::watch::Receiver<Option<FsResult<Vec<(Bytes, Att
 struct DirHandle {
     ino: u64,
     entries: Vec<(Bytes, Attrs)>,
-    /// The inode numbers the mount had given the entries' names when the listing was taken:
-    /// a name removed since keeps the number its file had (its `d_ino` is that `st_ino`).
-    inos: Vec<Option<u64>>,
+    /// The inodes the mount had for the entries' names when the listing was taken: a name
+    /// removed since keeps the number its file had (its `d_ino` is that `st_ino`).
+    inos: Vec<Option<Identity>>,
     /// Read from the start once already.
     started: AtomicBool,
 }
@@ -207,7 +207,7 @@ impl Core {
             let inodes = self.inodes.table();
             entries
                 .iter()
-                .map(|(name, _)| inodes.child(ino, name))
+                .map(|(name, _)| inodes.child_identity(ino, name))
                 .collect()
         };
         Ok(DirHandle {
@@ -529,13 +529,10 @@ impl Core {
                 let (ino, gone) = {
                     let mut inodes = self.inodes.table();
                     let symlink = is_symlink(attrs);
-                    match (listed_as, inodes.child(dir.ino, name)) {
+                    match (listed_as, inodes.child_identity(dir.ino, name)) {
                         // The name went since it was listed: the number its file had (as a
                         // local filesystem's d_ino would be), an entry the kernel does not keep.
-                        (Some(then), None) => {
-                            inodes.remember_nameless(then, symlink);
-                            (then, true)
-                        }
+                        (Some(then), None) => (inodes.remember_nameless(then, symlink), true),
                         // Another file has the name now: its number, but not the attributes
                         // listed for the one before.
                         (Some(then), Some(now)) if now != then => {
@@ -554,10 +551,14 @@ impl Core {
                     gone,
                 }
             } else {
-                // readdir needs only a number; an entry the mount gave none gets a placeholder
-                // the kernel replaces through lookup.
+                // readdir needs only a number: the one the mount gave, else the one a lookup
+                // will give (unless another inode takes it first).
+                let ino = listed_as.map_or_else(
+                    || self.inodes.table().number_for(dir.ino, name),
+                    |then| then.ino,
+                );
                 DirEntry {
-                    ino: listed_as.unwrap_or(u64::MAX),
+                    ino,
                     offset,
                     kind: self.to_attr(0, attrs).kind,
                     name: name.clone(),

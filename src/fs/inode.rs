@@ -6,6 +6,13 @@
 //! [`Place`] and so no path at all (nothing can reach the old file by a name that may now be
 //! another's), unless it was still open: then the mount moved it to a hidden name of its own
 //! first (as libfuse does for sshfs), which is its path until its last close.
+//!
+//! An inode's number is a hash of its path within the mount, so that it is the same in every
+//! mount of the same directory: git's index, and the caches of restic, rsync and make, compare
+//! `st_ino`, and numbers handed out in order made every file look changed after a remount. A
+//! number a live inode already has (a file renamed keeps its number, so a new file at its old
+//! path finds it taken; or, once in about 2^32 files, two paths hashing alike) goes on to the
+//! next free one, and that file's number differs between mounts.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -30,6 +37,33 @@ fn push_name(path: &mut Vec<u8>, name: &[u8]) {
         path.push(b'/');
     }
     path.extend_from_slice(name);
+}
+
+/// The number the path `relative` (within the mount, without a leading `/`) is given when it
+/// is free: FNV-1a over the bytes, then a 64-bit finalizer (splitmix64's) so that paths
+/// differing in their last byte differ in every bit. Fixed here for good: a change renumbers
+/// every file of every mount.
+fn path_number(relative: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in relative {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    mix(h)
+}
+
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Which node of a number: numbers come back (a path's, after the kernel forgot its inode),
+/// serials do not, so a listing can tell the file it saw from a later one with its number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    pub ino: u64,
+    serial: u64,
 }
 
 /// Where a node is on the server.
@@ -86,6 +120,8 @@ struct Node {
     /// `None` once no name reaches it any more: it lives on for open files only, through their
     /// handles.
     place: Option<Place>,
+    /// See [`Identity`].
+    serial: u64,
     lookups: u64,
     /// Symlinks need the non-following lsetstat: setstat would change their target.
     symlink: bool,
@@ -120,9 +156,10 @@ impl Node {
     }
 
     /// A node the kernel has one reference to.
-    fn new(place: Option<Place>, symlink: bool) -> Box<Node> {
+    fn new(place: Option<Place>, serial: u64, symlink: bool) -> Box<Node> {
         Box::new(Node {
             place,
+            serial,
             lookups: 1,
             symlink,
             used: None,
@@ -240,7 +277,7 @@ pub struct InodeTable {
     children: HashMap<(u64, Bytes), u64>,
     /// The nodes with a hidden place: asked of at every rmdir, so not found by a scan.
     hidden: std::collections::HashSet<u64>,
-    next_ino: u64,
+    next_serial: u64,
 }
 
 impl InodeTable {
@@ -251,14 +288,51 @@ impl InodeTable {
             name: Bytes::new(),
             hidden: false,
         };
-        nodes.insert(ROOT, Node::new(Some(place), false));
+        nodes.insert(ROOT, Node::new(Some(place), 0, false));
         InodeTable {
             root_path,
             nodes,
             children: HashMap::new(),
             hidden: Default::default(),
-            next_ino: ROOT + 1,
+            next_serial: 1,
         }
+    }
+
+    /// The number for a new inode at `parent/name`: its path's (see [`path_number`]), or the
+    /// next free one after it.
+    pub fn number_for(&self, parent: u64, name: &[u8]) -> u64 {
+        let relative = self.path(parent).map(|dir| {
+            let within = dir.strip_prefix(&self.root_path[..]).unwrap_or(&dir);
+            let mut relative = within.strip_prefix(b"/").unwrap_or(within).to_vec();
+            if !relative.is_empty() {
+                relative.push(b'/');
+            }
+            relative.extend_from_slice(name);
+            relative
+        });
+        self.free_number(path_number(&relative.unwrap_or_default()))
+    }
+
+    /// `wanted` if no live inode has it, else the next free number after it. ROOT and 0 (no
+    /// inode to FUSE) are never given, nor u64::MAX (readdir's "none yet").
+    fn free_number(&self, wanted: u64) -> u64 {
+        let mut ino = wanted;
+        while ino <= ROOT || ino == u64::MAX || self.nodes.contains_key(&ino) {
+            ino = mix(ino.wrapping_add(0x9e37_79b9_7f4a_7c15));
+        }
+        ino
+    }
+
+    fn new_serial(&mut self) -> u64 {
+        self.next_serial += 1;
+        self.next_serial
+    }
+
+    /// The identity of the inode `parent/name` names now, if the mount knows one.
+    pub fn child_identity(&self, parent: u64, name: &[u8]) -> Option<Identity> {
+        let ino = self.child(parent, name)?;
+        let serial = self.nodes.get(&ino)?.serial;
+        Some(Identity { ino, serial })
     }
 
     /// The remote path of `ino` (its hidden name, if it has one), or `None` when no name
@@ -295,26 +369,33 @@ impl InodeTable {
             node.symlink = symlink;
             return ino;
         }
-        let ino = self.next_ino;
-        self.next_ino += 1;
+        let ino = self.number_for(parent, name);
         let place = Place {
             parent,
             name: key.1.clone(),
             hidden: false,
         };
-        self.nodes.insert(ino, Node::new(Some(place), symlink));
+        let serial = self.new_serial();
+        self.nodes
+            .insert(ino, Node::new(Some(place), serial, symlink));
         self.children.insert(key, ino);
         ino
     }
 
-    /// The kernel is given `ino` again, not through a name: a file a listing showed before its
-    /// name went. Numbers are never handed out twice, so one the kernel already forgot comes
-    /// back as the nameless file it last was.
-    pub fn remember_nameless(&mut self, ino: u64, symlink: bool) {
-        self.nodes
-            .entry(ino)
-            .and_modify(|node| node.lookups += 1)
-            .or_insert_with(|| Node::new(None, symlink));
+    /// The kernel is given the file `seen` again, not through a name: a file a listing showed
+    /// before its name went. Its number, if no other inode took it since (the kernel forgot it:
+    /// it comes back as the nameless file it last was), else a free one.
+    pub fn remember_nameless(&mut self, seen: Identity, symlink: bool) -> u64 {
+        if let Some(node) = self.nodes.get_mut(&seen.ino)
+            && node.serial == seen.serial
+        {
+            node.lookups += 1;
+            return seen.ino;
+        }
+        let ino = self.free_number(seen.ino);
+        let serial = self.new_serial();
+        self.nodes.insert(ino, Node::new(None, serial, symlink));
+        ino
     }
 
     pub fn forget(&mut self, ino: u64, count: u64) {
@@ -601,7 +682,47 @@ mod tests {
         t.forget(f, 2);
         assert!(t.path(f).is_none());
         assert_eq!(t.len(), 1);
-        assert_ne!(t.remember(ROOT, b"x\xff", false), f);
+        assert_eq!(
+            t.remember(ROOT, b"x\xff", false),
+            f,
+            "a path's number comes back"
+        );
+    }
+
+    #[test]
+    fn numbers_follow_paths_within_the_mount_and_a_taken_one_is_not_given_twice() {
+        let mut a = InodeTable::new(Bytes::from_static(b"/srv/one"));
+        let mut b = InodeTable::new(Bytes::from_static(b"/home/u/one/"));
+        let (da, db) = (a.remember(ROOT, b"d", false), b.remember(ROOT, b"d", false));
+        assert_eq!(da, db, "same path within the mount, same number");
+        let (fa, fb) = (a.remember(da, b"f", false), b.remember(db, b"f", false));
+        assert_eq!(fa, fb);
+        assert_ne!(fa, da);
+        assert_eq!(fa, path_number(b"d/f"), "fixed for good");
+        // Renamed, a file keeps its number; a new file at its old path gets another.
+        a.rename(da, b"f", da, b"g");
+        assert_eq!(a.child(da, b"g"), Some(fa));
+        let new = a.remember(da, b"f", false);
+        assert_ne!(new, fa);
+        assert!(new > ROOT && new != u64::MAX);
+    }
+
+    #[test]
+    fn a_listed_file_whose_number_another_took_is_not_given_as_that_one() {
+        let mut t = InodeTable::new(Bytes::from_static(b"/r"));
+        let f = t.remember(ROOT, b"f", false);
+        let seen = t.child_identity(ROOT, b"f").unwrap();
+        assert_eq!(seen.ino, f);
+        t.unlink(ROOT, b"f");
+        // Still held: the same node.
+        assert_eq!(t.remember_nameless(seen, false), f);
+        t.forget(f, 2);
+        // Forgotten, then a new file at the path takes the number: the listed one is another.
+        let again = t.remember(ROOT, b"f", false);
+        assert_eq!(again, f);
+        let other = t.remember_nameless(seen, false);
+        assert_ne!(other, f);
+        assert_eq!(t.child(ROOT, b"f"), Some(f));
     }
 
     #[test]

@@ -1411,6 +1411,8 @@ pub struct SftpRequests {
     pub opened_dirs: HashMap<String, u64>,
     /// LSTAT paths, with how often each was asked.
     pub lstat_paths: HashMap<String, u64>,
+    /// OPEN paths (files), with how often each was opened.
+    pub opened_files: HashMap<String, u64>,
 }
 
 impl SftpRequests {
@@ -1441,6 +1443,7 @@ impl SftpRequests {
             read_bytes: self.read_bytes - earlier.read_bytes,
             opened_dirs: since(&self.opened_dirs, &earlier.opened_dirs),
             lstat_paths: since(&self.lstat_paths, &earlier.lstat_paths),
+            opened_files: since(&self.opened_files, &earlier.opened_files),
         }
     }
 }
@@ -1540,13 +1543,13 @@ impl SftpRecorder {
         for body in self.packets() {
             let kind = sftp_request_name(body[0]);
             *out.by_type.entry(kind).or_default() += 1;
-            if kind == "OPENDIR" || kind == "LSTAT" {
+            if kind == "OPENDIR" || kind == "LSTAT" || kind == "OPEN" {
                 let plen = u32::from_be_bytes(body[5..9].try_into().unwrap()) as usize;
                 let path = String::from_utf8_lossy(&body[9..9 + plen]).into_owned();
-                let paths = if kind == "LSTAT" {
-                    &mut out.lstat_paths
-                } else {
-                    &mut out.opened_dirs
+                let paths = match kind {
+                    "LSTAT" => &mut out.lstat_paths,
+                    "OPEN" => &mut out.opened_files,
+                    _ => &mut out.opened_dirs,
                 };
                 *paths.entry(path).or_default() += 1;
             }

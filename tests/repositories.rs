@@ -1,0 +1,128 @@
+//! Repositories and the tools that scan trees (issue #22): what git, restic, rsync and make
+//! compare between runs (`st_ino` among it) must hold across mounts, or every file looks changed
+//! after a remount. Real sshd, real mounts, real git.
+
+mod common;
+
+use std::collections::HashSet;
+use std::fs;
+use std::os::unix::fs::{DirEntryExt, MetadataExt};
+use std::path::Path;
+
+use common::*;
+
+fn ino(path: impl AsRef<Path>) -> u64 {
+    fs::symlink_metadata(path.as_ref())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.as_ref().display()))
+        .ino()
+}
+
+fn inos(root: &Path, paths: &[&str]) -> Vec<u64> {
+    paths.iter().map(|p| ino(root.join(p))).collect()
+}
+
+#[test]
+fn inode_numbers_are_the_same_in_every_mount_and_distinct_within_one() {
+    let sshd = Sshd::start();
+    let remote = sshd.remote_root();
+    fs::create_dir_all(remote.join("src/deep")).unwrap();
+    for p in ["a", "b", "src/x.c", "src/deep/y.h"] {
+        fs::write(remote.join(p), p).unwrap();
+    }
+    let paths = ["src", "src/deep", "a", "b", "src/x.c", "src/deep/y.h"];
+    let m = Mount::new(&sshd, &[]);
+    let first = inos(m.path(), &paths);
+    assert_eq!(
+        first.iter().collect::<HashSet<_>>().len(),
+        paths.len(),
+        "distinct within a mount: {first:?}"
+    );
+    // readdir's d_ino is the st_ino a stat gives (`ls -i`, `find -inum`, rsync).
+    for entry in fs::read_dir(m.join("src")).unwrap() {
+        let entry = entry.unwrap();
+        assert_eq!(entry.ino(), ino(entry.path()), "{:?}", entry.file_name());
+    }
+
+    // A hard link made through the mount shares its file's number.
+    fs::hard_link(m.join("a"), m.join("a2")).unwrap();
+    assert_eq!(ino(m.join("a2")), first[2]);
+    // A rename keeps the file's number; a new file at the old name, while the renamed one is
+    // held, gets another.
+    let held = fs::File::open(m.join("b")).unwrap();
+    fs::rename(m.join("b"), m.join("b2")).unwrap();
+    assert_eq!(ino(m.join("b2")), first[3], "a rename keeps the number");
+    fs::write(m.join("b"), "new").unwrap();
+    assert_ne!(ino(m.join("b")), first[3], "two live files, one number");
+    drop(held);
+    drop(m);
+
+    // Another mount of the same directory, and one that names it otherwise (a trailing slash).
+    let unchanged = ["src", "src/deep", "a", "src/x.c", "src/deep/y.h"];
+    let want: Vec<u64> = [0, 1, 2, 4, 5].iter().map(|&i| first[i]).collect();
+    let m = Mount::new(&sshd, &[]);
+    assert_eq!(inos(m.path(), &unchanged), want, "after a remount");
+    drop(m);
+    let source = format!("{}/", sshd.source());
+    let m = Mount::with_source(&sshd, &source, &[]);
+    assert_eq!(inos(m.path(), &unchanged), want, "mounted as {source}");
+}
+
+/// What the goal is for: git's index records each file's stat data (st_ino among it); a file
+/// whose stat data differs is read again to compare contents. After a remount, `git status`
+/// must find the tree clean without reading any file.
+#[test]
+fn git_status_after_a_remount_reads_no_file() {
+    let recorder = SftpRecorder::new();
+    let sshd = Sshd::start_recorded(&recorder);
+    let m = Mount::new(&sshd, &[]);
+    let repo = m.join("repo");
+    fs::create_dir(&repo).unwrap();
+    run("git", &["init", "-q"], &repo);
+    for i in 0..40 {
+        let dir = repo.join(format!("d{}", i % 4));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(
+            dir.join(format!("f{i}.txt")),
+            format!("file {i}\n").repeat(50),
+        )
+        .unwrap();
+    }
+    run("git", &["add", "-A"], &repo);
+    let commit = [
+        "-c",
+        "user.name=t",
+        "-c",
+        "user.email=t@localhost",
+        "commit",
+        "-q",
+        "-m",
+        "tree",
+    ];
+    run("git", &commit, &repo);
+    // Written more than a second ago: git's "racily clean" rule would read them otherwise.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    run("git", &["update-index", "--refresh", "-q"], &repo);
+    drop(m);
+
+    let m = Mount::new(&sshd, &[]);
+    let repo = m.join("repo");
+    let before = recorder.settled();
+    let out = run("git", &["status", "--porcelain"], &repo);
+    let cost = recorder.settled().since(&before);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "",
+        "the tree is clean"
+    );
+    // git reads its own files under .git (the index, HEAD, config), none of the tree's.
+    let tree_files: Vec<_> = cost
+        .opened_files
+        .keys()
+        .filter(|path| !path.contains("/.git/"))
+        .collect();
+    assert!(
+        tree_files.is_empty(),
+        "git status after a remount read {} of the 40 files: {tree_files:?}",
+        tree_files.len()
+    );
+}
