@@ -190,6 +190,37 @@ fn unreachable_host_and_silent_server() {
     holder.join().unwrap();
 }
 
+/// A server that answers the connection and the key exchange, then stalls the login (here
+/// sshd's AuthorizedKeysCommand sleeps): refused within ConnectTimeout, as ssh does. Before,
+/// only the key exchange was bounded: a reconnection could wait on such a login for ever, with
+/// every operation behind it.
+#[test]
+fn a_login_the_server_stalls_is_refused_within_connect_timeout() {
+    let sshd = Sshd::start_with(SshdOptions {
+        // Keys from the command only (sshd reads the files first otherwise).
+        extra_config: vec![
+            "AuthorizedKeysFile none".into(),
+            "AuthorizedKeysCommand /usr/bin/sleep 20".into(),
+            "AuthorizedKeysCommandUser nobody".into(),
+        ],
+        ..Default::default()
+    });
+    let mut args = sshd.ssh_opts();
+    args.extend(["-o".to_string(), "ConnectTimeout=2".to_string()]);
+    let started = Instant::now();
+    assert_refused(
+        &sshd,
+        &sshd.source(),
+        &args,
+        &["timed out", "ConnectTimeout"],
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
 #[test]
 fn authentication_refused() {
     let sshd = Sshd::start();

@@ -13,13 +13,15 @@ use russh::keys::{PrivateKeyWithHashAlg, PublicKey};
 use tracing::debug;
 
 use super::target::Agent;
-use super::{ClientHandler, SecretCache, SshError, Target};
+use super::{ClientHandler, PromptClock, SecretCache, SshError, Target};
 
 /// Asking for secrets: a password asked once (per mount: see [`SecretCache`]) and kept only
 /// in memory; nobody asked in BatchMode; encrypted keys nobody could unlock remembered, so the
 /// refusal can say why they were not used.
 struct Secrets<'a> {
     cache: &'a SecretCache,
+    /// Stopped while someone is asked: typing is not a network wait.
+    clock: &'a PromptClock,
     from_stdin: bool,
     /// Someone may be asked (see `Target::may_ask`).
     may_ask: bool,
@@ -36,6 +38,7 @@ impl Secrets<'_> {
         let mut password = self.cache.password.lock().unwrap();
         if password.is_none() {
             *password = if self.from_stdin {
+                let _asking = self.clock.asking();
                 let mut line = zeroize::Zeroizing::new(String::new());
                 std::io::stdin().read_line(&mut line).ok()?;
                 Some(line.trim_end_matches(['\n', '\r']).to_string())
@@ -64,6 +67,7 @@ impl Secrets<'_> {
         if !self.may_ask {
             return None;
         }
+        let _asking = self.clock.asking();
         ask_terminal(prompt)
     }
 }
@@ -103,6 +107,7 @@ fn ask_terminal(prompt: &str) -> Option<String> {
 pub(super) async fn authenticate(
     handle: &mut Handle<ClientHandler>,
     target: &Target,
+    clock: &PromptClock,
 ) -> Result<(), SshError> {
     let user = target.user.as_str();
     let mut tried: Vec<&str> = Vec::new();
@@ -118,6 +123,7 @@ pub(super) async fn authenticate(
     };
     let mut secrets = Secrets {
         cache: &target.secrets,
+        clock,
         from_stdin: target.password_stdin,
         may_ask: target.may_ask(),
         prompts: target.password_prompts,

@@ -280,7 +280,15 @@ fn connect_to(
             secs: timeout.as_secs(),
         })??;
         debug!("connected to {addr}, host key verified; authenticating");
-        auth::authenticate(&mut handle, &target).await?;
+        // Bounded too: a server that stalls during the login must not hold a reconnection (and
+        // every operation waiting for it) for ever.
+        clock
+            .timeout(timeout, auth::authenticate(&mut handle, &target, &clock))
+            .await
+            .map_err(|_| SshError::Timeout {
+                addr: addr.clone(),
+                secs: timeout.as_secs(),
+            })??;
         target.secrets.logged_in.store(true, Ordering::Relaxed);
         debug!("logged in to {addr} as {}", target.user);
         Ok(handle)
@@ -290,7 +298,7 @@ fn connect_to(
 /// The connect timeout's clock, stopped while a person is asked something (a host key's
 /// yes or no): a person typing is not a network wait.
 #[derive(Clone, Default)]
-struct PromptClock(Arc<Mutex<ClockState>>);
+pub(super) struct PromptClock(Arc<Mutex<ClockState>>);
 
 #[derive(Default)]
 struct ClockState {
@@ -300,7 +308,7 @@ struct ClockState {
 }
 
 /// Restarts the clock when dropped.
-struct Asking(PromptClock);
+pub(super) struct Asking(PromptClock);
 
 impl Drop for Asking {
     fn drop(&mut self) {
@@ -312,7 +320,7 @@ impl Drop for Asking {
 }
 
 impl PromptClock {
-    fn asking(&self) -> Asking {
+    pub(super) fn asking(&self) -> Asking {
         self.0.lock().unwrap().asking_since = Some(std::time::Instant::now());
         Asking(self.clone())
     }
