@@ -227,6 +227,43 @@ fn server_changes_appear_after_the_timeout_and_not_before() {
     assert_eq!(fs::read_link(cached.join("s")).unwrap().to_str(), Some("y"));
 }
 
+/// git status, make or an IDE stat a directory's files by name, one after another, again once
+/// the attribute timeout has passed: after a few that miss the cache, one listing (READDIR
+/// gives every entry's attributes) answers the rest, where each would cost an LSTAT.
+#[test]
+fn a_burst_of_stats_in_a_directory_costs_one_listing() {
+    let recorder = SftpRecorder::new();
+    let sshd = Sshd::start_recorded(&recorder);
+    dir_of_empty_files(&sshd.remote_root().join("d"), 300);
+    fs::write(sshd.remote_root().join("d/file-00150"), b"grown").unwrap();
+    let m = Mount::new(&sshd, &[]);
+
+    let before = recorder.settled();
+    // By name, without a readdir first: the kernel looks each one up.
+    let names: Vec<String> = (0..300).map(|i| format!("d/file-{i:05}")).collect();
+    let out = run(
+        "stat",
+        &[
+            &["-c", "%s"][..],
+            &names.iter().map(String::as_str).collect::<Vec<_>>(),
+        ]
+        .concat(),
+        m.path(),
+    );
+    let sizes: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(sizes.len(), 300);
+    assert_eq!(sizes[150], "5", "the listing's attributes are the server's");
+    let cost = recorder.settled().since(&before);
+    eprintln!("stat of 300 names: {:?}", cost.by_type);
+    assert_eq!(cost.count("OPENDIR"), 1, "{:?}", cost.by_type);
+    assert!(cost.count("LSTAT") <= 4, "{:?}", cost.by_type);
+    // A name the listing does not have is missing, without asking again.
+    assert!(fs::symlink_metadata(m.join("d/file-99999")).is_err());
+}
+
 #[test]
 fn ls_l_of_5000_entries_costs_a_request_per_readdir_batch() {
     let recorder = SftpRecorder::new();

@@ -274,7 +274,16 @@ impl Core {
                     Some(check) => own_check = Some(check),
                     None => return Err(libc::ENOENT),
                 },
-                None => own_check = self.cache.own_to_check(path),
+                None => {
+                    own_check = self.cache.own_to_check(path);
+                    if own_check.is_none() {
+                        match self.burst_listing(path).await {
+                            Some(Known::Attrs(attrs)) => return Ok(attrs),
+                            Some(Known::Missing) => return Err(libc::ENOENT),
+                            None => {}
+                        }
+                    }
+                }
             }
         }
         let ticket = self.cache.ticket();

@@ -49,7 +49,7 @@ impl Default for CacheConfig {
 }
 
 /// The directory holding `path` ("/" for "/x"); `None` for "/" or a relative name.
-fn parent(path: &[u8]) -> Option<&[u8]> {
+pub(super) fn parent(path: &[u8]) -> Option<&[u8]> {
     let slash = path.iter().rposition(|&b| b == b'/')?;
     if slash + 1 == path.len() {
         return None;

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use fuser::{FileAttr, FileType};
 use tracing::warn;
 
-use super::cache::OwnCheck;
+use super::cache::{COHERENCE, Known, OwnCheck, parent};
 use super::inode::{Identity, ROOT, join, now_secs, racy};
 use super::{Core, FsResult, is_dir, is_symlink};
 use crate::sftp::proto::Attrs;
@@ -28,6 +28,10 @@ const DIR_PREFETCH_DEPTH: u32 = 3;
 const WALK_WINDOW: std::time::Duration = std::time::Duration::from_secs(5);
 /// Directories read lately, remembered to see a walk.
 const RECENT_READS: usize = 64;
+/// Stats missing the cache in one directory within [`COHERENCE`] that make a burst, answered
+/// by one listing (see [`Core::burst_listing`]); directories whose misses are counted at once.
+const BURST_MISSES: u32 = 3;
+const BURST_DIRS: usize = 64;
 
 /// Entries, and bytes of names, one listing may hold: a server that never ends a listing must
 /// not take the mount's memory with it.
@@ -78,6 +82,16 @@ pub(super) struct Directories {
     relisting: Mutex<HashSet<Vec<u8>>>,
     to_relist: tokio::sync::mpsc::UnboundedSender<OwnCheck>,
     relister: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<OwnCheck>>>,
+    bursts: Mutex<lru::LruCache<Vec<u8>, Burst>>,
+}
+
+/// Stats of one directory's names that missed the cache lately.
+struct Burst {
+    since: std::time::Instant,
+    misses: u32,
+    /// When a burst last had the directory listed: at most once per [`COHERENCE`], whether
+    /// or not the listing could be kept.
+    listed: Option<std::time::Instant>,
 }
 
 impl Default for Directories {
@@ -90,6 +104,9 @@ impl Default for Directories {
             relisting: Mutex::default(),
             to_relist,
             relister: Mutex::new(Some(relister)),
+            bursts: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(BURST_DIRS).expect("not zero"),
+            )),
         }
     }
 }
@@ -105,6 +122,31 @@ impl Directories {
 
     fn close(&self, fh: u64) {
         self.open.lock().unwrap().remove(&fh);
+    }
+
+    /// Counts a stat of a name in `dir` that missed the cache; `true` when it makes a burst
+    /// whose directory is to be listed now.
+    fn burst(&self, dir: &[u8]) -> bool {
+        let now = std::time::Instant::now();
+        let mut bursts = self.bursts.lock().unwrap();
+        let burst = bursts.get_or_insert_mut(dir.to_vec(), || Burst {
+            since: now,
+            misses: 0,
+            listed: None,
+        });
+        if now.duration_since(burst.since) > COHERENCE {
+            burst.since = now;
+            burst.misses = 0;
+        }
+        burst.misses += 1;
+        let due = burst.misses >= BURST_MISSES
+            && burst
+                .listed
+                .is_none_or(|at| now.duration_since(at) > COHERENCE);
+        if due {
+            burst.listed = Some(now);
+        }
+        due
     }
 }
 
@@ -237,6 +279,19 @@ impl Core {
         }
         // Racy: not yet, asked again at the next lookup.
         (!racy(check.mtime, now_secs())).then_some(check)
+    }
+
+    /// What a listing says of `path`, when its stat missing the cache is one of a burst in its
+    /// directory (git status, make, an IDE's scan, all again once the attribute timeout has
+    /// passed): one listing answers them all (READDIR gives every entry's attributes) where
+    /// each would cost an LSTAT, one round trip. `None`: ask the server for the name itself.
+    pub(super) async fn burst_listing(&self, path: &[u8]) -> Option<Known> {
+        let dir = parent(path)?;
+        if !self.config.cache.enabled || self.cache.too_large(dir) || !self.dirs.burst(dir) {
+            return None;
+        }
+        self.fetch_listing(dir).await.ok()?;
+        self.cache.name(path)
     }
 
     /// Reads a directory of the mount's own again, as `due` found it should be.
