@@ -277,6 +277,11 @@ pub struct InodeTable {
     children: HashMap<(u64, Bytes), u64>,
     /// The nodes with a hidden place: asked of at every rmdir, so not found by a scan.
     hidden: std::collections::HashSet<u64>,
+    /// Numbers of forgotten inodes that were opened or changed: never given again in this
+    /// mount. The kernel may forget an inode while its last release is still on its way, and
+    /// what the core keeps of open files is keyed by number: a new file with the number would
+    /// be taken for the old one.
+    retired: std::collections::HashSet<u64>,
     next_serial: u64,
 }
 
@@ -294,6 +299,7 @@ impl InodeTable {
             nodes,
             children: HashMap::new(),
             hidden: Default::default(),
+            retired: Default::default(),
             next_serial: 1,
         }
     }
@@ -313,11 +319,15 @@ impl InodeTable {
         self.free_number(path_number(&relative.unwrap_or_default()))
     }
 
-    /// `wanted` if no live inode has it, else the next free number after it. ROOT and 0 (no
-    /// inode to FUSE) are never given, nor u64::MAX (readdir's "none yet").
+    /// `wanted` if no live inode has it (nor a retired one), else the next free number after
+    /// it. ROOT and 0 (no inode to FUSE) are never given, nor u64::MAX.
     fn free_number(&self, wanted: u64) -> u64 {
         let mut ino = wanted;
-        while ino <= ROOT || ino == u64::MAX || self.nodes.contains_key(&ino) {
+        while ino <= ROOT
+            || ino == u64::MAX
+            || self.nodes.contains_key(&ino)
+            || self.retired.contains(&ino)
+        {
             ino = mix(ino.wrapping_add(0x9e37_79b9_7f4a_7c15));
         }
         ino
@@ -409,6 +419,9 @@ impl InodeTable {
         if node.lookups == 0 {
             let node = self.nodes.remove(&ino).expect("present");
             self.hidden.remove(&ino);
+            if node.used.is_some() {
+                self.retired.insert(ino);
+            }
             if let Some(place) = node.place.filter(|p| !p.hidden) {
                 self.children.remove(&(place.parent, place.name));
             }
@@ -705,6 +718,19 @@ mod tests {
         let new = a.remember(da, b"f", false);
         assert_ne!(new, fa);
         assert!(new > ROOT && new != u64::MAX);
+    }
+
+    #[test]
+    fn the_number_of_a_forgotten_file_that_was_opened_is_not_given_again() {
+        let mut t = InodeTable::new(Bytes::from_static(b"/r"));
+        let looked_at = t.remember(ROOT, b"a", false);
+        let opened = t.remember(ROOT, b"b", false);
+        t.writes_or_new(opened);
+        t.forget(looked_at, 1);
+        t.forget(opened, 1);
+        assert_eq!(t.remember(ROOT, b"a", false), looked_at);
+        // Its release may still be on its way: a new file must not be taken for it.
+        assert_ne!(t.remember(ROOT, b"b", false), opened);
     }
 
     #[test]
