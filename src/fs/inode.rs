@@ -396,16 +396,25 @@ impl InodeTable {
     /// before its name went. Its number, if no other inode took it since (the kernel forgot it:
     /// it comes back as the nameless file it last was), else a free one.
     pub fn remember_nameless(&mut self, seen: Identity, symlink: bool) -> u64 {
-        if let Some(node) = self.nodes.get_mut(&seen.ino)
-            && node.serial == seen.serial
-        {
-            node.lookups += 1;
-            return seen.ino;
+        match self.nodes.get_mut(&seen.ino) {
+            Some(node) if node.serial == seen.serial => {
+                node.lookups += 1;
+                seen.ino
+            }
+            Some(_) => {
+                let ino = self.free_number(seen.ino);
+                let serial = self.new_serial();
+                self.nodes.insert(ino, Node::new(None, serial, symlink));
+                ino
+            }
+            // Forgotten: the same file again, under its own number (retired or not: nothing
+            // can be taken for it that is not it).
+            None => {
+                self.nodes
+                    .insert(seen.ino, Node::new(None, seen.serial, symlink));
+                seen.ino
+            }
         }
-        let ino = self.free_number(seen.ino);
-        let serial = self.new_serial();
-        self.nodes.insert(ino, Node::new(None, serial, symlink));
-        ino
     }
 
     pub fn forget(&mut self, ino: u64, count: u64) {
@@ -731,6 +740,13 @@ mod tests {
         assert_eq!(t.remember(ROOT, b"a", false), looked_at);
         // Its release may still be on its way: a new file must not be taken for it.
         assert_ne!(t.remember(ROOT, b"b", false), opened);
+        // A listing taken before it went still shows it as itself.
+        let c = t.remember(ROOT, b"c", false);
+        let seen = t.child_identity(ROOT, b"c").unwrap();
+        t.writes_or_new(c);
+        t.unlink(ROOT, b"c");
+        t.forget(c, 1);
+        assert_eq!(t.remember_nameless(seen, false), c);
     }
 
     #[test]
