@@ -518,7 +518,7 @@ impl Filesystem for FuseAdapter {
                     // The kernel takes no reference for "." and ".."; their attributes are
                     // unused.
                     None => {
-                        let attr = dot_attr(if e.ino == u64::MAX { ino.0 } else { e.ino });
+                        let attr = dot_attr(e.ino);
                         let name = OsStr::from_bytes(&e.name);
                         reply.add(
                             INodeNo(e.ino),

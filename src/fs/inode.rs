@@ -320,7 +320,7 @@ impl InodeTable {
     }
 
     /// `wanted` if no live inode has it (nor a retired one), else the next free number after
-    /// it. ROOT and 0 (no inode to FUSE) are never given, nor u64::MAX.
+    /// it. ROOT and 0 (no inode to FUSE) are never given, nor u64::MAX (-1 as an `ino_t`).
     fn free_number(&self, wanted: u64) -> u64 {
         let mut ino = wanted;
         while ino <= ROOT
