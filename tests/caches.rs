@@ -579,6 +579,33 @@ fn names_missing_from_a_directory_made_or_listed_through_the_mount_cost_no_reque
 }
 
 #[test]
+fn a_name_looked_up_again_and_again_before_its_mkdir_is_asked_once() {
+    // git's checkout stats a missing directory up to three times, then makes it, in a
+    // directory the mount made more than a second ago: its listing is then checked (its mtime
+    // asked, and it is listed again) before a missing name is taken from it.
+    let recorder = SftpRecorder::new();
+    let sshd = Sshd::start_recorded(&recorder);
+    let root = sshd.remote_root();
+    let shape = proxy::Shape::delay(Duration::from_millis(20));
+    let (m, _link) = Mount::shaped(&sshd, shape, &[]);
+    fs::create_dir(m.join("made")).unwrap();
+    fs::write(m.join("made/f"), b"x").unwrap();
+    // Past the second of the mount's last change there, and the next (a racy mtime).
+    sleep(Duration::from_millis(2100));
+    let before = recorder.settled();
+    for _ in 0..3 {
+        let found = fs::symlink_metadata(m.join("made/sub")).map_err(errno_of);
+        assert_eq!(found.unwrap_err(), libc::ENOENT);
+    }
+    fs::create_dir(m.join("made/sub")).unwrap();
+    let cost = recorder.settled().since(&before);
+    let sub = root.join("made/sub").display().to_string();
+    // One lookup, and the new directory's attributes asked behind its MKDIR.
+    assert_eq!(cost.lstat_paths.get(&sub).copied(), Some(2), "{cost:?}");
+    assert!(root.join("made/sub").is_dir());
+}
+
+#[test]
 fn negative_timeout_lets_the_kernel_keep_missing_names() {
     let recorder = SftpRecorder::new();
     let sshd = Sshd::start_recorded(&recorder);

@@ -7,11 +7,12 @@
 //! Everything is keyed by remote path, as the server names things, so that listings can be
 //! fetched ahead for directories the kernel has not heard of yet. The core invalidates what its
 //! own operations change (a renamed directory takes its subtree's keys with it); a fetch that
-//! raced with any invalidation is not stored (the epoch ticket), so the cache never holds a state
-//! older than one of our own changes.
+//! raced with a change of names, or with a change of the attributes it describes, is not stored
+//! (the ticket), so the cache never holds a state older than one of our own changes.
 
+use std::collections::VecDeque;
 use std::num::NonZeroUsize;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -83,9 +84,19 @@ pub type PathAttrs = (Vec<u8>, Attrs);
 /// before the change was sent: they are kept only if nothing else changed since.
 pub type DirAfter = Option<(Ticket, Attrs)>;
 
-/// Taken before a fetch; the fetch's result is stored only if nothing was invalidated since.
+/// Taken before a fetch; the fetch's result is stored only if nothing was invalidated since
+/// that could make it stale: no change of names at all, no change of the attributes of what it
+/// describes.
 #[derive(Debug, Clone, Copy)]
-pub struct Ticket(u64);
+pub struct Ticket {
+    epoch: u64,
+    attrs_seq: u64,
+}
+
+/// Attribute changes remembered by path, for [`Ticket`]s: a fetch older than the oldest of them
+/// is not stored if any attribute changed since. Writes change attributes all the time (every
+/// write of a checkout); a global count would refuse every stat that overlapped one.
+const ATTRS_LOG: usize = 256;
 
 struct Timed<T> {
     value: T,
@@ -102,7 +113,11 @@ impl<T> Timed<T> {
 }
 
 struct Inner {
+    /// Moved by every change of names (creations, removals, renames, invalidations).
     epoch: u64,
+    /// Counts attribute-only changes; the last [`ATTRS_LOG`] of them, by path.
+    attrs_seq: u64,
+    attrs_changed: VecDeque<(u64, Vec<u8>)>,
     names: LruCache<Vec<u8>, Timed<Known>>,
     links: LruCache<Vec<u8>, Timed<Bytes>>,
     dirs: LruCache<Vec<u8>, Timed<Vec<Bytes>>>,
@@ -173,6 +188,10 @@ pub struct OwnCheck {
     pub dir: Vec<u8>,
     pub mtime: u32,
     pub settled: bool,
+    /// When the mount last changed or checked the directory, as the check began: a change
+    /// through the mount while the check was on its way makes its finding stale (the mtime
+    /// asked may be from before the change or after it).
+    since: Instant,
 }
 
 /// Bytes of small files' contents kept at most.
@@ -190,6 +209,8 @@ impl MetaCache {
             config,
             inner: Mutex::new(Inner {
                 epoch: 0,
+                attrs_seq: 0,
+                attrs_changed: VecDeque::new(),
                 names: LruCache::new(cap),
                 links: LruCache::new(cap),
                 // Bounded by `listed`; the count bound only keeps the table small.
@@ -209,7 +230,7 @@ impl MetaCache {
     }
 
     pub fn ticket(&self) -> Ticket {
-        Ticket(self.inner.lock().unwrap().epoch)
+        self.inner.lock().unwrap().ticket()
     }
 
     fn fresh<T: Clone>(value: Option<&Timed<T>>, timeout: Duration) -> Option<T> {
@@ -272,6 +293,17 @@ impl MetaCache {
     /// as missing (see [`MetaCache::own_checked`]).
     pub fn own_to_check(&self, path: &[u8]) -> Option<OwnCheck> {
         let (dir, _) = split(path)?;
+        // The server itself said so within the second: as good as asking it again, whatever
+        // the listing is worth (git's checkout stats a missing directory up to three times
+        // before its mkdir; each cost a round trip while the directory was due a check).
+        if let Some(Timed {
+            value: Known::Missing,
+            at,
+        }) = self.inner.lock().unwrap().names.peek(path)
+            && at.elapsed() < COHERENCE
+        {
+            return None;
+        }
         self.own_dir_to_check(dir)
     }
 
@@ -290,6 +322,7 @@ impl MetaCache {
             dir: dir.to_vec(),
             mtime: own.mtime?,
             settled: own.settled,
+            since: own.checked,
         })
     }
 
@@ -299,6 +332,13 @@ impl MetaCache {
     /// names are asked for again.
     pub fn own_checked(&self, check: &OwnCheck, unchanged: Option<bool>) {
         let mut inner = self.inner.lock().unwrap();
+        if inner
+            .own_listings
+            .peek(&check.dir)
+            .is_some_and(|own| own.checked != check.since)
+        {
+            return;
+        }
         match unchanged {
             Some(settled) => {
                 // A listing read again replaced the mount's: it is the mount's own again.
@@ -319,15 +359,14 @@ impl MetaCache {
         }
     }
 
-    /// Runs `store` unless the cache is off or something was invalidated since `ticket`.
-    fn store_if_current(&self, ticket: Ticket, store: impl FnOnce(&mut Inner)) {
+    /// The cache to store in, unless it is off, a name changed since `ticket`, or so did the
+    /// attributes of `path` (what is stored describes it).
+    fn lock_if_current(&self, ticket: Ticket, path: &[u8]) -> Option<MutexGuard<'_, Inner>> {
         if !self.config.enabled {
-            return;
+            return None;
         }
-        let mut inner = self.inner.lock().unwrap();
-        if inner.epoch == ticket.0 {
-            store(&mut inner);
-        }
+        let inner = self.inner.lock().unwrap();
+        inner.current(ticket, path).then_some(inner)
     }
 
     /// The whole contents of `path`, read while the name had the attributes it has now (size
@@ -355,35 +394,36 @@ impl MetaCache {
 
     /// Keeps `contents` as the whole contents of `path` while it has their attributes.
     pub fn put_contents(&self, ticket: Ticket, path: Vec<u8>, contents: Contents) {
-        self.store_if_current(ticket, |inner| {
+        if let Some(mut inner) = self.lock_if_current(ticket, &path) {
             inner.keep_contents(path, Timed::now(contents));
-        });
+        }
     }
 
     pub fn put_name(&self, ticket: Ticket, path: Vec<u8>, known: Known) {
-        self.store_if_current(ticket, |inner| {
-            // A name found that the directory's listing lacks: the listing is older than this
-            // answer, someone else changed the directory since. (A name found missing that the
-            // listing has makes it unusable already, see `listing`.) Only a name not known to
-            // exist is looked for: a stat of a listed name costs no scan of a large listing.
-            let known_before = matches!(
-                inner.names.peek(&path),
-                Some(Timed {
-                    value: Known::Attrs(_),
-                    ..
-                })
-            );
-            if matches!(known, Known::Attrs(_))
-                && !known_before
-                && let Some((dir, name)) = split(&path)
-                && let Some(listing) = inner.dirs.peek(dir)
-                && !listing.value.iter().any(|n| n[..] == *name)
-            {
-                let dir = dir.to_vec();
-                inner.pop_listing(&dir);
-            }
-            inner.names.put(path, Timed::now(known));
-        });
+        let Some(mut inner) = self.lock_if_current(ticket, &path) else {
+            return;
+        };
+        // A name found that the directory's listing lacks: the listing is older than this
+        // answer, someone else changed the directory since. (A name found missing that the
+        // listing has makes it unusable already, see `listing`.) Only a name not known to
+        // exist is looked for: a stat of a listed name costs no scan of a large listing.
+        let known_before = matches!(
+            inner.names.peek(&path),
+            Some(Timed {
+                value: Known::Attrs(_),
+                ..
+            })
+        );
+        if matches!(known, Known::Attrs(_))
+            && !known_before
+            && let Some((dir, name)) = split(&path)
+            && let Some(listing) = inner.dirs.peek(dir)
+            && !listing.value.iter().any(|n| n[..] == *name)
+        {
+            let dir = dir.to_vec();
+            inner.pop_listing(&dir);
+        }
+        inner.names.put(path, Timed::now(known));
     }
 
     pub fn link(&self, path: &[u8]) -> Option<Bytes> {
@@ -395,9 +435,9 @@ impl MetaCache {
     }
 
     pub fn put_link(&self, ticket: Ticket, path: Vec<u8>, target: Bytes) {
-        self.store_if_current(ticket, |inner| {
+        if let Some(mut inner) = self.lock_if_current(ticket, &path) {
             inner.links.put(path, Timed::now(target));
-        });
+        }
     }
 
     /// The listing of `dir` with every entry's attributes, if all of it is still fresh;
@@ -514,30 +554,33 @@ impl MetaCache {
             return;
         }
         let max_entries = self.config.max_entries;
-        self.store_if_current(ticket, |inner| {
-            for (name, attrs) in entries {
-                let path = join(dir, name);
-                if usable(&path) {
-                    inner
-                        .names
-                        .put(path, Timed::now(Known::Attrs(attrs.clone())));
-                } else {
-                    inner.names.pop(&path);
-                }
+        let Some(mut inner) = self.lock_if_current(ticket, dir) else {
+            return;
+        };
+        for (name, attrs) in entries {
+            let path = join(dir, name);
+            // An entry whose attributes changed through the mount meanwhile is listed as
+            // it was before.
+            if usable(&path) && !inner.attrs_changed_since(ticket, &path) {
+                inner
+                    .names
+                    .put(path, Timed::now(Known::Attrs(attrs.clone())));
+            } else {
+                inner.names.pop(&path);
             }
-            let names: Vec<Bytes> = entries.iter().map(|(n, _)| n.clone()).collect();
-            inner.own_listings.pop(dir);
-            inner.listed += names.len();
-            if let Some(old) = inner.dirs.put(dir.to_vec(), Timed::now(names)) {
-                inner.listed -= old.value.len();
+        }
+        let names: Vec<Bytes> = entries.iter().map(|(n, _)| n.clone()).collect();
+        inner.own_listings.pop(dir);
+        inner.listed += names.len();
+        if let Some(old) = inner.dirs.put(dir.to_vec(), Timed::now(names)) {
+            inner.listed -= old.value.len();
+        }
+        while inner.listed > max_entries {
+            match inner.dirs.pop_lru() {
+                Some((_, old)) => inner.listed -= old.value.len(),
+                None => break,
             }
-            while inner.listed > max_entries {
-                match inner.dirs.pop_lru() {
-                    Some((_, old)) => inner.listed -= old.value.len(),
-                    None => break,
-                }
-            }
-        });
+        }
     }
 
     /// Forgets what is known of a name (its attributes, target, listing) and of its directory
@@ -631,12 +674,13 @@ impl MetaCache {
     /// its attributes not).
     pub fn renamed(&self, from: &[u8], to: &[u8], attrs: Option<Attrs>, dir_after: DirAfter) {
         let mut inner = self.inner.lock().unwrap();
-        let dir_after = dir_after.filter(|(ticket, _)| ticket.0 == inner.epoch);
+        let dir_after = dir_after
+            .filter(|(ticket, _)| split(to).is_some_and(|(dir, _)| inner.current(*ticket, dir)));
         // The contents go along with the name.
         let contents = inner.pop_contents(from);
         self.removed_in(&mut inner, from, None);
         // One change: the ticket checked above holds for both halves.
-        let dir_after = dir_after.map(|(_, attrs)| (Ticket(inner.epoch), attrs));
+        let dir_after = dir_after.map(|(_, attrs)| (inner.ticket(), attrs));
         self.created_in(&mut inner, to, attrs, dir_after);
         if let Some(contents) = contents {
             inner.keep_contents(to.to_vec(), contents);
@@ -660,13 +704,48 @@ impl MetaCache {
     /// Forgets a name's attributes only (its contents changed; the listing's names did not).
     pub fn invalidate_attrs(&self, path: &[u8]) {
         let mut inner = self.inner.lock().unwrap();
-        inner.epoch += 1;
+        inner.attrs_seq += 1;
+        let seq = inner.attrs_seq;
+        inner.attrs_changed.push_back((seq, path.to_vec()));
+        if inner.attrs_changed.len() > ATTRS_LOG {
+            inner.attrs_changed.pop_front();
+        }
         inner.names.pop(path);
         inner.pop_contents(path);
     }
 }
 
 impl Inner {
+    fn ticket(&self) -> Ticket {
+        Ticket {
+            epoch: self.epoch,
+            attrs_seq: self.attrs_seq,
+        }
+    }
+
+    /// Whether what was fetched of `path` under `ticket` may be stored: no name changed since,
+    /// nor did `path`'s attributes.
+    fn current(&self, ticket: Ticket, path: &[u8]) -> bool {
+        self.epoch == ticket.epoch && !self.attrs_changed_since(ticket, path)
+    }
+
+    /// Whether the attributes of `path` changed through the mount since `ticket` (or may have:
+    /// the log no longer reaches back that far).
+    fn attrs_changed_since(&self, ticket: Ticket, path: &[u8]) -> bool {
+        if ticket.attrs_seq == self.attrs_seq {
+            return false;
+        }
+        let logged_from = self.attrs_changed.front().map_or(u64::MAX, |(seq, _)| *seq);
+        if logged_from > ticket.attrs_seq + 1 {
+            return true;
+        }
+        self.attrs_changed
+            .iter()
+            .rev()
+            .take_while(|(seq, _)| *seq > ticket.attrs_seq)
+            .any(|(_, changed)| changed[..] == *path)
+    }
+
     /// What a creation or removal of `path` through the mount makes stale, dropped: its target,
     /// its listing, its directory's attributes (their mtime moved), unless `dir_after` has them
     /// as the change left them; `now` is what the name is known to be. The directory's listing
@@ -678,7 +757,7 @@ impl Inner {
         dir_after: DirAfter,
     ) -> Option<(&'p [u8], &'p [u8])> {
         let dir_now = dir_after
-            .filter(|(ticket, _)| ticket.0 == self.epoch)
+            .filter(|(ticket, _)| split(path).is_some_and(|(dir, _)| self.current(*ticket, dir)))
             .map(|(_, attrs)| attrs);
         self.epoch += 1;
         self.links.pop(path);
@@ -825,7 +904,7 @@ mod tests {
         // A read that raced a change is not kept.
         let before = c.ticket();
         c.put_name(before, b"/r/b".to_vec(), Known::Attrs(attrs(3)));
-        c.invalidate_attrs(b"/r/other");
+        c.invalidate_attrs(b"/r/b");
         c.put_contents(before, b"/r/b".to_vec(), kept(attrs(3), &data));
         assert!(c.contents(b"/r/b").is_none());
         // They expire with the attributes.
@@ -852,9 +931,15 @@ mod tests {
         assert_eq!(dir(&c), Some(7));
         // Something else changed between the request and the reply: dropped.
         let before = c.ticket();
-        c.invalidate_attrs(b"/elsewhere");
+        c.invalidate(b"/elsewhere");
         c.removed(b"/r/a", Some((before, attrs(8))));
         assert_eq!(dir(&c), None);
+        // A file's contents changed meanwhile: the directory's attributes did not.
+        let before = c.ticket();
+        c.invalidate_attrs(b"/r/b");
+        c.created(b"/r/a", attrs(1), Some((before, attrs(10))));
+        assert_eq!(dir(&c), Some(10));
+        c.removed(b"/r/a", Some((before, attrs(8))));
         // A rename within the directory: the listing edited, the file's attributes moved.
         let before = c.ticket();
         c.renamed(b"/r/b", b"/r/c", Some(attrs(1)), Some((before, attrs(9))));
@@ -920,6 +1005,56 @@ mod tests {
     }
 
     #[test]
+    fn a_name_the_server_just_said_is_missing_needs_no_check_of_its_own_directory() {
+        let c = cache(10_000, 100);
+        let mut dir = attrs(0);
+        dir.permissions = Some(0o040755);
+        dir.atime_mtime = Some((100, 100));
+        c.created(b"/r/d", dir.clone(), None);
+        c.created(b"/r/d/f", attrs(1), Some((c.ticket(), dir)));
+        std::thread::sleep(COHERENCE + Duration::from_millis(100));
+        assert!(c.own_to_check(b"/r/d/x").is_some(), "the directory is due");
+        c.put_name(c.ticket(), b"/r/d/x".to_vec(), Known::Missing);
+        assert_eq!(c.name(b"/r/d/x"), Some(Known::Missing));
+        assert!(c.own_to_check(b"/r/d/x").is_none());
+        assert!(c.own_to_check(b"/r/d/y").is_some(), "only the name asked");
+        std::thread::sleep(COHERENCE + Duration::from_millis(100));
+        assert!(
+            c.own_to_check(b"/r/d/x").is_some(),
+            "asked more than a second ago"
+        );
+    }
+
+    #[test]
+    fn a_check_of_an_own_directory_that_crossed_a_change_through_the_mount_is_ignored() {
+        let c = cache(10_000, 100);
+        let dir = |mtime| {
+            let mut a = attrs(0);
+            a.permissions = Some(0o040755);
+            a.atime_mtime = Some((mtime, mtime));
+            a
+        };
+        c.created(b"/r/d", dir(100), None);
+        c.created(b"/r/d/f", attrs(1), Some((c.ticket(), dir(100))));
+        std::thread::sleep(COHERENCE + Duration::from_millis(100));
+        // The check's LSTAT of the directory went out, then the mount made a name in it (the
+        // mtime moved to 101), then the check came back.
+        let check = c.own_to_check(b"/r/d/x").unwrap();
+        c.created(b"/r/d/g", attrs(1), Some((c.ticket(), dir(101))));
+        c.own_checked(&check, None);
+        assert_eq!(
+            c.name(b"/r/d/x"),
+            Some(Known::Missing),
+            "the listing is kept"
+        );
+        // A re-listing begun before the change does not put the old mtime back.
+        c.own_checked(&check, Some(true));
+        std::thread::sleep(COHERENCE + Duration::from_millis(100));
+        let check = c.own_to_check(b"/r/d/x").unwrap();
+        assert_eq!((check.mtime, check.settled), (101, false));
+    }
+
+    #[test]
     fn names_after_follow_the_listing_order() {
         let c = cache(10_000, 100);
         let mut list = entries(&[b"a", b"d", b"b", b"c"]);
@@ -940,13 +1075,37 @@ mod tests {
     fn a_fetch_that_raced_an_invalidation_is_not_stored() {
         let c = cache(10_000, 100);
         let before = c.ticket();
-        c.invalidate_attrs(b"/r/other");
+        c.invalidate(b"/r/other");
         c.put_name(before, b"/r/a".to_vec(), Known::Attrs(attrs(1)));
         c.put_link(before, b"/r/a".to_vec(), Bytes::from_static(b"t"));
         c.put_listing(before, b"/r", &entries(&[b"a"]), |_| true);
         assert_eq!(c.name(b"/r/a"), None);
         assert_eq!(c.link(b"/r/a"), None);
         assert!(c.listing(b"/r", |_| true).is_none());
+    }
+
+    #[test]
+    fn a_fetch_is_refused_only_by_attribute_changes_of_what_it_describes() {
+        let c = cache(10_000, 100);
+        let before = c.ticket();
+        c.invalidate_attrs(b"/r/other");
+        c.put_name(before, b"/r/a".to_vec(), Known::Missing);
+        assert_eq!(c.name(b"/r/a"), Some(Known::Missing));
+        c.invalidate_attrs(b"/r/b");
+        c.put_name(before, b"/r/b".to_vec(), Known::Attrs(attrs(1)));
+        assert_eq!(c.name(b"/r/b"), None, "its own attributes changed");
+        // A listing keeps its names; an entry changed meanwhile is not taken from it.
+        c.put_listing(before, b"/r", &entries(&[b"b", b"c"]), |_| true);
+        assert_eq!(c.name(b"/r/c"), Some(Known::Attrs(attrs(1))));
+        assert_eq!(c.name(b"/r/b"), None);
+        assert_eq!(c.name(b"/r/zz"), Some(Known::Missing));
+        // Once more changes came than are remembered, any older fetch is refused.
+        let before = c.ticket();
+        for i in 0..=ATTRS_LOG {
+            c.invalidate_attrs(format!("/r/f{i}").as_bytes());
+        }
+        c.put_name(before, b"/s/d".to_vec(), Known::Attrs(attrs(1)));
+        assert_eq!(c.name(b"/s/d"), None);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use tracing::{debug, error, warn};
 
-use super::cache::{Contents, Known};
+use super::cache::{Contents, Known, Ticket};
 use super::handle::{ServerHandle, SftpLane, SftpSource};
 use super::namespace::CreateMode;
 use super::open_files::{NewFile, OpenFile, same_file};
@@ -697,7 +697,7 @@ impl Core {
 
     /// close(2) of one descriptor: every write accepted so far is on the server, or its error
     /// is returned here.
-    pub async fn flush(&self, fh: u64) -> FsResult<()> {
+    pub async fn flush(self: &Arc<Self>, fh: u64) -> FsResult<()> {
         if self.files.small.open_file(fh).is_some() {
             return Ok(());
         }
@@ -720,25 +720,57 @@ impl Core {
         };
         self.settle_writes(&file).await?;
         let written = file.written.lock().unwrap().take();
-        if let Some((ticket, after)) = after
-            && let Ok(attrs) = after.await
-            && !file.inode_writes.pending()
-            && let Some(path) = self.inodes.linked_path(file.ino)
-        {
-            self.cache
-                .put_name(ticket, path.clone(), Known::Attrs(attrs.clone()));
-            // All of the file is what this descriptor wrote, and no other may have written.
-            if let Some((data, expected)) = written
-                && expected == file.inode_writes.generation()
-                && attrs.size == Some(data.len() as u64)
-                && self.keeps_contents()
-                && !self.files.other_writers(file.ino, fh)
-            {
-                let contents = Contents::read_now(attrs, data.freeze());
-                self.cache.put_contents(ticket, path, contents);
+        if let Some((ticket, mut after)) = after {
+            // Sent with the writes, it is answered with them. Sent as they were being acked
+            // (git's fstat before close takes a round trip of its own, and the writes land
+            // meanwhile), it would hold the close a round trip more: kept when it comes.
+            let mut now = std::task::Context::from_waker(std::task::Waker::noop());
+            match after.as_mut().poll(&mut now) {
+                std::task::Poll::Ready(attrs) => {
+                    self.keep_flushed(&file, fh, ticket, attrs, written)
+                }
+                std::task::Poll::Pending => {
+                    let core = self.clone();
+                    tokio::spawn(async move {
+                        let attrs = after.await;
+                        core.keep_flushed(&file, fh, ticket, attrs, written);
+                    });
+                }
             }
         }
         Ok(())
+    }
+
+    /// Keeps what a flush learnt: the attributes its writes left, and the contents when all
+    /// of the file is what this descriptor wrote, and no other may have written.
+    fn keep_flushed(
+        &self,
+        file: &OpenFile,
+        fh: u64,
+        ticket: Ticket,
+        attrs: Result<Attrs, SftpError>,
+        written: Option<(bytes::BytesMut, u64)>,
+    ) {
+        let Ok(attrs) = attrs else {
+            return;
+        };
+        if file.inode_writes.pending() {
+            return;
+        }
+        let Some(path) = self.inodes.linked_path(file.ino) else {
+            return;
+        };
+        self.cache
+            .put_name(ticket, path.clone(), Known::Attrs(attrs.clone()));
+        if let Some((data, expected)) = written
+            && expected == file.inode_writes.generation()
+            && attrs.size == Some(data.len() as u64)
+            && self.keeps_contents()
+            && !self.files.other_writers(file.ino, fh)
+        {
+            let contents = Contents::read_now(attrs, data.freeze());
+            self.cache.put_contents(ticket, path, contents);
+        }
     }
 
     /// Starts keeping what `fh` writes (see `OpenFile::written`): the file is empty now.
