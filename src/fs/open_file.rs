@@ -275,8 +275,9 @@ impl Core {
     /// SFTP has no open by handle: a lane is opened by the file's path, which must still name
     /// this file. Names change through the mount only under the namespace lock, held here until
     /// the lanes are registered, and a file unlinked or renamed over is never reopened. A name
-    /// replaced on the server by someone else is caught by the new handle's attributes: same
-    /// type, owner and mode, and at least the size ours had just before.
+    /// replaced on the server by someone else is caught by the new handle's attributes, as a
+    /// reopen's are ([`same_file`]): not by asking the file's own handle for them, which waits
+    /// behind the writes that fill its channel's window (1.5 s at 300 ms).
     async fn open_lanes(&self, file: &Arc<OpenFile>, writer: &Arc<WritePipeline>) {
         let _names = self.inodes.names_kept().await;
         let Ok(path) = self.inodes.path(file.ino) else {
@@ -292,9 +293,6 @@ impl Core {
         if own.generation != generation.id {
             return;
         }
-        let Ok(primary) = own.session.fstat(own.handle.clone()).await else {
-            return;
-        };
         let path = Bytes::from(path);
         let mut opening = tokio::task::JoinSet::new();
         let others = generation.channels.iter().enumerate();
@@ -303,7 +301,7 @@ impl Core {
             let channel = channel.clone();
             let generation = generation.id;
             let (file, writer) = (file.clone(), writer.clone());
-            let (path, primary) = (path.clone(), primary.clone());
+            let path = path.clone();
             opening.spawn(async move {
                 let Ok(handle) = channel
                     .open(&path, open_flags::WRITE, Attrs::default())
@@ -311,15 +309,13 @@ impl Core {
                 else {
                     return;
                 };
-                let same = channel.fstat(handle.clone()).await.is_ok_and(|a| {
-                    a.permissions == primary.permissions
-                        && a.uid_gid == primary.uid_gid
-                        && a.size
-                            .zip(primary.size)
-                            .is_some_and(|(now, ours)| now >= ours)
-                });
-                if !same {
-                    warn!("not spreading writes: the file's name now reaches another file");
+                let asked = file.size_bounds();
+                let same = match channel.fstat(handle.clone()).await {
+                    Ok(now) => same_file(&file, &now, asked),
+                    Err(e) => Err(e.to_string()),
+                };
+                if let Err(why) = same {
+                    warn!("not spreading writes: the file's name now reaches another file ({why})");
                     let _ = channel.close(handle).await;
                     return;
                 }

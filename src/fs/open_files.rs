@@ -27,7 +27,7 @@ const SMALL_FILES_ON_METADATA_CHANNEL: usize = 32;
 const LANE_TARGET: usize = 2 * 1024 * 1024;
 
 /// Read-ahead per open file, at most (a far link needs rate x round trip: 250 MB/s x 40 ms).
-const MAX_PREFETCH: usize = 16 * 1024 * 1024;
+const MAX_PREFETCH: usize = 32 * 1024 * 1024;
 
 /// A handle on another channel: which channel, and the handle.
 type LaneHandle = (Arc<Session>, Bytes);

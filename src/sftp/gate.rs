@@ -10,7 +10,8 @@
 //! compared with that of one sent while no other bulk was in flight (the base: the round trip,
 //! the server's work, nothing queued); the difference is the queue the bulk in flight made.
 //! Below the target ([`target`]: half a round trip) the cap grows, by up to half of each
-//! request delivered (about 1.5 times a round trip), above it the cap shrinks as fast. Once no
+//! request delivered (about 1.5 times a round trip; three times, until a queue is first seen,
+//! as BBR's startup), above it the cap shrinks as fast. Once no
 //! request went alone for [`DRAIN_EVERY`], bulk is let through one at a time until one has
 //! (BBR's ProbeRTT): a base taken long ago, before the path changed, would misjudge the queue.
 //!
@@ -80,6 +81,10 @@ struct Flow {
     alone_at: Instant,
     /// Bulk goes one request at a time until one has gone alone (see [`DRAIN_EVERY`]).
     draining: bool,
+    /// No queue seen yet: the cap triples each round trip (as BBR's startup nearly does), not
+    /// half as fast again; a far, fast link is full in a few round trips instead of ten (at
+    /// 300 ms, 3 s from 256 KiB to 16 MiB, a third of a 256 MiB copy).
+    starting: bool,
 }
 
 impl Flow {
@@ -94,6 +99,7 @@ impl Flow {
             base: None,
             alone_at: Instant::now(),
             draining: false,
+            starting: true,
         }
     }
 
@@ -178,7 +184,11 @@ impl Flow {
         }
         let queue = sample.saturating_sub(self.base.unwrap_or(sample));
         let off = 1.0 - queue.as_secs_f64() / target.as_secs_f64();
-        let step = off.clamp(-1.0, 1.0) * bytes as f64 / 2.0;
+        if off < 0.5 {
+            self.starting = false;
+        }
+        let gain = if self.starting { 2.0 } else { 0.5 };
+        let step = off.clamp(-1.0, 1.0) * bytes as f64 * gain;
         self.cap = ((self.cap as f64 + step) as usize).max(least);
     }
 }
@@ -415,15 +425,19 @@ mod tests {
         flow.learn_queue(now, ms(66), 65536, true, None, target, least);
         assert_eq!(
             flow.cap,
-            MIN_CAP + 32768,
-            "nothing queued: half the request more"
+            MIN_CAP + 131072,
+            "nothing queued yet: twice the request more (startup)"
         );
-        // Queued 10 ms: half the target, a quarter of the request more.
+        // Queued 10 ms: half the target, the request more.
         flow.learn_queue(now, ms(76), 65536, false, None, target, least);
-        assert_eq!(flow.cap, MIN_CAP + 32768 + 16384);
-        // Queued 60 ms: three times the target, half the request less (the most it moves).
+        assert_eq!(flow.cap, MIN_CAP + 131072 + 65536);
+        // Queued 60 ms: three times the target, half the request less (the most it moves),
+        // and the start is over.
         flow.learn_queue(now, ms(126), 65536, false, None, target, least);
-        assert_eq!(flow.cap, MIN_CAP + 16384);
+        assert_eq!(flow.cap, MIN_CAP + 131072 + 32768);
+        // Nothing queued: now half the request more.
+        flow.learn_queue(now, ms(66), 65536, false, None, target, least);
+        assert_eq!(flow.cap, MIN_CAP + 131072 + 65536);
         for _ in 0..20 {
             flow.learn_queue(now, ms(126), 65536, false, None, target, least);
         }
