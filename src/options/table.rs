@@ -426,7 +426,7 @@ pub const TABLE: &[OptionDoc] = &[
     row(
         Own,
         "sftp_channels=N",
-        "SFTP channels (default 9; sshd's MaxSessions, default 10, caps it, and one is kept to replace a stalled channel): a large file's writes spread over all of them but the first, each with its own 2 MiB window",
+        "SFTP channels (default 8; sshd's MaxSessions, default 10, caps it, and one must be left to replace a stalled channel): a large file's writes spread over all of them but the first, each with its own 2 MiB window",
     ),
     row(
         Own,
