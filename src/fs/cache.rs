@@ -822,6 +822,13 @@ mod tests {
         }
     }
 
+    fn dir_attrs(mtime: u32) -> Attrs {
+        let mut a = attrs(0);
+        a.permissions = Some(0o040755);
+        a.atime_mtime = Some((mtime, mtime));
+        a
+    }
+
     fn cache(timeout_ms: u64, max_entries: usize) -> MetaCache {
         let t = Duration::from_millis(timeout_ms);
         MetaCache::new(CacheConfig {
@@ -952,15 +959,9 @@ mod tests {
     #[test]
     fn a_missing_name_and_an_open_trust_the_cache_a_second_except_in_the_mounts_own_directories() {
         let c = cache(10_000, 100);
-        let dir = |mtime| {
-            let mut a = attrs(0);
-            a.permissions = Some(0o040755);
-            a.atime_mtime = Some((mtime, mtime));
-            a
-        };
         c.put_listing(c.ticket(), b"/r", &entries(&[b"a"]), |_| true);
         c.put_name(c.ticket(), b"/r/gone".to_vec(), Known::Missing);
-        c.created(b"/r/d", dir(100), None);
+        c.created(b"/r/d", dir_attrs(100), None);
         c.created(b"/r/d/f", attrs(1), None);
         for path in [&b"/r/b"[..], b"/r/gone", b"/r/d/x"] {
             assert_eq!(c.name(path), Some(Known::Missing));
@@ -973,7 +974,7 @@ mod tests {
         // A directory the mount made: trusted while the mount keeps changing it, then while
         // its mtime (asked once a second) is the one the mount's last change left.
         assert_eq!(c.name(b"/r/d/x"), None);
-        c.created(b"/r/d/g", attrs(1), Some((c.ticket(), dir(101))));
+        c.created(b"/r/d/g", attrs(1), Some((c.ticket(), dir_attrs(101))));
         assert_eq!(c.name(b"/r/d/x"), Some(Known::Missing));
         assert!(c.own_to_check(b"/r/d/x").is_none(), "checked a moment ago");
         std::thread::sleep(COHERENCE + Duration::from_millis(100));
@@ -992,7 +993,7 @@ mod tests {
         c.own_checked(&check, None);
         assert_eq!(c.name(b"/r/d/x"), None);
         assert!(c.own_to_check(b"/r/d/x").is_none());
-        c.created(b"/r/e", dir(100), None);
+        c.created(b"/r/e", dir_attrs(100), None);
         // Attributes: kept for a stat, asked again for an open.
         assert_eq!(c.name(b"/r/a"), Some(Known::Attrs(attrs(1))));
         assert_eq!(c.name_for_open(b"/r/a"), None);
@@ -1007,11 +1008,8 @@ mod tests {
     #[test]
     fn a_name_the_server_just_said_is_missing_needs_no_check_of_its_own_directory() {
         let c = cache(10_000, 100);
-        let mut dir = attrs(0);
-        dir.permissions = Some(0o040755);
-        dir.atime_mtime = Some((100, 100));
-        c.created(b"/r/d", dir.clone(), None);
-        c.created(b"/r/d/f", attrs(1), Some((c.ticket(), dir)));
+        c.created(b"/r/d", dir_attrs(100), None);
+        c.created(b"/r/d/f", attrs(1), Some((c.ticket(), dir_attrs(100))));
         std::thread::sleep(COHERENCE + Duration::from_millis(100));
         assert!(c.own_to_check(b"/r/d/x").is_some(), "the directory is due");
         c.put_name(c.ticket(), b"/r/d/x".to_vec(), Known::Missing);
@@ -1028,19 +1026,13 @@ mod tests {
     #[test]
     fn a_check_of_an_own_directory_that_crossed_a_change_through_the_mount_is_ignored() {
         let c = cache(10_000, 100);
-        let dir = |mtime| {
-            let mut a = attrs(0);
-            a.permissions = Some(0o040755);
-            a.atime_mtime = Some((mtime, mtime));
-            a
-        };
-        c.created(b"/r/d", dir(100), None);
-        c.created(b"/r/d/f", attrs(1), Some((c.ticket(), dir(100))));
+        c.created(b"/r/d", dir_attrs(100), None);
+        c.created(b"/r/d/f", attrs(1), Some((c.ticket(), dir_attrs(100))));
         std::thread::sleep(COHERENCE + Duration::from_millis(100));
         // The check's LSTAT of the directory went out, then the mount made a name in it (the
         // mtime moved to 101), then the check came back.
         let check = c.own_to_check(b"/r/d/x").unwrap();
-        c.created(b"/r/d/g", attrs(1), Some((c.ticket(), dir(101))));
+        c.created(b"/r/d/g", attrs(1), Some((c.ticket(), dir_attrs(101))));
         c.own_checked(&check, None);
         assert_eq!(
             c.name(b"/r/d/x"),

@@ -365,9 +365,10 @@ where
 
 /// Defaults chosen by measurement (scripts/bench; see README.md).
 /// Every channel has its own 2 MiB window, and a far link's writes need many (at 300 ms RTT,
-/// 256 MiB: 38 MB/s with 8 channels, 42 with 9). But not 10, sshd's MaxSessions default: one
-/// must be left to replace a stalled channel. And not 9: on a 5 Mbit/s uplink at 150 ms, `ls -l`
-/// + `cat` during an upload took 2.0-3.4 s with 9 (1.3 s with 8; 0.77 s idle).
+/// 256 MiB: 38 MB/s with 8 channels, 42 with 9, 46 with 10). But not 10, sshd's MaxSessions
+/// default: one must be left to replace a stalled channel (faults.rs got EIO, not ETIMEDOUT).
+/// 9 was tried: `ls -l` + `cat` during a 5 Mbit/s upload at 150 ms took 2.0-3.4 s in three
+/// runs, against 1.25-2.2 s with 8 in five (the spread is the link's, either way).
 pub const DEFAULT_SFTP_CHANNELS: usize = 8;
 pub const DEFAULT_WRITE_BUFFER: usize = 32 << 20;
 pub const DEFAULT_WRITE_BUFFER_TOTAL: usize = 64 << 20;
