@@ -293,26 +293,30 @@ impl MetaCache {
     /// as missing (see [`MetaCache::own_checked`]).
     pub fn own_to_check(&self, path: &[u8]) -> Option<OwnCheck> {
         let (dir, _) = split(path)?;
+        let inner = self.inner.lock().unwrap();
         // The server itself said so within the second: as good as asking it again, whatever
         // the listing is worth (git's checkout stats a missing directory up to three times
         // before its mkdir; each cost a round trip while the directory was due a check).
         if let Some(Timed {
             value: Known::Missing,
             at,
-        }) = self.inner.lock().unwrap().names.peek(path)
+        }) = inner.names.peek(path)
             && at.elapsed() < COHERENCE
         {
             return None;
         }
-        self.own_dir_to_check(dir)
+        self.own_check_of(&inner, dir)
     }
 
     /// [`MetaCache::own_to_check`] for the listing of `dir` itself.
     pub fn own_dir_to_check(&self, dir: &[u8]) -> Option<OwnCheck> {
+        self.own_check_of(&self.inner.lock().unwrap(), dir)
+    }
+
+    fn own_check_of(&self, inner: &Inner, dir: &[u8]) -> Option<OwnCheck> {
         if !self.config.enabled {
             return None;
         }
-        let inner = self.inner.lock().unwrap();
         let own = inner.own_listings.peek(dir)?;
         let listed = inner.dirs.peek(dir)?;
         if own.checked.elapsed() < COHERENCE || listed.at.elapsed() >= self.config.dir_timeout {
@@ -829,6 +833,16 @@ mod tests {
         a
     }
 
+    /// A cache where /r/d is a directory the mount made (mtime 100) and last changed more than
+    /// a second ago: a name missing from it is due a check of its mtime.
+    fn own_dir_due() -> MetaCache {
+        let c = cache(10_000, 100);
+        c.created(b"/r/d", dir_attrs(100), None);
+        c.created(b"/r/d/f", attrs(1), Some((c.ticket(), dir_attrs(100))));
+        std::thread::sleep(COHERENCE + Duration::from_millis(100));
+        c
+    }
+
     fn cache(timeout_ms: u64, max_entries: usize) -> MetaCache {
         let t = Duration::from_millis(timeout_ms);
         MetaCache::new(CacheConfig {
@@ -946,6 +960,7 @@ mod tests {
         c.invalidate_attrs(b"/r/b");
         c.created(b"/r/a", attrs(1), Some((before, attrs(10))));
         assert_eq!(dir(&c), Some(10));
+        // Gone again, as the rename below expects.
         c.removed(b"/r/a", Some((before, attrs(8))));
         // A rename within the directory: the listing edited, the file's attributes moved.
         let before = c.ticket();
@@ -1007,10 +1022,7 @@ mod tests {
 
     #[test]
     fn a_name_the_server_just_said_is_missing_needs_no_check_of_its_own_directory() {
-        let c = cache(10_000, 100);
-        c.created(b"/r/d", dir_attrs(100), None);
-        c.created(b"/r/d/f", attrs(1), Some((c.ticket(), dir_attrs(100))));
-        std::thread::sleep(COHERENCE + Duration::from_millis(100));
+        let c = own_dir_due();
         assert!(c.own_to_check(b"/r/d/x").is_some(), "the directory is due");
         c.put_name(c.ticket(), b"/r/d/x".to_vec(), Known::Missing);
         assert_eq!(c.name(b"/r/d/x"), Some(Known::Missing));
@@ -1025,10 +1037,7 @@ mod tests {
 
     #[test]
     fn a_check_of_an_own_directory_that_crossed_a_change_through_the_mount_is_ignored() {
-        let c = cache(10_000, 100);
-        c.created(b"/r/d", dir_attrs(100), None);
-        c.created(b"/r/d/f", attrs(1), Some((c.ticket(), dir_attrs(100))));
-        std::thread::sleep(COHERENCE + Duration::from_millis(100));
+        let c = own_dir_due();
         // The check's LSTAT of the directory went out, then the mount made a name in it (the
         // mtime moved to 101), then the check came back.
         let check = c.own_to_check(b"/r/d/x").unwrap();
