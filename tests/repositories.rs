@@ -126,3 +126,119 @@ fn git_status_after_a_remount_reads_no_file() {
         tree_files.len()
     );
 }
+
+/// git reads the files whose stat data changed in path order, which is not the order a
+/// directory lists them in: once a program strays from the listing's order, the rest of the
+/// directory's small files are fetched ahead of it, in name order from where it is, so that its
+/// opens find them in memory instead of costing two round trips each.
+#[test]
+fn a_directory_read_in_name_order_is_fetched_ahead_whole() {
+    let recorder = SftpRecorder::new();
+    let sshd = Sshd::start_recorded(&recorder);
+    let dir = sshd.remote_root().join("src");
+    fs::create_dir(&dir).unwrap();
+    // Made out of name order, so that no listing order (creation, reversed, hashed) is it.
+    let mut names: Vec<String> = (0..48)
+        .map(|i| format!("f{:02}.h", (i * 29) % 48))
+        .collect();
+    for (i, name) in names.iter().enumerate() {
+        fs::write(dir.join(name), format!("{name} {i}\n").repeat(20 + i * 7)).unwrap();
+    }
+    names.sort();
+    let m = Mount::new(&sshd, &[]);
+    let listed = fs::read_dir(m.join("src"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect::<Vec<_>>();
+    assert_ne!(listed, names, "the listing's order is not the names' order");
+
+    let start = recorder.settled();
+    let before = start.clone();
+    for name in &names[..3] {
+        assert_eq!(
+            fs::read(m.join("src").join(name)).unwrap(),
+            fs::read(dir.join(name)).unwrap()
+        );
+    }
+    let ahead = recorder.settled().since(&before);
+    let fetched: Vec<&String> = names[3..]
+        .iter()
+        .filter(|n| {
+            ahead
+                .opened_files
+                .keys()
+                .any(|p| p.ends_with(&format!("/src/{n}")))
+        })
+        .collect();
+    assert!(
+        fetched.len() >= 30,
+        "after 3 files in name order, {} of the next 45 were fetched ahead: {:?}",
+        fetched.len(),
+        ahead.opened_files
+    );
+    // The program's own opens of them cost nothing more, and read what the server has.
+    let before = recorder.settled();
+    for name in &names[3..] {
+        assert_eq!(
+            fs::read(m.join("src").join(name)).unwrap(),
+            fs::read(dir.join(name)).unwrap(),
+            "{name}"
+        );
+    }
+    let rest = recorder.settled().since(&before);
+    let again: Vec<_> = fetched
+        .iter()
+        .filter(|n| {
+            rest.opened_files
+                .keys()
+                .any(|p| p.ends_with(&format!("/src/{n}")))
+        })
+        .collect();
+    assert!(
+        again.is_empty(),
+        "fetched ahead, then opened again: {again:?}"
+    );
+    // Each file opened once in all: nothing fetched twice.
+    let all = recorder.settled().since(&start);
+    assert!(
+        all.opened_files.values().all(|&n| n == 1),
+        "{:?}",
+        all.opened_files
+    );
+}
+
+/// git's preload threads stat every file of the tree by path, one directory after another:
+/// once a burst of stats in one directory had it listed, the directories beside and below it
+/// are listed ahead, so the stats that follow find their names there instead of each
+/// directory costing a lookup and a burst of its own.
+#[test]
+fn stats_across_a_tree_cost_about_a_listing_per_directory() {
+    let recorder = SftpRecorder::new();
+    let sshd = Sshd::start_recorded(&recorder);
+    let root = sshd.remote_root().join("tree");
+    let mut files = Vec::new();
+    for d in 0..8 {
+        for s in 0..8 {
+            let leaf = format!("tree/d{d}/s{s}");
+            fs::create_dir_all(sshd.remote_root().join(&leaf)).unwrap();
+            for f in 0..3 {
+                fs::write(root.join(format!("d{d}/s{s}/f{f}")), "x").unwrap();
+                files.push(format!("{leaf}/f{f}"));
+            }
+        }
+    }
+    let m = Mount::new(&sshd, &[]);
+    let before = recorder.settled();
+    let args: Vec<&str> = ["-c", "%s"]
+        .into_iter()
+        .chain(files.iter().map(String::as_str))
+        .collect();
+    let out = run("stat", &args, m.path());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 192);
+    let cost = recorder.settled().since(&before);
+    eprintln!("stat of 192 files in 64 directories: {:?}", cost.by_type);
+    // 73 directories: listed once each at most; one LSTAT each would be 73 more, and a burst
+    // of its own in each (a lookup and three stats before the listing) four times that.
+    assert!(cost.count("OPENDIR") <= 73, "{:?}", cost.opened_dirs);
+    assert!(cost.count("LSTAT") <= 24, "{:?}", cost.lstat_paths);
+}

@@ -512,6 +512,41 @@ impl MetaCache {
         Some((at, out))
     }
 
+    /// The names in the fresh listing of `dir` whose fresh attributes `wanted` accepts, in
+    /// byte order (git's, and a shell glob's in the C locale), with their sizes; `None`
+    /// without such a listing or with more than `max` of them.
+    pub fn names_sorted(
+        &self,
+        dir: &[u8],
+        max: usize,
+        wanted: impl Fn(&Attrs) -> bool,
+    ) -> Option<Vec<(Bytes, u64)>> {
+        if !self.config.enabled {
+            return None;
+        }
+        let mut inner = self.inner.lock().unwrap();
+        let listing = inner
+            .dirs
+            .get(dir)
+            .filter(|t| t.at.elapsed() < self.config.dir_timeout)?
+            .value
+            .clone();
+        let mut out = Vec::new();
+        for name in listing.iter() {
+            if let Some(Known::Attrs(attrs)) =
+                Self::fresh(inner.names.get(&join(dir, name)), self.config.stat_timeout)
+                && wanted(&attrs)
+            {
+                if out.len() == max {
+                    return None;
+                }
+                out.push((name.clone(), attrs.size.unwrap_or(0)));
+            }
+        }
+        out.sort_unstable();
+        Some(out)
+    }
+
     /// Whether `dir` was listed within the listing timeout and had more names than the cache
     /// keeps.
     pub fn too_large(&self, dir: &[u8]) -> bool {

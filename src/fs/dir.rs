@@ -82,8 +82,15 @@ pub(super) struct Directories {
     relisting: Mutex<HashSet<Vec<u8>>>,
     to_relist: tokio::sync::mpsc::UnboundedSender<OwnCheck>,
     relister: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<OwnCheck>>>,
+    /// Directories below a burst's, to fetch ahead (see [`Core::burst_listing`]), and the
+    /// queue's reader's end, taken by [`Core::prefetch_below_bursts`].
+    to_prefetch: tokio::sync::mpsc::UnboundedSender<ToPrefetch>,
+    prefetcher: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<ToPrefetch>>>,
     bursts: Mutex<lru::LruCache<Vec<u8>, Burst>>,
 }
+
+/// Directories to fetch ahead, and how deep below them the walk is (see [`DirPrefetch`]).
+type ToPrefetch = (Vec<Vec<u8>>, u32);
 
 /// Stats of one directory's names that missed the cache lately.
 struct Burst {
@@ -97,6 +104,7 @@ struct Burst {
 impl Default for Directories {
     fn default() -> Self {
         let (to_relist, relister) = tokio::sync::mpsc::unbounded_channel();
+        let (to_prefetch, prefetcher) = tokio::sync::mpsc::unbounded_channel();
         Directories {
             open: Mutex::default(),
             in_flight: Mutex::default(),
@@ -104,6 +112,8 @@ impl Default for Directories {
             relisting: Mutex::default(),
             to_relist,
             relister: Mutex::new(Some(relister)),
+            to_prefetch,
+            prefetcher: Mutex::new(Some(prefetcher)),
             bursts: Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(BURST_DIRS).expect("not zero"),
             )),
@@ -287,11 +297,54 @@ impl Core {
     /// each would cost an LSTAT, one round trip. `None`: ask the server for the name itself.
     pub(super) async fn burst_listing(&self, path: &[u8]) -> Option<Known> {
         let dir = parent(path)?;
-        if !self.config.cache.enabled || self.cache.too_large(dir) || !self.dirs.burst(dir) {
+        if !self.config.cache.enabled || self.cache.too_large(dir) {
             return None;
         }
-        self.fetch_listing(dir).await.ok()?;
+        // A listing on its way (fetched ahead for a scan, or for another burst) answers it.
+        let listing_coming = self.dirs.in_flight.lock().unwrap().contains_key(dir);
+        if listing_coming {
+            self.fetch_listing(dir).await.ok()?;
+            return self.cache.name(path);
+        }
+        if !self.dirs.burst(dir) {
+            return None;
+        }
+        let entries = self.fetch_listing(dir).await.ok()?;
+        // A burst is a scan of the tree (git's preload threads, make, an IDE indexing): the
+        // directories below and beside come next, fetched ahead as for a walk, where each
+        // would cost a lookup and a burst of its own, one directory after another.
+        if self.config.dir_prefetch {
+            // Beside: each listed alone, not walked (the scan may never go there).
+            let beside: Vec<Vec<u8>> = parent(dir)
+                .and_then(|up| self.cache.subdirs(up))
+                .into_iter()
+                .flatten()
+                .filter(|sibling| sibling[..] != *dir)
+                .collect();
+            let below: Vec<Vec<u8>> = entries
+                .iter()
+                .filter(|(_, attrs)| is_dir(attrs))
+                .map(|(name, _)| join(dir, name))
+                .collect();
+            for (paths, depth) in [(beside, DIR_PREFETCH_DEPTH), (below, 1)] {
+                if !paths.is_empty() {
+                    let _ = self.dirs.to_prefetch.send((paths, depth));
+                }
+            }
+        }
         self.cache.name(path)
+    }
+
+    /// Fetches ahead the directories below bursts (see [`Core::burst_listing`]). Runs for the
+    /// mount's life.
+    pub(super) async fn prefetch_below_bursts(self: Arc<Self>) {
+        let Some(mut below) = self.dirs.prefetcher.lock().unwrap().take() else {
+            return;
+        };
+        while let Some((mut paths, depth)) = below.recv().await {
+            paths.sort();
+            self.push_prefetch(paths, depth);
+        }
     }
 
     /// Reads a directory of the mount's own again, as `due` found it should be.

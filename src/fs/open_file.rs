@@ -116,11 +116,13 @@ impl Core {
     }
 
     /// What the core does in the background for the mount's life: reopening open files after
-    /// a reconnection, and reading again listings that lookups found due.
+    /// a reconnection, reading again listings that lookups found due, and fetching ahead the
+    /// listings below stat bursts.
     pub async fn background_work(self: Arc<Self>) {
         tokio::join!(
             self.clone().follow_reconnections(),
-            self.clone().settle_own_listings()
+            self.clone().settle_own_listings(),
+            self.clone().prefetch_below_bursts()
         );
     }
 

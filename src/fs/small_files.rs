@@ -1,11 +1,14 @@
-//! Read-ahead across a directory's small files. `cat *`, `grep -r`, `tar -c` and `find -exec`
-//! open one small file after another, in the order the directory lists them, and each costs
-//! two round trips the program waits for (OPEN, then READ): reading a source tree over a far
-//! link is all waiting. Once a program opens a small file of a directory whose listing the mount
-//! holds, the next small files of that listing are fetched whole ahead of it, several at once
-//! (a window that doubles while the program keeps to the listing's order), and kept in the
-//! metadata cache beside their names; an open of one is answered from memory, with no round
-//! trip, and so are its reads.
+//! Read-ahead across a directory's small files. `cat *`, `grep -r`, `tar -c`, `find -exec`
+//! and git open one small file after another, and each costs two round trips the program waits
+//! for (OPEN, then READ): reading a source tree over a far link is all waiting. Once a program
+//! opens a small file of a directory whose listing the mount holds, the next small files of
+//! that listing are fetched whole ahead of it, several at once (a window that doubles while
+//! the program keeps to the listing's order). A program that strays from the listing's order
+//! (git goes by path, a shell glob by name) has the directory read whole ahead of it, in name
+//! order from where it is, a bounded window that moves with it; and while such a scan goes on,
+//! the next directory it opens a file in is read so from its first open. What is fetched is
+//! kept in the metadata cache beside the names; an open of one is answered from memory, with
+//! no round trip, and so are its reads.
 //!
 //! What is served is what the kernel's own page cache would serve: contents read within the
 //! attribute timeout, while the name still has the size and mtime they were read under; any
@@ -16,13 +19,15 @@ use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use lru::LruCache;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
-use super::cache::Contents;
+use super::cache::{Contents, Known};
 use super::handle::{FileHandle, SftpSource};
+use super::inode::join;
 use super::read::read_range;
 use super::write::InodeWrites;
 use super::{Core, FsResult, KeepCache, Opened, errno, is_regular};
@@ -38,17 +43,79 @@ const FIRST_WINDOW: usize = 2;
 const MAX_WINDOW: usize = 16;
 /// Directories whose reading order is followed at once.
 const STREAMS: usize = 64;
+/// How far ahead of a program a directory read whole is fetched, in files and in bytes: two
+/// round trips' worth of `FETCHES` keeps the pipeline full, and a program that stops early
+/// leaves at most this much fetched for nothing.
+const WHOLE_AHEAD_FILES: usize = 64;
+const WHOLE_AHEAD_BYTES: u64 = 2 << 20;
+/// Directories with more small files than this are only read ahead in the listing's order.
+const WHOLE_MAX_FILES: usize = 10_000;
+/// A directory read whole within this of the last makes a scan, which reads the next
+/// directory whole from its first open.
+const SCAN_SPAN: Duration = Duration::from_secs(2);
+/// Fetches in flight at most for the mount: bounded in requests, and in handles a server may
+/// cap per session.
+const FETCHES: usize = 32;
 
 /// Where a program reading a directory's small files has got to.
-#[derive(Clone, Copy)]
 struct Stream {
     /// Position in the listing of the file opened last.
     at: usize,
     window: usize,
+    /// Once the program strayed from the listing's order: the directory read whole.
+    whole: Option<Whole>,
+}
+
+/// A directory's small files in name order, with their sizes, and those asked for already
+/// (fetched, or opened by the program).
+struct Whole {
+    names: Vec<(Bytes, u64)>,
+    asked: Vec<bool>,
+}
+
+impl Whole {
+    fn new(names: Vec<(Bytes, u64)>) -> Self {
+        let asked = vec![false; names.len()];
+        Whole { names, asked }
+    }
+
+    /// The names not yet asked for within the window ahead of `name`, in name order from it
+    /// and around: the program may have started anywhere.
+    fn ahead_of(&mut self, name: &[u8]) -> Vec<Bytes> {
+        let len = self.names.len();
+        let start = match self.names.binary_search_by(|(n, _)| n[..].cmp(name)) {
+            Ok(at) => {
+                self.asked[at] = true;
+                at + 1
+            }
+            Err(at) => at,
+        };
+        let (mut bytes, mut out) = (0, Vec::new());
+        for i in (start..start + len)
+            .map(|i| i % len)
+            .take(WHOLE_AHEAD_FILES)
+        {
+            let (next, size) = &self.names[i];
+            if next[..] == *name {
+                break;
+            }
+            bytes += size;
+            if bytes > WHOLE_AHEAD_BYTES {
+                break;
+            }
+            if !self.asked[i] {
+                self.asked[i] = true;
+                out.push(next.clone());
+            }
+        }
+        out
+    }
 }
 
 struct State {
     streams: LruCache<Vec<u8>, Stream>,
+    /// When a directory read whole was last opened in: a scan under way.
+    scanned_at: Option<Instant>,
     /// Paths being fetched; the value turns true when the fetch ends (stored or not).
     fetching: HashMap<Vec<u8>, watch::Receiver<bool>>,
     /// Descriptors served from memory.
@@ -57,6 +124,7 @@ struct State {
 
 pub(super) struct SmallFiles {
     state: Mutex<State>,
+    fetches: Arc<Semaphore>,
 }
 
 impl Default for SmallFiles {
@@ -64,9 +132,11 @@ impl Default for SmallFiles {
         SmallFiles {
             state: Mutex::new(State {
                 streams: LruCache::new(NonZeroUsize::new(STREAMS).expect("non-zero")),
+                scanned_at: None,
                 fetching: HashMap::new(),
                 open: HashMap::new(),
             }),
+            fetches: Arc::new(Semaphore::new(FETCHES)),
         }
     }
 }
@@ -180,8 +250,9 @@ impl Core {
         self.config.keep_cache != KeepCache::Never
     }
 
-    /// A small file at `path` was opened for reading: fetch the small files after it in its
-    /// directory's listing, as far as the window reaches.
+    /// A small file at `path` was opened for reading: fetch the small files after it, in its
+    /// directory's listing as far as the window reaches, or in name order once the program
+    /// strayed from the listing (see the module's comment).
     pub(super) fn read_ahead_after(self: &Arc<Self>, path: &[u8]) {
         if !self.keeps_contents() || !self.config.readahead {
             return;
@@ -190,37 +261,76 @@ impl Core {
             return;
         };
         let (dir, name) = (&path[..slash.max(1)], &path[slash + 1..]);
-        let last = self
-            .files
-            .small
-            .state
-            .lock()
-            .unwrap()
-            .streams
-            .get(dir)
-            .copied();
-        let hint = last.map_or(0, |s| s.at + 1);
         let small = |a: &Attrs| is_regular(a) && a.size.is_some_and(|s| s <= SMALL_FILE);
+        let mut state = self.files.small.state.lock().unwrap();
+        let scanning = state.scanned_at.is_some_and(|t| t.elapsed() < SCAN_SPAN);
+        let last = state.streams.pop(dir);
+        let hint = last.as_ref().map_or(0, |s| s.at + 1);
         let Some((at, ahead)) = self.cache.names_after(dir, name, hint, MAX_WINDOW, small) else {
             return;
         };
-        let mut state = self.files.small.state.lock().unwrap();
-        let window = match last {
-            // Within what was fetched ahead for it: the program follows the listing.
-            Some(s) if at > s.at && at <= s.at + 1 + s.window => (s.window * 2).min(MAX_WINDOW),
-            Some(s) if at == s.at => s.window,
-            _ => FIRST_WINDOW,
+        let follows = |s: &Stream| at == s.at || (at > s.at && at <= s.at + 1 + s.window);
+        let before = last.as_ref().map(|s| (s.at, s.window));
+        let whole = match last {
+            Some(Stream {
+                whole: Some(whole), ..
+            }) => Some(whole),
+            Some(ref s) if follows(s) => None,
+            // Twice out of the listing's order, or a scan coming to a new directory.
+            Some(_) => self
+                .cache
+                .names_sorted(dir, WHOLE_MAX_FILES, small)
+                .map(Whole::new),
+            None if scanning => self
+                .cache
+                .names_sorted(dir, WHOLE_MAX_FILES, small)
+                .map(Whole::new),
+            None => None,
         };
-        state.streams.put(dir.to_vec(), Stream { at, window });
-        for (path, attrs) in ahead.into_iter().take(window) {
+        let (window, paths) = match whole {
+            Some(mut whole) => {
+                let paths: Vec<Vec<u8>> =
+                    whole.ahead_of(name).iter().map(|n| join(dir, n)).collect();
+                state.scanned_at = Some(Instant::now());
+                let stream = Stream {
+                    at,
+                    window: FIRST_WINDOW,
+                    whole: Some(whole),
+                };
+                state.streams.put(dir.to_vec(), stream);
+                (usize::MAX, paths)
+            }
+            None => {
+                let window = match before {
+                    // Within what was fetched ahead for it: the program follows the listing.
+                    Some((was, window)) if at > was => (window * 2).min(MAX_WINDOW),
+                    Some((_, window)) => window,
+                    None => FIRST_WINDOW,
+                };
+                let stream = Stream {
+                    at,
+                    window,
+                    whole: None,
+                };
+                state.streams.put(dir.to_vec(), stream);
+                (window, ahead.into_iter().map(|(path, _)| path).collect())
+            }
+        };
+        for path in paths.into_iter().take(window) {
             if state.fetching.contains_key(&path) || self.cache.contents(&path).is_some() {
                 continue;
             }
             let (done, fetch) = watch::channel(false);
             state.fetching.insert(path.clone(), fetch);
             let core = self.clone();
+            let slots = self.files.small.fetches.clone();
             tokio::spawn(async move {
-                core.fetch_whole(&path, attrs).await;
+                if let Ok(_slot) = slots.acquire().await
+                    && let Some(Known::Attrs(attrs)) = core.cache.name(&path)
+                    && small(&attrs)
+                {
+                    core.fetch_whole(&path, attrs).await;
+                }
                 core.files
                     .small
                     .state
@@ -313,5 +423,50 @@ impl Core {
     pub(super) fn release_whole(&self, fh: u64) -> Option<u64> {
         let file = self.files.small.state.lock().unwrap().open.remove(&fh)?;
         Some(file.ino)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn whole(names: &[&str], size: u64) -> Whole {
+        Whole::new(
+            names
+                .iter()
+                .map(|n| (Bytes::copy_from_slice(n.as_bytes()), size))
+                .collect(),
+        )
+    }
+
+    fn strs(names: Vec<Bytes>) -> Vec<String> {
+        names
+            .iter()
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn a_directory_read_whole_moves_its_window_with_the_program() {
+        let mut w = whole(&["a", "b", "c", "d", "e", "f", "g"], 1 << 20);
+        // Two files of 1 MiB fit in the bytes ahead.
+        assert_eq!(strs(w.ahead_of(b"c")), ["d", "e"]);
+        // What was asked for is not asked again; the window moves on.
+        assert_eq!(strs(w.ahead_of(b"d")), ["f"]);
+        // From the end, around to the start; the file opened is not fetched.
+        assert_eq!(strs(w.ahead_of(b"g")), ["a", "b"]);
+        assert!(w.ahead_of(b"a").is_empty(), "b was asked, c was opened");
+    }
+
+    #[test]
+    fn a_directory_read_whole_is_bounded_in_files() {
+        let names: Vec<String> = (0..200).map(|i| format!("{i:03}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut w = whole(&refs, 10);
+        let ahead = strs(w.ahead_of(b"050"));
+        assert_eq!(ahead.len(), WHOLE_AHEAD_FILES);
+        assert_eq!(ahead[0], "051");
+        // A name no longer listed: the window starts where it would be.
+        assert_eq!(strs(w.ahead_of(b"150x"))[0], "151");
     }
 }
