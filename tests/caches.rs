@@ -881,3 +881,51 @@ fn a_change_made_on_the_server_is_seen_by_the_next_open_after_about_a_second() {
         "a file rewritten on the server still shows its old bytes"
     );
 }
+
+/// git looks for a `.gitignore` in every directory of the tree, a compiler for each header in
+/// every directory of its include path: names missing from listings more than a second old.
+/// Each costs a round trip of its own unless the directories are checked together: the first
+/// such lookup asks the mtimes of the other listed directories in the same round trip, and
+/// the lookups that follow within the second need nothing more. A directory changed on the
+/// server meanwhile is seen changed all the same.
+#[test]
+fn names_missing_from_many_listings_cost_one_round_of_checks() {
+    let recorder = SftpRecorder::new();
+    let sshd = Sshd::start_recorded(&recorder);
+    let root = sshd.remote_root();
+    for d in 0..20 {
+        dir_of_empty_files(&root.join(format!("d{d:02}")), 3);
+    }
+    // Listed more than a second after the directories last changed: their mtimes then tell.
+    sleep(Duration::from_millis(2100));
+    let m = Mount::new(&sshd, &["-o", "dcache_timeout=30"]);
+    for d in 0..20 {
+        assert_eq!(names(&m.join(format!("d{d:02}"))).len(), 3);
+    }
+    sleep(Duration::from_millis(1500));
+    // Made on the server after the listing: must be found.
+    fs::write(root.join("d07/.gitignore"), b"*.o\n").unwrap();
+
+    let before = recorder.settled();
+    let mut found = Vec::new();
+    for d in 0..20 {
+        if fs::symlink_metadata(m.join(format!("d{d:02}/.gitignore"))).is_ok() {
+            found.push(d);
+        }
+    }
+    let cost = recorder.settled().since(&before);
+    eprintln!("20 lookups: {:?} {:?}", cost.by_type, cost.lstat_paths);
+    assert_eq!(found, [7], "the one made on the server, none other");
+    let names_asked = cost
+        .lstat_paths
+        .keys()
+        .filter(|p| p.ends_with("/.gitignore"))
+        .count();
+    // The first, d07's (its listing found changed), and one more for each second the loop
+    // took on a loaded machine; one by one, all 20.
+    assert!(
+        names_asked <= 4,
+        "{names_asked} of the 20 names asked one by one: {:?}",
+        cost.lstat_paths
+    );
+}

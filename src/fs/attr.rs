@@ -292,7 +292,12 @@ impl Core {
         let asked = self.idempotent(|s| attrs_of(s, path, follow));
         let result = match own_check {
             Some(check) => {
-                let (result, due) = tokio::join!(asked, self.check_own_listing(check));
+                let dir = check.dir.clone();
+                let (result, due, ()) = tokio::join!(
+                    asked,
+                    self.check_own_listing(check),
+                    self.check_listings_due(&dir)
+                );
                 if let Some(due) = due {
                     self.relist_later(due);
                 }

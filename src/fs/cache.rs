@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use lru::LruCache;
 
-use super::inode::join;
+use super::inode::{join, now_secs, racy};
 use super::is_dir;
 use crate::sftp::proto::Attrs;
 
@@ -78,6 +78,26 @@ pub enum Known {
 
 /// A name's path and attributes.
 pub type PathAttrs = (Vec<u8>, Attrs);
+
+/// A listing fetched from the server: its entries, the directory's mtime asked right before
+/// them, and when it was asked for.
+pub struct Listed<'a> {
+    pub since: Instant,
+    pub dir_mtime: Option<u32>,
+    pub entries: &'a [(Bytes, Attrs)],
+}
+
+#[cfg(test)]
+impl<'a> Listed<'a> {
+    /// A listing without a directory mtime, asked for now.
+    pub fn entries(entries: &'a [(Bytes, Attrs)]) -> Self {
+        Listed {
+            since: Instant::now(),
+            dir_mtime: None,
+            entries,
+        }
+    }
+}
 
 /// A directory's attributes asked right behind a change in it, on the same channel (a server
 /// that runs a channel in order answers them as the change left them), with the ticket taken
@@ -170,12 +190,16 @@ pub struct KeptContents {
     pub recent: bool,
 }
 
-/// A directory the mount made: when the mount last changed it or found it unchanged, and the
-/// mtime its last change left (the server's, asked right behind the change).
+/// A listing whose names are trusted while its directory's mtime stays as it was: when the
+/// mount listed, last changed or found it unchanged, and the mtime then (the server's, asked
+/// right before the listing or right behind the change).
 #[derive(Debug, Clone, Copy)]
 struct OwnListing {
     checked: Instant,
     mtime: Option<u32>,
+    /// A directory the mount made: its readers, not only its lookups, check the mtime (see
+    /// [`MetaCache::own_dir_to_check`]); other listings are read for the listing timeout.
+    made: bool,
     /// The listing was read again after the second of `mtime` was over: a change by someone
     /// else within that second (which leaves the mtime as it was) is in it.
     settled: bool,
@@ -308,9 +332,24 @@ impl MetaCache {
         self.own_check_of(&inner, dir)
     }
 
-    /// [`MetaCache::own_to_check`] for the listing of `dir` itself.
+    /// The listings due a check, other than `except`'s, the ones listed or checked last
+    /// first, `n` at most (see [`MetaCache::own_to_check`]).
+    pub fn listings_due(&self, except: &[u8], n: usize) -> Vec<OwnCheck> {
+        let inner = self.inner.lock().unwrap();
+        inner
+            .own_listings
+            .iter()
+            .filter(|(dir, _)| dir[..] != *except)
+            .filter_map(|(dir, _)| self.own_check_of(&inner, dir))
+            .take(n)
+            .collect()
+    }
+
+    /// [`MetaCache::own_to_check`] for the listing of `dir` itself, if the mount made it.
     pub fn own_dir_to_check(&self, dir: &[u8]) -> Option<OwnCheck> {
-        self.own_check_of(&self.inner.lock().unwrap(), dir)
+        let inner = self.inner.lock().unwrap();
+        let made = inner.own_listings.peek(dir).is_some_and(|o| o.made);
+        made.then(|| self.own_check_of(&inner, dir)).flatten()
     }
 
     fn own_check_of(&self, inner: &Inner, dir: &[u8]) -> Option<OwnCheck> {
@@ -346,9 +385,11 @@ impl MetaCache {
         match unchanged {
             Some(settled) => {
                 // A listing read again replaced the mount's: it is the mount's own again.
+                let made = inner.own_listings.peek(&check.dir).is_some_and(|o| o.made);
                 let own = OwnListing {
                     checked: Instant::now(),
                     mtime: Some(check.mtime),
+                    made,
                     settled: settled || check.settled,
                 };
                 if inner.dirs.peek(&check.dir).is_some() {
@@ -373,26 +414,32 @@ impl MetaCache {
         inner.current(ticket, path).then_some(inner)
     }
 
-    /// The whole contents of `path`, read while the name had the attributes it has now (size
-    /// and mtime), within the attribute timeout.
+    /// The whole contents of `path`, unless the name is known to have other attributes (size
+    /// and mtime) than they were read under. Kept past the attribute timeout, as the kernel
+    /// keeps a file's pages: an open asks the attributes again to use them (unless `recent`),
+    /// so that a file read once and opened again and again (git's HEAD, a build's headers)
+    /// costs that stat, not an OPEN and a READ.
     pub fn contents(&self, path: &[u8]) -> Option<KeptContents> {
         if !self.config.enabled {
             return None;
         }
         let mut inner = self.inner.lock().unwrap();
-        let Known::Attrs(now) = Self::fresh(inner.names.get(path), self.config.stat_timeout)?
-        else {
-            return None;
+        let now = match Self::fresh(inner.names.get(path), self.config.stat_timeout) {
+            Some(Known::Attrs(now)) => Some(now),
+            Some(Known::Missing) => return None,
+            None => None,
         };
         let kept = inner.contents.get(path)?;
-        let age = kept.at.elapsed();
-        if age >= self.config.stat_timeout {
+        let key = |a: &Attrs| (a.size, a.atime_mtime.map(|t| t.1));
+        if now
+            .as_ref()
+            .is_some_and(|now| key(now) != key(&kept.value.attrs))
+        {
             return None;
         }
-        let key = |a: &Attrs| (a.size, a.atime_mtime.map(|t| t.1));
-        (key(&now) == key(&kept.value.attrs)).then(|| KeptContents {
+        Some(KeptContents {
             contents: kept.value.clone(),
-            recent: age < COHERENCE,
+            recent: now.is_some() && kept.at.elapsed() < COHERENCE,
         })
     }
 
@@ -581,9 +628,10 @@ impl MetaCache {
         &self,
         ticket: Ticket,
         dir: &[u8],
-        entries: &[(Bytes, Attrs)],
+        listed: Listed,
         usable: impl Fn(&[u8]) -> bool,
     ) {
+        let entries = listed.entries;
         if !self.config.enabled {
             return;
         }
@@ -609,7 +657,25 @@ impl MetaCache {
             }
         }
         let names: Vec<Bytes> = entries.iter().map(|(n, _)| n.clone()).collect();
-        inner.own_listings.pop(dir);
+        // Its names stay trusted while the directory's mtime stays what it was (asked once a
+        // second when a name missing from it is looked up), as for a directory the mount
+        // made. Not a time of 0: a server that shows no times for directories.
+        match listed.dir_mtime.filter(|&mtime| mtime != 0) {
+            Some(mtime) => {
+                let made = inner.own_listings.peek(dir).is_some_and(|o| o.made);
+                let checked = OwnListing {
+                    checked: listed.since,
+                    mtime: Some(mtime),
+                    made,
+                    // Listed after the second of its mtime was over: any change since moves it.
+                    settled: !racy(mtime, now_secs()),
+                };
+                inner.own_listings.put(dir.to_vec(), checked);
+            }
+            None => {
+                inner.own_listings.pop(dir);
+            }
+        }
         inner.listed += names.len();
         if let Some(old) = inner.dirs.put(dir.to_vec(), Timed::now(names)) {
             inner.listed -= old.value.len();
@@ -694,6 +760,7 @@ impl MetaCache {
             let own = OwnListing {
                 checked: Instant::now(),
                 mtime: attrs_mtime,
+                made: true,
                 settled: false,
             };
             inner.own_listings.put(path.to_vec(), own);
@@ -963,13 +1030,15 @@ mod tests {
         c.invalidate_attrs(b"/r/b");
         c.put_contents(before, b"/r/b".to_vec(), kept(attrs(3), &data));
         assert!(c.contents(b"/r/b").is_none());
-        // They expire with the attributes.
+        // Past the attributes' timeout they are kept, no longer to be used without asking.
         let c = cache(50, 100);
         let t = c.ticket();
         c.put_name(t, b"/r/a".to_vec(), Known::Attrs(attrs(3)));
         c.put_contents(t, b"/r/a".to_vec(), kept(attrs(3), &data));
-        assert!(c.contents(b"/r/a").is_some());
+        assert!(c.contents(b"/r/a").is_some_and(|k| k.recent));
         std::thread::sleep(Duration::from_millis(80));
+        assert!(c.contents(b"/r/a").is_some_and(|k| !k.recent));
+        c.put_name(c.ticket(), b"/r/a".to_vec(), Known::Attrs(attrs(4)));
         assert!(c.contents(b"/r/a").is_none());
     }
 
@@ -980,7 +1049,12 @@ mod tests {
             Some(Known::Attrs(a)) => a.size,
             _ => None,
         };
-        c.put_listing(c.ticket(), b"/r", &entries(&[b"a"]), |_| true);
+        c.put_listing(
+            c.ticket(),
+            b"/r",
+            Listed::entries(&entries(&[b"a"])),
+            |_| true,
+        );
         // Created, the directory's attributes from right behind the change: kept.
         let before = c.ticket();
         c.created(b"/r/b", attrs(1), Some((before, attrs(7))));
@@ -1009,7 +1083,12 @@ mod tests {
     #[test]
     fn a_missing_name_and_an_open_trust_the_cache_a_second_except_in_the_mounts_own_directories() {
         let c = cache(10_000, 100);
-        c.put_listing(c.ticket(), b"/r", &entries(&[b"a"]), |_| true);
+        c.put_listing(
+            c.ticket(),
+            b"/r",
+            Listed::entries(&entries(&[b"a"])),
+            |_| true,
+        );
         c.put_name(c.ticket(), b"/r/gone".to_vec(), Known::Missing);
         c.created(b"/r/d", dir_attrs(100), None);
         c.created(b"/r/d/f", attrs(1), None);
@@ -1049,7 +1128,12 @@ mod tests {
         assert_eq!(c.name_for_open(b"/r/a"), None);
         // Listed from the server: no longer the mount's own.
         assert_eq!(c.name(b"/r/e/x"), Some(Known::Missing));
-        c.put_listing(c.ticket(), b"/r/e", &entries(&[b"f"]), |_| true);
+        c.put_listing(
+            c.ticket(),
+            b"/r/e",
+            Listed::entries(&entries(&[b"f"])),
+            |_| true,
+        );
         std::thread::sleep(COHERENCE + Duration::from_millis(100));
         c.created(b"/r/e/g", attrs(1), None);
         assert_eq!(c.name(b"/r/e/x"), None);
@@ -1095,7 +1179,7 @@ mod tests {
         let c = cache(10_000, 100);
         let mut list = entries(&[b"a", b"d", b"b", b"c"]);
         list[1].1.permissions = Some(0o040755);
-        c.put_listing(c.ticket(), b"/r", &list, |_| true);
+        c.put_listing(c.ticket(), b"/r", Listed::entries(&list), |_| true);
         let files = |a: &Attrs| a.permissions == Some(0o100644);
         let (at, after) = c.names_after(b"/r", b"a", 0, 8, files).unwrap();
         assert_eq!(at, 0);
@@ -1114,7 +1198,7 @@ mod tests {
         c.invalidate(b"/r/other");
         c.put_name(before, b"/r/a".to_vec(), Known::Attrs(attrs(1)));
         c.put_link(before, b"/r/a".to_vec(), Bytes::from_static(b"t"));
-        c.put_listing(before, b"/r", &entries(&[b"a"]), |_| true);
+        c.put_listing(before, b"/r", Listed::entries(&entries(&[b"a"])), |_| true);
         assert_eq!(c.name(b"/r/a"), None);
         assert_eq!(c.link(b"/r/a"), None);
         assert!(c.listing(b"/r", |_| true).is_none());
@@ -1131,7 +1215,12 @@ mod tests {
         c.put_name(before, b"/r/b".to_vec(), Known::Attrs(attrs(1)));
         assert_eq!(c.name(b"/r/b"), None, "its own attributes changed");
         // A listing keeps its names; an entry changed meanwhile is not taken from it.
-        c.put_listing(before, b"/r", &entries(&[b"b", b"c"]), |_| true);
+        c.put_listing(
+            before,
+            b"/r",
+            Listed::entries(&entries(&[b"b", b"c"])),
+            |_| true,
+        );
         assert_eq!(c.name(b"/r/c"), Some(Known::Attrs(attrs(1))));
         assert_eq!(c.name(b"/r/b"), None);
         assert_eq!(c.name(b"/r/zz"), Some(Known::Missing));
@@ -1148,17 +1237,19 @@ mod tests {
     fn listing_needs_every_entry_fresh_and_usable() {
         let c = cache(10_000, 100);
         let listed = entries(&[b"a", b"bb"]);
-        c.put_listing(c.ticket(), b"/d", &listed, |_| true);
+        c.put_listing(c.ticket(), b"/d", Listed::entries(&listed), |_| true);
         assert_eq!(c.name(b"/d/bb"), Some(Known::Attrs(attrs(2))));
         assert_eq!(c.listing(b"/d", |_| true).unwrap(), listed);
         assert!(c.listing(b"/d", |p| p != b"/d/bb").is_none());
         c.invalidate_attrs(b"/d/bb");
         assert!(c.listing(b"/d", |_| true).is_none());
         // An entry refused at store time is not cached, so the listing is not served.
-        c.put_listing(c.ticket(), b"/d", &listed, |p| p != b"/d/a");
+        c.put_listing(c.ticket(), b"/d", Listed::entries(&listed), |p| {
+            p != b"/d/a"
+        });
         assert!(c.listing(b"/d", |_| true).is_none());
         // A name created or removed in it, and the directory's own attributes with it.
-        c.put_listing(c.ticket(), b"/d", &listed, |_| true);
+        c.put_listing(c.ticket(), b"/d", Listed::entries(&listed), |_| true);
         c.put_name(c.ticket(), b"/d".to_vec(), Known::Attrs(attrs(0)));
         c.invalidate(b"/d/new");
         assert!(c.listing(b"/d", |_| true).is_none());
@@ -1169,9 +1260,24 @@ mod tests {
     #[test]
     fn a_renamed_directory_takes_its_subtree_along() {
         let c = cache(10_000, 100);
-        c.put_listing(c.ticket(), b"/d", &entries(&[b"x"]), |_| true);
-        c.put_listing(c.ticket(), b"/d/x", &entries(&[b"y"]), |_| true);
-        c.put_listing(c.ticket(), b"/dd", &entries(&[b"z"]), |_| true);
+        c.put_listing(
+            c.ticket(),
+            b"/d",
+            Listed::entries(&entries(&[b"x"])),
+            |_| true,
+        );
+        c.put_listing(
+            c.ticket(),
+            b"/d/x",
+            Listed::entries(&entries(&[b"y"])),
+            |_| true,
+        );
+        c.put_listing(
+            c.ticket(),
+            b"/dd",
+            Listed::entries(&entries(&[b"z"])),
+            |_| true,
+        );
         c.put_link(c.ticket(), b"/d/x/l".to_vec(), Bytes::from_static(b"t"));
         c.invalidate_tree(b"/d");
         assert!(c.listing(b"/d", |_| true).is_none());
@@ -1188,12 +1294,12 @@ mod tests {
     fn listings_are_bounded_by_their_total_entries() {
         let c = cache(10_000, 5);
         let three = entries(&[b"a", b"b", b"c"]);
-        c.put_listing(c.ticket(), b"/1", &three, |_| true);
-        c.put_listing(c.ticket(), b"/2", &three, |_| true);
+        c.put_listing(c.ticket(), b"/1", Listed::entries(&three), |_| true);
+        c.put_listing(c.ticket(), b"/2", Listed::entries(&three), |_| true);
         assert!(c.subdirs(b"/1").is_none(), "oldest listing evicted");
         assert!(c.subdirs(b"/2").is_some());
         let six = entries(&[b"a", b"b", b"c", b"d", b"e", b"f"]);
-        c.put_listing(c.ticket(), b"/3", &six, |_| true);
+        c.put_listing(c.ticket(), b"/3", Listed::entries(&six), |_| true);
         assert!(c.subdirs(b"/3").is_none(), "too large to cache");
         assert!(c.too_large(b"/3") && !c.too_large(b"/2"));
     }

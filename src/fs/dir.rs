@@ -9,7 +9,7 @@ use bytes::Bytes;
 use fuser::{FileAttr, FileType};
 use tracing::warn;
 
-use super::cache::{COHERENCE, Known, OwnCheck, parent};
+use super::cache::{COHERENCE, Known, Listed, OwnCheck, parent};
 use super::inode::{Identity, ROOT, join, now_secs, racy};
 use super::{Core, FsResult, is_dir, is_symlink};
 use crate::sftp::proto::Attrs;
@@ -32,6 +32,9 @@ const RECENT_READS: usize = 64;
 /// by one listing (see [`Core::burst_listing`]); directories whose misses are counted at once.
 const BURST_MISSES: u32 = 3;
 const BURST_DIRS: usize = 64;
+/// Listings whose directories' mtimes one sweep asks at most (see
+/// [`Core::check_listings_due`]): the ones listed or checked last.
+const SWEEP_LISTINGS: usize = 64;
 
 /// Entries, and bytes of names, one listing may hold: a server that never ends a listing must
 /// not take the mount's memory with it.
@@ -87,6 +90,8 @@ pub(super) struct Directories {
     to_prefetch: tokio::sync::mpsc::UnboundedSender<ToPrefetch>,
     prefetcher: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<ToPrefetch>>>,
     bursts: Mutex<lru::LruCache<Vec<u8>, Burst>>,
+    /// A sweep of the listings due a check is under way (see [`Core::check_listings_due`]).
+    sweeping: AtomicBool,
 }
 
 /// Directories to fetch ahead, and how deep below them the walk is (see [`DirPrefetch`]).
@@ -117,6 +122,7 @@ impl Default for Directories {
             bursts: Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(BURST_DIRS).expect("not zero"),
             )),
+            sweeping: AtomicBool::new(false),
         }
     }
 }
@@ -279,6 +285,11 @@ impl Core {
         let dir = &check.dir;
         let now = self.idempotent(|s| async move { s.lstat(dir).await }).await;
         let mtime = now.ok().and_then(|a| a.atime_mtime).map(|t| t.1);
+        self.own_listing_checked(check, mtime)
+    }
+
+    /// What a check of a listing found: its directory's mtime now (`None`: gone, or none).
+    fn own_listing_checked(&self, check: OwnCheck, mtime: Option<u32>) -> Option<OwnCheck> {
         if mtime != Some(check.mtime) {
             self.cache.own_checked(&check, None);
             return None;
@@ -289,6 +300,43 @@ impl Core {
         }
         // Racy: not yet, asked again at the next lookup.
         (!racy(check.mtime, now_secs())).then_some(check)
+    }
+
+    /// A name missing from a listing was looked up once its directory was due a check (see
+    /// [`Core::check_own_listing`]): the other listings due are checked in the same round trip,
+    /// their directories' mtimes asked all at once, so that the lookups that follow in them
+    /// (git's `.gitignore` in every directory, a compiler's include path) find their names
+    /// missing without a round trip each. One sweep at a time, [`SWEEP_LISTINGS`] at most.
+    pub(super) async fn check_listings_due(&self, except: &[u8]) {
+        if self.dirs.sweeping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        struct Sweeping<'a>(&'a AtomicBool);
+        impl Drop for Sweeping<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        let _sweeping = Sweeping(&self.dirs.sweeping);
+        let checks = self.cache.listings_due(except, SWEEP_LISTINGS);
+        if checks.is_empty() {
+            return;
+        }
+        let Ok(session) = self.meta().await else {
+            return;
+        };
+        let asked: Vec<_> = checks.iter().map(|c| session.lstat(&c.dir)).collect();
+        for (check, reply) in checks.into_iter().zip(asked) {
+            let mtime = match reply.await {
+                Ok(attrs) => attrs.atime_mtime.map(|t| t.1),
+                // Nothing learnt: the next lookup there checks it again.
+                Err(SftpError::ConnectionLost) => return,
+                Err(_) => None,
+            };
+            if let Some(due) = self.own_listing_checked(check, mtime) {
+                self.relist_later(due);
+            }
+        }
     }
 
     /// What a listing says of `path`, when its stat missing the cache is one of a burst in its
@@ -414,13 +462,20 @@ impl Core {
         // A file with writes or attribute changes in flight at any time during the fetch may
         // be listed as it was before them: not kept (their acks do not move the ticket).
         let pending_before = self.pending_paths();
+        let since = std::time::Instant::now();
         let listed = self.list_dir(path).await;
-        if let Ok(entries) = &listed {
+        let listed = listed.map(|(entries, dir_mtime)| {
             let mut pending = self.pending_paths();
             pending.extend(pending_before);
+            let listed = Listed {
+                since,
+                dir_mtime,
+                entries: &entries,
+            };
             self.cache
-                .put_listing(ticket, path, entries, |p| !pending.contains(p));
-        }
+                .put_listing(ticket, path, listed, |p| !pending.contains(p));
+            entries
+        });
         if let Some(tx) = tx {
             tx.send_replace(Some(listed.clone()));
         }
@@ -458,11 +513,13 @@ impl Core {
     }
 
     fn push_prefetch(self: &Arc<Self>, paths: Vec<Vec<u8>>, depth: u32) {
+        // A repository's `.git` is not fetched ahead of a walker that has not gone into it:
+        // the tools that scan work trees (git's own scan among them) skip it, and its 256
+        // object directories would push the work tree's off the stack.
+        let paths = paths.into_iter().filter(|p| !p.ends_with(b"/.git"));
         let mut state = self.dirs.prefetch.lock().unwrap();
         // Reversed: the first in name order ends on top.
-        state
-            .stack
-            .extend(paths.into_iter().rev().map(|path| (path, depth)));
+        state.stack.extend(paths.rev().map(|path| (path, depth)));
         while state.stack.len() > DIR_PREFETCH_STACK {
             state.stack.pop_front();
         }
@@ -511,14 +568,18 @@ impl Core {
     /// so a small directory costs one round trip after the OPENDIR, more while batches keep
     /// coming) and the CLOSE is not waited for: on a far link a listing costs two round trips
     /// where one READDIR at a time would cost one per batch, plus one for the end, plus the CLOSE.
-    async fn list_dir(&self, path: &[u8]) -> FsResult<Vec<(Bytes, Attrs)>> {
+    /// With the entries, the directory's mtime asked right before them (on the same channel,
+    /// in the same round trip): a later change moves it (see [`Core::check_own_listing`]).
+    async fn list_dir(&self, path: &[u8]) -> FsResult<(Vec<(Bytes, Attrs)>, Option<u32>)> {
         let follow = self.config.symlinks.follow;
         self.idempotent(|session| async move {
+            let dir = session.lstat(path);
             let mut entries = Self::list_dir_on(session.clone(), path).await?;
+            let dir_mtime = dir.await.ok().and_then(|a| a.atime_mtime).map(|t| t.1);
             if follow {
                 follow_links(&session, path, &mut entries).await;
             }
-            Ok(entries)
+            Ok((entries, dir_mtime))
         })
         .await
     }
