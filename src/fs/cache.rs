@@ -517,6 +517,15 @@ impl MetaCache {
         Some(out)
     }
 
+    /// The names of `dir`'s listing, if it is within the listing timeout.
+    fn fresh_listing<'a>(&self, inner: &'a mut Inner, dir: &[u8]) -> Option<&'a [Bytes]> {
+        inner
+            .dirs
+            .get(dir)
+            .filter(|t| t.at.elapsed() < self.config.dir_timeout)
+            .map(|t| &t.value[..])
+    }
+
     /// Where `name` stands in the fresh listing of `dir` (looked for at `hint` first), and the
     /// names after it whose fresh attributes `wanted` accepts, `n` at most, as paths.
     pub fn names_after(
@@ -531,11 +540,7 @@ impl MetaCache {
             return None;
         }
         let mut inner = self.inner.lock().unwrap();
-        let listing = inner
-            .dirs
-            .get(dir)
-            .filter(|t| t.at.elapsed() < self.config.dir_timeout)?;
-        let names = &listing.value;
+        let names = self.fresh_listing(&mut inner, dir)?;
         let at = if names.get(hint).is_some_and(|n| n[..] == *name) {
             hint
         } else {
@@ -572,12 +577,7 @@ impl MetaCache {
             return None;
         }
         let mut inner = self.inner.lock().unwrap();
-        let listing = inner
-            .dirs
-            .get(dir)
-            .filter(|t| t.at.elapsed() < self.config.dir_timeout)?
-            .value
-            .clone();
+        let listing = self.fresh_listing(&mut inner, dir)?.to_vec();
         let mut out = Vec::new();
         for name in listing.iter() {
             if let Some(Known::Attrs(attrs)) =
