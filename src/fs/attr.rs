@@ -270,12 +270,12 @@ impl Core {
                 Some(Known::Attrs(attrs)) => return Ok(attrs),
                 // Only a name taken as missing depends on the directory being as the mount
                 // left it: when that is due to be checked, the name is asked too, at once.
-                Some(Known::Missing) => match self.cache.own_to_check(path) {
+                Some(Known::Missing) => match self.cache.listing_to_check(path) {
                     Some(check) => own_check = Some(check),
                     None => return Err(libc::ENOENT),
                 },
                 None => {
-                    own_check = self.cache.own_to_check(path);
+                    own_check = self.cache.listing_to_check(path);
                     if own_check.is_none() {
                         match self.burst_listing(path).await {
                             Some(Known::Attrs(attrs)) => return Ok(attrs),
@@ -295,7 +295,7 @@ impl Core {
                 let dir = check.dir.clone();
                 let (result, due, ()) = tokio::join!(
                     asked,
-                    self.check_own_listing(check),
+                    self.check_listing(check),
                     self.check_listings_due(&dir)
                 );
                 if let Some(due) = due {

@@ -148,11 +148,12 @@ struct Inner {
     too_large: LruCache<Vec<u8>, Instant>,
     /// Whole contents of small files, with the attributes they were read under.
     contents: LruCache<Vec<u8>, Timed<Contents>>,
-    /// Directories whose listing the mount made (mkdir) and has kept up to date with its own
-    /// changes since: a name missing from it is taken as missing for a second after each
-    /// change (`tar -x`, `git clone` into a new directory), and after that while the
-    /// directory's mtime, asked at most once a second, shows no change by anyone else.
-    own_listings: LruCache<Vec<u8>, OwnListing>,
+    /// Listings whose directories' mtimes are known (from an LSTAT right before the listing, or
+    /// right behind a change through the mount, or a mkdir): a name missing from one is taken
+    /// as missing for a second after it was listed, changed or checked (`tar -x`, `git clone`
+    /// into a new directory), and after that while the directory's mtime, asked at most once a
+    /// second, shows no change by anyone else.
+    checked_listings: LruCache<Vec<u8>, CheckedListing>,
     /// Bytes in `contents`.
     contents_bytes: usize,
 }
@@ -194,21 +195,21 @@ pub struct KeptContents {
 /// mount listed, last changed or found it unchanged, and the mtime then (the server's, asked
 /// right before the listing or right behind the change).
 #[derive(Debug, Clone, Copy)]
-struct OwnListing {
+struct CheckedListing {
     checked: Instant,
     mtime: Option<u32>,
     /// A directory the mount made: its readers, not only its lookups, check the mtime (see
-    /// [`MetaCache::own_dir_to_check`]); other listings are read for the listing timeout.
+    /// [`MetaCache::made_listing_to_check`]); other listings are read for the listing timeout.
     made: bool,
     /// The listing was read again after the second of `mtime` was over: a change by someone
     /// else within that second (which leaves the mtime as it was) is in it.
     settled: bool,
 }
 
-/// A directory of the mount's own whose mtime is to be asked again (see
-/// [`MetaCache::own_to_check`]).
+/// A listing whose directory's mtime is to be asked again (see
+/// [`MetaCache::listing_to_check`]).
 #[derive(Debug, Clone)]
-pub struct OwnCheck {
+pub struct ListingCheck {
     pub dir: Vec<u8>,
     pub mtime: u32,
     pub settled: bool,
@@ -242,7 +243,7 @@ impl MetaCache {
                 listed: 0,
                 too_large: LruCache::new(NonZeroUsize::new(256).expect("non-zero")),
                 contents: LruCache::new(cap),
-                own_listings: LruCache::new(cap),
+                checked_listings: LruCache::new(cap),
                 contents_bytes: 0,
             }),
         }
@@ -282,13 +283,13 @@ impl MetaCache {
         }
         let mut inner = self.inner.lock().unwrap();
         let (dir, name) = split(path).unzip();
-        let own = dir.is_some_and(|dir| {
+        let checked = dir.is_some_and(|dir| {
             inner
-                .own_listings
+                .checked_listings
                 .peek(dir)
-                .is_some_and(|own| own.checked.elapsed() < COHERENCE)
+                .is_some_and(|listing| listing.checked.elapsed() < COHERENCE)
         });
-        let absent_for = match own {
+        let absent_for = match checked {
             true => self.config.dir_timeout,
             false => COHERENCE,
         };
@@ -312,10 +313,10 @@ impl MetaCache {
         (!listed.iter().any(|n| n[..] == *name)).then_some(Known::Missing)
     }
 
-    /// The directory of `path`, when it is one of the mount's own last changed or checked more
-    /// than [`COHERENCE`] ago: its mtime is to be asked before a name missing from it is taken
-    /// as missing (see [`MetaCache::own_checked`]).
-    pub fn own_to_check(&self, path: &[u8]) -> Option<OwnCheck> {
+    /// The directory of `path`, when its listing was taken, changed or checked more than
+    /// [`COHERENCE`] ago: its mtime is to be asked before a name missing from it is taken as
+    /// missing (see [`MetaCache::listing_checked`]).
+    pub fn listing_to_check(&self, path: &[u8]) -> Option<ListingCheck> {
         let (dir, _) = split(path)?;
         let inner = self.inner.lock().unwrap();
         // The server itself said so within the second: as good as asking it again, whatever
@@ -329,39 +330,39 @@ impl MetaCache {
         {
             return None;
         }
-        self.own_check_of(&inner, dir)
+        self.check_of(&inner, dir)
     }
 
     /// The listings due a check, other than `except`'s, the ones listed or checked last
-    /// first, `n` at most (see [`MetaCache::own_to_check`]).
-    pub fn listings_due(&self, except: &[u8], n: usize) -> Vec<OwnCheck> {
+    /// first, `n` at most (see [`MetaCache::listing_to_check`]).
+    pub fn listings_due(&self, except: &[u8], n: usize) -> Vec<ListingCheck> {
         let inner = self.inner.lock().unwrap();
         inner
-            .own_listings
+            .checked_listings
             .iter()
             .filter(|(dir, _)| dir[..] != *except)
-            .filter_map(|(dir, _)| self.own_check_of(&inner, dir))
+            .filter_map(|(dir, _)| self.check_of(&inner, dir))
             .take(n)
             .collect()
     }
 
-    /// [`MetaCache::own_to_check`] for the listing of `dir` itself, if the mount made it.
-    pub fn own_dir_to_check(&self, dir: &[u8]) -> Option<OwnCheck> {
+    /// [`MetaCache::listing_to_check`] for the listing of `dir` itself, if the mount made it.
+    pub fn made_listing_to_check(&self, dir: &[u8]) -> Option<ListingCheck> {
         let inner = self.inner.lock().unwrap();
-        let made = inner.own_listings.peek(dir).is_some_and(|o| o.made);
-        made.then(|| self.own_check_of(&inner, dir)).flatten()
+        let made = inner.checked_listings.peek(dir).is_some_and(|o| o.made);
+        made.then(|| self.check_of(&inner, dir)).flatten()
     }
 
-    fn own_check_of(&self, inner: &Inner, dir: &[u8]) -> Option<OwnCheck> {
+    fn check_of(&self, inner: &Inner, dir: &[u8]) -> Option<ListingCheck> {
         if !self.config.enabled {
             return None;
         }
-        let own = inner.own_listings.peek(dir)?;
+        let own = inner.checked_listings.peek(dir)?;
         let listed = inner.dirs.peek(dir)?;
         if own.checked.elapsed() < COHERENCE || listed.at.elapsed() >= self.config.dir_timeout {
             return None;
         }
-        Some(OwnCheck {
+        Some(ListingCheck {
             dir: dir.to_vec(),
             mtime: own.mtime?,
             settled: own.settled,
@@ -369,14 +370,14 @@ impl MetaCache {
         })
     }
 
-    /// What the check of a directory of the mount's own found: `Some(settled)` when its mtime
-    /// is still the one the mount's last change left (`settled`: and its listing was just read
-    /// again, see [`OwnListing::settled`]), `None` when someone else changed it: its missing
-    /// names are asked for again.
-    pub fn own_checked(&self, check: &OwnCheck, unchanged: Option<bool>) {
+    /// What the check of a listing's directory found: `Some(settled)` when its mtime is still
+    /// the one the listing or the mount's last change left (`settled`: and its listing was just
+    /// read again, see [`CheckedListing::settled`]), `None` when someone else changed it: its
+    /// missing names are asked for again.
+    pub fn listing_checked(&self, check: &ListingCheck, unchanged: Option<bool>) {
         let mut inner = self.inner.lock().unwrap();
         if inner
-            .own_listings
+            .checked_listings
             .peek(&check.dir)
             .is_some_and(|own| own.checked != check.since)
         {
@@ -384,16 +385,19 @@ impl MetaCache {
         }
         match unchanged {
             Some(settled) => {
-                // A listing read again replaced the mount's: it is the mount's own again.
-                let made = inner.own_listings.peek(&check.dir).is_some_and(|o| o.made);
-                let own = OwnListing {
+                // A listing read again replaced the one checked: it is checked again.
+                let made = inner
+                    .checked_listings
+                    .peek(&check.dir)
+                    .is_some_and(|o| o.made);
+                let own = CheckedListing {
                     checked: Instant::now(),
                     mtime: Some(check.mtime),
                     made,
                     settled: settled || check.settled,
                 };
                 if inner.dirs.peek(&check.dir).is_some() {
-                    inner.own_listings.put(check.dir.clone(), own);
+                    inner.checked_listings.put(check.dir.clone(), own);
                 }
             }
             None => {
@@ -662,18 +666,18 @@ impl MetaCache {
         // made. Not a time of 0: a server that shows no times for directories.
         match listed.dir_mtime.filter(|&mtime| mtime != 0) {
             Some(mtime) => {
-                let made = inner.own_listings.peek(dir).is_some_and(|o| o.made);
-                let checked = OwnListing {
+                let made = inner.checked_listings.peek(dir).is_some_and(|o| o.made);
+                let checked = CheckedListing {
                     checked: listed.since,
                     mtime: Some(mtime),
                     made,
                     // Listed after the second of its mtime was over: any change since moves it.
                     settled: !racy(mtime, now_secs()),
                 };
-                inner.own_listings.put(dir.to_vec(), checked);
+                inner.checked_listings.put(dir.to_vec(), checked);
             }
             None => {
-                inner.own_listings.pop(dir);
+                inner.checked_listings.pop(dir);
             }
         }
         inner.listed += names.len();
@@ -757,13 +761,13 @@ impl MetaCache {
         }
         if made_dir && self.config.enabled {
             inner.dirs.put(path.to_vec(), Timed::now(Vec::new()));
-            let own = OwnListing {
+            let own = CheckedListing {
                 checked: Instant::now(),
                 mtime: attrs_mtime,
                 made: true,
                 settled: false,
             };
-            inner.own_listings.put(path.to_vec(), own);
+            inner.checked_listings.put(path.to_vec(), own);
         }
     }
 
@@ -874,7 +878,7 @@ impl Inner {
             None => self.names.pop(path),
         };
         let (dir, name) = split(path)?;
-        if let Some(own) = self.own_listings.get_mut(dir) {
+        if let Some(own) = self.checked_listings.get_mut(dir) {
             own.checked = Instant::now();
             own.mtime = dir_now.as_ref().and_then(|a| a.atime_mtime).map(|t| t.1);
             own.settled = false;
@@ -909,7 +913,7 @@ impl Inner {
     }
 
     fn pop_listing(&mut self, dir: &[u8]) {
-        self.own_listings.pop(dir);
+        self.checked_listings.pop(dir);
         if let Some(old) = self.dirs.pop(dir) {
             self.listed -= old.value.len();
         }
@@ -1105,28 +1109,31 @@ mod tests {
         assert_eq!(c.name(b"/r/d/x"), None);
         c.created(b"/r/d/g", attrs(1), Some((c.ticket(), dir_attrs(101))));
         assert_eq!(c.name(b"/r/d/x"), Some(Known::Missing));
-        assert!(c.own_to_check(b"/r/d/x").is_none(), "checked a moment ago");
+        assert!(
+            c.listing_to_check(b"/r/d/x").is_none(),
+            "checked a moment ago"
+        );
         std::thread::sleep(COHERENCE + Duration::from_millis(100));
         assert_eq!(c.name(b"/r/d/x"), None);
-        let check = c.own_to_check(b"/r/d/x").unwrap();
+        let check = c.listing_to_check(b"/r/d/x").unwrap();
         assert_eq!(
             (&check.dir[..], check.mtime, check.settled),
             (&b"/r/d"[..], 101, false)
         );
-        c.own_checked(&check, Some(true));
+        c.listing_checked(&check, Some(true));
         assert_eq!(c.name(b"/r/d/x"), Some(Known::Missing));
         std::thread::sleep(COHERENCE + Duration::from_millis(100));
-        let check = c.own_to_check(b"/r/d/x").unwrap();
+        let check = c.listing_to_check(b"/r/d/x").unwrap();
         assert!(check.settled);
         // Someone else changed it.
-        c.own_checked(&check, None);
+        c.listing_checked(&check, None);
         assert_eq!(c.name(b"/r/d/x"), None);
-        assert!(c.own_to_check(b"/r/d/x").is_none());
+        assert!(c.listing_to_check(b"/r/d/x").is_none());
         c.created(b"/r/e", dir_attrs(100), None);
         // Attributes: kept for a stat, asked again for an open.
         assert_eq!(c.name(b"/r/a"), Some(Known::Attrs(attrs(1))));
         assert_eq!(c.name_for_open(b"/r/a"), None);
-        // Listed from the server: no longer the mount's own.
+        // Listed from the server without its directory's mtime: nothing to check it by.
         assert_eq!(c.name(b"/r/e/x"), Some(Known::Missing));
         c.put_listing(
             c.ticket(),
@@ -1142,14 +1149,20 @@ mod tests {
     #[test]
     fn a_name_the_server_just_said_is_missing_needs_no_check_of_its_own_directory() {
         let c = own_dir_due();
-        assert!(c.own_to_check(b"/r/d/x").is_some(), "the directory is due");
+        assert!(
+            c.listing_to_check(b"/r/d/x").is_some(),
+            "the directory is due"
+        );
         c.put_name(c.ticket(), b"/r/d/x".to_vec(), Known::Missing);
         assert_eq!(c.name(b"/r/d/x"), Some(Known::Missing));
-        assert!(c.own_to_check(b"/r/d/x").is_none());
-        assert!(c.own_to_check(b"/r/d/y").is_some(), "only the name asked");
+        assert!(c.listing_to_check(b"/r/d/x").is_none());
+        assert!(
+            c.listing_to_check(b"/r/d/y").is_some(),
+            "only the name asked"
+        );
         std::thread::sleep(COHERENCE + Duration::from_millis(100));
         assert!(
-            c.own_to_check(b"/r/d/x").is_some(),
+            c.listing_to_check(b"/r/d/x").is_some(),
             "asked more than a second ago"
         );
     }
@@ -1159,18 +1172,18 @@ mod tests {
         let c = own_dir_due();
         // The check's LSTAT of the directory went out, then the mount made a name in it (the
         // mtime moved to 101), then the check came back.
-        let check = c.own_to_check(b"/r/d/x").unwrap();
+        let check = c.listing_to_check(b"/r/d/x").unwrap();
         c.created(b"/r/d/g", attrs(1), Some((c.ticket(), dir_attrs(101))));
-        c.own_checked(&check, None);
+        c.listing_checked(&check, None);
         assert_eq!(
             c.name(b"/r/d/x"),
             Some(Known::Missing),
             "the listing is kept"
         );
         // A re-listing begun before the change does not put the old mtime back.
-        c.own_checked(&check, Some(true));
+        c.listing_checked(&check, Some(true));
         std::thread::sleep(COHERENCE + Duration::from_millis(100));
-        let check = c.own_to_check(b"/r/d/x").unwrap();
+        let check = c.listing_to_check(b"/r/d/x").unwrap();
         assert_eq!((check.mtime, check.settled), (101, false));
     }
 

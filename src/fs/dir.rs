@@ -9,7 +9,7 @@ use bytes::Bytes;
 use fuser::{FileAttr, FileType};
 use tracing::warn;
 
-use super::cache::{COHERENCE, Known, Listed, OwnCheck, parent};
+use super::cache::{COHERENCE, Known, Listed, ListingCheck, parent};
 use super::inode::{Identity, ROOT, join, now_secs, racy};
 use super::{Core, FsResult, is_dir, is_symlink};
 use crate::sftp::proto::Attrs;
@@ -79,12 +79,12 @@ pub(super) struct Directories {
     open: Mutex<HashMap<u64, Arc<DirHandle>>>,
     in_flight: Mutex<HashMap<Vec<u8>, ListingWatch>>,
     prefetch: Mutex<DirPrefetch>,
-    /// Directories of the mount's own to read again in the background (see
+    /// Checked listings to read again in the background (see
     /// [`Core::relist_later`]), each once however many lookups found it due, and the
-    /// queue's reader's end, taken by [`Core::settle_own_listings`].
+    /// queue's reader's end, taken by [`Core::settle_checked_listings`].
     relisting: Mutex<HashSet<Vec<u8>>>,
-    to_relist: tokio::sync::mpsc::UnboundedSender<OwnCheck>,
-    relister: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<OwnCheck>>>,
+    to_relist: tokio::sync::mpsc::UnboundedSender<ListingCheck>,
+    relister: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<ListingCheck>>>,
     /// Directories below a burst's, to fetch ahead (see [`Core::burst_listing`]), and the
     /// queue's reader's end, taken by [`Core::prefetch_below_bursts`].
     to_prefetch: tokio::sync::mpsc::UnboundedSender<ToPrefetch>,
@@ -251,10 +251,10 @@ impl Core {
         let path = self.inodes.path(ino)?;
         // A listing the mount keeps up to date itself is read as its lookups are: as long as
         // the directory's mtime, asked once a second, is the one the mount's changes left.
-        if let Some(check) = self.cache.own_dir_to_check(&path)
-            && let Some(due) = self.check_own_listing(check).await
+        if let Some(check) = self.cache.made_listing_to_check(&path)
+            && let Some(due) = self.check_listing(check).await
         {
-            self.relist_own(&due).await;
+            self.relist_checked(&due).await;
         }
         let pending = self.pending_paths();
         let entries = match self.cache.listing(&path, |p| !pending.contains(p)) {
@@ -276,26 +276,26 @@ impl Core {
         })
     }
 
-    /// Whether a directory the mount made is still as its listing has it, asked once a second
-    /// (its mtime) rather than once per missing name. SFTP v3 times are whole seconds: a change
-    /// by someone else within the second of the mount's last change leaves the mtime, so once
-    /// that second is over the listing is read again, once: returned when that is due (see
-    /// [`Core::relist_own`], [`Core::relist_later`]).
-    pub(super) async fn check_own_listing(&self, check: OwnCheck) -> Option<OwnCheck> {
+    /// Whether a directory is still as its listing has it, asked once a second (its mtime)
+    /// rather than once per missing name. SFTP v3 times are whole seconds: a change by someone
+    /// else within the second of the listing or of the mount's last change leaves the mtime, so
+    /// once that second is over the listing is read again, once: returned when that is due (see
+    /// [`Core::relist_checked`], [`Core::relist_later`]).
+    pub(super) async fn check_listing(&self, check: ListingCheck) -> Option<ListingCheck> {
         let dir = &check.dir;
         let now = self.idempotent(|s| async move { s.lstat(dir).await }).await;
         let mtime = now.ok().and_then(|a| a.atime_mtime).map(|t| t.1);
-        self.own_listing_checked(check, mtime)
+        self.listing_check_found(check, mtime)
     }
 
     /// What a check of a listing found: its directory's mtime now (`None`: gone, or none).
-    fn own_listing_checked(&self, check: OwnCheck, mtime: Option<u32>) -> Option<OwnCheck> {
+    fn listing_check_found(&self, check: ListingCheck, mtime: Option<u32>) -> Option<ListingCheck> {
         if mtime != Some(check.mtime) {
-            self.cache.own_checked(&check, None);
+            self.cache.listing_checked(&check, None);
             return None;
         }
         if check.settled {
-            self.cache.own_checked(&check, Some(false));
+            self.cache.listing_checked(&check, Some(false));
             return None;
         }
         // Racy: not yet, asked again at the next lookup.
@@ -303,7 +303,7 @@ impl Core {
     }
 
     /// A name missing from a listing was looked up once its directory was due a check (see
-    /// [`Core::check_own_listing`]): the other listings due are checked in the same round trip,
+    /// [`Core::check_listing`]): the other listings due are checked in the same round trip,
     /// their directories' mtimes asked all at once, so that the lookups that follow in them
     /// (git's `.gitignore` in every directory, a compiler's include path) find their names
     /// missing without a round trip each. One sweep at a time, [`SWEEP_LISTINGS`] at most.
@@ -333,7 +333,7 @@ impl Core {
                 Err(SftpError::ConnectionLost) => return,
                 Err(_) => None,
             };
-            if let Some(due) = self.own_listing_checked(check, mtime) {
+            if let Some(due) = self.listing_check_found(check, mtime) {
                 self.relist_later(due);
             }
         }
@@ -395,16 +395,16 @@ impl Core {
         }
     }
 
-    /// Reads a directory of the mount's own again, as `due` found it should be.
-    async fn relist_own(&self, due: &OwnCheck) {
+    /// Reads a checked listing again, as `due` found it should be.
+    async fn relist_checked(&self, due: &ListingCheck) {
         let relisted = self.fetch_listing(&due.dir).await.is_ok();
-        self.cache.own_checked(due, relisted.then_some(true));
+        self.cache.listing_checked(due, relisted.then_some(true));
     }
 
-    /// [`Core::relist_own`] in the background: a lookup, which asked its own name alongside the
-    /// check, does not wait two round trips more for names it did not ask about. Until it is
-    /// read again, the next lookup there checks again.
-    pub(super) fn relist_later(&self, due: OwnCheck) {
+    /// [`Core::relist_checked`] in the background: a lookup, which asked its own name alongside
+    /// the check, does not wait two round trips more for names it did not ask about. Until it
+    /// is read again, the next lookup there checks again.
+    pub(super) fn relist_later(&self, due: ListingCheck) {
         if self.dirs.relisting.lock().unwrap().insert(due.dir.clone()) {
             let _ = self.dirs.to_relist.send(due);
         }
@@ -412,7 +412,7 @@ impl Core {
 
     /// Reads again the directories lookups found due (see [`Core::relist_later`]), a few at
     /// once. Runs for the mount's life.
-    pub(super) async fn settle_own_listings(self: Arc<Self>) {
+    pub(super) async fn settle_checked_listings(self: Arc<Self>) {
         let Some(mut due) = self.dirs.relister.lock().unwrap().take() else {
             return;
         };
@@ -423,7 +423,7 @@ impl Core {
             }
             let core = self.clone();
             reading.spawn(async move {
-                core.relist_own(&check).await;
+                core.relist_checked(&check).await;
                 core.dirs.relisting.lock().unwrap().remove(&check.dir);
             });
         }
@@ -569,7 +569,7 @@ impl Core {
     /// coming) and the CLOSE is not waited for: on a far link a listing costs two round trips
     /// where one READDIR at a time would cost one per batch, plus one for the end, plus the CLOSE.
     /// With the entries, the directory's mtime asked right before them (on the same channel,
-    /// in the same round trip): a later change moves it (see [`Core::check_own_listing`]).
+    /// in the same round trip): a later change moves it (see [`Core::check_listing`]).
     async fn list_dir(&self, path: &[u8]) -> FsResult<(Vec<(Bytes, Attrs)>, Option<u32>)> {
         let follow = self.config.symlinks.follow;
         self.idempotent(|session| async move {

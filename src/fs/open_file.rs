@@ -121,7 +121,7 @@ impl Core {
     pub async fn background_work(self: Arc<Self>) {
         tokio::join!(
             self.clone().follow_reconnections(),
-            self.clone().settle_own_listings(),
+            self.clone().settle_checked_listings(),
             self.clone().prefetch_below_bursts()
         );
     }
