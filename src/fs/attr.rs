@@ -277,7 +277,7 @@ impl Core {
                 None => {
                     own_check = self.cache.listing_to_check(path);
                     if own_check.is_none() {
-                        match self.burst_listing(path).await {
+                        match self.burst_listing(path, for_open).await {
                             Some(Known::Attrs(attrs)) => return Ok(attrs),
                             Some(Known::Missing) => return Err(libc::ENOENT),
                             None => {}

@@ -598,6 +598,11 @@ impl MetaCache {
         Some(out)
     }
 
+    /// Whether the cache still holds a listing of `dir`, timed out or not.
+    pub fn listed_before(&self, dir: &[u8]) -> bool {
+        self.config.enabled && self.inner.lock().unwrap().dirs.peek(dir).is_some()
+    }
+
     /// Whether `dir` was listed within the listing timeout and had more names than the cache
     /// keeps.
     pub fn too_large(&self, dir: &[u8]) -> bool {

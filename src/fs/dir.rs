@@ -140,9 +140,10 @@ impl Directories {
         self.open.lock().unwrap().remove(&fh);
     }
 
-    /// Counts a stat of a name in `dir` that missed the cache; `true` when it makes a burst
-    /// whose directory is to be listed now.
-    fn burst(&self, dir: &[u8]) -> bool {
+    /// Counts a stat of a name in `dir` that missed the cache: whether it makes a burst whose
+    /// directory is to be listed now, or (`listed_before`: the mount had a listing of it, now
+    /// timed out) the first miss of one, the directory to be listed behind it.
+    fn burst(&self, dir: &[u8], listed_before: bool) -> BurstListing {
         let now = std::time::Instant::now();
         let mut bursts = self.bursts.lock().unwrap();
         let burst = bursts.get_or_insert_mut(dir.to_vec(), || Burst {
@@ -155,15 +156,30 @@ impl Directories {
             burst.misses = 0;
         }
         burst.misses += 1;
-        let due = burst.misses >= BURST_MISSES
-            && burst
-                .listed
-                .is_none_or(|at| now.duration_since(at) > COHERENCE);
-        if due {
-            burst.listed = Some(now);
+        if burst
+            .listed
+            .is_some_and(|at| now.duration_since(at) <= COHERENCE)
+        {
+            return BurstListing::No;
         }
-        due
+        let listing = match burst.misses {
+            n if n >= BURST_MISSES => BurstListing::Now,
+            1 if listed_before => BurstListing::Behind,
+            _ => return BurstListing::No,
+        };
+        burst.listed = Some(now);
+        listing
     }
+}
+
+/// What a stat that missed the cache does about its directory's listing.
+#[derive(PartialEq)]
+enum BurstListing {
+    No,
+    /// Lists it and answers from the listing.
+    Now,
+    /// Has it listed in the background, and asks for its own name meanwhile.
+    Behind,
 }
 
 /// Directories whose listings are to be fetched ahead (top = next), the workers doing it, and
@@ -343,44 +359,63 @@ impl Core {
     /// directory (git status, make, an IDE's scan, all again once the attribute timeout has
     /// passed): one listing answers them all (READDIR gives every entry's attributes) where
     /// each would cost an LSTAT, one round trip. `None`: ask the server for the name itself.
-    pub(super) async fn burst_listing(&self, path: &[u8]) -> Option<Known> {
+    /// `for_open`: the stat of an open, which waits for nothing but its own LSTAT (one round
+    /// trip, where a listing costs two).
+    pub(super) async fn burst_listing(&self, path: &[u8], for_open: bool) -> Option<Known> {
         let dir = parent(path)?;
         if !self.config.cache.enabled || self.cache.too_large(dir) {
             return None;
         }
         // A listing on its way (fetched ahead for a scan, or for another burst) answers it.
         let listing_coming = self.dirs.in_flight.lock().unwrap().contains_key(dir);
-        if listing_coming {
+        if listing_coming && !for_open {
             self.fetch_listing(dir).await.ok()?;
             return self.cache.name(path);
         }
-        if !self.dirs.burst(dir) {
-            return None;
+        let listed_before = !for_open && self.cache.listed_before(dir);
+        match self.dirs.burst(dir, listed_before) {
+            BurstListing::Now => {
+                let entries = self.fetch_listing(dir).await.ok()?;
+                let below = entries
+                    .iter()
+                    .filter(|(_, attrs)| is_dir(attrs))
+                    .map(|(name, _)| join(dir, name))
+                    .collect();
+                self.scan_next(dir, below, 1);
+                self.cache.name(path)
+            }
+            // Its names asked again once the listing timed out (git status after the
+            // attribute timeout): listed in the background as for a burst, the stats that
+            // follow waiting for it instead of each asking, while this one asks for its own
+            // name rather than wait two round trips.
+            BurstListing::Behind => {
+                self.scan_next(dir, vec![dir.to_vec()], 0);
+                None
+            }
+            BurstListing::No => None,
         }
-        let entries = self.fetch_listing(dir).await.ok()?;
-        // A burst is a scan of the tree (git's preload threads, make, an IDE indexing): the
-        // directories below and beside come next, fetched ahead as for a walk, where each
-        // would cost a lookup and a burst of its own, one directory after another.
-        if self.config.dir_prefetch {
-            // Beside: each listed alone, not walked (the scan may never go there).
-            let beside: Vec<Vec<u8>> = parent(dir)
-                .and_then(|up| self.cache.subdirs(up))
-                .into_iter()
-                .flatten()
-                .filter(|sibling| sibling[..] != *dir)
-                .collect();
-            let below: Vec<Vec<u8>> = entries
-                .iter()
-                .filter(|(_, attrs)| is_dir(attrs))
-                .map(|(name, _)| join(dir, name))
-                .collect();
-            for (paths, depth) in [(beside, DIR_PREFETCH_DEPTH), (below, 1)] {
-                if !paths.is_empty() {
-                    let _ = self.dirs.to_prefetch.send((paths, depth));
-                }
+    }
+
+    /// A burst is a scan of the tree (git's preload threads, make, an IDE indexing): the
+    /// directories `below` (at `depth` under the burst's `dir`) and beside it come next,
+    /// fetched ahead as for a walk, where each would cost a lookup and a burst of its own, one
+    /// directory after another.
+    fn scan_next(&self, dir: &[u8], below: Vec<Vec<u8>>, depth: u32) {
+        if !self.config.dir_prefetch {
+            return;
+        }
+        // Beside: each listed alone, not walked (the scan may never go there).
+        let beside: Vec<Vec<u8>> = parent(dir)
+            .and_then(|up| self.cache.subdirs(up))
+            .into_iter()
+            .flatten()
+            .filter(|sibling| sibling[..] != *dir)
+            .collect();
+        for (paths, depth) in [(beside, DIR_PREFETCH_DEPTH), (below, depth)] {
+            if !paths.is_empty() {
+                let _ = self.dirs.to_prefetch.send((paths, depth));
             }
         }
-        self.cache.name(path)
     }
 
     /// Fetches ahead the directories below bursts (see [`Core::burst_listing`]). Runs for the
