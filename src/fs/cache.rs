@@ -376,20 +376,14 @@ impl MetaCache {
     /// missing names are asked for again.
     pub fn listing_checked(&self, check: &ListingCheck, unchanged: Option<bool>) {
         let mut inner = self.inner.lock().unwrap();
-        if inner
-            .checked_listings
-            .peek(&check.dir)
-            .is_some_and(|own| own.checked != check.since)
-        {
+        let current = inner.checked_listings.peek(&check.dir).copied();
+        if current.is_some_and(|listing| listing.checked != check.since) {
             return;
         }
         match unchanged {
             Some(settled) => {
                 // A listing read again replaced the one checked: it is checked again.
-                let made = inner
-                    .checked_listings
-                    .peek(&check.dir)
-                    .is_some_and(|o| o.made);
+                let made = current.is_some_and(|listing| listing.made);
                 let own = CheckedListing {
                     checked: Instant::now(),
                     mtime: Some(check.mtime),

@@ -612,7 +612,14 @@ impl Core {
         self.idempotent(|session| async move {
             let dir = session.lstat(path);
             let mut entries = Self::list_dir_on(session.clone(), path).await?;
-            let dir_mtime = dir.await.ok().and_then(|a| a.atime_mtime).map(|t| t.1);
+            // Only a directory's own: a symlink followed to one (`follow_symlinks`) has the
+            // link's mtime, which no change in the directory moves.
+            let dir_mtime = dir
+                .await
+                .ok()
+                .filter(is_dir)
+                .and_then(|a| a.atime_mtime)
+                .map(|t| t.1);
             if follow {
                 follow_links(&session, path, &mut entries).await;
             }

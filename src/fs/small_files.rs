@@ -37,6 +37,11 @@ use crate::sftp::proto::{Attrs, open_flags};
 /// `OpenFiles::channel_for`), and read ahead whole when their directory is read file by file.
 pub(super) const SMALL_FILE: u64 = 128 * 1024;
 
+/// A regular file of at most [`SMALL_FILE`] bytes.
+fn small(attrs: &Attrs) -> bool {
+    is_regular(attrs) && attrs.size.is_some_and(|s| s <= SMALL_FILE)
+}
+
 /// Files fetched ahead after the first open in a directory; doubled on each open that keeps to
 /// the listing's order, up to `MAX_WINDOW`.
 const FIRST_WINDOW: usize = 2;
@@ -261,33 +266,34 @@ impl Core {
             return;
         };
         let (dir, name) = (&path[..slash.max(1)], &path[slash + 1..]);
-        let small = |a: &Attrs| is_regular(a) && a.size.is_some_and(|s| s <= SMALL_FILE);
         let mut state = self.files.small.state.lock().unwrap();
         let scanning = state.scanned_at.is_some_and(|t| t.elapsed() < SCAN_SPAN);
-        let last = state.streams.pop(dir);
+        let mut last = state.streams.pop(dir);
+        // A directory read whole goes by name: its listing's order is not looked for (a search
+        // of the listing at every open, the position never where the last open left it).
+        if let Some(Stream {
+            whole: Some(whole), ..
+        }) = last.as_mut()
+        {
+            let paths: Vec<Vec<u8>> = whole.ahead_of(name).iter().map(|n| join(dir, n)).collect();
+            state.scanned_at = Some(Instant::now());
+            state.streams.put(dir.to_vec(), last.expect("matched"));
+            self.fetch_ahead(&mut state, paths);
+            return;
+        }
         let hint = last.as_ref().map_or(0, |s| s.at + 1);
         let Some((at, ahead)) = self.cache.names_after(dir, name, hint, MAX_WINDOW, small) else {
             return;
         };
         let follows = |s: &Stream| at == s.at || (at > s.at && at <= s.at + 1 + s.window);
         let before = last.as_ref().map(|s| (s.at, s.window));
-        let whole = match last {
-            Some(Stream {
-                whole: Some(whole), ..
-            }) => Some(whole),
-            Some(ref s) if follows(s) => None,
-            // Twice out of the listing's order, or a scan coming to a new directory.
-            Some(_) => self
-                .cache
-                .names_sorted(dir, WHOLE_MAX_FILES, small)
-                .map(Whole::new),
-            None if scanning => self
-                .cache
-                .names_sorted(dir, WHOLE_MAX_FILES, small)
-                .map(Whole::new),
-            None => None,
-        };
-        let (window, paths) = match whole {
+        // Twice out of the listing's order, or a scan coming to a new directory.
+        let strays = last.as_ref().map_or(scanning, |s| !follows(s));
+        let whole = strays
+            .then(|| self.cache.names_sorted(dir, WHOLE_MAX_FILES, small))
+            .flatten()
+            .map(Whole::new);
+        let paths: Vec<Vec<u8>> = match whole {
             Some(mut whole) => {
                 let paths: Vec<Vec<u8>> =
                     whole.ahead_of(name).iter().map(|n| join(dir, n)).collect();
@@ -298,7 +304,7 @@ impl Core {
                     whole: Some(whole),
                 };
                 state.streams.put(dir.to_vec(), stream);
-                (usize::MAX, paths)
+                paths
             }
             None => {
                 let window = match before {
@@ -313,10 +319,19 @@ impl Core {
                     whole: None,
                 };
                 state.streams.put(dir.to_vec(), stream);
-                (window, ahead.into_iter().map(|(path, _)| path).collect())
+                ahead
+                    .into_iter()
+                    .take(window)
+                    .map(|(path, _)| path)
+                    .collect()
             }
         };
-        for path in paths.into_iter().take(window) {
+        self.fetch_ahead(&mut state, paths);
+    }
+
+    /// Fetches `paths` whole in the background, those not held or being fetched already.
+    fn fetch_ahead(self: &Arc<Self>, state: &mut State, paths: Vec<Vec<u8>>) {
+        for path in paths {
             if state.fetching.contains_key(&path) || self.cache.contents(&path).is_some() {
                 continue;
             }
