@@ -263,3 +263,96 @@ fn stats_across_a_tree_cost_about_a_listing_per_directory() {
         sleep(Duration::from_millis(5500));
     }
 }
+
+/// Every git command asks for a dozen names its `.git` lacks (MERGE_HEAD, rebase-merge,
+/// shallow, ...), one after another. Once the listing of `.git` timed out, the first of them
+/// has it listed again behind its own LSTAT and the rest are answered by that listing, not an
+/// LSTAT each; a name made on the server meanwhile is found.
+#[test]
+fn names_missing_from_a_git_directory_after_the_timeout_cost_one_listing() {
+    let recorder = SftpRecorder::new();
+    let sshd = Sshd::start_recorded(&recorder);
+    let git = sshd.remote_root().join("repo/.git");
+    fs::create_dir_all(git.join("refs/heads")).unwrap();
+    fs::write(git.join("HEAD"), "ref: refs/heads/main\n").unwrap();
+    let m = Mount::new(&sshd, &["-o", "dcache_timeout=2"]);
+    run("ls", &["-l", "repo/.git"], m.path());
+    fs::write(git.join("MERGE_HEAD"), "0123\n").unwrap();
+    sleep(Duration::from_millis(2500));
+    let missing = [
+        "rebase-apply",
+        "rebase-merge",
+        "CHERRY_PICK_HEAD",
+        "packed-refs",
+        "BISECT_LOG",
+        "REVERT_HEAD",
+        "sequencer",
+        "commondir",
+        "shallow",
+        "MERGE_HEAD",
+    ];
+    let script = format!(
+        "for n in {}; do test -e repo/.git/$n && echo $n; done; true",
+        missing.join(" ")
+    );
+    let before = recorder.settled();
+    let out = run("sh", &["-c", &script], m.path());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "MERGE_HEAD\n");
+    let cost = recorder.settled().since(&before);
+    let asked: Vec<&String> = cost
+        .lstat_paths
+        .keys()
+        .filter(|p| p.contains("/.git/"))
+        .collect();
+    eprintln!("names asked: {asked:?}, listings: {:?}", cost.opened_dirs);
+    assert!(cost.count("OPENDIR") >= 1, "{:?}", cost.by_type);
+    // The first name, and those asked before the listing is on its way.
+    assert!(asked.len() <= 3, "{} names asked: {asked:?}", asked.len());
+}
+
+/// A file read whole ahead has its attributes renewed by the FSTAT sent with its READ: a
+/// program that reads a tree's files and then stats them again (git's first status, then its
+/// second) finds them fresh, counted from the read, not from the listing that found them.
+#[test]
+fn files_read_ahead_keep_fresh_attributes_after_their_listing_timed_out() {
+    let recorder = SftpRecorder::new();
+    let sshd = Sshd::start_recorded(&recorder);
+    let dir = sshd.remote_root().join("src");
+    fs::create_dir(&dir).unwrap();
+    let names: Vec<String> = (0..24).map(|i| format!("f{:02}.h", (i * 7) % 24)).collect();
+    for name in &names {
+        fs::write(dir.join(name), format!("{name}\n").repeat(40)).unwrap();
+    }
+    // Listed after the second of the directory's mtime: read once, not again after it.
+    sleep(Duration::from_millis(1100));
+    let m = Mount::new(&sshd, &["-o", "dcache_timeout=4"]);
+    let listed = std::time::Instant::now();
+    run("ls", &["-l", "src"], m.path());
+    sleep(Duration::from_millis(1500));
+    let mut sorted = names.clone();
+    sorted.sort();
+    for name in &sorted {
+        assert_eq!(
+            fs::read(m.join("src").join(name)).unwrap(),
+            fs::read(dir.join(name)).unwrap()
+        );
+    }
+    // The listing (and what the kernel was told with it) has timed out; the reads have not.
+    sleep(Duration::from_millis(4500).saturating_sub(listed.elapsed()));
+    let before = recorder.settled();
+    let args: Vec<String> = sorted.iter().map(|n| format!("src/{n}")).collect();
+    let out = run("stat", &args, m.path());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 24 * 8);
+    let cost = recorder.settled().since(&before);
+    eprintln!("stat after the timeout: {:?}", cost.by_type);
+    let asked: Vec<&String> = cost
+        .lstat_paths
+        .keys()
+        .filter(|p| p.contains("/src/"))
+        .collect();
+    assert!(
+        asked.is_empty() && !cost.opened_dirs.keys().any(|d| d.ends_with("/src")),
+        "files asked again: {asked:?}, listings: {:?}",
+        cost.opened_dirs
+    );
+}

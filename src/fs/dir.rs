@@ -230,6 +230,20 @@ impl DirPrefetch {
     }
 }
 
+/// A repository's `.git`, or a directory in it.
+fn in_git_dir(dir: &[u8]) -> bool {
+    dir.ends_with(b"/.git") || dir.windows(6).any(|w| w == b"/.git/")
+}
+
+/// Directories to fetch ahead of a walk or a scan, without a repository's `.git`: the tools
+/// that scan work trees (git's own scan among them) skip it, and its 256 object directories
+/// would push the work tree's off the stack. A walker that goes into it has it read, and
+/// what is below it fetched ahead.
+fn not_git_dirs(mut paths: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+    paths.retain(|path| !path.ends_with(b"/.git"));
+    paths
+}
+
 /// A listing being fetched, for others who want it too.
 type ListingWatch = tokio::sync::watch::Receiver<Option<FsResult<Vec<(Bytes, Attrs)>>>>;
 
@@ -402,8 +416,18 @@ impl Core {
     /// directories `below` (at `depth` under the burst's `dir`) and beside it come next,
     /// fetched ahead as for a walk, where each would cost a lookup and a burst of its own, one
     /// directory after another.
-    fn scan_next(&self, dir: &[u8], below: Vec<Vec<u8>>, depth: u32) {
+    fn scan_next(&self, dir: &[u8], mut below: Vec<Vec<u8>>, depth: u32) {
         if !self.config.dir_prefetch {
+            return;
+        }
+        // git reaches into its own directory by name (objects by hash, refs, HEAD), it does
+        // not scan it: a burst there lists that directory only, not the 256 object
+        // directories beside or below it.
+        if in_git_dir(dir) {
+            below.retain(|path| path[..] == *dir);
+            if !below.is_empty() {
+                let _ = self.dirs.to_prefetch.send((below, DIR_PREFETCH_DEPTH));
+            }
             return;
         }
         // Beside: each listed alone, not walked (the scan may never go there).
@@ -413,6 +437,7 @@ impl Core {
             .flatten()
             .filter(|sibling| sibling[..] != *dir)
             .collect();
+        let (beside, below) = (not_git_dirs(beside), not_git_dirs(below));
         for (paths, depth) in [(beside, DIR_PREFETCH_DEPTH), (below, depth)] {
             if !paths.is_empty() {
                 let _ = self.dirs.to_prefetch.send((paths, depth));
@@ -545,18 +570,16 @@ impl Core {
         };
         // The walker's next steps: this directory's subdirectories first (on top), then the
         // rest of its parent's.
-        self.push_prefetch(siblings, 1);
-        self.push_prefetch(paths, 1);
+        self.push_prefetch(not_git_dirs(siblings), 1);
+        self.push_prefetch(not_git_dirs(paths), 1);
     }
 
     fn push_prefetch(self: &Arc<Self>, paths: Vec<Vec<u8>>, depth: u32) {
-        // A repository's `.git` is not fetched ahead of a walker that has not gone into it:
-        // the tools that scan work trees (git's own scan among them) skip it, and its 256
-        // object directories would push the work tree's off the stack.
-        let paths = paths.into_iter().filter(|p| !p.ends_with(b"/.git"));
         let mut state = self.dirs.prefetch.lock().unwrap();
         // Reversed: the first in name order ends on top.
-        state.stack.extend(paths.rev().map(|path| (path, depth)));
+        state
+            .stack
+            .extend(paths.into_iter().rev().map(|path| (path, depth)));
         while state.stack.len() > DIR_PREFETCH_STACK {
             state.stack.pop_front();
         }
@@ -593,8 +616,8 @@ impl Core {
                     Err(_) => Vec::new(),
                 },
             };
+            let mut below = not_git_dirs(below);
             if depth < DIR_PREFETCH_DEPTH && !below.is_empty() {
-                let mut below = below;
                 below.sort();
                 self.push_prefetch(below, depth + 1);
             }

@@ -358,9 +358,12 @@ impl Core {
         }
     }
 
-    /// OPEN, READ of all of it with the end confirmed in the same round trip, CLOSE not waited
-    /// for; kept only if it is all of the file `attrs` describe, and nothing changed through
-    /// the mount meanwhile (the cache's ticket).
+    /// OPEN, READ of all of it with the end confirmed and an FSTAT in the same round trip,
+    /// CLOSE not waited for; kept only if it is all of the file `attrs` describe, the FSTAT
+    /// still shows them, and nothing changed through the mount meanwhile (the cache's ticket).
+    /// The FSTAT also renews the name's attributes: a program that reads a tree's files
+    /// (git's first status) finds them fresh when it stats them again (its next status),
+    /// instead of all timing out together, counted from the listing that found them.
     async fn fetch_whole(&self, path: &[u8], attrs: Attrs) {
         let ticket = self.cache.ticket();
         let Some(size) = attrs.size else { return };
@@ -369,13 +372,24 @@ impl Core {
         };
         // One byte past the end: the READ of that byte must come back empty.
         let max = self.features.max_read;
-        let data = read_range(&file.source, 0, size as u32 + 1, max, Some(size)).await;
+        let read = read_range(&file.source, 0, size as u32 + 1, max, Some(size));
+        let fstat = async {
+            let own = file.source.file.now().ok()?;
+            own.session.fstat(own.handle.clone()).await.ok()
+        };
+        let (data, now) = tokio::join!(read, fstat);
         file.close(self);
+        let key = |a: &Attrs| (a.size, a.atime_mtime.map(|t| t.1));
+        let Some(now) = now.filter(|now| key(now) == key(&attrs)) else {
+            return;
+        };
         if let Ok(data) = data
             && data.len() as u64 == size
         {
-            let contents = Contents::read_now(attrs, data);
+            let contents = Contents::read_now(now.clone(), data);
             self.cache.put_contents(ticket, path.to_vec(), contents);
+            self.cache
+                .put_name(ticket, path.to_vec(), Known::Attrs(now));
         }
     }
 
