@@ -56,6 +56,26 @@ pub struct FuseAdapter {
     ttl: KernelTtl,
     /// Flags every open file gets (`direct_io`: FOPEN_DIRECT_IO).
     open_flags: FopenFlags,
+    kernel: KernelNotices,
+}
+
+/// Notices to the kernel about what it caches, once the session is up (see
+/// [`FuseAdapter::kernel_notices`]).
+#[derive(Clone, Default)]
+pub struct KernelNotices(Arc<std::sync::OnceLock<fuser::Notifier>>);
+
+impl KernelNotices {
+    pub fn set(&self, notifier: fuser::Notifier) {
+        let _ = self.0.set(notifier);
+    }
+
+    /// The kernel asks `ino`'s attributes again before it uses them (an offset of -1: not
+    /// its pages). Lost if the kernel does not know the inode any more: nothing to forget.
+    fn forget_attrs(&self, ino: INodeNo) {
+        if let Some(notifier) = self.0.get() {
+            let _ = notifier.inval_inode(ino, -1, 0);
+        }
+    }
 }
 
 impl FuseAdapter {
@@ -75,7 +95,13 @@ impl FuseAdapter {
             rt,
             ttl,
             open_flags,
+            kernel: KernelNotices::default(),
         }
+    }
+
+    /// Where to hand the session's notifier once it exists (it is made with the adapter).
+    pub fn kernel_notices(&self) -> KernelNotices {
+        self.kernel.clone()
     }
 
     fn spawn<F>(&self, task: impl FnOnce(Arc<Core>) -> F)
@@ -331,16 +357,21 @@ impl Filesystem for FuseAdapter {
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let caller = req.pid();
         let open_flags = self.open_flags;
+        let kernel = self.kernel.clone();
         self.spawn(|core| async move {
             match core.open(ino.0, flags.0, caller).await {
-                Ok(opened) => reply.opened(
-                    FileHandle(opened.fh),
-                    if opened.keep_cache {
+                Ok(opened) => {
+                    // Before the reply: the kernel reads once it has it.
+                    if opened.shown_stale {
+                        kernel.forget_attrs(ino);
+                    }
+                    let flags = if opened.keep_cache {
                         open_flags | FopenFlags::FOPEN_KEEP_CACHE
                     } else {
                         open_flags
-                    },
-                ),
+                    };
+                    reply.opened(FileHandle(opened.fh), flags);
+                }
                 Err(e) => reply.error(errno(e)),
             }
         });

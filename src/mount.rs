@@ -180,6 +180,7 @@ pub fn run(opts: Options, mountpoint: PathBuf, ready: Option<ReadyPipe>) -> anyh
         negative: opts.negative_timeout,
     };
     let adapter = FuseAdapter::new(core.clone(), runtime.handle().clone(), ttl, opts.direct_io);
+    let kernel_notices = adapter.kernel_notices();
     let mut config = fuser::Config::default();
     config.mount_options = mount_options(&opts);
     // auto_unmount goes through fusermount3, which takes it only with allow_other or
@@ -204,6 +205,7 @@ pub fn run(opts: Options, mountpoint: PathBuf, ready: Option<ReadyPipe>) -> anyh
             bail!(msg);
         }
     };
+    kernel_notices.set(session.notifier());
     info!("mounted {} on {}", source_name(&opts), mountpoint.display());
     let _status = {
         let _in_runtime = runtime.enter();

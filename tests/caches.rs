@@ -929,3 +929,70 @@ fn names_missing_from_many_listings_cost_one_round_of_checks() {
         cost.lstat_paths
     );
 }
+
+/// git opens HEAD and its branch three or four times per command. A small file the kernel
+/// keeps the pages of is fetched behind its open (the kernel reads nothing): opened again
+/// within a second it costs no request, later a stat, never an OPEN while it is unchanged;
+/// even after a scan of more small files than the mount keeps; and a change on the server is
+/// seen after about a second.
+#[test]
+fn a_small_file_opened_again_and_again_costs_one_open() {
+    let recorder = SftpRecorder::new();
+    let sshd = Sshd::start_recorded(&recorder);
+    let remote = sshd.remote_root();
+    fs::write(remote.join("HEAD"), "ref: refs/heads/main\n").unwrap();
+    fs::create_dir(remote.join("tree")).unwrap();
+    // 18 MiB of small files: more than the mount keeps of them (16 MiB).
+    for i in 0..144 {
+        fs::write(
+            remote.join(format!("tree/f{i:03}")),
+            vec![b'a' + (i % 26) as u8; 128 << 10],
+        )
+        .unwrap();
+    }
+    sleep(Duration::from_millis(1100));
+    let m = Mount::new(&sshd, &[]);
+    assert_eq!(fs::read(m.join("HEAD")).unwrap(), b"ref: refs/heads/main\n");
+    for i in 0..144 {
+        assert_eq!(
+            fs::read(m.join(format!("tree/f{i:03}"))).unwrap().len(),
+            128 << 10
+        );
+    }
+    sleep(Duration::from_millis(1500));
+    let head = |recorded: &SftpRequests| {
+        let count = |paths: &std::collections::HashMap<String, u64>| {
+            paths
+                .iter()
+                .filter(|(p, _)| p.ends_with("/HEAD"))
+                .map(|(_, n)| n)
+                .sum::<u64>()
+        };
+        (count(&recorded.opened_files), count(&recorded.lstat_paths))
+    };
+    let before = recorder.settled();
+    for _ in 0..3 {
+        assert_eq!(fs::read(m.join("HEAD")).unwrap(), b"ref: refs/heads/main\n");
+    }
+    let (opens, stats) = head(&recorder.settled().since(&before));
+    assert!(
+        opens <= 1 && stats <= 1,
+        "3 opens at once: {opens} OPENs, {stats} LSTATs"
+    );
+    sleep(Duration::from_millis(1500));
+    let before = recorder.settled();
+    for _ in 0..3 {
+        assert_eq!(fs::read(m.join("HEAD")).unwrap(), b"ref: refs/heads/main\n");
+    }
+    let (opens, stats) = head(&recorder.settled().since(&before));
+    assert!(
+        opens == 0 && stats <= 1,
+        "3 opens later: {opens} OPENs, {stats} LSTATs"
+    );
+    fs::write(remote.join("HEAD"), "ref: refs/heads/other\n").unwrap();
+    sleep(Duration::from_millis(1500));
+    assert_eq!(
+        fs::read(m.join("HEAD")).unwrap(),
+        b"ref: refs/heads/other\n"
+    );
+}

@@ -147,15 +147,13 @@ struct Inner {
     /// them ahead again and again would be all cost.
     too_large: LruCache<Vec<u8>, Instant>,
     /// Whole contents of small files, with the attributes they were read under.
-    contents: LruCache<Vec<u8>, Timed<Contents>>,
+    contents: ContentsStore,
     /// Listings whose directories' mtimes are known (from an LSTAT right before the listing, or
     /// right behind a change through the mount, or a mkdir): a name missing from one is taken
     /// as missing for a second after it was listed, changed or checked (`tar -x`, `git clone`
     /// into a new directory), and after that while the directory's mtime, asked at most once a
     /// second, shows no change by anyone else.
     checked_listings: LruCache<Vec<u8>, CheckedListing>,
-    /// Bytes in `contents`.
-    contents_bytes: usize,
 }
 
 /// What an open trusts of the cache without asking the server (close-to-open coherence, as
@@ -219,8 +217,99 @@ pub struct ListingCheck {
     since: Instant,
 }
 
-/// Bytes of small files' contents kept at most.
+/// Bytes of small files' contents kept at most, and of those opened again from memory.
 const MAX_CONTENTS_BYTES: usize = 16 * 1024 * 1024;
+const MAX_USED_CONTENTS_BYTES: usize = 4 * 1024 * 1024;
+
+/// Whole contents of small files, bounded in bytes. Those opened again from memory are kept
+/// apart from those only read (ahead), as a segmented LRU does: a scan of a tree's files
+/// (git's first status reads them all) pushes out what it read, not the few files a program
+/// opens again and again (HEAD, refs, config).
+struct ContentsStore {
+    read: LruCache<Vec<u8>, Timed<Contents>>,
+    used: LruCache<Vec<u8>, Timed<Contents>>,
+    read_bytes: usize,
+    used_bytes: usize,
+}
+
+impl ContentsStore {
+    fn new(cap: NonZeroUsize) -> Self {
+        ContentsStore {
+            read: LruCache::new(cap),
+            used: LruCache::new(cap),
+            read_bytes: 0,
+            used_bytes: 0,
+        }
+    }
+
+    fn get(&mut self, path: &[u8]) -> Option<&mut Timed<Contents>> {
+        if self.used.contains(path) {
+            return self.used.get_mut(path);
+        }
+        self.read.get_mut(path)
+    }
+
+    fn pop(&mut self, path: &[u8]) -> Option<Timed<Contents>> {
+        if let Some(old) = self.used.pop(path) {
+            self.used_bytes -= old.value.data.len();
+            return Some(old);
+        }
+        let old = self.read.pop(path)?;
+        self.read_bytes -= old.value.data.len();
+        Some(old)
+    }
+
+    /// Keeps `contents` for `path`: where its earlier contents were, else with those read.
+    fn put(&mut self, path: Vec<u8>, contents: Timed<Contents>) {
+        let used = self.used.contains(&path);
+        self.pop(&path);
+        let len = contents.value.data.len();
+        if used {
+            self.used.put(path, contents);
+            self.used_bytes += len;
+        } else {
+            self.read.put(path, contents);
+            self.read_bytes += len;
+        }
+        self.trim();
+    }
+
+    /// `path`'s contents were opened from memory: kept with those used again.
+    fn used(&mut self, path: &[u8]) {
+        if let Some(kept) = self.read.pop(path) {
+            let len = kept.value.data.len();
+            self.read_bytes -= len;
+            self.used_bytes += len;
+            self.used.put(path.to_vec(), kept);
+            self.trim();
+        }
+    }
+
+    fn trim(&mut self) {
+        // The used ones least recently used go back with those read, at their newest end.
+        while self.used_bytes > MAX_USED_CONTENTS_BYTES
+            && let Some((path, old)) = self.used.pop_lru()
+        {
+            let len = old.value.data.len();
+            self.used_bytes -= len;
+            self.read_bytes += len;
+            self.read.put(path, old);
+        }
+        while self.read_bytes + self.used_bytes > MAX_CONTENTS_BYTES {
+            if let Some((_, old)) = self.read.pop_lru() {
+                self.read_bytes -= old.value.data.len();
+            } else if let Some((_, old)) = self.used.pop_lru() {
+                self.used_bytes -= old.value.data.len();
+            } else {
+                break;
+            }
+        }
+    }
+
+    fn paths(&self) -> impl Iterator<Item = &Vec<u8>> {
+        self.read.iter().chain(self.used.iter()).map(|(k, _)| k)
+    }
+}
 
 pub struct MetaCache {
     config: CacheConfig,
@@ -242,9 +331,8 @@ impl MetaCache {
                 dirs: LruCache::new(cap),
                 listed: 0,
                 too_large: LruCache::new(NonZeroUsize::new(256).expect("non-zero")),
-                contents: LruCache::new(cap),
+                contents: ContentsStore::new(cap),
                 checked_listings: LruCache::new(cap),
-                contents_bytes: 0,
             }),
         }
     }
@@ -439,6 +527,33 @@ impl MetaCache {
             contents: kept.value.clone(),
             recent: now.is_some() && kept.at.elapsed() < COHERENCE,
         })
+    }
+
+    /// `path`'s contents were opened from memory, its attributes as the name has them now:
+    /// kept apart from those only read (see [`ContentsStore`]), and, when the name's
+    /// attributes were asked after the contents were read and still match them (not racy:
+    /// read after the second of their mtime), as good as read when those were asked, so that
+    /// opening the file again within [`COHERENCE`] of that costs no round trip (git opens HEAD
+    /// three or four times per command).
+    pub fn contents_used(&self, path: &[u8]) {
+        let mut inner = self.inner.lock().unwrap();
+        let key = |a: &Attrs| (a.size, a.atime_mtime.map(|t| t.1));
+        let confirmed = match inner.names.peek(path) {
+            Some(Timed {
+                value: Known::Attrs(attrs),
+                at,
+            }) => Some((key(attrs), *at)),
+            _ => None,
+        };
+        inner.contents.used(path);
+        if let Some(kept) = inner.contents.get(path)
+            && let Some((now, at)) = confirmed
+            && now == key(&kept.value.attrs)
+            && !kept.value.racy
+            && at > kept.at
+        {
+            kept.at = at;
+        }
     }
 
     /// Keeps `contents` as the whole contents of `path` while it has their attributes.
@@ -718,7 +833,8 @@ impl MetaCache {
         for key in below(&mut inner.names.iter().map(|(k, _)| k)) {
             inner.names.pop(&key);
         }
-        for key in below(&mut inner.contents.iter().map(|(k, _)| k)) {
+        let contents = below(&mut inner.contents.paths());
+        for key in contents {
             inner.pop_contents(&key);
         }
         for key in below(&mut inner.links.iter().map(|(k, _)| k)) {
@@ -892,23 +1008,11 @@ impl Inner {
     }
 
     fn pop_contents(&mut self, path: &[u8]) -> Option<Timed<Contents>> {
-        let old = self.contents.pop(path)?;
-        self.contents_bytes -= old.value.data.len();
-        Some(old)
+        self.contents.pop(path)
     }
 
-    /// Keeps `contents` for `path`, the least recently used going once they are too many bytes.
     fn keep_contents(&mut self, path: Vec<u8>, contents: Timed<Contents>) {
-        self.contents_bytes += contents.value.data.len();
-        if let Some(old) = self.contents.put(path, contents) {
-            self.contents_bytes -= old.value.data.len();
-        }
-        while self.contents_bytes > MAX_CONTENTS_BYTES {
-            match self.contents.pop_lru() {
-                Some((_, old)) => self.contents_bytes -= old.value.data.len(),
-                None => break,
-            }
-        }
+        self.contents.put(path, contents);
     }
 
     fn pop_listing(&mut self, dir: &[u8]) {

@@ -150,6 +150,10 @@ pub struct Opened {
     pub fh: u64,
     /// The kernel may keep the pages it cached for this file: it did not change.
     pub keep_cache: bool,
+    /// The kernel was shown another size or mtime than the file has now (it changed on the
+    /// server within the attribute timeout): it must forget them before it reads, or it reads
+    /// no further than the old size.
+    pub shown_stale: bool,
 }
 
 /// An entry the kernel is told about: the inode and its attributes.

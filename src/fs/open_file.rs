@@ -478,6 +478,7 @@ impl Core {
         };
         let handle = handle.map_err(errno)?;
         let keep_cache = self.keep_cache(ino, attrs.as_ref());
+        let shown_stale = attrs.as_ref().is_some_and(|a| self.shown_stale(ino, a));
         if let Some(w) = self.inodes.writes_or_new(ino) {
             if !self.files.is_open(ino) {
                 w.forget_size();
@@ -486,9 +487,17 @@ impl Core {
                 w.truncated_to(0);
             }
         }
+        // The kernel reads nothing of a small file whose pages it keeps: fetched behind the
+        // open, to be kept as a read would be.
+        let pages_kept = (keep_cache && small && linked && self.keeps_contents())
+            .then(|| attrs.clone())
+            .flatten();
         // Not asked when truncating: the type, mode and owner the kernel was shown will do.
         let identity = attrs.or_else(|| self.inodes.table().shown(ino));
         let (fh, missed) = self.register_open(ino, handle, flags, &path, identity, caller)?;
+        if let Some(attrs) = pages_kept {
+            self.keep_contents_behind(fh, &path, attrs);
+        }
         drop(_names);
         self.reopen_missed(missed).await;
         if truncating {
@@ -497,7 +506,11 @@ impl Core {
         if small && linked {
             self.read_ahead_after(&path);
         }
-        Ok(Opened { fh, keep_cache })
+        Ok(Opened {
+            fh,
+            keep_cache,
+            shown_stale,
+        })
     }
 
     /// mknod(2): a regular file is made (and closed) as an exclusive create would; SFTP has

@@ -28,7 +28,7 @@ use tokio::sync::{Semaphore, watch};
 use super::cache::{Contents, Known};
 use super::handle::{FileHandle, SftpSource};
 use super::inode::join;
-use super::read::read_range;
+use super::read::{ReadSource, read_range};
 use super::write::InodeWrites;
 use super::{Core, FsResult, KeepCache, Opened, errno, is_regular};
 use crate::sftp::proto::{Attrs, open_flags};
@@ -229,6 +229,8 @@ impl Core {
                 return None;
             }
         }
+        self.cache.contents_used(path);
+        let shown_stale = self.shown_stale(ino, &attrs);
         let keep_cache = self.keep_cache(ino, Some(&attrs));
         let fh = self.files.new_fh();
         let file = WholeFile {
@@ -246,7 +248,60 @@ impl Core {
             .open
             .insert(fh, Arc::new(file));
         self.read_ahead_after(path);
-        Some(Opened { fh, keep_cache })
+        Some(Opened {
+            fh,
+            keep_cache,
+            shown_stale,
+        })
+    }
+
+    /// A small file opened with its pages kept by the kernel (unchanged since they were
+    /// read): the kernel reads nothing, so nothing of it would be kept here, and each open of
+    /// it would cost an OPEN. Its READs go now, before the open is answered and so before any
+    /// CLOSE of the handle, and what they bring is kept as a program's read of it would be:
+    /// the next open within a second costs nothing, a later one a stat (git opens HEAD and
+    /// its branch three or four times per command).
+    pub(super) fn keep_contents_behind(self: &Arc<Self>, fh: u64, path: &[u8], attrs: Attrs) {
+        let (Ok(file), Some(size)) = (self.file(fh), attrs.size) else {
+            return;
+        };
+        if size == 0 || size > SMALL_FILE || self.cache.contents(path).is_some() {
+            return;
+        }
+        let ticket = self.cache.ticket();
+        let generation = file.inode_writes.generation();
+        let source = SftpSource {
+            file: file.handle.clone(),
+        };
+        // The next open waits for it rather than open the file again.
+        let (done, fetch) = watch::channel(false);
+        let mut state = self.files.small.state.lock().unwrap();
+        if state.fetching.contains_key(path) {
+            return;
+        }
+        state.fetching.insert(path.to_vec(), fetch);
+        drop(state);
+        let (data, end) = (source.read(0, size as u32), source.read(size, 1));
+        let (core, path) = (self.clone(), path.to_vec());
+        tokio::spawn(async move {
+            if let (Ok(data), Ok(end)) = (data.await, end.await)
+                && data.len() as u64 == size
+                && end.is_empty()
+                && file.inode_writes.generation() == generation
+                && !file.inode_writes.pending()
+            {
+                let contents = Contents::read_now(attrs, data);
+                core.cache.put_contents(ticket, path.clone(), contents);
+            }
+            core.files
+                .small
+                .state
+                .lock()
+                .unwrap()
+                .fetching
+                .remove(&path);
+            done.send_replace(true);
+        });
     }
 
     /// Whether small files' contents are kept at all: `noauto_cache` asks for every open to
