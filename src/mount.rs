@@ -406,6 +406,50 @@ fn mount_options(opts: &Options) -> Vec<MountOption> {
     options
 }
 
+/// Why a `~` path could not be expanded.
+enum HomeError {
+    Server(crate::sftp::SftpError),
+    /// `~user` on a server that cannot tell users' homes.
+    Unsupported(String),
+}
+
+/// `dir` with a leading `~` or `~user` expanded as `sftp host:~/dir` expands it: by the
+/// server (expand-path@openssh.com, OpenSSH 8.7), else from the user's home (home-directory,
+/// OpenSSH 9.1), else, for the login's own `~`, from the directory the server starts in (its
+/// home, on OpenSSH and most servers). `None`: no `~` to expand.
+async fn home_path(
+    session: &crate::sftp::Session,
+    dir: &str,
+    login: &str,
+) -> Result<Option<Vec<u8>>, HomeError> {
+    let Some(after) = dir.strip_prefix('~') else {
+        return Ok(None);
+    };
+    let features = session.features();
+    if features.expand_path {
+        let expanded = session.expand_path(dir.as_bytes()).await;
+        return expanded
+            .map(|p| Some(p.to_vec()))
+            .map_err(HomeError::Server);
+    }
+    let (user, rest) = after.split_once('/').unwrap_or((after, ""));
+    let home = if features.home_directory {
+        let user = if user.is_empty() { login } else { user };
+        let home = session.home_directory(user.as_bytes()).await;
+        home.map_err(HomeError::Server)?.to_vec()
+    } else if user.is_empty() {
+        b".".to_vec()
+    } else {
+        return Err(HomeError::Unsupported(format!("~{user}")));
+    };
+    let mut path = home;
+    if !rest.is_empty() {
+        path.push(b'/');
+        path.extend_from_slice(rest.as_bytes());
+    }
+    Ok(Some(path))
+}
+
 async fn connect(opts: &Options) -> anyhow::Result<Core> {
     let target = Arc::new(Target::resolve(&crate::ssh::Wanted {
         host: opts.source.host.clone(),
@@ -421,6 +465,7 @@ async fn connect(opts: &Options) -> anyhow::Result<Core> {
         reconnect: opts.reconnect,
         reconnect_wait: opts.reconnect_wait,
     };
+    let login = target.user.clone();
     let connector = SshConnector::new(target, opts.max_conns);
     let remote = Remote::connect(Arc::new(connector), settings)
         .await
@@ -433,7 +478,7 @@ async fn connect(opts: &Options) -> anyhow::Result<Core> {
         .await
         .context("the connection was lost at once")?;
     let dir = if opts.source.dir.is_empty() {
-        "."
+        "~"
     } else {
         opts.source.dir.as_str()
     };
@@ -445,7 +490,16 @@ async fn connect(opts: &Options) -> anyhow::Result<Core> {
         )
     };
     let session = first.meta();
-    let root = session.realpath(dir.as_bytes()).await.map_err(missing)?;
+    let root = match home_path(session, dir, &login).await {
+        Ok(Some(expanded)) => session.realpath(&expanded).await.map_err(missing)?,
+        Ok(None) => session.realpath(dir.as_bytes()).await.map_err(missing)?,
+        Err(HomeError::Server(e)) => return Err(missing(e)),
+        Err(HomeError::Unsupported(user)) => bail!(
+            "remote directory {dir} on {}: the server cannot expand {user} (it offers \
+             neither expand-path@openssh.com nor home-directory); give the directory's full path",
+            opts.source.host
+        ),
+    };
     let attrs = session.stat(&root).await.map_err(missing)?;
     let name_max = match session.statvfs(&root).await {
         Ok(vfs) if vfs.namemax > 0 => vfs.namemax.min(4096) as usize,
@@ -472,6 +526,7 @@ async fn connect(opts: &Options) -> anyhow::Result<Core> {
             read_id_file(opts.uidfile.as_deref(), IdKind::User)?,
             read_id_file(opts.gidfile.as_deref(), IdKind::Group)?,
         ),
+        IdMap::Names => ids_by_name(session, opts).await?,
         IdMap::None => (Vec::new(), Vec::new()),
     };
     let ids = IdMapping {
@@ -479,7 +534,8 @@ async fn connect(opts: &Options) -> anyhow::Result<Core> {
         gid: opts.gid,
         uids,
         gids,
-        unmapped: (opts.idmap == IdMap::File && opts.nomap_error).then_some(NOBODY),
+        unmapped: (matches!(opts.idmap, IdMap::File | IdMap::Names) && opts.nomap_error)
+            .then_some(NOBODY),
         umask: opts.umask,
     };
     Ok(Core::new(
@@ -522,6 +578,55 @@ enum IdKind {
 
 /// An idmap=file file: `name:remote id` lines; each name's local id comes from the local
 /// passwd or group database. A name unknown here is skipped with a warning.
+/// Ids asked of the server by idmap=names: every id below this, in requests of
+/// [`IDS_PER_REQUEST`] (sftp-server takes messages of at most 256 KiB).
+const NAMED_IDS: u32 = 65536;
+const IDS_PER_REQUEST: u32 = 16384;
+
+/// idmap=names: the server's user and group names for its ids (those below [`NAMED_IDS`]),
+/// each remote id whose name exists here mapped to the local id of that name, as NFSv4 maps
+/// owners; asked once, at mount, all requests in one round trip.
+async fn ids_by_name(
+    session: &crate::sftp::Session,
+    opts: &Options,
+) -> anyhow::Result<(Vec<(u32, u32)>, Vec<(u32, u32)>)> {
+    if !session.features().users_groups_by_id {
+        bail!(
+            "idmap=names: {} does not tell its user and group names \
+             (users-groups-by-id@openssh.com, OpenSSH 9.1 and later); use idmap=file with \
+             uidfile= and gidfile=",
+            opts.source.host
+        );
+    }
+    let batches: Vec<Vec<u32>> = (0..NAMED_IDS / IDS_PER_REQUEST)
+        .map(|b| (b * IDS_PER_REQUEST..(b + 1) * IDS_PER_REQUEST).collect())
+        .collect();
+    let asked: Vec<_> = batches
+        .iter()
+        .map(|ids| session.users_groups_by_id(ids, ids))
+        .collect();
+    let (mut uids, mut gids) = (Vec::new(), Vec::new());
+    for (ids, reply) in batches.iter().zip(asked) {
+        let names = reply
+            .await
+            .with_context(|| format!("idmap=names: {} did not name its ids", opts.source.host))?;
+        for (kind, names, pairs) in [
+            (IdKind::User, &names.users, &mut uids),
+            (IdKind::Group, &names.groups, &mut gids),
+        ] {
+            for (&remote, name) in ids.iter().zip(names) {
+                if let Ok(name) = std::str::from_utf8(name)
+                    && !name.is_empty()
+                    && let Some(local) = local_id(name, kind)
+                {
+                    pairs.push((remote, local));
+                }
+            }
+        }
+    }
+    Ok((uids, gids))
+}
+
 fn read_id_file(path: Option<&Path>, kind: IdKind) -> anyhow::Result<Vec<(u32, u32)>> {
     let Some(path) = path else {
         return Ok(Vec::new());

@@ -996,3 +996,32 @@ fn a_small_file_opened_again_and_again_costs_one_open() {
         b"ref: refs/heads/other\n"
     );
 }
+
+/// `cp` within the mount moves no file data over the link: copy_file_range is done by the
+/// server (OpenSSH's copy-data), the recorder sees the requests and no READ or WRITE of the
+/// data; the copy is the file, its size right at once.
+#[test]
+fn cp_within_the_mount_moves_no_data_over_the_link() {
+    let recorder = SftpRecorder::new();
+    let sshd = Sshd::start_recorded(&recorder);
+    let remote = sshd.remote_root();
+    let len = (70 << 20) + 4321;
+    random_file(remote.join("big"), len, 9);
+    let m = Mount::new(&sshd, &[]);
+    let before = recorder.settled();
+    run("cp", &["big", "copy"], m.path());
+    assert_eq!(fs::metadata(m.join("copy")).unwrap().len(), len);
+    let cost = recorder.settled().since(&before);
+    assert_files_equal(remote.join("big"), remote.join("copy"));
+    assert!(
+        cost.extended.get("copy-data").is_some_and(|&n| n >= 2),
+        "{:?}",
+        cost.extended
+    );
+    assert!(
+        cost.read_bytes < (1 << 20) && cost.written_bytes == 0,
+        "{} bytes read, {} written over the link",
+        cost.read_bytes,
+        cost.written_bytes
+    );
+}

@@ -260,6 +260,87 @@ fn missing_remote_directory() {
     assert_refused(&sshd, &source, &sshd.ssh_opts(), &["not a directory"]);
 }
 
+/// `user`'s home as /etc/passwd has it.
+fn passwd_home(user: &str) -> String {
+    fs::read_to_string("/etc/passwd")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with(&format!("{user}:")))
+        .map(|l| l.split(':').nth(5).unwrap().to_string())
+        .unwrap()
+}
+
+fn names_in(dir: &Path) -> Vec<std::ffi::OsString> {
+    let mut names: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    names
+}
+
+/// `host:~/dir`, `host:~user/dir` resolve as `sftp host:~/dir` resolves them: by the server
+/// (expand-path@openssh.com, which the recorder sees asked); a user without a home there is
+/// refused in one line. A server without the extensions (gesftpserver) has the login's own
+/// `~` from the directory it starts in, and refuses `~user` saying to give the full path.
+#[test]
+fn home_paths_resolve_as_sftp_resolves_them() {
+    let user = "sftpmount-home";
+    ensure_user(user);
+    let sub = Path::new(&passwd_home(user)).join("mounted-by-test");
+    fs::create_dir_all(&sub).unwrap();
+    fs::write(sub.join("marker"), b"here").unwrap();
+    let recorder = SftpRecorder::new();
+    let sshd = Sshd::start_recorded(&recorder);
+    {
+        let m = Mount::with_source(
+            &sshd,
+            &format!("root@127.0.0.1:~{user}/mounted-by-test"),
+            &[],
+        );
+        assert_eq!(fs::read(m.join("marker")).unwrap(), b"here");
+        assert!(
+            recorder
+                .settled()
+                .extended
+                .contains_key("expand-path@openssh.com"),
+            "{:?}",
+            recorder.settled().extended
+        );
+        let root_home = Mount::with_source(&sshd, "root@127.0.0.1:~/", &[]);
+        let root_dir = Mount::with_source(&sshd, "root@127.0.0.1:~root", &[]);
+        assert_eq!(names_in(root_home.path()), names_in(root_dir.path()));
+        assert_eq!(
+            names_in(root_home.path()),
+            names_in(Path::new(&passwd_home("root")))
+        );
+    }
+    assert_refused(
+        &sshd,
+        "root@127.0.0.1:~no-such-user-sftpmount/x",
+        &sshd.ssh_opts(),
+        &["remote directory ~no-such-user-sftpmount/x"],
+    );
+    let bare = Sshd::start_with(SshdOptions {
+        sftp_server: Some("/usr/libexec/gesftpserver".into()),
+        ..SshdOptions::default()
+    });
+    {
+        let own = Mount::with_source(&bare, "root@127.0.0.1:~/", &[]);
+        assert_eq!(
+            names_in(own.path()),
+            names_in(Path::new(&passwd_home("root")))
+        );
+    }
+    assert_refused(
+        &bare,
+        &format!("root@127.0.0.1:~{user}/mounted-by-test"),
+        &bare.ssh_opts(),
+        &["cannot expand ~sftpmount-home", "full path"],
+    );
+    fs::remove_dir_all(&sub).unwrap();
+}
+
 #[test]
 fn relative_and_empty_dirs_are_relative_to_the_remote_home() {
     let sshd = Sshd::start();

@@ -337,3 +337,31 @@ fn mv_over_an_existing_file() {
         b"from outside"
     );
 }
+
+/// `cp` within the mount (coreutils 9 asks copy_file_range): onto a new name, and over a
+/// longer file. The server's copies are the file, and a stat through the mount shows their
+/// size at once. Against OpenSSH the server copies (copy-data); against a server without it
+/// (gesftpserver) the kernel copies through reads and writes.
+#[test]
+fn cp_within_the_mount_is_the_files_copy() {
+    let (sshd, m) = setup();
+    let remote = sshd.remote_root();
+    // Past one copy-data request's step (64 MiB), not a multiple of a page.
+    let len = (70 << 20) + 4321;
+    random_file(remote.join("big"), len, 7);
+    random_file(remote.join("longer"), len + (9 << 20), 8);
+    run("cp", &["big", "big2"], m.path());
+    run("cp", &["big", "longer"], m.path());
+    for copy in ["big2", "longer"] {
+        assert_files_equal(remote.join("big"), remote.join(copy));
+        assert_eq!(fs::metadata(m.join(copy)).unwrap().len(), len, "{copy}");
+    }
+    // Through an open file whose target has writes in flight: they land first.
+    let mut out = fs::OpenOptions::new()
+        .write(true)
+        .open(m.join("big2"))
+        .unwrap();
+    std::io::Write::write_all(&mut out, &[0u8; 4096]).unwrap();
+    drop(out);
+    run("cmp", &["-n", "4096", "big2", "/dev/zero"], m.path());
+}

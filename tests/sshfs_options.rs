@@ -7,6 +7,7 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, symlink};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -419,4 +420,88 @@ fn debug_logs_each_request_with_its_latency() {
     );
     assert!(!text.contains("handle 0"), "{text}");
     assert_eq!(text.matches("ServerFeatures").count(), 1, "{text}");
+}
+
+/// idmap=names: the server names its ids (users-groups-by-id@openssh.com), and a remote user
+/// whose name exists here shows as the local user of that name, as NFSv4 maps owners. The
+/// server here is this machine's sftp-server in a mount namespace of its own whose
+/// /etc/passwd and /etc/group give the user another uid and gid than this machine's; chown
+/// through the mount maps back; an id the server has no name for follows nomap=. A server
+/// without the extension (gesftpserver) is refused in one line.
+#[test]
+fn idmap_names_shows_the_servers_users_as_the_local_users_of_those_names() {
+    let user = "sftpmount-idname";
+    let (local_uid, local_gid) = ensure_user(user);
+    let (remote_uid, remote_gid) = (local_uid + 3000, local_gid + 3000);
+    let etc = tempfile::tempdir().unwrap();
+    for (file, line) in [
+        (
+            "passwd",
+            format!("{user}:x:{remote_uid}:{remote_gid}::/nonexistent:/bin/false"),
+        ),
+        ("group", format!("{user}:x:{remote_gid}:")),
+    ] {
+        let real = fs::read_to_string(Path::new("/etc").join(file)).unwrap();
+        let mut lines: Vec<String> = real
+            .lines()
+            .filter(|l| !l.starts_with(&format!("{user}:")))
+            .map(String::from)
+            .collect();
+        lines.push(line);
+        fs::write(etc.path().join(file), lines.join("\n") + "\n").unwrap();
+    }
+    // unshare(1) makes the namespace's mounts private: nothing is seen outside it.
+    let server = etc.path().join("sftp-server");
+    fs::write(
+        &server,
+        format!(
+            "#!/bin/sh\nexec unshare --mount sh -c 'mount --bind {dir}/passwd /etc/passwd && \
+             mount --bind {dir}/group /etc/group && exec {SFTP_SERVER}'\n",
+            dir = etc.path().display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&server, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let sshd = Sshd::start_with(SshdOptions {
+        sftp_server: Some(server.display().to_string()),
+        ..SshdOptions::default()
+    });
+    let root = sshd.remote_root();
+    fs::write(root.join("theirs"), b"").unwrap();
+    fs::write(root.join("nameless"), b"").unwrap();
+    fs::write(root.join("given"), b"").unwrap();
+    std::os::unix::fs::chown(root.join("theirs"), Some(remote_uid), Some(remote_gid)).unwrap();
+    std::os::unix::fs::chown(root.join("nameless"), Some(60123), Some(60123)).unwrap();
+    let m = Mount::new(&sshd, &["-o", "idmap=names"]);
+    let meta = fs::metadata(m.join("theirs")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (local_uid, local_gid));
+    let meta = fs::metadata(m.join("nameless")).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid()),
+        (65534, 65534),
+        "nomap=error: nobody"
+    );
+    let meta = fs::metadata(m.join("given")).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid()),
+        (0, 0),
+        "root is root on both sides"
+    );
+    std::os::unix::fs::chown(m.join("given"), Some(local_uid), Some(local_gid)).unwrap();
+    let on_server = fs::metadata(root.join("given")).unwrap();
+    assert_eq!((on_server.uid(), on_server.gid()), (remote_uid, remote_gid));
+    drop(m);
+    let m = Mount::new(&sshd, &["-o", "idmap=names,nomap=ignore"]);
+    let meta = fs::metadata(m.join("nameless")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (60123, 60123));
+    drop(m);
+    let bare = Sshd::start_with(SshdOptions {
+        sftp_server: Some("/usr/libexec/gesftpserver".into()),
+        ..SshdOptions::default()
+    });
+    let e = refusal(Mount::try_new(&bare, &["-o", "idmap=names"]).unwrap_err());
+    assert!(
+        e.contains("users-groups-by-id") && e.contains("idmap=file"),
+        "{e}"
+    );
 }

@@ -12,6 +12,7 @@
 
 mod attr;
 pub mod cache;
+mod copy;
 mod dir;
 mod handle;
 pub mod inode;

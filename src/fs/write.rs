@@ -284,6 +284,14 @@ impl InodeWrites {
         (base <= at && s.acked_end > at).then_some(at)
     }
 
+    /// Bytes were copied into the file on the server up to `end` (copy-data): its contents
+    /// changed other than by a write, and it is at least that long.
+    pub fn copied_in(&self, end: u64) {
+        let mut s = self.state.lock().unwrap();
+        s.next_seq += 1;
+        s.acked_end = s.acked_end.max(end);
+    }
+
     /// The file was opened with nothing of the inode's open before: what the mount knew of its
     /// size may have changed on the server since.
     pub fn forget_size(&self) {

@@ -75,6 +75,8 @@ pub enum IdMap {
     User,
     /// uidfile= and gidfile=: `name:remote id` lines, shown as the local ids of those names.
     File,
+    /// By name, as the server names its ids (users-groups-by-id@openssh.com).
+    Names,
 }
 
 /// Remote location as typed: `[user@]host:[dir]`.
@@ -526,7 +528,8 @@ impl Options {
                     "none" => IdMap::None,
                     "user" => IdMap::User,
                     "file" => IdMap::File,
-                    _ => return Err(bad("expected none, user or file")),
+                    "names" => IdMap::Names,
+                    _ => return Err(bad("expected none, user, file or names")),
                 }
             }
             "uidfile" => self.uidfile = Some(need()?.into()),

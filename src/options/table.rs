@@ -279,8 +279,8 @@ pub const TABLE: &[OptionDoc] = &[
     ),
     row(
         Sshfs,
-        "idmap=none|user|file",
-        "user: the login's uid/gid on the server (its home's) shown as the local user's; file: by name, from uidfile= and gidfile=",
+        "idmap=none|user|file|names",
+        "user: the login's uid/gid on the server (its home's) shown as the local user's; file: by name, from uidfile= and gidfile=; names: by name, as the server names its ids (users-groups-by-id@openssh.com, OpenSSH 9.1; ids below 65536, asked once at mount): a remote user whose name exists here shows as the local user of that name, and chown maps back",
     ),
     row(
         Sshfs,
@@ -290,7 +290,7 @@ pub const TABLE: &[OptionDoc] = &[
     row(
         Sshfs,
         "nomap=ignore|error",
-        "idmap=file, an id with no mapping: shown as it is (ignore), or as nobody/nogroup (error, the default; sshfs fails the stat)",
+        "idmap=file or names, an id with no mapping: shown as it is (ignore), or as nobody/nogroup (error, the default; sshfs fails the stat)",
     ),
     row(
         Sshfs,

@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 
 use super::gate::{Direction, GatePermit, WireGate};
 use super::proto::{
-    self, Attrs, DecodeError, Limits, NameEntry, Request, Response, StatVfs, StatusCode,
+    self, Attrs, DecodeError, IdNames, Limits, NameEntry, Request, Response, StatVfs, StatusCode,
     StreamStart,
 };
 use super::transport::{Incoming, OpenError, Outgoing, Transport};
@@ -92,6 +92,10 @@ pub struct ServerFeatures {
     pub fsync: bool,
     pub hardlink: bool,
     pub lsetstat: bool,
+    pub copy_data: bool,
+    pub expand_path: bool,
+    pub home_directory: bool,
+    pub users_groups_by_id: bool,
     /// SYMLINK takes the link path first, as the draft says (OpenSSH takes the target first).
     pub symlink_draft_order: bool,
     /// The server executes one channel's requests one after another, in order: OpenSSH's
@@ -308,6 +312,10 @@ impl Session {
                 proto::ext::FSYNC => features.fsync = true,
                 proto::ext::HARDLINK => features.hardlink = true,
                 proto::ext::LSETSTAT => features.lsetstat = true,
+                proto::ext::COPY_DATA => features.copy_data = true,
+                proto::ext::EXPAND_PATH => features.expand_path = true,
+                proto::ext::HOME_DIRECTORY => features.home_directory = true,
+                proto::ext::USERS_GROUPS_BY_ID => features.users_groups_by_id = true,
                 proto::ext::LIMITS => has_limits = true,
                 _ => {}
             }
@@ -622,6 +630,66 @@ impl Session {
         }
     }
 
+    /// `path` with a leading `~` or `~user` expanded by the server (expand-path@openssh.com),
+    /// as `sftp host:~/dir` has it.
+    pub async fn expand_path(&self, path: &[u8]) -> Result<Bytes> {
+        self.one_name(
+            &Request::expand_path(path),
+            self.features.expand_path,
+            "expand-path",
+        )
+        .await
+    }
+
+    /// `user`'s home directory (home-directory).
+    pub async fn home_directory(&self, user: &[u8]) -> Result<Bytes> {
+        let offered = self.features.home_directory;
+        self.one_name(&Request::home_directory(user), offered, "home-directory")
+            .await
+    }
+
+    /// The server's user names for `uids` and group names for `gids`
+    /// (users-groups-by-id@openssh.com), in the same order, empty where it has none.
+    pub fn users_groups_by_id(&self, uids: &[u32], gids: &[u32]) -> Reply<IdNames> {
+        if !self.features.users_groups_by_id {
+            return Box::pin(async {
+                Err(SftpError::from_status(StatusCode::OP_UNSUPPORTED, b""))
+            });
+        }
+        let (asked_users, asked_groups) = (uids.len(), gids.len());
+        let pending = self.submit(&Request::users_groups_by_id(uids, gids));
+        Box::pin(async move {
+            match pending.response().await? {
+                Response::ExtendedReply(data) => {
+                    let names = IdNames::decode(data)?;
+                    if names.users.len() != asked_users || names.groups.len() != asked_groups {
+                        return Err(SftpError::Protocol(format!(
+                            "users-groups-by-id: {} user and {} group names for {asked_users} \
+                             and {asked_groups} ids",
+                            names.users.len(),
+                            names.groups.len()
+                        )));
+                    }
+                    Ok(names)
+                }
+                other => Err(unexpected(other, "users-groups-by-id")),
+            }
+        })
+    }
+
+    /// An extended request answered by one name, if the server offered it.
+    async fn one_name(&self, req: &Request, offered: bool, what: &'static str) -> Result<Bytes> {
+        if !offered {
+            return Err(SftpError::from_status(StatusCode::OP_UNSUPPORTED, b""));
+        }
+        match self.call(req).await? {
+            Response::Name(mut entries) if !entries.is_empty() => {
+                Ok(entries.swap_remove(0).filename)
+            }
+            other => Err(unexpected(other, what)),
+        }
+    }
+
     pub async fn readlink(&self, path: &[u8]) -> Result<Bytes> {
         let req = Request::Readlink {
             path: Bytes::copy_from_slice(path),
@@ -665,6 +733,32 @@ impl Session {
             to: Bytes::copy_from_slice(to),
         });
         Box::pin(async move { expect_ok(pending.response().await, "rename") })
+    }
+
+    /// Copies `len` bytes of the file open as `from` at `from_offset` into the one open as
+    /// `to` at `to_offset`, on the server (copy-data): both handles of this channel. The reply
+    /// carries no count; a source that ends before `len` answers EOF (or OK), taken as done.
+    /// The server answers nothing else on the channel while it copies.
+    pub fn copy_data(
+        &self,
+        from: &[u8],
+        from_offset: u64,
+        len: u64,
+        to: &[u8],
+        to_offset: u64,
+    ) -> Reply<()> {
+        if !self.features.copy_data {
+            return Box::pin(async {
+                Err(SftpError::from_status(StatusCode::OP_UNSUPPORTED, b""))
+            });
+        }
+        let pending = self.submit(&Request::copy_data(from, from_offset, len, to, to_offset));
+        Box::pin(async move {
+            match pending.response().await? {
+                Response::Status { code, .. } if code == StatusCode::EOF => Ok(()),
+                other => expect_ok(Ok(other), "copy-data"),
+            }
+        })
     }
 
     pub fn hardlink(&self, existing: &[u8], new: &[u8]) -> Reply<()> {

@@ -68,6 +68,13 @@ pub mod ext {
     pub const HARDLINK: &str = "hardlink@openssh.com";
     pub const LIMITS: &str = "limits@openssh.com";
     pub const LSETSTAT: &str = "lsetstat@openssh.com";
+    /// Server-side copy between two handles of one channel (OpenSSH 9.0, its PROTOCOL 4.10).
+    pub const COPY_DATA: &str = "copy-data";
+    /// A path with `~` or `~user` expanded (OpenSSH 8.7), and a user's home (OpenSSH 9.1).
+    pub const EXPAND_PATH: &str = "expand-path@openssh.com";
+    pub const HOME_DIRECTORY: &str = "home-directory";
+    /// The server's user and group names for ids (OpenSSH 9.1).
+    pub const USERS_GROUPS_BY_ID: &str = "users-groups-by-id@openssh.com";
     /// Green End's server: which order its SYMLINK takes the paths in.
     pub const SYMLINK_ORDER: &str = "symlink-order@rjk.greenend.org.uk";
     /// Servers that name themselves (draft-ietf-secsh-filexfer-13 section 4.4).
@@ -343,6 +350,36 @@ impl Request {
 
     pub fn limits() -> Self {
         Self::extended_with(ext::LIMITS, |_| {})
+    }
+
+    pub fn expand_path(path: &[u8]) -> Self {
+        Self::extended_with(ext::EXPAND_PATH, |buf| put_string(buf, path))
+    }
+
+    pub fn users_groups_by_id(uids: &[u32], gids: &[u32]) -> Self {
+        Self::extended_with(ext::USERS_GROUPS_BY_ID, |buf| {
+            for ids in [uids, gids] {
+                buf.put_u32(4 * ids.len() as u32);
+                for &id in ids {
+                    buf.put_u32(id);
+                }
+            }
+        })
+    }
+
+    pub fn home_directory(user: &[u8]) -> Self {
+        Self::extended_with(ext::HOME_DIRECTORY, |buf| put_string(buf, user))
+    }
+
+    /// `len` bytes (0: to the end) of `from` at `from_offset`, written to `to` at `to_offset`.
+    pub fn copy_data(from: &[u8], from_offset: u64, len: u64, to: &[u8], to_offset: u64) -> Self {
+        Self::extended_with(ext::COPY_DATA, |buf| {
+            put_string(buf, from);
+            buf.put_u64(from_offset);
+            buf.put_u64(len);
+            put_string(buf, to);
+            buf.put_u64(to_offset);
+        })
     }
 
     pub fn lsetstat(path: &[u8], attrs: &Attrs) -> Self {
@@ -755,6 +792,30 @@ impl StatVfs {
             flag: next()?,
             namemax: next()?,
         })
+    }
+}
+
+/// The reply to users-groups-by-id@openssh.com: a name per id asked, in the same order, empty
+/// where the server has none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IdNames {
+    pub users: Vec<Bytes>,
+    pub groups: Vec<Bytes>,
+}
+
+impl IdNames {
+    pub fn decode(mut data: Bytes) -> Result<Self, DecodeError> {
+        let mut names = || -> Result<Vec<Bytes>, DecodeError> {
+            let mut list = get_string(&mut data)?;
+            let mut out = Vec::new();
+            while !list.is_empty() {
+                out.push(get_string(&mut list)?);
+            }
+            Ok(out)
+        };
+        let users = names()?;
+        let groups = names()?;
+        Ok(IdNames { users, groups })
     }
 }
 
@@ -1172,6 +1233,28 @@ mod tests {
         let l = Limits::decode(b.freeze()).unwrap();
         assert_eq!(l.max_write_len, 261120);
         assert!(Limits::decode(Bytes::from_static(&[0; 8])).is_err());
+    }
+
+    #[test]
+    fn names_of_ids_come_in_the_order_asked_empty_where_unknown() {
+        let list = |names: &[&[u8]]| {
+            let mut b = BytesMut::new();
+            for n in names {
+                put_string(&mut b, n);
+            }
+            b.freeze()
+        };
+        let mut b = BytesMut::new();
+        put_string(&mut b, &list(&[b"root", b"", b"bob"]));
+        put_string(&mut b, &list(&[b"wheel"]));
+        let names = IdNames::decode(b.freeze()).unwrap();
+        assert_eq!(names.users, vec![&b"root"[..], b"", b"bob"]);
+        assert_eq!(names.groups, vec![&b"wheel"[..]]);
+        // A name cut short inside its list is an error, not a guess.
+        let mut b = BytesMut::new();
+        put_string(&mut b, &[0, 0, 0, 9, b'x']);
+        put_string(&mut b, b"");
+        assert!(IdNames::decode(b.freeze()).is_err());
     }
 
     #[test]

@@ -1413,6 +1413,9 @@ pub struct SftpRequests {
     pub lstat_paths: HashMap<String, u64>,
     /// OPEN paths (files), with how often each was opened.
     pub opened_files: HashMap<String, u64>,
+    /// EXTENDED requests by name, and the bytes WRITE requests carried.
+    pub extended: HashMap<String, u64>,
+    pub written_bytes: u64,
 }
 
 impl SftpRequests {
@@ -1444,6 +1447,8 @@ impl SftpRequests {
             opened_dirs: since(&self.opened_dirs, &earlier.opened_dirs),
             lstat_paths: since(&self.lstat_paths, &earlier.lstat_paths),
             opened_files: since(&self.opened_files, &earlier.opened_files),
+            extended: since(&self.extended, &earlier.extended),
+            written_bytes: self.written_bytes - earlier.written_bytes,
         }
     }
 }
@@ -1543,18 +1548,26 @@ impl SftpRecorder {
         for body in self.packets() {
             let kind = sftp_request_name(body[0]);
             *out.by_type.entry(kind).or_default() += 1;
-            if kind == "OPENDIR" || kind == "LSTAT" || kind == "OPEN" {
+            if kind == "OPENDIR" || kind == "LSTAT" || kind == "OPEN" || kind == "EXTENDED" {
                 let plen = u32::from_be_bytes(body[5..9].try_into().unwrap()) as usize;
                 let path = String::from_utf8_lossy(&body[9..9 + plen]).into_owned();
                 let paths = match kind {
                     "LSTAT" => &mut out.lstat_paths,
                     "OPEN" => &mut out.opened_files,
+                    "EXTENDED" => &mut out.extended,
                     _ => &mut out.opened_dirs,
                 };
                 *paths.entry(path).or_default() += 1;
             }
             if kind == "READ" {
                 out.read_bytes += u64::from(Self::read_of(&body).1);
+            }
+            if kind == "WRITE" {
+                // id, handle, offset, then the data's length.
+                let hlen = u32::from_be_bytes(body[5..9].try_into().unwrap()) as usize;
+                let at = 9 + hlen + 8;
+                let len = u32::from_be_bytes(body[at..at + 4].try_into().unwrap());
+                out.written_bytes += u64::from(len);
             }
         }
         out
