@@ -127,6 +127,19 @@ struct State {
     open: HashMap<u64, Arc<WholeFile>>,
 }
 
+impl State {
+    /// Registers a fetch of `path`, unless one is under way: the sender that tells those
+    /// waiting for it (see [`SmallFiles::fetched`]) that it is over.
+    fn fetch_starts(&mut self, path: &[u8]) -> Option<watch::Sender<bool>> {
+        if self.fetching.contains_key(path) {
+            return None;
+        }
+        let (done, fetch) = watch::channel(false);
+        self.fetching.insert(path.to_vec(), fetch);
+        Some(done)
+    }
+}
+
 pub(super) struct SmallFiles {
     state: Mutex<State>,
     fetches: Arc<Semaphore>,
@@ -164,6 +177,12 @@ impl SmallFiles {
 
     pub(super) fn open_file(&self, fh: u64) -> Option<Arc<WholeFile>> {
         self.state.lock().unwrap().open.get(&fh).cloned()
+    }
+
+    /// A fetch [`State::fetch_starts`] registered is over, its contents stored or not.
+    fn fetch_over(&self, path: &[u8], done: watch::Sender<bool>) {
+        self.state.lock().unwrap().fetching.remove(path);
+        done.send_replace(true);
     }
 
     /// Waits for a fetch of `path` under way, if there is one.
@@ -274,13 +293,9 @@ impl Core {
             file: file.handle.clone(),
         };
         // The next open waits for it rather than open the file again.
-        let (done, fetch) = watch::channel(false);
-        let mut state = self.files.small.state.lock().unwrap();
-        if state.fetching.contains_key(path) {
+        let Some(done) = self.files.small.state.lock().unwrap().fetch_starts(path) else {
             return;
-        }
-        state.fetching.insert(path.to_vec(), fetch);
-        drop(state);
+        };
         let (data, end) = (source.read(0, size as u32), source.read(size, 1));
         let (core, path) = (self.clone(), path.to_vec());
         tokio::spawn(async move {
@@ -293,14 +308,7 @@ impl Core {
                 let contents = Contents::read_now(attrs, data);
                 core.cache.put_contents(ticket, path.clone(), contents);
             }
-            core.files
-                .small
-                .state
-                .lock()
-                .unwrap()
-                .fetching
-                .remove(&path);
-            done.send_replace(true);
+            core.files.small.fetch_over(&path, done);
         });
     }
 
@@ -387,11 +395,12 @@ impl Core {
     /// Fetches `paths` whole in the background, those not held or being fetched already.
     fn fetch_ahead(self: &Arc<Self>, state: &mut State, paths: Vec<Vec<u8>>) {
         for path in paths {
-            if state.fetching.contains_key(&path) || self.cache.contents(&path).is_some() {
+            if self.cache.contents(&path).is_some() {
                 continue;
             }
-            let (done, fetch) = watch::channel(false);
-            state.fetching.insert(path.clone(), fetch);
+            let Some(done) = state.fetch_starts(&path) else {
+                continue;
+            };
             let core = self.clone();
             let slots = self.files.small.fetches.clone();
             tokio::spawn(async move {
@@ -401,14 +410,7 @@ impl Core {
                 {
                     core.fetch_whole(&path, attrs).await;
                 }
-                core.files
-                    .small
-                    .state
-                    .lock()
-                    .unwrap()
-                    .fetching
-                    .remove(&path);
-                done.send_replace(true);
+                core.files.small.fetch_over(&path, done);
             });
         }
     }
