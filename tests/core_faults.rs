@@ -38,6 +38,7 @@ fn settings() -> RemoteSettings {
         sftp_channels: 4,
         reconnect: true,
         reconnect_wait: Duration::from_secs(20),
+        far: None,
     }
 }
 

@@ -505,3 +505,32 @@ fn idmap_names_shows_the_servers_users_as_the_local_users_of_those_names() {
         "{e}"
     );
 }
+
+/// A far link gets more channels: sshd grants a channel a 2 MiB window, which caps an upload
+/// over 7 data channels at 49 MB/s at 300 ms. Over 200 ms a mount opens 16 channels over 2
+/// connections (sshd allows 10 a connection), near it 8 over 1; max_conns= (or sftp_channels=)
+/// given keeps the mount to what they say.
+#[test]
+fn a_far_link_gets_a_second_connection_unless_max_conns_says_otherwise() {
+    let sshd = Sshd::start_with(SshdOptions {
+        extra_config: vec!["LogLevel VERBOSE".into()],
+        ..SshdOptions::default()
+    });
+    let count = |what: &str| sshd.log().matches(what).count();
+    let logins = || count("Accepted publickey");
+    let channels = || count("subsystem 'sftp'");
+    let near = Mount::new(&sshd, &[]);
+    assert_eq!((logins(), channels()), (1, 8), "{}", sshd.log());
+    drop(near);
+    let far_away = proxy::Shape::delay(Duration::from_millis(110));
+    let (far, _link) = Mount::shaped(&sshd, far_away, &[]);
+    assert_eq!((logins(), channels()), (3, 24), "{}", sshd.log());
+    let data = random_bytes(24 << 20, 12);
+    fs::write(far.join("big"), &data).unwrap();
+    assert_eq!(fs::read(sshd.remote_root().join("big")).unwrap(), data);
+    drop(far);
+    let far_away = proxy::Shape::delay(Duration::from_millis(110));
+    let (chosen, _link) = Mount::shaped(&sshd, far_away, &["-o", "max_conns=1"]);
+    assert_eq!((logins(), channels()), (4, 32), "{}", sshd.log());
+    drop(chosen);
+}

@@ -141,6 +141,8 @@ pub struct Options {
     /// max_conns=N: SSH connections, the SFTP channels spread over them.
     pub max_conns: usize,
     pub sftp_channels: usize,
+    /// max_conns= or sftp_channels= was given: a far link gets no more channels than that.
+    pub channels_chosen: bool,
     pub write_buffer: usize,
     pub write_buffer_total: usize,
     pub short_writes: bool,
@@ -289,6 +291,7 @@ where
         max_conns: 1,
         request_timeout: Duration::from_secs(60),
         sftp_channels: DEFAULT_SFTP_CHANNELS,
+        channels_chosen: false,
         write_buffer: DEFAULT_WRITE_BUFFER,
         write_buffer_total: DEFAULT_WRITE_BUFFER_TOTAL,
         short_writes: false,
@@ -454,6 +457,7 @@ impl Options {
             }
             "request_timeout" => self.request_timeout = seconds()?,
             "sftp_channels" => {
+                self.channels_chosen = true;
                 self.sftp_channels = need()?
                     .parse()
                     .ok()
@@ -542,6 +546,7 @@ impl Options {
                 }
             }
             "max_conns" => {
+                self.channels_chosen = true;
                 self.max_conns = need()?
                     .parse()
                     .ok()

@@ -64,6 +64,19 @@ pub struct RemoteSettings {
     pub reconnect: bool,
     /// How long an operation waits for a lost connection to come back, counted from the loss.
     pub reconnect_wait: Duration,
+    /// More channels where the link is far, if the user chose no number of them.
+    pub far: Option<FarLink>,
+}
+
+/// A far link's channels. sshd grants each channel a 2 MiB window, so one carries at most
+/// 2 MiB a round trip upstream: over `rtt` and more, the default channels cannot keep a fast
+/// uplink full (7 data channels: 49 MB/s at 300 ms). sshd allows 10 sessions a connection
+/// (MaxSessions), so more channels take more connections.
+#[derive(Debug, Clone, Copy)]
+pub struct FarLink {
+    pub rtt: Duration,
+    pub connections: usize,
+    pub channels: usize,
 }
 
 /// One connection and the channels opened over it.

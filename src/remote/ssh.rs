@@ -107,12 +107,35 @@ async fn establish(
             target.host
         );
     }
+    // A far link (its round trip known from the start's limits request) gets more channels,
+    // over more connections, made now: one SSH handshake more at mount.
+    let far = settings
+        .far
+        .filter(|far| first.round_trip().is_some_and(|rtt| rtt >= far.rtt));
+    let mut wanted = settings.sftp_channels;
+    if let Some(far) = far {
+        debug!(rtt = ?first.round_trip(), "a far link: {} channels over {} connections", far.channels, far.connections);
+        wanted = wanted.max(far.channels);
+        let mut more = tokio::task::JoinSet::new();
+        for _ in handles.len()..far.connections {
+            let target = target.clone();
+            more.spawn(async move { ssh::connect(target).await });
+        }
+        // Fewer connections only means fewer channels.
+        while let Some(done) = more.join_next().await {
+            match done {
+                Ok(Ok(handle)) => handles.push(Arc::new(handle)),
+                Ok(Err(e)) => warn!("a further connection for the far link failed: {e}"),
+                Err(e) => warn!("a further connection for the far link failed: {e}"),
+            }
+        }
+    }
     let mut channels = vec![first];
     // The others all at once. A server that allows fewer sessions (sshd's MaxSessions) just
     // gives us fewer: the mount works with any number.
     let mut pending = tokio::task::JoinSet::new();
     // Channel i on connection i mod n: the metadata channel (0) on the first.
-    for i in 1..settings.sftp_channels {
+    for i in 1..wanted {
         let handle = handles[i % handles.len()].clone();
         let timeout = settings.request_timeout;
         let gate = gate.clone();
@@ -134,11 +157,11 @@ async fn establish(
     }
     opened.sort_by_key(|(i, _)| *i);
     channels.extend(opened.into_iter().map(|(_, s)| s));
-    if channels.len() < settings.sftp_channels {
+    if channels.len() < wanted {
         warn!(
             "the server granted {} of {} SFTP channels",
             channels.len(),
-            settings.sftp_channels
+            wanted
         );
     }
     Ok(Link {

@@ -373,6 +373,12 @@ impl Session {
         self.shared.gate.bulk_request(direction)
     }
 
+    /// The connection's lowest round trip lately, once a small request was answered (the
+    /// start's limits@openssh.com, on OpenSSH).
+    pub fn round_trip(&self) -> Option<Duration> {
+        self.shared.gate.round_trip()
+    }
+
     /// The rate this connection's bulk is delivered at going `direction`, bytes a second, once
     /// learnt.
     pub fn delivery_rate(&self, direction: super::gate::Direction) -> Option<f64> {

@@ -349,6 +349,11 @@ impl WireGate {
         flow.let_in();
     }
 
+    /// The lowest round trip of a small request lately, once there was one.
+    pub fn round_trip(&self) -> Option<Duration> {
+        self.state.lock().unwrap().min_rtt()
+    }
+
     /// The round trip of a small request just answered.
     pub fn sample(&self, rtt: Duration) {
         let mut s = self.state.lock().unwrap();

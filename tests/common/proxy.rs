@@ -124,6 +124,9 @@ pub fn serve(listener: TcpListener, target_port: u16, delay: Duration) {
 }
 
 fn serve_link(listener: TcpListener, target_port: u16, shape: Shape, link: Arc<Link>) {
+    // One bottleneck each way for all the line's connections, as a modem or a router has: a
+    // mount's second connection shares the rate, it does not add its own.
+    let (up, down) = (BottleneckClock::default(), BottleneckClock::default());
     for client in listener.incoming().flatten() {
         if link.refuse.load(Ordering::SeqCst) {
             let _ = client.shutdown(Shutdown::Both);
@@ -140,10 +143,13 @@ fn serve_link(listener: TcpListener, target_port: u16, shape: Shape, link: Arc<L
         if let (Ok(c), Ok(s)) = (client.try_clone(), server.try_clone()) {
             link.connections.lock().unwrap().push((c, s));
         }
-        delay_line(client, server2, shape, link.clone());
-        delay_line(server, client2, shape, link.clone());
+        delay_line(client, server2, shape, link.clone(), up.clone());
+        delay_line(server, client2, shape, link.clone(), down.clone());
     }
 }
+
+/// When a direction's bottleneck is free to send its next bytes.
+type BottleneckClock = Arc<Mutex<Option<Instant>>>;
 
 /// The bottleneck's queue: chunks waiting to be sent at the line's rate, and their bytes.
 #[derive(Default)]
@@ -154,7 +160,13 @@ struct Queue {
     closed: bool,
 }
 
-fn delay_line(mut from: TcpStream, mut to: TcpStream, shape: Shape, link: Arc<Link>) {
+fn delay_line(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    shape: Shape,
+    link: Arc<Link>,
+    clock: BottleneckClock,
+) {
     let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
     let reading = link.clone();
     let delay = shape.delay;
@@ -216,7 +228,6 @@ fn delay_line(mut from: TcpStream, mut to: TcpStream, shape: Shape, link: Arc<Li
             // Sends the queue's chunks at the rate, each then held `delay`.
             thread::spawn(move || {
                 let (lock, changed) = &*queue;
-                let mut free_at = Instant::now();
                 loop {
                     let chunk = {
                         let mut q = lock.lock().unwrap();
@@ -232,8 +243,13 @@ fn delay_line(mut from: TcpStream, mut to: TcpStream, shape: Shape, link: Arc<Li
                     };
                     let Some(chunk) = chunk else { break };
                     let now = Instant::now();
-                    let start = free_at.max(now);
-                    free_at = start + Duration::from_secs_f64(chunk.len() as f64 / rate as f64);
+                    let free_at = {
+                        let mut free = clock.lock().unwrap();
+                        let start = free.map_or(now, |free| free.max(now));
+                        let end = start + Duration::from_secs_f64(chunk.len() as f64 / rate as f64);
+                        *free = Some(end);
+                        end
+                    };
                     if free_at > now {
                         thread::sleep(free_at - now);
                     }
