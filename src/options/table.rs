@@ -315,7 +315,7 @@ pub const TABLE: &[OptionDoc] = &[
     row(
         Sshfs,
         "max_conns=N",
-        "N SSH connections (1 to 32), the SFTP channels spread over them: each has its own TCP window and sshd process (default 1)",
+        "N SSH connections (1 to 32), the SFTP channels spread over them: each has its own TCP window and sshd process (default 1; 2, with 16 channels, on a link of 200 ms or more unless this or sftp_channels= is given)",
     ),
     row(
         Sshfs,
@@ -426,7 +426,7 @@ pub const TABLE: &[OptionDoc] = &[
     row(
         Own,
         "sftp_channels=N",
-        "SFTP channels (default 8; sshd's MaxSessions, default 10, caps it, and one must be left to replace a stalled channel): a large file's writes spread over all of them but the first, each with its own 2 MiB window",
+        "SFTP channels (default 8, 16 over 2 connections on a link of 200 ms or more; sshd's MaxSessions, default 10 a connection, caps it, and one must be left to replace a stalled channel): a large file's writes spread over all of them but the first, each with its own 2 MiB window",
     ),
     row(
         Own,
