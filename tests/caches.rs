@@ -1025,3 +1025,29 @@ fn cp_within_the_mount_moves_no_data_over_the_link() {
         cost.written_bytes
     );
 }
+
+/// With follow_symlinks, a directory reached through a symlink is listed through it; its
+/// listing must not be checked by the symlink's own mtime, which no change in the directory
+/// moves: a lookup of a missing name asks the name and the directory's mtime together, and an
+/// unchanged mtime would have the next missing names taken from the listing, for as long as
+/// the listing is kept. Two files made there on the server are both found.
+#[test]
+fn a_directory_listed_through_a_symlink_sees_files_made_there() {
+    let sshd = Sshd::start();
+    let root = sshd.remote_root();
+    fs::create_dir(root.join("real")).unwrap();
+    fs::write(root.join("real/old"), b"x").unwrap();
+    symlink("real", root.join("link")).unwrap();
+    // Past the second of the directory's and the link's mtimes: a listing taken now is settled.
+    sleep(Duration::from_millis(1100));
+    let m = Mount::new(&sshd, &["-o", "follow_symlinks"]);
+    assert_eq!(names(&m.join("link")), set_names(&["old"]));
+    fs::write(root.join("real/new"), b"made there").unwrap();
+    fs::write(root.join("real/new2"), b"and another").unwrap();
+    let seen = wait_until(Duration::from_secs(4), || m.join("link/new").exists());
+    assert!(
+        seen,
+        "a file made in a directory listed through a symlink stays missing"
+    );
+    assert_eq!(fs::read(m.join("link/new2")).unwrap(), b"and another");
+}
