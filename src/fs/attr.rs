@@ -241,11 +241,10 @@ impl Core {
 
     /// Whether the kernel was shown another size or mtime for `ino` than `now`.
     pub(super) fn shown_stale(&self, ino: u64, now: &Attrs) -> bool {
-        let key = |a: &Attrs| (a.size, a.atime_mtime.map(|t| t.1));
         self.inodes
             .table()
             .shown(ino)
-            .is_some_and(|shown| key(&shown) != key(now))
+            .is_some_and(|shown| shown.size_and_mtime() != now.size_and_mtime())
     }
 
     /// The attributes of `ino` at `path` for an open: cached ones only if they are at most

@@ -516,10 +516,9 @@ impl MetaCache {
             None => None,
         };
         let kept = inner.contents.get(path)?;
-        let key = |a: &Attrs| (a.size, a.atime_mtime.map(|t| t.1));
         if now
             .as_ref()
-            .is_some_and(|now| key(now) != key(&kept.value.attrs))
+            .is_some_and(|now| now.size_and_mtime() != kept.value.attrs.size_and_mtime())
         {
             return None;
         }
@@ -537,18 +536,17 @@ impl MetaCache {
     /// three or four times per command).
     pub fn contents_used(&self, path: &[u8]) {
         let mut inner = self.inner.lock().unwrap();
-        let key = |a: &Attrs| (a.size, a.atime_mtime.map(|t| t.1));
         let confirmed = match inner.names.peek(path) {
             Some(Timed {
                 value: Known::Attrs(attrs),
                 at,
-            }) => Some((key(attrs), *at)),
+            }) => Some((attrs.size_and_mtime(), *at)),
             _ => None,
         };
         inner.contents.used(path);
         if let Some(kept) = inner.contents.get(path)
             && let Some((now, at)) = confirmed
-            && now == key(&kept.value.attrs)
+            && now == kept.value.attrs.size_and_mtime()
             && !kept.value.racy
             && at > kept.at
         {

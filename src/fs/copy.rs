@@ -5,11 +5,15 @@
 //! through reads and writes, as it does without copy_file_range.
 
 use super::{Core, FsResult, errno};
+use crate::sftp::SftpError;
 use crate::sftp::proto::{Attrs, StatusCode, open_flags};
 
 /// Bytes one copy-data request copies: the server copies it before it answers anything else
-/// on that channel, so each request stays far within the request timeout.
+/// on that channel. Two are in flight at most (the next waits on the server while one is
+/// copied), so that a request is answered within two steps of the server's disk, far within
+/// the request timeout even on a slow one.
 const COPY_STEP: u64 = 64 << 20;
+const STEPS_IN_FLIGHT: usize = 2;
 /// Bytes one copy_file_range copies at most: the kernel's reply counts in 32 bits, and the
 /// program asks again for the rest.
 const COPY_MAX: u64 = 1 << 30;
@@ -47,12 +51,13 @@ impl Core {
         // next write would report it.
         source.inode_writes.settle().await;
         writer.settle().await?;
-        let (Some(source_path), true) = (
-            self.inodes.linked_path(source.ino),
-            self.inodes.linked_path(target.ino).is_some(),
-        ) else {
+        // The source may be opened again by its name; both must still have theirs.
+        let Some(source_path) = self.inodes.linked_path(source.ino) else {
             return Err(libc::EOPNOTSUPP);
         };
+        if self.inodes.linked_path(target.ino).is_none() {
+            return Err(libc::EOPNOTSUPP);
+        }
         let to = target.handle.live().await?;
         let from = source.handle.live().await?;
         let session = to.session.clone();
@@ -83,28 +88,35 @@ impl Core {
                     }
                 }
             };
-        let count = size.map(|size| len.min(size.saturating_sub(offset_in)));
-        let steps: Vec<_> = (0..count.unwrap_or(0))
-            .step_by(COPY_STEP as usize)
-            .map(|at| {
-                let step = (count.unwrap_or(0) - at).min(COPY_STEP);
-                let (from_at, to_at) = (offset_in + at, offset_out + at);
-                session.copy_data(&from_handle, from_at, step, &to.handle, to_at)
-            })
-            .collect();
-        let mut copied = Ok(());
-        for step in steps {
-            let done = step.await;
-            if copied.is_ok() {
-                copied = done;
+        let close_reopened = || {
+            if let Some(again) = reopened.clone() {
+                session.close_unawaited(again);
             }
-        }
-        if let Some(again) = reopened {
-            session.close_unawaited(again);
-        }
-        let Some(count) = count else {
+        };
+        let Some(size) = size else {
+            close_reopened();
             return Err(libc::EOPNOTSUPP);
         };
+        let count = len.min(size.saturating_sub(offset_in));
+        let mut steps = (0..count).step_by(COPY_STEP as usize).map(|at| {
+            let step = (count - at).min(COPY_STEP);
+            let (from_at, to_at) = (offset_in + at, offset_out + at);
+            session.copy_data(&from_handle, from_at, step, &to.handle, to_at)
+        });
+        let mut in_flight: std::collections::VecDeque<_> =
+            steps.by_ref().take(STEPS_IN_FLIGHT).collect();
+        let mut copied = Ok(());
+        while let Some(step) = in_flight.pop_front() {
+            copied = step.await;
+            if copied.is_err() {
+                break;
+            }
+            in_flight.extend(steps.next());
+        }
+        // Those sent already are answered before anything else on the channel; nothing waits
+        // for them.
+        drop(in_flight);
+        close_reopened();
         if count > 0 {
             // The target changed other than through its writes: what was read or kept of it,
             // and its attributes, are stale.
@@ -112,9 +124,13 @@ impl Core {
             *target.written.lock().unwrap() = None;
             self.changed_attrs(target.ino);
         }
-        copied.map_err(|e| match e.status() {
-            Some(StatusCode::OP_UNSUPPORTED) => libc::EOPNOTSUPP,
-            _ => errno(e),
+        copied.map_err(|e| match e {
+            // Not taken, or a link lost or stalled midway: the kernel copies the range itself,
+            // through reads and writes, which go on across a reconnection (copying again what
+            // the server had copied, the same bytes).
+            SftpError::ConnectionLost | SftpError::Timeout(_) => libc::EOPNOTSUPP,
+            e if e.status() == Some(StatusCode::OP_UNSUPPORTED) => libc::EOPNOTSUPP,
+            e => errno(e),
         })?;
         Ok(count as u32)
     }

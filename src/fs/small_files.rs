@@ -243,8 +243,7 @@ impl Core {
             // Close-to-open: the name's attributes as they are now must still be those the
             // contents were read under, and those must have been old enough to tell.
             let now = self.stat_for_open(ino, path).await.ok()?;
-            let key = |a: &Attrs| (a.size, a.atime_mtime.map(|t| t.1));
-            if racy || key(&now) != key(&attrs) {
+            if racy || now.size_and_mtime() != attrs.size_and_mtime() {
                 return None;
             }
         }
@@ -436,8 +435,7 @@ impl Core {
         };
         let (data, now) = tokio::join!(read, fstat);
         file.close(self);
-        let key = |a: &Attrs| (a.size, a.atime_mtime.map(|t| t.1));
-        let Some(now) = now.filter(|now| key(now) == key(&attrs)) else {
+        let Some(now) = now.filter(|now| now.size_and_mtime() == attrs.size_and_mtime()) else {
             return;
         };
         if let Ok(data) = data

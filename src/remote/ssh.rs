@@ -58,6 +58,27 @@ impl Connection for SshConnection {
     }
 }
 
+/// `n` more connections, made at once, once the first has authenticated (their secrets are
+/// the first's); a task that died is left out.
+async fn connect_more(
+    target: &Arc<Target>,
+    n: usize,
+) -> Vec<Result<Handle<ClientHandler>, crate::ssh::SshError>> {
+    let mut more = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let target = target.clone();
+        more.spawn(async move { ssh::connect(target).await });
+    }
+    let mut made = Vec::new();
+    while let Some(done) = more.join_next().await {
+        match done {
+            Ok(result) => made.push(result),
+            Err(e) => warn!("a connection attempt failed: {e}"),
+        }
+    }
+    made
+}
+
 async fn establish(
     target: &Arc<Target>,
     connections: usize,
@@ -65,17 +86,8 @@ async fn establish(
 ) -> Result<Link, ConnectError> {
     // The first alone: it asks for secrets, if any, which the others then re-use.
     let mut handles = vec![Arc::new(ssh::connect(target.clone()).await?)];
-    let mut more = tokio::task::JoinSet::new();
-    for _ in 1..connections {
-        let target = target.clone();
-        more.spawn(async move { ssh::connect(target).await });
-    }
-    while let Some(done) = more.join_next().await {
-        match done {
-            Ok(Ok(handle)) => handles.push(Arc::new(handle)),
-            Ok(Err(e)) => return Err(e.into()),
-            Err(e) => warn!("a connection attempt failed: {e}"),
-        }
+    for more in connect_more(target, connections - 1).await {
+        handles.push(Arc::new(more?));
     }
     let handle = handles[0].clone();
     // Bounded as every step of connecting: a server may never confirm a channel.
@@ -116,16 +128,11 @@ async fn establish(
     if let Some(far) = far {
         debug!(rtt = ?first.round_trip(), "a far link: {} channels over {} connections", far.channels, far.connections);
         wanted = wanted.max(far.channels);
-        let mut more = tokio::task::JoinSet::new();
-        for _ in handles.len()..far.connections {
-            let target = target.clone();
-            more.spawn(async move { ssh::connect(target).await });
-        }
+        let missing = far.connections.saturating_sub(handles.len());
         // Fewer connections only means fewer channels.
-        while let Some(done) = more.join_next().await {
-            match done {
-                Ok(Ok(handle)) => handles.push(Arc::new(handle)),
-                Ok(Err(e)) => warn!("a further connection for the far link failed: {e}"),
+        for more in connect_more(target, missing).await {
+            match more {
+                Ok(handle) => handles.push(Arc::new(handle)),
                 Err(e) => warn!("a further connection for the far link failed: {e}"),
             }
         }

@@ -68,6 +68,11 @@ impl SftpError {
         }
     }
 
+    /// What a request the server did not offer (an extension it lacks) answers.
+    fn not_offered() -> Self {
+        SftpError::from_status(StatusCode::OP_UNSUPPORTED, b"")
+    }
+
     fn from_status(code: StatusCode, message: &[u8]) -> Self {
         SftpError::Status {
             code,
@@ -594,7 +599,7 @@ impl Session {
         Box::pin(async move {
             match pending {
                 Some(pending) => expect_ok(pending.response().await, "lsetstat"),
-                None => Err(SftpError::from_status(StatusCode::OP_UNSUPPORTED, b"")),
+                None => Err(SftpError::not_offered()),
             }
         })
     }
@@ -628,12 +633,7 @@ impl Session {
         let req = Request::Realpath {
             path: Bytes::copy_from_slice(path),
         };
-        match self.call(&req).await? {
-            Response::Name(mut entries) if !entries.is_empty() => {
-                Ok(entries.swap_remove(0).filename)
-            }
-            other => Err(unexpected(other, "realpath")),
-        }
+        self.one_name(&req, true, "realpath").await
     }
 
     /// `path` with a leading `~` or `~user` expanded by the server (expand-path@openssh.com),
@@ -658,9 +658,7 @@ impl Session {
     /// (users-groups-by-id@openssh.com), in the same order, empty where it has none.
     pub fn users_groups_by_id(&self, uids: &[u32], gids: &[u32]) -> Reply<IdNames> {
         if !self.features.users_groups_by_id {
-            return Box::pin(async {
-                Err(SftpError::from_status(StatusCode::OP_UNSUPPORTED, b""))
-            });
+            return Box::pin(async { Err(SftpError::not_offered()) });
         }
         let (asked_users, asked_groups) = (uids.len(), gids.len());
         let pending = self.submit(&Request::users_groups_by_id(uids, gids));
@@ -683,10 +681,11 @@ impl Session {
         })
     }
 
-    /// An extended request answered by one name, if the server offered it.
+    /// A request answered by one name (REALPATH, READLINK, an extension's), if the server
+    /// offers it.
     async fn one_name(&self, req: &Request, offered: bool, what: &'static str) -> Result<Bytes> {
         if !offered {
-            return Err(SftpError::from_status(StatusCode::OP_UNSUPPORTED, b""));
+            return Err(SftpError::not_offered());
         }
         match self.call(req).await? {
             Response::Name(mut entries) if !entries.is_empty() => {
@@ -700,12 +699,7 @@ impl Session {
         let req = Request::Readlink {
             path: Bytes::copy_from_slice(path),
         };
-        match self.call(&req).await? {
-            Response::Name(mut entries) if !entries.is_empty() => {
-                Ok(entries.swap_remove(0).filename)
-            }
-            other => Err(unexpected(other, "readlink")),
-        }
+        self.one_name(&req, true, "readlink").await
     }
 
     pub fn symlink(&self, link: &[u8], target: &[u8]) -> Reply<()> {
@@ -754,9 +748,7 @@ impl Session {
         to_offset: u64,
     ) -> Reply<()> {
         if !self.features.copy_data {
-            return Box::pin(async {
-                Err(SftpError::from_status(StatusCode::OP_UNSUPPORTED, b""))
-            });
+            return Box::pin(async { Err(SftpError::not_offered()) });
         }
         let pending = self.submit(&Request::copy_data(from, from_offset, len, to, to_offset));
         Box::pin(async move {
@@ -769,9 +761,7 @@ impl Session {
 
     pub fn hardlink(&self, existing: &[u8], new: &[u8]) -> Reply<()> {
         if !self.features.hardlink {
-            return Box::pin(async {
-                Err(SftpError::from_status(StatusCode::OP_UNSUPPORTED, b""))
-            });
+            return Box::pin(async { Err(SftpError::not_offered()) });
         }
         let pending = self.submit(&Request::hardlink(existing, new));
         Box::pin(async move { expect_ok(pending.response().await, "hardlink") })
@@ -779,7 +769,7 @@ impl Session {
 
     pub async fn statvfs(&self, path: &[u8]) -> Result<StatVfs> {
         if !self.features.statvfs {
-            return Err(SftpError::from_status(StatusCode::OP_UNSUPPORTED, b""));
+            return Err(SftpError::not_offered());
         }
         match self.call(&Request::statvfs(path)).await? {
             Response::ExtendedReply(data) => Ok(StatVfs::decode(data)?),

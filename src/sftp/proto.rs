@@ -109,6 +109,12 @@ pub fn longname_nlink(longname: &[u8]) -> Option<u32> {
 }
 
 impl Attrs {
+    /// What tells one content of a file from another, as far as SFTP v3 can: its size and
+    /// its mtime (whole seconds).
+    pub fn size_and_mtime(&self) -> (Option<u64>, Option<u32>) {
+        (self.size, self.atime_mtime.map(|t| t.1))
+    }
+
     /// Whether these attributes describe a file that can exist: a mode with its file type bits
     /// (S_IFMT), a size that fits a signed 64-bit offset. A server's attributes are untrusted.
     pub fn check(&self) -> Result<(), &'static str> {
