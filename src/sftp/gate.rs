@@ -49,6 +49,9 @@ const DRAIN_EVERY: Duration = Duration::from_secs(10);
 const CLEAN_IN_FLIGHT: usize = 512 << 10;
 /// How long the lowest round trip of a period stands.
 const PERIOD: Duration = Duration::from_secs(60);
+/// The most the cap may be, in round trips of the fastest delivery rate (BBR's startup gain,
+/// 2/ln 2): the cap of a link that is not full still about triples each round trip.
+const CAP_GAIN: f64 = 2.89;
 /// How long the fastest delivery rate stands.
 const RATE_WINDOW: Duration = Duration::from_secs(10);
 
@@ -110,6 +113,20 @@ impl Flow {
         Some(((rate * time.as_secs_f64()) as usize).max(MIN_BULK_REQUEST))
     }
 
+    /// `len` goes on the wire; whether it went alone. A request sent with nothing in flight
+    /// starts the delivery clock afresh (as BBR does): the time since the last delivery, long
+    /// ago, is not time the link took to deliver it (the first sample of an upload read 0.06
+    /// MB/s on a 0.6 MB/s link, so its own bytes seemed to take the queue's time and the cap
+    /// kept growing to 2 s of the link).
+    fn send(&mut self, len: usize) -> bool {
+        let alone = self.in_flight == 0;
+        if alone {
+            self.delivered_at = Instant::now();
+        }
+        self.in_flight += len;
+        alone
+    }
+
     /// Whether `len` more may go now: always when nothing is in flight.
     fn fits(&self, len: usize) -> bool {
         self.in_flight == 0 || (!self.draining && self.in_flight + len <= self.cap)
@@ -122,8 +139,7 @@ impl Flow {
                 break;
             }
             let (len, tx) = self.waiting.pop_front().expect("front exists");
-            let alone = self.in_flight == 0;
-            self.in_flight += len;
+            let alone = self.send(len);
             if tx.send(alone).is_err() {
                 // Its sender went away (the session ended): the room is free again.
                 self.in_flight -= len;
@@ -189,7 +205,15 @@ impl Flow {
         }
         let gain = if self.starting { 2.0 } else { 0.5 };
         let step = off.clamp(-1.0, 1.0) * bytes as f64 * gain;
-        self.cap = ((self.cap as f64 + step) as usize).max(least);
+        let mut cap = (self.cap as f64 + step) as usize;
+        // Never more than a few round trips of the fastest rate seen (BBR's startup gain), or
+        // the first cap: a cap that grows while the queue is misjudged still drains in well
+        // under a second. (At the start, a request alone delivers its bytes over a round trip
+        // and its own time: the rate it shows is low.)
+        if let (Some(rate), Some(rtt)) = (self.fastest(), rtt) {
+            cap = cap.min(((rate * rtt.as_secs_f64() * CAP_GAIN) as usize).max(MIN_CAP));
+        }
+        self.cap = cap.max(least);
     }
 }
 
@@ -284,9 +308,7 @@ impl WireGate {
             let mut s = self.state.lock().unwrap();
             let flow = s.flow(direction);
             if flow.waiting.is_empty() && flow.fits(len) {
-                let alone = flow.in_flight == 0;
-                flow.in_flight += len;
-                Err(alone)
+                Err(flow.send(len))
             } else {
                 let (tx, rx) = oneshot::channel();
                 flow.waiting.push_back((len, tx));
@@ -368,11 +390,17 @@ impl WireGate {
     }
 
     /// How large a bulk request going `direction` should be, at most (larger ones are split):
-    /// none until the link is learnt.
+    /// none until the link is learnt. Writes before their rate is learnt go in the least: the
+    /// kernel hands them over 256 KiB at a time, and one such took 0.4 s on a 5 Mbit/s uplink,
+    /// a lookup behind it waited that long (read-ahead starts small of itself).
     pub fn bulk_request(&self, direction: Direction) -> Option<usize> {
         let mut s = self.state.lock().unwrap();
-        let rtt = s.min_rtt();
-        s.flow(direction).bulk_request(rtt)
+        let rtt = s.min_rtt()?;
+        let learnt = s.flow(direction).bulk_request(Some(rtt));
+        match direction {
+            Direction::Up => Some(learnt.unwrap_or(MIN_BULK_REQUEST)),
+            Direction::Down => learnt,
+        }
     }
 
     /// The fastest rate bulk going `direction` was delivered at lately, bytes a second.
@@ -478,6 +506,41 @@ mod tests {
         );
     }
 
+    #[test]
+    fn the_cap_stays_within_a_few_round_trips_of_the_rate() {
+        let mut flow = Flow::new();
+        let now = Instant::now();
+        let ms = Duration::from_millis;
+        // 5 Mbit/s at 150 ms: a round trip of the rate is 94 KB.
+        flow.add_rate(now, 625e3);
+        let least = 64 << 10;
+        for _ in 0..50 {
+            // Seemingly never queued (its own bytes misjudged): the cap would keep growing.
+            flow.learn_queue(now, ms(150), 32768, false, Some(ms(150)), ms(75), least);
+        }
+        assert_eq!(flow.cap, (625e3 * 0.150 * CAP_GAIN) as usize);
+        // A slower link: never below the first cap.
+        let mut slow = Flow::new();
+        slow.add_rate(now, 62.5e3);
+        slow.learn_queue(now, ms(150), 32768, false, Some(ms(150)), ms(75), least);
+        assert_eq!(slow.cap, MIN_CAP);
+    }
+
+    #[tokio::test]
+    async fn a_request_sent_alone_starts_the_delivery_clock() {
+        let gate = WireGate::new();
+        gate.sample(Duration::from_millis(10));
+        // Long after the flow began: the wait before the send is not delivery time.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let permit = gate.admit(Direction::Up, 100_000).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        permit.delivered(100_000);
+        drop(permit);
+        let rate = gate.state.lock().unwrap().up.fastest().unwrap();
+        // 100 KB in about 20 ms, not in 220.
+        assert!(rate > 2.0e6, "{rate}");
+    }
+
     #[tokio::test]
     async fn bulk_requests_follow_the_rate_and_the_round_trip() {
         let gate = WireGate::new();
@@ -492,7 +555,14 @@ mod tests {
         assert_eq!(
             gate.bulk_request(Direction::Down),
             None,
-            "each direction its own"
+            "each direction its own: none learnt yet"
+        );
+        let fresh = WireGate::new();
+        fresh.sample(Duration::from_millis(40));
+        assert_eq!(
+            fresh.bulk_request(Direction::Up),
+            Some(MIN_BULK_REQUEST),
+            "writes before their rate is learnt: the least"
         );
     }
 

@@ -151,10 +151,11 @@ fn serve_link(listener: TcpListener, target_port: u16, shape: Shape, link: Arc<L
 /// When a direction's bottleneck is free to send its next bytes.
 type BottleneckClock = Arc<Mutex<Option<Instant>>>;
 
-/// The bottleneck's queue: chunks waiting to be sent at the line's rate, and their bytes.
+/// The bottleneck's queue: chunks waiting to be sent at the line's rate, each with when it
+/// came, and their bytes.
 #[derive(Default)]
 struct Queue {
-    chunks: VecDeque<Vec<u8>>,
+    chunks: VecDeque<(Instant, Vec<u8>)>,
     bytes: usize,
     /// The reading side is done (its connection ended).
     closed: bool,
@@ -220,7 +221,7 @@ fn delay_line(
                         changed.notify_all();
                         break;
                     }
-                    q.chunks.push_back(buf[..n].to_vec());
+                    q.chunks.push_back((Instant::now(), buf[..n].to_vec()));
                     q.bytes += n;
                     changed.notify_all();
                 }
@@ -241,11 +242,14 @@ fn delay_line(
                             q = changed.wait(q).unwrap();
                         }
                     };
-                    let Some(chunk) = chunk else { break };
+                    let Some((came, chunk)) = chunk else { break };
                     let now = Instant::now();
                     let free_at = {
                         let mut free = clock.lock().unwrap();
-                        let start = free.map_or(now, |free| free.max(now));
+                        // A chunk starts once it came and the line is free, whenever this thread
+                        // woke: starting when it woke lost each sleep's overshoot (the line
+                        // carried 92% of its rate).
+                        let start = free.map_or(came, |free| free.max(came));
                         let end = start + Duration::from_secs_f64(chunk.len() as f64 / rate as f64);
                         *free = Some(end);
                         end
