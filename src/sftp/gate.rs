@@ -12,8 +12,10 @@
 //! Below the target ([`target`]: half a round trip) the cap grows, by up to half of each
 //! request delivered (about 1.5 times a round trip; three times, until a queue is first seen,
 //! as BBR's startup), above it the cap shrinks as fast. Once no
-//! request went alone for [`DRAIN_EVERY`], bulk is let through one at a time until one has
-//! (BBR's ProbeRTT): a base taken long ago, before the path changed, would misjudge the queue.
+//! request went alone for [`DRAIN_EVERY`], bulk waits for what is in flight and one request
+//! goes alone (BBR's ProbeRTT): a base taken long ago, before the path changed, would misjudge
+//! the queue. The cap never exceeds a few times what the link holds at the target ([`CAP_GAIN`]),
+//! so that a queue misjudged (at the start, when the rate is not yet known) drains soon.
 //!
 //! Bulk goes in requests whose size follows the link too ([`WireGate::bulk_request`]: larger
 //! ones are split): a quarter of a round trip of the delivery rate, at least
@@ -222,12 +224,12 @@ impl Flow {
         // delivers its bytes over a round trip and its own time: the rate it shows is low.)
         if let (Some(rate), Some(rtt)) = (self.fastest(), rtt) {
             let held = rate * (rtt + target).as_secs_f64();
-            let gain = if self.starting {
+            let ceiling_gain = if self.starting {
                 STARTUP_CAP_GAIN
             } else {
                 CAP_GAIN
             };
-            cap = cap.min(((held * gain) as usize).max(MIN_CAP));
+            cap = cap.min(((held * ceiling_gain) as usize).max(MIN_CAP));
         }
         self.cap = cap.max(least);
     }
